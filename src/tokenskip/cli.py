@@ -1,0 +1,64 @@
+"""``tokenskip`` command line: one subcommand per pipeline stage.
+
+Each stage module exposes ``add_arguments(parser)`` and ``run_cli(args) -> int``; only the chosen
+stage's module is imported, so ``tokenskip --help`` is fast and an optional extra (vLLM) missing
+does not break other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+#: subcommand -> (module, one-line help). Order = the pipeline's order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("tokenskip.generate", "write CoTs of the target model for a split (e.g. GSM8K train)"),
+    "evaluate": ("tokenskip.evaluate", "evaluate a method (original/prompt/truncation/tokenskip) on a test split"),
+    "compress": ("tokenskip.compress.cli", "score token importance and prune CoTs to ratios γ"),
+    "build-sft": ("tokenskip.sft", "build the γ-mixed SFT data (prompt/completion records)"),
+    "train": ("tokenskip.train", "LoRA fine-tune the target model on the SFT data"),
+    "run": ("tokenskip.pipeline", "run a whole recipe (YAML), resumably"),
+    "report": ("tokenskip.report", "write report.md/report.json and plots for a run folder"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(
+        prog="tokenskip", description="Controllable chain-of-thought compression (TokenSkip).",
+        epilog="Run 'tokenskip COMMAND --help' for a command's options.")
+    top.add_argument("--version", action="store_true", help="print the version and exit")
+    top.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND",
+                     help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        ns = top.parse_args(argv[:1])
+        if ns.version:
+            from tokenskip import __version__
+            print(__version__)
+            return 0
+        top.print_help()
+        return 0
+    cmd = argv[0]
+    if cmd not in COMMANDS:
+        top.error(f"unknown command {cmd!r}; choose from {', '.join(COMMANDS)}")
+    module = importlib.import_module(COMMANDS[cmd][0])
+    parser = argparse.ArgumentParser(prog=f"tokenskip {cmd}", description=COMMANDS[cmd][1])
+    parser.add_argument("--log-level", default=os.environ.get("TOKENSKIP_LOG_LEVEL", "INFO"),
+                        help="logging level (default: INFO)")
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return int(module.run_cli(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input: a clear one-line error instead of a traceback.
+        print(f"tokenskip {cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

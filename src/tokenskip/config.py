@@ -1,0 +1,124 @@
+"""Stage configs as dataclasses, shared by the CLI (flags) and recipes (YAML).
+
+Each stage declares one dataclass whose fields carry ``metadata={"help": ...}``. :func:`add_dataclass_args`
+turns it into argparse flags (``field_name`` -> ``--field-name``) and :func:`dataclass_from_args` /
+:func:`dataclass_from_dict` build it back, so a recipe section and a command line are the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _unwrap_optional(tp) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _split_list(values, item_type):
+    out = []
+    for v in values if isinstance(values, (list, tuple)) else [values]:
+        for part in str(v).replace(",", " ").split():
+            out.append(item_type(part))
+    return out
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per field of dataclass ``cls``.
+
+    Lists accept spaces or commas (``--ratios 0.9 0.7`` or ``--ratios 0.9,0.7``); booleans get
+    ``--flag`` / ``--no-flag``. Defaults are left as ``None`` in argparse so that only flags the user
+    typed override a recipe.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        tp, _ = _unwrap_optional(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        help_ = f.metadata.get("help", "") + (f" (default: {default})" if default not in (None, "") else "")
+        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_}
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(tp) in (list, tuple):
+            kw["nargs"] = "+"
+            kw["metavar"] = f.name.upper().rstrip("S") if f.name.endswith("s") else f.name.upper()
+            parser.add_argument(flag, **kw)
+        else:
+            parser.add_argument(flag, type=tp if tp in (int, float, str) else str, **kw)
+
+
+def _coerce(value: Any, tp, name: str) -> Any:
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (str,)
+        return _split_list(value, item)
+    if tp is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{name}: expected a boolean, got {value!r}")
+        return bool(value)
+    if tp in (int, float, str):
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected {tp.__name__}, got {value!r}") from None
+    return value
+
+
+def dataclass_from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Build ``cls`` from a dict (a recipe section), checking names and types.
+
+    Raises:
+        ValueError: an unknown key (with the valid ones listed) or a value of the wrong type;
+            ``where`` (e.g. ``"recipe.yaml: train"``) prefixes the message.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    prefix = f"{where}: " if where else ""
+    if unknown:
+        raise ValueError(f"{prefix}unknown setting(s) {unknown}; valid: {sorted(names)}")
+    kwargs = {}
+    for k, v in data.items():
+        try:
+            kwargs[k] = _coerce(v, hints[k], k)
+        except ValueError as e:
+            raise ValueError(prefix + str(e)) from None
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, base: dict | None = None) -> T:
+    """Build ``cls`` from ``base`` (e.g. a recipe section) overridden by the flags the user typed."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    data = dict(base or {})
+    data.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    return dataclass_from_dict(cls, data)
+
+
+def to_dict(obj) -> dict:
+    """A config dataclass as a plain dict (for manifests and metrics)."""
+    return dataclasses.asdict(obj)

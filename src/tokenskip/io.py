@@ -1,0 +1,192 @@
+"""Run-folder I/O shared by every stage: atomic writes, JSONL with clear errors, resumable row files.
+
+Every stage writes its rows through :class:`ResumableJsonl`, so a killed run resumes where it
+stopped with no row lost or duplicated, and a rerun with *different* settings starts over instead of
+silently reusing stale rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the 1-based line and the field at fault."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, field: str | None, problem: str):
+        self.path, self.line, self.field, self.problem = str(path), line, field, problem
+        where = self.path + (f", line {line}" if line is not None else "")
+        what = f"field {field!r}: " if field else ""
+        super().__init__(f"{where}: {what}{problem}")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so a reader never sees a half-written file (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Write all ``rows`` as JSONL, atomically."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file. Raises :class:`DataError` naming the file and line if it does not parse."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, None, f"invalid JSON ({e.msg})") from None
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, row)`` for each non-blank line of a JSONL file (1-based line numbers).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataError: a line is not valid JSON or not a JSON object.
+    """
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, lineno, None, f"invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(path, lineno, None, f"expected a JSON object, got {type(row).__name__}")
+            yield lineno, row
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All rows of a JSONL file (see :func:`iter_jsonl` for errors)."""
+    return [row for _, row in iter_jsonl(path)]
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash (16 hex chars of SHA-256) of a JSON-serialisable object."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 (16 hex chars) of a file's bytes, or of every file under a directory (sorted by path)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        if path.is_dir():
+            h.update(str(p.relative_to(path)).encode())
+        with p.open("rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+class ResumableJsonl:
+    """An append-only JSONL row file that survives kills and knows which settings made it.
+
+    Beside ``path`` a ``<name>.state.json`` records the settings fingerprint. On open:
+
+    * same fingerprint: existing rows are kept; a torn last line (a kill mid-write) is dropped and
+      the file rewritten without it, so :attr:`done_keys` lists exactly the rows safely on disk;
+    * different fingerprint (or no state file beside existing rows): the old file is moved aside to
+      ``<name>.stale`` and a warning is logged, so a settings change never reuses stale rows.
+
+    Rows are flushed and fsynced one by one by :meth:`append`. Duplicate keys are refused.
+
+    Args:
+        path: the ``.jsonl`` file.
+        settings: JSON-serialisable settings that determine the rows' content.
+        key: the field that identifies a row (default ``"id"``).
+    """
+
+    def __init__(self, path: str | os.PathLike, settings: Any, key: str = "id"):
+        self.path = Path(path)
+        self.key = key
+        self.state_path = self.path.with_name(self.path.stem + ".state.json")
+        self.fingerprint = fingerprint(settings)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows: dict[Any, dict] = {}
+        self._open(settings)
+
+    def _open(self, settings: Any) -> None:
+        state = read_json(self.state_path) if self.state_path.exists() else None
+        if self.path.exists() and (state is None or state.get("fingerprint") != self.fingerprint):
+            stale = self.path.with_suffix(".stale")
+            os.replace(self.path, stale)
+            logger.warning("%s: settings changed since these rows were written; moved them to %s and starting over",
+                           self.path, stale.name)
+        if self.path.exists():
+            good, torn = [], False
+            with self.path.open(encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                        if not line.endswith("\n"):
+                            raise ValueError("torn line")
+                    except ValueError:
+                        torn = True
+                        break
+                    if row[self.key] not in self.rows:
+                        self.rows[row[self.key]] = row
+                        good.append(line)
+            if torn or len(good) != sum(1 for _ in self.path.open(encoding="utf-8")):
+                logger.warning("%s: dropped a partly written last row (interrupted run)", self.path)
+                write_text_atomic(self.path, "".join(good))
+        write_json_atomic(self.state_path, {"fingerprint": self.fingerprint, "settings": settings,
+                                            "schema_version": SCHEMA_VERSION})
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    @property
+    def done_keys(self) -> set:
+        """Keys of the rows already on disk."""
+        return set(self.rows)
+
+    def append(self, row: dict) -> None:
+        """Write one row durably. Raises ``ValueError`` if its key is already present."""
+        k = row[self.key]
+        if k in self.rows:
+            raise ValueError(f"{self.path}: duplicate {self.key}={k!r}")
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.rows[k] = row
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "ResumableJsonl":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
