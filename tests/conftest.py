@@ -1,0 +1,77 @@
+"""Shared test fixtures: offline, one thread, tiny random models on the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+# the GGUF -> safetensors conversion (~30 s) is shared by all tests and sessions on this checkout
+os.environ.setdefault("TOKENSKIP_CACHE", str(REPO / ".cache"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+SHARED = REPO.parent / "shared" / "data"
+GSM8K_TRAIN = SHARED / "gsm8k" / "train.jsonl"
+GSM8K_TEST = SHARED / "gsm8k" / "test.jsonl"
+MATH500_TEST = SHARED / "math500" / "test.jsonl"
+
+#: A Llama-3-style chat template, to check prompts on a second template family.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def need_data(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not found: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The real SmolLM2-135M-Instruct tokenizer (ChatML template), from the packaged GGUF."""
+    from tokenskip.models import load_tokenizer
+
+    try:
+        return load_tokenizer("smollm2-135m-instruct")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32):
+    """A tiny random LlamaForCausalLM sized to ``tokenizer`` (deterministic for a seed)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+@pytest.fixture()
+def tiny_model(smol_tokenizer):
+    return make_tiny_llama(smol_tokenizer)
+
+
+@pytest.fixture()
+def tiny_model_dir(tmp_path_factory, smol_tokenizer):
+    """A tiny random model saved as a local folder (model + tokenizer), loadable by name."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama(smol_tokenizer).save_pretrained(d)
+    smol_tokenizer.save_pretrained(d)
+    return str(d)
