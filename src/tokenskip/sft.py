@@ -1,0 +1,339 @@
+"""Build the γ-mixed SFT data: each trajectory gets ONE compression ratio γ, as prompt/completion records.
+
+Paper step 4 (REFERENCE.md): every trajectory draws one γ uniformly from {1.0, 0.9, 0.8, 0.7, 0.6, 0.5}
+(seed 42); the input is the question with the γ marker appended to the user turn (no marker for γ = 1),
+the target is the (compressed) CoT followed by ``\\n\\nThe final answer is: $\\boxed{ANSWER}$``.
+
+Input (``--compressed DIR``, written by ``tokenskip compress``):
+
+* ``DIR/source.jsonl`` — the uncompressed CoTs (γ = 1.0): ``{id, question, answer, cot, cot_tokens}``;
+* ``DIR/ratio-<γ>.jsonl`` — the CoTs pruned to γ: ``{id, question, answer, ratio, cot, ...}``
+  (file names from :func:`tokenskip.prompts.format_ratio`).
+
+Output (``--out OUT``, written atomically, byte-identical on a rerun):
+
+* ``OUT/train.jsonl``, ``OUT/validation.jsonl`` — rows ``{id, ratio, prompt, completion}``; ``prompt`` is
+  the chat-templated user turn with the generation prompt (text, ready to tokenize without adding special
+  tokens), ``completion`` the target text (no end-of-turn token: ``tokenskip train`` adds it);
+* ``OUT/stats.json`` — counts per γ and per split, and the resolved settings.
+
+Example::
+
+    tokenskip build-sft --compressed W/compress --model smollm2-135m-instruct --out W/sft
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.io import SCHEMA_VERSION, DataError, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, answer_line, build_prompt, format_ratio,
+                               validate_ratio)
+
+logger = logging.getLogger(__name__)
+
+#: The paper's ratio set (REFERENCE.md step 4).
+PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+COT_SOURCES = ("self", "gold", "both")
+
+
+@dataclass
+class SFTDataConfig:
+    """Settings of ``tokenskip build-sft``. Defaults follow the paper (REFERENCE.md step 4)."""
+
+    compressed: str = field(default="", metadata={"help": "folder written by 'tokenskip compress' "
+                                                          "(source.jsonl + ratio-<γ>.jsonl)"})
+    out: str = field(default="", metadata={"help": "output folder (train.jsonl, validation.jsonl, stats.json)"})
+    model: str = field(default="smollm2-135m-instruct",
+                       metadata={"help": "model whose tokenizer's chat template renders the prompts "
+                                         "(alias, .gguf, folder or Hub id)"})
+    ratios: list[float] = field(default_factory=lambda: list(PAPER_RATIOS),
+                                metadata={"help": "compression ratios γ to draw from, uniformly (paper: 1.0 0.9 "
+                                                  "0.8 0.7 0.6 0.5); each γ < 1 needs DIR/ratio-<γ>.jsonl"})
+    seed: int = field(default=42, metadata={"help": "seed of the γ draw and of the validation split (paper: 42)"})
+    validation_share: float = field(default=0.1, metadata={"help": "share of questions held out for validation"})
+    cot_source: str = field(default="self", metadata={
+        "help": "γ = 1.0 CoTs: 'self' = DIR/source.jsonl (the model's own CoTs), 'gold' = the dataset's "
+                "reference solutions (needs --benchmark/--data), 'both' = both (ids suffixed #self/#gold)",
+        "choices": list(COT_SOURCES)})
+    benchmark: str = field(default="gsm8k", metadata={"help": "benchmark of the gold solutions (gsm8k, math)"})
+    data: str | None = field(default=None, metadata={"help": "JSONL file or Hub id of the gold solutions"})
+    split: str | None = field(default=None, metadata={"help": "Hub split of --data (e.g. train)"})
+    limit: int | None = field(default=None, metadata={"help": "use at most this many gold problems"})
+    offset: int = field(default=0, metadata={"help": "skip this many gold problems first"})
+    system_prompt: str | None = field(default=None, metadata={"help": "optional system turn (paper, Qwen: "
+                                                                        "'You are a helpful assistant.')"})
+    marker_delimiter: str = field(default=DEFAULT_MARKER_DELIMITER,
+                                  metadata={"help": "delimiter around γ in the user-turn marker"})
+
+    def validate(self) -> None:
+        if not self.compressed:
+            raise ValueError("build-sft: --compressed (the folder written by 'tokenskip compress') is required")
+        if not self.out:
+            raise ValueError("build-sft: --out is required")
+        if not self.ratios:
+            raise ValueError("build-sft: --ratios must list at least one γ")
+        self.ratios = [validate_ratio(r) for r in self.ratios]
+        if len({format_ratio(r) for r in self.ratios}) != len(self.ratios):
+            raise ValueError(f"build-sft: --ratios has duplicates: {self.ratios}")
+        if not 0.0 <= self.validation_share < 1.0:
+            raise ValueError(f"build-sft: --validation-share must be in [0, 1), got {self.validation_share}")
+        if self.cot_source not in COT_SOURCES:
+            raise ValueError(f"build-sft: --cot-source must be one of {COT_SOURCES}, got {self.cot_source!r}")
+        if self.offset < 0 or (self.limit is not None and self.limit < 0):
+            raise ValueError("build-sft: --limit and --offset must be >= 0")
+
+
+@dataclass
+class Trajectory:
+    """One training question with its CoT at every γ available for it.
+
+    Attributes:
+        id: row id in the SFT data (the problem id, suffixed ``#self``/``#gold`` with ``--cot-source both``).
+        group: the problem id (the validation split never separates two trajectories of one question).
+        question, answer: problem text and final answer.
+        cots: γ -> CoT text; always has 1.0 (the uncompressed CoT).
+    """
+
+    id: str
+    group: str
+    question: str
+    answer: str
+    cots: dict[float, str]
+
+
+# ---------------------------------------------------------------- pure core
+
+def draw_ratio(traj_id: str, ratios: list[float], seed: int) -> float:
+    """One γ drawn uniformly from ``ratios`` for the trajectory ``traj_id``.
+
+    Each id gets its own generator seeded with ``"<seed>:<id>"`` (``random.Random`` hashes string seeds
+    with SHA-512, so this is stable across processes and Python runs), so the draw of a trajectory does not
+    depend on which others are in the set (``--limit`` or a new source does not reshuffle everyone).
+    """
+    if not ratios:
+        raise ValueError("draw_ratio: no ratio to draw from")
+    return random.Random(f"{seed}:{traj_id}").choice(sorted(ratios, reverse=True))
+
+
+def assign_ratios(trajectories: list[Trajectory], ratios: list[float], seed: int) -> dict[str, float]:
+    """γ for each trajectory: drawn uniformly among the requested ``ratios`` that it has a CoT for.
+
+    With complete compressed files every trajectory draws from all of ``ratios``; a trajectory missing
+    from some ratio file draws among the rest (so a gap never yields a row without its compressed CoT).
+    """
+    out = {}
+    for t in trajectories:
+        avail = [r for r in ratios if r in t.cots]
+        if not avail:
+            raise ValueError(f"trajectory {t.id!r} has a CoT for none of the ratios {ratios}")
+        out[t.id] = draw_ratio(t.id, avail, seed)
+    return out
+
+
+def split_groups(groups: list[str], share: float, seed: int) -> set[str]:
+    """The problem ids held out for validation: ``round(share × n)`` of the ``n`` distinct ids, seeded.
+
+    Ids are sorted before the seeded shuffle, so the split depends only on the set of ids and the seed.
+    """
+    uniq = sorted(set(groups))
+    random.Random(seed).shuffle(uniq)
+    return set(uniq[:round(share * len(uniq))])
+
+
+def make_record(tokenizer, traj: Trajectory, ratio: float, system_prompt: str | None = None,
+                marker_delimiter: str = DEFAULT_MARKER_DELIMITER) -> dict:
+    """The SFT row ``{id, ratio, prompt, completion}`` of one trajectory at ``ratio``.
+
+    ``prompt`` = chat template of the user turn (+ γ marker when γ < 1) with the generation prompt;
+    ``completion`` = the CoT at γ + :func:`tokenskip.prompts.answer_line`.
+    """
+    prompt = build_prompt(tokenizer, traj.question, ratio=ratio, system_prompt=system_prompt,
+                          marker_delimiter=marker_delimiter)
+    completion = traj.cots[ratio].strip() + answer_line(traj.answer)
+    return {"id": traj.id, "ratio": ratio, "prompt": prompt, "completion": completion}
+
+
+def build_records(tokenizer, trajectories: list[Trajectory], cfg: SFTDataConfig) -> tuple[list[dict], list[dict], dict]:
+    """``(train_rows, validation_rows, stats)`` for ``trajectories`` (pure: no file I/O).
+
+    ``stats`` = ``{"n": {"train": N, "validation": N, "total": N}, "per_ratio": {split: {"0.5": N...}}}``.
+    Rows keep the order of ``trajectories``.
+    """
+    ids = [t.id for t in trajectories]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
+        raise ValueError(f"duplicate trajectory id {dup!r}")
+    gamma = assign_ratios(trajectories, cfg.ratios, cfg.seed)
+    held_out = split_groups([t.group for t in trajectories], cfg.validation_share, cfg.seed)
+    train, val = [], []
+    for t in trajectories:
+        rec = make_record(tokenizer, t, gamma[t.id], cfg.system_prompt, cfg.marker_delimiter)
+        (val if t.group in held_out else train).append(rec)
+    per_ratio = {}
+    for name, rows in (("train", train), ("validation", val)):
+        c = Counter(format_ratio(r["ratio"]) for r in rows)
+        per_ratio[name] = {format_ratio(g): c.get(format_ratio(g), 0) for g in sorted(cfg.ratios, reverse=True)}
+    stats = {"n": {"train": len(train), "validation": len(val), "total": len(train) + len(val)},
+             "per_ratio": per_ratio}
+    return train, val, stats
+
+
+# ---------------------------------------------------------------- reading the compressed folder
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _text(row: dict, key: str, path: Path, lineno: int) -> str:
+    if key not in row:
+        raise DataError(path, lineno, key, "missing")
+    v = row[key]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = str(v)
+    if not isinstance(v, str):
+        raise DataError(path, lineno, key, f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, dict], dict[float, dict[str, str]]]:
+    """Read ``source.jsonl`` and the ``ratio-<γ>.jsonl`` files for the γ < 1 in ``ratios``.
+
+    Returns:
+        ``(source, compressed)``: ``source[id] = {"question", "answer", "cot"}`` and
+        ``compressed[γ][id] = cot``.
+
+    Raises:
+        FileNotFoundError: the folder or ``source.jsonl`` is missing, or a requested γ < 1 has no file
+            (the message lists the ratio files that exist).
+        DataError: a row lacks ``id``/``question``/``answer``/``cot``, or an id repeats.
+    """
+    folder = Path(folder)
+    src_path = folder / "source.jsonl"
+    if not src_path.is_file():
+        raise FileNotFoundError(f"{src_path} not found: --compressed must be a folder written by 'tokenskip compress'")
+    source: dict[str, dict] = {}
+    for lineno, row in iter_jsonl(src_path):
+        rid = _text(row, "id", src_path, lineno)
+        if rid in source:
+            raise DataError(src_path, lineno, "id", f"duplicate id {rid!r}")
+        source[rid] = {k: _text(row, k, src_path, lineno) for k in ("question", "answer", "cot")}
+    compressed: dict[float, dict[str, str]] = {}
+    missing = [r for r in ratios if r < 1.0 and not (folder / f"ratio-{format_ratio(r)}.jsonl").is_file()]
+    if missing:
+        have = sorted(p.name for p in folder.glob("ratio-*.jsonl"))
+        raise FileNotFoundError(
+            f"{folder}: no compressed file for γ = {', '.join(format_ratio(r) for r in missing)} "
+            f"(expected {', '.join(f'ratio-{format_ratio(r)}.jsonl' for r in missing)}; found: {have or 'none'}). "
+            "Compress to these ratios first or drop them from --ratios.")
+    for r in ratios:
+        if r >= 1.0:
+            continue
+        path = folder / f"ratio-{format_ratio(r)}.jsonl"
+        rows: dict[str, str] = {}
+        for lineno, row in iter_jsonl(path):
+            rid = _text(row, "id", path, lineno)
+            if rid in rows:
+                raise DataError(path, lineno, "id", f"duplicate id {rid!r}")
+            if rid not in source:
+                raise DataError(path, lineno, "id", f"id {rid!r} is not in source.jsonl")
+            rows[rid] = _text(row, "cot", path, lineno)
+        compressed[r] = rows
+    return source, compressed
+
+
+def collect_trajectories(cfg: SFTDataConfig, source: dict[str, dict], compressed: dict[float, dict[str, str]],
+                         problems=None) -> list[Trajectory]:
+    """The trajectories of ``cfg.cot_source``, each with every CoT version available for it.
+
+    A compressed row is a pruning of ``source.jsonl``'s CoT for that id, so it is offered only to a
+    trajectory whose uncompressed CoT is that same text (whitespace-insensitive). Hence for ``gold``:
+    if the folder was built from the gold solutions, trajectories are restricted to the ids it holds;
+    if it was not (it holds the model's own CoTs) and some γ < 1 is requested, that is an error (there is
+    no compressed version of the gold solutions); with ``both``, gold trajectories then get γ = 1.0 only.
+
+    Args:
+        problems: :class:`tokenskip.data.Problem` list (needed for ``gold``/``both``).
+    """
+    def versions(rid: str) -> dict[float, str]:
+        return {r: rows[rid] for r, rows in compressed.items() if rid in rows}
+
+    suffix = cfg.cot_source == "both"
+    out: list[Trajectory] = []
+    if cfg.cot_source in ("self", "both"):
+        for rid, s in source.items():
+            out.append(Trajectory(rid + "#self" if suffix else rid, rid, s["question"], s["answer"],
+                                  {1.0: s["cot"], **versions(rid)}))
+    if cfg.cot_source in ("gold", "both"):
+        if problems is None:
+            raise ValueError("build-sft: --cot-source gold/both needs the dataset (--benchmark, --data)")
+        usable = [p for p in problems if p.solution.strip()]
+        if len(usable) < len(problems):
+            logger.warning("%d problem(s) have no reference solution; skipped", len(problems) - len(usable))
+        from_gold = {p.id for p in usable if p.id in source and _norm(source[p.id]["cot"]) == _norm(p.solution)}
+        wants_compressed = any(r < 1.0 for r in cfg.ratios)
+        if from_gold:
+            if len(from_gold) < len(usable):
+                logger.info("gold: keeping the %d of %d problems present in %s", len(from_gold), len(usable),
+                            cfg.compressed)
+            usable = [p for p in usable if p.id in from_gold]
+        elif wants_compressed and cfg.cot_source == "gold":
+            raise ValueError(
+                f"build-sft: {cfg.compressed} was not built from the gold solutions of {cfg.data or cfg.benchmark} "
+                "(no source.jsonl CoT equals a reference solution), so there is no compressed version of them; "
+                "use --cot-source self, compress the gold solutions, or --ratios 1.0")
+        elif wants_compressed:
+            logger.warning("both: %s holds no compressed gold solutions; gold trajectories get γ = 1.0 only",
+                           cfg.compressed)
+        for p in usable:
+            out.append(Trajectory(p.id + "#gold" if suffix else p.id, p.id, p.question, p.answer,
+                                  {1.0: p.solution, **(versions(p.id) if p.id in from_gold else {})}))
+    if not out:
+        raise ValueError(f"build-sft: no trajectories (source {cfg.cot_source!r}, folder {cfg.compressed})")
+    return out
+
+
+# ---------------------------------------------------------------- runner
+
+def build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
+    """Read ``cfg.compressed`` (+ the gold data), write ``train.jsonl``, ``validation.jsonl``, ``stats.json``.
+
+    Returns the stats dict. Raises ``FileNotFoundError``/``DataError``/``ValueError`` on bad inputs (see
+    :func:`read_compressed`, :func:`collect_trajectories`).
+    """
+    cfg.validate()
+    if tokenizer is None:
+        from tokenskip.models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    source, compressed = read_compressed(cfg.compressed, cfg.ratios)
+    problems = None
+    if cfg.cot_source in ("gold", "both"):
+        from tokenskip.data import load_problems
+
+        problems = load_problems(cfg.benchmark, cfg.data, split=cfg.split, limit=cfg.limit, offset=cfg.offset)
+    trajectories = collect_trajectories(cfg, source, compressed, problems)
+    train, val, stats = build_records(tokenizer, trajectories, cfg)
+    out = Path(cfg.out)
+    write_jsonl_atomic(out / "train.jsonl", train)
+    write_jsonl_atomic(out / "validation.jsonl", val)
+    stats = {"schema_version": SCHEMA_VERSION, **stats, "config": to_dict(cfg)}
+    write_json_atomic(out / "stats.json", stats)
+    logger.info("wrote %d train / %d validation rows to %s; per γ (train): %s", len(train), len(val), out,
+                stats["per_ratio"]["train"])
+    return stats
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_args(parser, SFTDataConfig)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    build_sft(dataclass_from_args(SFTDataConfig, args))
+    return 0
