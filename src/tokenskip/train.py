@@ -1,0 +1,451 @@
+"""LoRA fine-tuning of the target model on the γ-mixed SFT data (paper step 5), with peft + trl's SFTTrainer.
+
+Defaults are the paper's (REFERENCE.md step 5): LoRA rank 8, alpha 16 on all linear layers, lr 5e-5,
+3 epochs, cosine schedule, warmup 10 %, effective batch 8, cutoff 2048 tokens, loss on the response
+(completion) only. LoRA dropout 0.05 (the paper does not state it). CPU-friendly defaults: float32
+weights and no bf16 unless ``--bf16`` (on CPU that is bf16 autocast, about 2x faster on AMX CPUs).
+
+Inputs (``--data``): the folder of ``tokenskip build-sft`` (``train.jsonl``, ``validation.jsonl`` with rows
+``{id, ratio, prompt, completion}``). The prompt is already chat-templated text, so it is tokenized here
+as is (no special tokens added, no second chat template) and the completion gets the chat template's
+end-of-turn token (``<|im_end|>`` for ChatML, ``<|eot_id|>`` for Llama 3), the token that stops decoding.
+trl then builds the labels from the completion mask (prompt tokens -> -100).
+
+Outputs (``--out``):
+
+* ``adapter_config.json`` + ``adapter_model.safetensors`` (peft LoRA adapter) and the tokenizer — moved
+  into place at the very end, ``adapter_config.json`` last, so its presence means training finished;
+* ``train_config.json`` — the resolved :class:`TrainConfig` (written at the start);
+* ``loss_log.jsonl`` — one row per logging step ``{step, loss, lr, epoch, grad_norm, tokens_seen}``;
+* ``train_metrics.json`` — ``train_runtime_s``, ``train_loss``, ``global_step``, ``tokens_seen``
+  (non-padding input tokens), ``tokens_per_s``, ``eval_loss`` (on at most ``--eval-max-samples``
+  validation rows) and trainable-parameter counts;
+* ``checkpoint-<step>/`` — Trainer checkpoints (``--save-steps``); after a kill, rerunning the same
+  command resumes from the last one (``--resume auto``).
+
+Single process::
+
+    tokenskip train --model smollm2-135m-instruct --data W/sft --out W/adapter
+
+Several GPUs (data parallel; the effective batch stays ``--batch-size`` = per-device × accumulation ×
+processes, accumulation derived unless ``--grad-accum`` is given)::
+
+    accelerate launch --num_processes 4 -m tokenskip.cli train --model Qwen/Qwen2.5-7B-Instruct \\
+        --data W/sft --out W/adapter --bf16 --dtype bfloat16 --per-device-batch-size 2
+    accelerate launch --config_file examples/accelerate/deepspeed_zero2.yaml -m tokenskip.cli train ...
+    accelerate launch --config_file examples/accelerate/fsdp.yaml -m tokenskip.cli train ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.io import DataError, file_hash, iter_jsonl, read_json, write_json_atomic, write_jsonl_atomic
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_MARKER = "adapter_config.json"
+
+#: Settings that may change when resuming from a checkpoint (they do not change what the saved steps did).
+RESUMABLE_CHANGES = ("max_steps", "epochs", "save_steps", "save_total_limit", "logging_steps", "threads", "resume",
+                     "eval", "eval_max_samples", "out")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of ``tokenskip train``. Defaults: the paper's (REFERENCE.md step 5) except where noted."""
+
+    model: str = field(default="smollm2-135m-instruct",
+                       metadata={"help": "base model: alias, .gguf, local folder or Hub id"})
+    data: str = field(default="", metadata={"help": "folder written by 'tokenskip build-sft' (train.jsonl, "
+                                                    "validation.jsonl)"})
+    out: str = field(default="", metadata={"help": "output folder (LoRA adapter, tokenizer, logs, checkpoints)"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (paper: 8)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (paper: 16)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (not stated in the paper)"})
+    target_modules: str = field(default="all-linear",
+                                metadata={"help": "peft target modules: 'all-linear' (paper) or a comma list "
+                                                  "like q_proj,v_proj"})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (paper: 5e-5)"})
+    epochs: float = field(default=3.0, metadata={"help": "training epochs (paper: 3)"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps "
+                                                                   "(overrides --epochs)"})
+    batch_size: int = field(default=8, metadata={"help": "effective batch = per-device batch × grad accumulation "
+                                                         "× processes (paper: 8)"})
+    per_device_batch_size: int = field(default=1, metadata={"help": "sequences per device per forward pass"})
+    grad_accum: int | None = field(default=None, metadata={
+        "help": "gradient accumulation steps; default: --batch-size / (per-device batch × processes)"})
+    scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule (paper: cosine)"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of the steps spent in linear warmup "
+                                                               "(paper: 0.1)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_length: int = field(default=2048, metadata={"help": "cutoff in tokens (prompt + completion; paper: 2048)"})
+    dtype: str = field(default="float32", metadata={"help": "dtype of the base weights (float32, bfloat16, "
+                                                            "float16)", "choices": ["float32", "bfloat16", "float16"]})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (paper: on; on CPU = autocast, "
+                                                        "about 2x faster on AMX CPUs)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
+    save_steps: int = field(default=100, metadata={"help": "save a resumable checkpoint every N optimizer steps"})
+    save_total_limit: int = field(default=2, metadata={"help": "keep at most N checkpoints"})
+    logging_steps: int = field(default=10, metadata={"help": "log the loss every N optimizer steps"})
+    seed: int = field(default=42, metadata={"help": "seed of LoRA init, data order and dropout"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: $TOKENSKIP_THREADS "
+                                                                "or torch's default)"})
+    resume: str = field(default="auto", metadata={"help": "'auto' = continue from the last checkpoint in --out "
+                                                          "if any, 'never' = start over, or a checkpoint folder"})
+    eval: bool = field(default=True, metadata={"help": "compute the validation loss at the end"})
+    eval_max_samples: int | None = field(default=256, metadata={"help": "validation rows used for the eval loss"})
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ValueError("train: --data (the folder written by 'tokenskip build-sft') is required")
+        if not self.out:
+            raise ValueError("train: --out is required")
+        for name in ("lora_r", "lora_alpha", "batch_size", "per_device_batch_size", "max_length", "save_steps",
+                     "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train: --{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.grad_accum is not None and self.grad_accum < 1:
+            raise ValueError(f"train: --grad-accum must be >= 1, got {self.grad_accum}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"train: --max-steps must be >= 1, got {self.max_steps}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"train: --lr must be > 0, got {self.lr}")
+        if self.epochs <= 0:
+            raise ValueError(f"train: --epochs must be > 0, got {self.epochs}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"train: --warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"train: --lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
+            raise ValueError(f"train: --resume must be 'auto', 'never' or a checkpoint folder, got {self.resume!r}")
+
+
+# ---------------------------------------------------------------- pure core
+
+def end_of_turn(tokenizer) -> str:
+    """The text the chat template puts after an assistant message (``<|im_end|>``, ``<|eot_id|>``...).
+
+    Found by rendering a one-turn conversation with a sentinel answer; trailing whitespace is dropped
+    (decoding stops at the token itself). Falls back to ``tokenizer.eos_token`` when the template adds
+    nothing. Raises ``ValueError`` when there is neither.
+    """
+    sentinel = "TOKENSKIP_SENTINEL_ANSWER"
+    eot = ""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "q"},
+                                              {"role": "assistant", "content": sentinel}], tokenize=False)
+        eot = text[text.rindex(sentinel) + len(sentinel):].rstrip()
+    eot = eot or (tokenizer.eos_token or "")
+    if not eot:
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r}: no end-of-turn or EOS token")
+    return eot
+
+
+def tokenize_example(tokenizer, prompt: str, completion: str, eot: str) -> dict:
+    """Token ids of one SFT row, with the completion mask.
+
+    The prompt (already chat-templated) and the completion (+ ``eot``) are tokenized separately without
+    adding special tokens — exactly what the model sees at inference (prompt ids, then generated ids).
+
+    Returns:
+        ``{"input_ids": [int] * (P + C), "completion_mask": [0] * P + [1] * C}``.
+    """
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion + eot, add_special_tokens=False)["input_ids"]
+    return {"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)}
+
+
+def read_sft_rows(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Rows ``{id, ratio, prompt, completion}`` of a build-sft file; ``DataError`` names a bad line/field."""
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        for key in ("prompt", "completion"):
+            if not isinstance(row.get(key), str) or not row[key]:
+                raise DataError(path, lineno, key, "expected a non-empty string")
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows
+
+
+def tokenize_rows(tokenizer, rows: list[dict]):
+    """A ``datasets.Dataset`` with ``input_ids`` and ``completion_mask`` (see :func:`tokenize_example`)."""
+    from datasets import Dataset
+
+    eot = end_of_turn(tokenizer)
+    return Dataset.from_list([tokenize_example(tokenizer, r["prompt"], r["completion"], eot) for r in rows])
+
+
+def world_size() -> int:
+    """Number of training processes (``WORLD_SIZE`` set by ``accelerate launch``/torchrun; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def resolve_grad_accum(cfg: TrainConfig, processes: int = 1) -> int:
+    """Gradient accumulation giving the effective batch ``cfg.batch_size``.
+
+    Raises:
+        ValueError: ``batch_size`` is not a multiple of per-device batch × processes.
+    """
+    if cfg.grad_accum is not None:
+        return cfg.grad_accum
+    per_step = cfg.per_device_batch_size * processes
+    if cfg.batch_size % per_step:
+        raise ValueError(f"train: --batch-size {cfg.batch_size} is not a multiple of per-device batch "
+                         f"{cfg.per_device_batch_size} × {processes} process(es); set --grad-accum")
+    return cfg.batch_size // per_step
+
+
+def lora_config(cfg: TrainConfig):
+    """The peft ``LoraConfig`` of ``cfg`` (causal LM; all linear layers except the output head by default)."""
+    from peft import LoraConfig
+
+    targets = cfg.target_modules if cfg.target_modules == "all-linear" else [
+        t.strip() for t in cfg.target_modules.split(",") if t.strip()]
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+
+
+def sft_args(cfg: TrainConfig, output_dir: str, processes: int = 1):
+    """trl ``SFTConfig`` for ``cfg`` (trl's own defaults bf16=True, gradient checkpointing=True are overridden)."""
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        per_device_eval_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=resolve_grad_accum(cfg, processes),
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a share of the total steps
+        weight_decay=cfg.weight_decay,
+        bf16=cfg.bf16,
+        fp16=False,
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        packing=False,
+        pad_to_multiple_of=None,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="no",
+        seed=cfg.seed,
+        report_to="none",
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def build_trainer(model, tokenizer, train_rows: list[dict], cfg: TrainConfig, output_dir: str,
+                  eval_rows: list[dict] | None = None, callbacks=None):
+    """A trl ``SFTTrainer`` training a fresh LoRA adapter on ``model`` (an in-memory ``PreTrainedModel``).
+
+    ``train_rows``/``eval_rows`` are build-sft rows (``prompt``, ``completion``). Only the LoRA weights
+    are trainable; the loss covers the completion tokens (prompt labels are -100).
+    """
+    from peft import get_peft_model
+    from trl import SFTTrainer
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model, "peft_config", None) is None:
+        model = get_peft_model(model, lora_config(cfg))
+    args = sft_args(cfg, output_dir, world_size())
+    train_ds = tokenize_rows(tokenizer, train_rows)
+    eval_ds = tokenize_rows(tokenizer, eval_rows) if eval_rows else None
+    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                      processing_class=tokenizer, callbacks=callbacks)
+
+
+def load_for_training(cfg: TrainConfig):
+    """``(model, tokenizer)`` of ``cfg.model`` for training (weights in ``cfg.dtype``, not yet LoRA-wrapped)."""
+    from transformers import AutoModelForCausalLM
+
+    from tokenskip.models import load_tokenizer, materialize, torch_dtype
+
+    tok = load_tokenizer(cfg.model, padding_side="right")
+    model = AutoModelForCausalLM.from_pretrained(materialize(cfg.model), dtype=torch_dtype(cfg.dtype))
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+    return model, tok
+
+
+# ---------------------------------------------------------------- runner
+
+def _loss_log_callback(path: Path):
+    from transformers import TrainerCallback
+
+    class LossLog(TrainerCallback):
+        """Rewrites loss_log.jsonl from the trainer's log history (restored from the checkpoint on resume,
+        so a resumed run has each step once)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero:
+                write_jsonl_atomic(path, loss_rows(state.log_history))
+
+    return LossLog()
+
+
+def loss_rows(log_history: list[dict]) -> list[dict]:
+    """Training-loss rows ``{step, loss, lr, epoch, grad_norm, tokens_seen}`` from a Trainer log history."""
+    rows = {}
+    for h in log_history:
+        if "loss" in h and "step" in h:
+            rows[h["step"]] = {"step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate"),
+                               "epoch": h.get("epoch"), "grad_norm": h.get("grad_norm"),
+                               "tokens_seen": h.get("num_input_tokens_seen")}
+    return [rows[s] for s in sorted(rows)]
+
+
+def _identity(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k not in RESUMABLE_CHANGES}
+
+
+def _checkpoint_to_resume(cfg: TrainConfig, out: Path, resolved: dict) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if cfg.resume == "never":
+        return None
+    if cfg.resume != "auto":
+        return cfg.resume
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if last is None:
+        return None
+    old = out / "train_config.json"
+    if old.exists():
+        prev = read_json(old)
+        diff = sorted(k for k in set(_identity(prev)) | set(_identity(resolved))
+                      if prev.get(k) != resolved.get(k))
+        if diff:
+            raise ValueError(f"train: {out} holds checkpoints of a run with different settings ({', '.join(diff)}); "
+                             "use another --out, --resume never to start over, or the old settings")
+    return last
+
+
+def _publish_adapter(tmp: Path, out: Path) -> None:
+    """Move the saved adapter files from ``tmp`` into ``out``, ``adapter_config.json`` last."""
+    names = sorted(p.name for p in tmp.iterdir())
+    for name in [n for n in names if n != ADAPTER_MARKER] + [ADAPTER_MARKER]:
+        if (tmp / name).is_dir():
+            shutil.rmtree(out / name, ignore_errors=True)
+        os.replace(tmp / name, out / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
+    """Run LoRA SFT per ``cfg`` and write the outputs listed in the module docstring. Returns the metrics.
+
+    ``model``/``tokenizer`` may be passed in (tests); otherwise :func:`load_for_training` loads them.
+
+    Raises:
+        FileNotFoundError: ``cfg.data`` has no ``train.jsonl``.
+        ValueError: bad settings, or ``--out`` holds checkpoints of a run with other settings.
+    """
+    import torch
+
+    from tokenskip.models import configure_threads
+
+    cfg.validate()
+    configure_threads(cfg.threads)
+    data, out = Path(cfg.data), Path(cfg.out)
+    train_path = data / "train.jsonl"
+    if not train_path.is_file():
+        raise FileNotFoundError(f"{train_path} not found: --data must be a folder written by 'tokenskip build-sft'")
+    resolved = {**to_dict(cfg), "grad_accum": resolve_grad_accum(cfg, world_size()), "processes": world_size(),
+                "train_data_hash": file_hash(train_path)}
+    main_process = int(os.environ.get("RANK", "0") or 0) == 0
+    cfg_path = out / "train_config.json"
+    if (out / ADAPTER_MARKER).exists() and cfg_path.exists() and read_json(cfg_path) == resolved \
+            and (out / "train_metrics.json").exists():
+        logger.info("%s already holds the adapter of this exact run; nothing to do", out)
+        return read_json(out / "train_metrics.json")
+    resume_from = _checkpoint_to_resume(cfg, out, resolved)
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ADAPTER_MARKER).unlink(missing_ok=True)  # the folder holds no finished adapter until the end
+        if cfg.resume == "never":
+            for ck in out.glob("checkpoint-*"):
+                logger.warning("--resume never: removing old %s", ck)
+                shutil.rmtree(ck)
+            (out / "loss_log.jsonl").unlink(missing_ok=True)
+        write_json_atomic(cfg_path, resolved)
+
+    if model is None or tokenizer is None:
+        model, tokenizer = load_for_training(cfg)
+    train_rows = read_sft_rows(train_path)
+    val_path = data / "validation.jsonl"
+    eval_rows = read_sft_rows(val_path, cfg.eval_max_samples) if cfg.eval and val_path.is_file() else []
+    trainer = build_trainer(model, tokenizer, train_rows, cfg, str(out), eval_rows or None,
+                            callbacks=[_loss_log_callback(out / "loss_log.jsonl")])
+    n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in trainer.model.parameters())
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    runtime = time.perf_counter() - t0
+    state = trainer.state
+    prior_tokens = getattr(trainer, "_initial_num_input_tokens_seen", 0) or 0
+    session_tokens = state.num_input_tokens_seen - prior_tokens
+    metrics = {
+        "global_step": state.global_step,
+        "epoch": state.epoch,
+        "train_loss": result.training_loss,
+        "train_runtime_s": round(runtime, 3),
+        "tokens_seen": state.num_input_tokens_seen,
+        "tokens_seen_this_session": session_tokens,
+        "tokens_per_s": round(session_tokens / runtime, 2) if runtime > 0 else None,
+        "resumed_from": resume_from,
+        "trainable_params": n_train,
+        "total_params": n_all,
+        "trainable_share": n_train / n_all,
+        "train_rows": len(train_rows),
+        "bf16": cfg.bf16,
+        "device": str(trainer.args.device),
+        "threads": torch.get_num_threads(),
+    }
+    if eval_rows:
+        ev = trainer.evaluate()
+        metrics["eval_loss"] = ev.get("eval_loss")
+        metrics["eval_rows"] = len(eval_rows)
+    tmp = out / ".adapter.tmp"
+    if main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # collective under DeepSpeed/FSDP; writes on the main process only
+    trainer.accelerator.wait_for_everyone()
+    if main_process:
+        write_jsonl_atomic(out / "loss_log.jsonl", loss_rows(state.log_history))
+        write_json_atomic(out / "train_metrics.json", metrics)
+        _publish_adapter(tmp, out)
+        logger.info("adapter written to %s (step %d, %.1f tokens/s, loss %.4f)", out, state.global_step,
+                    metrics["tokens_per_s"] or 0.0, result.training_loss)
+    return metrics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_args(parser, TrainConfig)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    metrics = train(dataclass_from_args(TrainConfig, args))
+    print(json.dumps({k: metrics.get(k) for k in ("global_step", "train_loss", "eval_loss", "tokens_per_s")}))
+    return 0

@@ -1,0 +1,129 @@
+"""LoRA SFT: only adapter weights change, completion-only labels, resume continues the step count."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import LLAMA3_TEMPLATE, make_tiny_llama
+from tokenskip.io import read_jsonl, write_jsonl_atomic
+from tokenskip.prompts import answer_line, build_prompt
+from tokenskip.train import (TrainConfig, build_trainer, end_of_turn, resolve_grad_accum, tokenize_example,
+                             train)
+
+
+def sft_rows(tokenizer, n=8):
+    rows = []
+    for i in range(n):
+        ratio = (1.0, 0.5)[i % 2]
+        rows.append({"id": f"q{i}", "ratio": ratio,
+                     "prompt": build_prompt(tokenizer, f"What is {i} + {i}?", ratio=ratio),
+                     "completion": f"{i} plus {i} is {2 * i}." + answer_line(str(2 * i))})
+    return rows
+
+
+def small_cfg(tmp_path, **kw):
+    base = dict(data=str(tmp_path / "sft"), out=str(tmp_path / "out"), batch_size=2, per_device_batch_size=1,
+                warmup_ratio=0.0, logging_steps=1, save_steps=1, max_length=256, eval=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_end_of_turn_follows_the_chat_template(smol_tokenizer):
+    assert end_of_turn(smol_tokenizer) == "<|im_end|>"
+    assert smol_tokenizer.convert_tokens_to_ids("<|im_end|>") == smol_tokenizer.eos_token_id
+    llama = copy.deepcopy(smol_tokenizer)
+    llama.chat_template = LLAMA3_TEMPLATE
+    assert end_of_turn(llama) == "<|eot_id|>"
+
+
+def test_labels_mask_the_prompt(tmp_path, smol_tokenizer):
+    rows = sft_rows(smol_tokenizer, 2)
+    trainer = build_trainer(make_tiny_llama(smol_tokenizer), smol_tokenizer, rows, small_cfg(tmp_path),
+                            str(tmp_path / "out"))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for b, row in enumerate(rows):
+        p_ids = smol_tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        c_ids = smol_tokenizer(row["completion"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        n = len(p_ids) + len(c_ids)
+        ids, labels = batch["input_ids"][b].tolist(), batch["labels"][b].tolist()
+        assert ids[:n] == p_ids + c_ids  # no second chat template, no extra BOS/EOS
+        assert labels[:len(p_ids)] == [-100] * len(p_ids)
+        assert labels[len(p_ids):n] == c_ids
+        assert all(x == -100 for x in labels[n:])  # padding
+        assert smol_tokenizer.decode(ids[:n]) == row["prompt"] + row["completion"] + "<|im_end|>"
+    assert tokenize_example(smol_tokenizer, "a", "b", "<|im_end|>")["completion_mask"][0] == 0
+
+
+def test_step_changes_only_lora_weights(tmp_path, smol_tokenizer):
+    model = make_tiny_llama(smol_tokenizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # two steps: on the first, lora_A gets no gradient (lora_B starts at zero)
+    cfg = small_cfg(tmp_path, max_steps=2, lr=1e-2, save_steps=100)
+    trainer = build_trainer(model, smol_tokenizer, sft_rows(smol_tokenizer, 4), cfg, str(tmp_path / "out"))
+    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    assert lora_before and all(p.requires_grad == ("lora_" in n) for n, p in trainer.model.named_parameters())
+    result = trainer.train()
+    assert math.isfinite(result.training_loss) and result.training_loss > 0
+    after = {n: p.detach() for n, p in trainer.model.named_parameters()}
+    changed = [n for n in lora_before if not torch.equal(lora_before[n], after[n])]
+    assert any("lora_B" in n for n in changed) and any("lora_A" in n for n in changed)
+    base = trainer.model.get_base_model().state_dict()
+    for k, v in before.items():
+        key = k if k in base else k.replace(".weight", ".base_layer.weight")
+        assert torch.equal(base[key], v), k
+    # all linear layers of the blocks got an adapter (lm_head excluded by peft's all-linear)
+    assert not any("lm_head" in n for n in lora_before)
+    assert {n.split(".")[-4] for n in lora_before} >= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                       "up_proj", "down_proj"}
+
+
+def test_resume_continues_step_count(tmp_path, smol_tokenizer, tiny_model_dir):
+    write_jsonl_atomic(tmp_path / "sft" / "train.jsonl", sft_rows(smol_tokenizer, 12))
+    write_jsonl_atomic(tmp_path / "sft" / "validation.jsonl", sft_rows(smol_tokenizer, 2))
+    out = tmp_path / "out"
+    m1 = train(small_cfg(tmp_path, model=tiny_model_dir, max_steps=2, eval=True))
+    assert m1["global_step"] == 2 and m1["resumed_from"] is None and math.isfinite(m1["eval_loss"])
+    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 8
+    assert [r["step"] for r in read_jsonl(out / "loss_log.jsonl")] == [1, 2]
+    m2 = train(small_cfg(tmp_path, model=tiny_model_dir, max_steps=4))
+    assert m2["global_step"] == 4 and Path(m2["resumed_from"]).name == "checkpoint-2"
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    log = read_jsonl(out / "loss_log.jsonl")
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in log)
+    assert m2["tokens_seen"] > m1["tokens_seen"] and m2["tokens_seen_this_session"] < m2["tokens_seen"]
+    assert json.loads((out / "train_config.json").read_text())["max_steps"] == 4
+    # a different LoRA rank must not silently reuse these checkpoints
+    with pytest.raises(ValueError, match="lora_r"):
+        train(small_cfg(tmp_path, model=tiny_model_dir, max_steps=6, lora_r=4))
+
+
+def test_config_checks():
+    assert resolve_grad_accum(TrainConfig(data="d", out="o")) == 8
+    assert resolve_grad_accum(TrainConfig(data="d", out="o", per_device_batch_size=2), processes=2) == 2
+    with pytest.raises(ValueError, match="multiple"):
+        resolve_grad_accum(TrainConfig(data="d", out="o", per_device_batch_size=3))
+    with pytest.raises(ValueError, match="--data"):
+        TrainConfig(out="o").validate()
+    with pytest.raises(ValueError, match="--resume"):
+        TrainConfig(data="d", out="o", resume="nowhere").validate()
+
+
+@pytest.mark.slow
+def test_cli_on_packaged_model(tmp_path, smol_tokenizer):
+    from tokenskip.cli import main
+
+    write_jsonl_atomic(tmp_path / "sft" / "train.jsonl", sft_rows(smol_tokenizer, 8))
+    rc = main(["train", "--model", "smollm2-135m-instruct", "--data", str(tmp_path / "sft"), "--max-steps", "2",
+               "--out", str(tmp_path / "adapter"), "--threads", "1"])
+    assert rc == 0
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    metrics = json.loads((tmp_path / "adapter" / "train_metrics.json").read_text())
+    assert metrics["global_step"] == 2 and math.isfinite(metrics["train_loss"])
