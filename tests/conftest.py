@@ -49,7 +49,11 @@ def smol_tokenizer():
 
 
 def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32):
-    """A tiny random LlamaForCausalLM sized to ``tokenizer`` (deterministic for a seed)."""
+    """A tiny random LlamaForCausalLM sized to ``tokenizer`` (deterministic for a seed).
+
+    initializer_range 0.2 and untied embeddings make it emit varied words; the default init
+    (0.02, tied) makes it repeat one newline token, which would hide bugs in CoT counting.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -57,7 +61,7 @@ def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32)
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                      tie_word_embeddings=True)
+                      tie_word_embeddings=False, initializer_range=0.2)
     model = LlamaForCausalLM(cfg).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

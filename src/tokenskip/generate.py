@@ -154,6 +154,7 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
                     row = row_hook(problems[i], row)
                 writer.append(row)
             bar.update(len(idx))
+    writer.reorder(p.id for p in problems)
     return [writer.rows[p.id] for p in problems]
 
 

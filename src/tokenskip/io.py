@@ -182,6 +182,19 @@ class ResumableJsonl:
         os.fsync(self._fh.fileno())
         self.rows[k] = row
 
+    def reorder(self, keys: Iterable) -> None:
+        """Rewrite the file atomically with rows in ``keys`` order first (rows are appended in completion
+        order, e.g. sorted by prompt length; readers expect the data set's order). Other rows follow."""
+        keys = [k for k in keys if k in self.rows]
+        rest = [k for k in self.rows if k not in set(keys)]
+        order = keys + rest
+        if order == list(self.rows):
+            return
+        self._fh.close()
+        self.rows = {k: self.rows[k] for k in order}
+        write_jsonl_atomic(self.path, self.rows.values())
+        self._fh = self.path.open("a", encoding="utf-8")
+
     def close(self) -> None:
         self._fh.close()
 

@@ -1,0 +1,104 @@
+import math
+
+import pytest
+import torch
+
+from conftest import GSM8K_TEST, make_tiny_llama, need_data
+from tokenskip.evaluate import EvaluateConfig, run_dir, run_evaluate
+from tokenskip.generate import GenerationConfig, run_generate
+from tokenskip.io import read_json, read_jsonl
+
+
+def cfg(model, out, **kw):
+    base = dict(model=model, benchmark="gsm8k", data=str(need_data(GSM8K_TEST)), limit=3, max_new_tokens=8,
+                batch_size=2, out=str(out))
+    base.update(kw)
+    return EvaluateConfig(**base)
+
+
+@pytest.fixture()
+def adapter_dir(tmp_path, tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    d = tmp_path / "adapter"
+    peft_model.save_pretrained(d)
+    return str(d)
+
+
+def test_original_writes_rows_and_metrics_and_resumes(tmp_path, tiny_model_dir):
+    (m,) = run_evaluate(cfg(tiny_model_dir, tmp_path, limit=2))
+    d = run_dir(tmp_path, "gsm8k", "original")
+    rows = read_jsonl(d / "predictions.jsonl")
+    assert [r["id"] for r in rows] == ["gsm8k/test/0", "gsm8k/test/1"]
+    assert all(0 < r["num_tokens"] <= 8 and r["gold"] for r in rows)
+    assert m["n"] == 2 and m["act_ratio"] == 1.0
+    assert m["avg_cot_tokens"] == pytest.approx(sum(r["cot_tokens"] for r in rows) / 2)
+    # a bigger slice reuses the 2 rows on disk and adds one: no duplicates
+    (m3,) = run_evaluate(cfg(tiny_model_dir, tmp_path, limit=3))
+    rows3 = read_jsonl(d / "predictions.jsonl")
+    assert [r["id"] for r in rows3] == ["gsm8k/test/0", "gsm8k/test/1", "gsm8k/test/2"]
+    assert rows3[:2] == rows and m3["n"] == 3
+    # changed settings: rows regenerated, not reused
+    run_evaluate(cfg(tiny_model_dir, tmp_path, limit=3, max_new_tokens=4))
+    assert all(r["num_tokens"] <= 4 for r in read_jsonl(d / "predictions.jsonl"))
+
+
+def test_truncation_caps_are_honoured_exactly(tmp_path, tiny_model_dir):
+    ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="truncation", ratios=[0.5], max_new_tokens=12))
+    assert [m["method"] for m in ms] == ["original", "truncation"]
+    orig = {r["id"]: r for r in read_jsonl(run_dir(tmp_path, "gsm8k", "original") / "predictions.jsonl")}
+    rows = read_jsonl(run_dir(tmp_path, "gsm8k", "truncation", 0.5) / "predictions.jsonl")
+    for r in rows:
+        o = orig[r["id"]]
+        assert r["cap"] == max(1, math.ceil(0.5 * o["cot_tokens"]))
+        # greedy: the truncated CoT is exactly the original output's first `cap` tokens
+        assert r["output_token_ids"] == o["output_token_ids"][:r["cap"]]
+        if o["num_tokens"] > r["cap"]:
+            assert "The final answer is: $\\boxed{" in r["output"]
+    assert ms[1]["act_ratio"] is not None and ms[1]["act_ratio"] < 1.0
+
+
+def test_tokenskip_gets_act_ratio_and_merged_equals_unmerged(tmp_path, tiny_model_dir, adapter_dir):
+    run_evaluate(cfg(tiny_model_dir, tmp_path))
+    merged = run_evaluate(cfg(tiny_model_dir, tmp_path / "a", method="tokenskip", adapter=adapter_dir,
+                              ratios=[1.0, 0.5]))
+    assert [m["ratio"] for m in merged] == [1.0, 0.5]
+    assert merged[0]["act_ratio"] is None  # no original run in that --out
+    ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="tokenskip", adapter=adapter_dir, ratios=[1.0, 0.5]))
+    assert all(m["act_ratio"] is not None for m in ms)
+    unmerged = run_evaluate(cfg(tiny_model_dir, tmp_path / "b", method="tokenskip", adapter=adapter_dir,
+                                ratios=[0.5], merge_adapter=False))
+    a = read_jsonl(run_dir(tmp_path / "a", "gsm8k", "tokenskip", 0.5) / "predictions.jsonl")
+    b = read_jsonl(run_dir(tmp_path / "b", "gsm8k", "tokenskip", 0.5) / "predictions.jsonl")
+    assert [r["output_token_ids"] for r in a] == [r["output_token_ids"] for r in b]
+    base = read_jsonl(run_dir(tmp_path, "gsm8k", "original") / "predictions.jsonl")
+    assert [r["output_token_ids"] for r in base] != [r["output_token_ids"] for r in a]  # the adapter matters
+    assert "<|eot_id|>0.5<|eot_id|>" in a[0]["prompt"]
+
+
+def test_prompt_method_uses_reduction_instruction(tmp_path, tiny_model_dir):
+    (m,) = run_evaluate(cfg(tiny_model_dir, tmp_path, method="prompt", ratios=[0.6], limit=1))
+    (row,) = read_jsonl(run_dir(tmp_path, "gsm8k", "prompt", 0.6) / "predictions.jsonl")
+    assert "by 40%" in row["prompt"] and m["ratio"] == 0.6
+
+
+def test_invalid_settings(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="needs --adapter"):
+        run_evaluate(cfg(tiny_model_dir, tmp_path, method="tokenskip"))
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        run_evaluate(cfg(tiny_model_dir, tmp_path, method="prompt", ratios=[1.5]))
+
+
+def test_generate_stage(tmp_path, tiny_model_dir):
+    m = run_generate(GenerationConfig(model=tiny_model_dir, benchmark="gsm8k", data=str(GSM8K_TEST), limit=2,
+                                      max_new_tokens=5, out=str(tmp_path)))
+    assert m["n"] == 2 and (tmp_path / "predictions.jsonl").exists()
+    assert read_json(tmp_path / "metrics.json")["accuracy"] == 0.0
