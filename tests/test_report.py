@@ -98,9 +98,10 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-@pytest.fixture
-def full_run(tmp_path):
-    run = make_run(tmp_path)
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One full synthetic run reported once, shared by the read-only tests below."""
+    run = make_run(tmp_path_factory.mktemp("full"))
     md_path = rep.write_report(run)
     return run, md_path, md_path.read_text()
 
@@ -187,6 +188,13 @@ def test_evaluate_folder_as_run_dir_and_out_flag(tmp_path, capsys):
     assert link.startswith("../myrun/evaluate/math/tokenskip/ratio-0.7/")
     assert (out / link).is_file()
     assert not (out / "plots").exists()
+    # report written inside the evaluate folder itself, twice: its own plots/ is not taken for a benchmark
+    for _ in range(2):
+        md_path = rep.write_report(run / "evaluate")
+    data = json.loads((run / "evaluate" / "report.json").read_text())
+    assert list(data["benchmarks"]) == ["math"] and data["evaluate_dir"] == "."
+    assert (run / "evaluate" / "plots" / "accuracy_vs_tokens_math.png").is_file()
+    assert "(math/original/predictions.jsonl)" in md_path.read_text()
 
 
 def test_inconsistencies_are_noted_not_fixed(tmp_path):

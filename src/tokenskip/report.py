@@ -455,8 +455,9 @@ def render_markdown(report: dict) -> str:
     """``report.md`` text from :func:`build_report`'s data plus ``report["plots"]``
     (``{key: {"path": relative PNG path} | {"skipped": reason}}``; may be empty)."""
     plots = report.get("plots") or {}
+    where = "this folder" if report["evaluate_dir"] == "." else f"`{report['evaluate_dir']}`"
     out = [f"# TokenSkip report: {report['name']}", "",
-           f"Results read from `{report['evaluate_dir']}`. Every number below is copied from a "
+           f"Results read from {where}. Every number below is copied from a "
            f"`metrics.json`; `{MISSING}` means the file does not give it. Each row links to the "
            "predictions it was computed from.", "",
            "ActRatio = average CoT tokens at γ ÷ average CoT tokens of the original model (paper §4); "
