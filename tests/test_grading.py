@@ -296,7 +296,7 @@ def test_timeout_in_a_thread_with_pathological_input(caplog):
     with caplog.at_level(logging.WARNING, logger="tokenskip.grading"), ThreadPoolExecutor(1) as ex:
         result, took = ex.submit(_timed, answers_match, PATHOLOGICAL, "1", "math", timeout_s=1.0).result(timeout=60)
     assert result is False
-    assert took < 5.0
+    assert took < 15.0  # 1 s limit + possibly a child restart on a busy 2-core machine; unlimited, it runs for minutes
     assert any("exceeded 1.0 s" in r.getMessage() for r in caplog.records)
     # the pool recovers: a fresh child gives right answers again
     assert answers_match("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2", "math")
@@ -313,7 +313,7 @@ def test_timeout_with_slow_verifier_from_threads(caplog):
         pool.close()
     for result, took in results:
         assert result is None  # timed out
-        assert took < 1.0 + pool.startup_timeout_s
+        assert took < 15.0  # two children start in parallel, then the 1 s limit
     assert sum("exceeded 1.0 s" in r.getMessage() for r in caplog.records) == 2
 
 
@@ -333,7 +333,7 @@ def test_is_correct_false_on_timeout_via_default_pool(monkeypatch):
         th.start()
         assert done.wait(60), "is_correct hung"
         assert out["r"] is False
-        assert time.monotonic() - t0 < 60
+        assert time.monotonic() - t0 < 30
     finally:
         slow_pool.close()
 
@@ -341,3 +341,17 @@ def test_is_correct_false_on_timeout_via_default_pool(monkeypatch):
 def test_pool_rejects_bad_timeout():
     with pytest.raises(ValueError, match="timeout_s"):
         VerifierPool().compare("1", "1", timeout_s=0)
+
+
+def test_timeout_inside_a_worker_process():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fresh interpreter, as in data-loader or evaluation worker processes
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        ok = ex.submit(answers_match, "\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2", "math").result(timeout=120)
+        t0 = time.monotonic()
+        hung = ex.submit(answers_match, PATHOLOGICAL, "1", "math", 1.0).result(timeout=120)
+        took = time.monotonic() - t0
+    assert (ok, hung) == (True, False)
+    assert took < 15.0  # 1 s limit + possibly a child restart on a busy 2-core machine; unlimited, it runs for minutes

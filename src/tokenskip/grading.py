@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 #: Wall-clock limit for one math-verify comparison (parse gold + parse prediction + verify), seconds.
 #: Same figure as math-verify's own per-operation default (5 s).
 DEFAULT_TIMEOUT_S = 5.0
-#: Child processes in the default pool; each holds sympy + math-verify (~100 MB).
+#: Child processes in the default pool; each holds sympy + math-verify (~65 MB resident).
 DEFAULT_MAX_WORKERS = 2
 #: Relative tolerance for GSM8K numeric equality, so 1/3 = 0.333333 (rounding only; 0.18 ≠ 18).
 GSM8K_REL_TOL = 1e-6
@@ -72,7 +72,8 @@ class Grade:
 
 def split_cot(text: str) -> str:
     """The CoT part of a model output: the text before the first "The final answer is" (any case),
-    or the whole text when the phrase is absent, stripped. Paper §4: CoT tokens are counted on this."""
+    or the whole text when the phrase is absent, stripped. The paper's evaluation counts CoT tokens on
+    this part (reference code: the text before "The final answer is")."""
     m = _SPLIT_PHRASE.search(text)
     return (text[: m.start()] if m else text).strip()
 
@@ -380,6 +381,9 @@ class VerifierPool:
                 logger.warning("math-verify worker failed (%s: %s); counted as incorrect (gold=%r, pred=%r)",
                                type(e).__name__, e, gold[:200], pred[:200])
                 return None
+            except BaseException:  # Ctrl-C mid-comparison: do not leave a busy child behind
+                worker.kill()
+                raise
             with self._lock:
                 self._idle.append(worker)
         if "error" in reply:
