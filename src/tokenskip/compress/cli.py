@@ -1,0 +1,255 @@
+"""``tokenskip compress``: prune CoTs to ratios γ and write one row file per γ.
+
+Inputs: generate's ``predictions.jsonl`` (correct rows with ``cot_tokens`` ≤ ``max_cot_tokens``, paper
+step 2) or, with ``--cot-source gold``, a dataset's reference solutions.
+
+Outputs under ``--out``:
+
+* ``source.jsonl`` — the uncompressed CoTs kept: ``id, question, answer, cot, cot_tokens``;
+* ``ratio-<γ>.jsonl`` — per γ: ``id, question, answer, ratio, cot, original_tokens, kept_tokens,
+  achieved_ratio, scorer, overshoot, answer_numbers_kept``;
+* ``summary.json`` — per γ: ``n``, ``mean_achieved_ratio``, ``mean_abs_error`` (mean |achieved − γ|),
+  ``p95_abs_error``, ``overshoot_share``, ``answer_numbers_kept_share``; plus scorer, model, settings.
+
+Every row file is a :class:`~tokenskip.io.ResumableJsonl` keyed by ``id``: a killed run resumes, and
+changed settings start the file over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.io import DataError, ResumableJsonl, file_hash, iter_jsonl, write_json_atomic
+from tokenskip.prompts import format_ratio, validate_ratio
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CompressConfig:
+    """Settings of the compress stage. Defaults follow the paper (ratios 0.9…0.5, CoTs ≤ 500 tokens)."""
+
+    out: str = field(default="", metadata={"help": "output folder"})
+    predictions: str = field(default="", metadata={"help": "generate's predictions.jsonl (with --cot-source predictions)"})
+    cot_source: str = field(default="predictions", metadata={
+        "help": "where CoTs come from: the model's correct predictions, or a dataset's gold solutions",
+        "choices": ["predictions", "gold"]})
+    benchmark: str = field(default="gsm8k", metadata={"help": "benchmark of --data (with --cot-source gold)"})
+    data: str = field(default="", metadata={"help": "dataset file or Hub id (with --cot-source gold)"})
+    limit: int | None = field(default=None, metadata={"help": "use at most this many CoTs (after --offset)"})
+    offset: int = field(default=0, metadata={"help": "skip this many dataset rows first (gold source)"})
+    max_cot_tokens: int = field(default=500, metadata={"help": "drop CoTs longer than this, in target tokens (paper: 500)"})
+    ratios: list[float] = field(default_factory=lambda: [0.9, 0.8, 0.7, 0.6, 0.5],
+                                metadata={"help": "compression ratios γ in (0, 1] (paper §4)"})
+    model: str = field(default="smollm2-135m-instruct", metadata={
+        "help": "target model (alias, folder, .gguf or Hub id): its tokenizer counts tokens"})
+    scorer: str = field(default="self-information", metadata={
+        "help": "token importance scorer", "choices": ["self-information", "llmlingua2", "random"]})
+    scorer_model: str = field(default="", metadata={
+        "help": "scorer model (self-information: a causal LM, default --model; llmlingua2: a token "
+                "classifier, default microsoft/llmlingua-2-xlm-roberta-large-meetingbank)"})
+    batch_size: int = field(default=8, metadata={"help": "texts (windows) per scorer forward pass"})
+    seed: int = field(default=42, metadata={"help": "seed of the random scorer"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: TOKENSKIP_THREADS or torch default)"})
+    device: str = field(default="cpu", metadata={"help": "torch device of the scorer model"})
+    keep_newlines: bool = field(default=True, metadata={"help": "keep line breaks where words were dropped"})
+    protect: bool = field(default=True, metadata={"help": "always keep protected spans (see --protect-kinds)"})
+    protect_kinds: list[str] = field(default_factory=lambda: ["numbers", "operators", "boxed", "latex", "answer"],
+                                     metadata={"help": "protected span kinds: numbers operators boxed latex "
+                                                       "answer (= the numbers of the final answer line)"})
+
+    def validate(self) -> None:
+        from tokenskip.compress.prune import PROTECT_KINDS
+        from tokenskip.compress.scorers import SCORERS
+
+        if not self.out:
+            raise ValueError("--out is required")
+        if self.cot_source == "predictions" and not self.predictions:
+            raise ValueError("--cot-source predictions needs --predictions FILE (or use --cot-source gold --data FILE)")
+        if self.cot_source == "gold" and not self.data:
+            raise ValueError("--cot-source gold needs --data (a dataset file or Hub id)")
+        if self.cot_source not in ("predictions", "gold"):
+            raise ValueError(f"cot_source must be 'predictions' or 'gold', got {self.cot_source!r}")
+        if self.scorer not in SCORERS:
+            raise ValueError(f"unknown scorer {self.scorer!r}; expected one of {list(SCORERS)}")
+        if not self.ratios:
+            raise ValueError("--ratios needs at least one γ")
+        self.ratios = [validate_ratio(r) for r in self.ratios]
+        if len(set(self.ratios)) != len(self.ratios):
+            raise ValueError(f"duplicate ratios in {self.ratios}")
+        bad = set(self.protect_kinds) - set(PROTECT_KINDS)
+        if bad:
+            raise ValueError(f"unknown --protect-kinds {sorted(bad)}; expected some of {list(PROTECT_KINDS)}")
+        if self.max_cot_tokens <= 0 or self.batch_size <= 0 or self.offset < 0 or (self.limit is not None and self.limit < 0):
+            raise ValueError("max_cot_tokens and batch_size must be > 0, offset and limit >= 0")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_args(parser, CompressConfig)
+
+
+def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
+    """The CoTs to compress as ``source.jsonl`` rows (``id, question, answer, cot, cot_tokens``).
+
+    Predictions: rows with ``correct`` true and ``cot_tokens`` ≤ ``max_cot_tokens``; the question is
+    the row's ``question`` field, else its ``prompt``. Gold: ``Problem.solution`` of each problem.
+    Empty CoTs are dropped. ``cot_tokens`` is recounted with the target tokenizer.
+
+    Raises:
+        DataError: a predictions row lacks a needed field (names file, line, field).
+    """
+    from tokenskip.compress.prune import count_tokens
+
+    rows, dropped = [], {"incorrect": 0, "too_long": 0, "empty": 0}
+    if cfg.cot_source == "gold":
+        from tokenskip.data import load_problems
+
+        for p in load_problems(cfg.benchmark, cfg.data, split="train", limit=cfg.limit, offset=cfg.offset):
+            rows.append({"id": p.id, "question": p.question, "answer": p.answer, "cot": p.solution})
+    else:
+        for lineno, r in iter_jsonl(cfg.predictions):
+            for key in ("id", "cot", "correct"):
+                if key not in r:
+                    raise DataError(cfg.predictions, lineno, key, "missing (expected generate's predictions.jsonl)")
+            if not isinstance(r["cot"], str):
+                raise DataError(cfg.predictions, lineno, "cot", "expected a string")
+            if r["correct"] is not True:
+                dropped["incorrect"] += 1
+                continue
+            question = r.get("question", r.get("prompt"))
+            if question is None:
+                raise DataError(cfg.predictions, lineno, "question", "missing (and no 'prompt' either)")
+            if r.get("cot_tokens") is not None and int(r["cot_tokens"]) > cfg.max_cot_tokens:
+                dropped["too_long"] += 1
+                continue
+            rows.append({"id": r["id"], "question": question, "answer": str(r.get("gold", "")), "cot": r["cot"]})
+    kept = []
+    for r in rows:
+        r["cot_tokens"] = count_tokens(tokenizer, r["cot"])
+        if not r["cot"].strip():
+            dropped["empty"] += 1
+        elif r["cot_tokens"] > cfg.max_cot_tokens:
+            dropped["too_long"] += 1
+        else:
+            kept.append(r)
+    if cfg.cot_source == "predictions" and cfg.limit is not None:
+        kept = kept[:cfg.limit]
+    logger.info("%d CoTs to compress (dropped: %s)", len(kept), dropped)
+    return kept
+
+
+def _p95(xs: list[float]) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, math.ceil(0.95 * len(s)) - 1)]
+
+
+def summarize(rows_by_ratio: dict[float, list[dict]]) -> dict:
+    """Per-γ statistics of the achieved ratios (see the module docstring for the keys)."""
+    out = {}
+    for g, rows in rows_by_ratio.items():
+        errs = [abs(r["achieved_ratio"] - g) for r in rows]
+        n = len(rows)
+        out[format_ratio(g)] = {
+            "n": n,
+            "mean_achieved_ratio": sum(r["achieved_ratio"] for r in rows) / n if n else float("nan"),
+            "mean_abs_error": sum(errs) / n if n else float("nan"),
+            "p95_abs_error": _p95(errs),
+            "overshoot_share": sum(bool(r["overshoot"]) for r in rows) / n if n else float("nan"),
+            "answer_numbers_kept_share": sum(bool(r["answer_numbers_kept"]) for r in rows) / n if n else float("nan"),
+            "mean_original_tokens": sum(r["original_tokens"] for r in rows) / n if n else float("nan"),
+            "mean_kept_tokens": sum(r["kept_tokens"] for r in rows) / n if n else float("nan"),
+        }
+    return out
+
+
+def run(cfg: CompressConfig) -> dict:
+    """Compress every source CoT to every γ under ``cfg.out``; return the summary (also written)."""
+    from tokenskip.compress import compress_batch
+    from tokenskip.compress.prune import answer_numbers_kept
+    from tokenskip.compress.scorers import get_scorer
+    from tokenskip.models import configure_threads, load_tokenizer
+
+    cfg.validate()
+    configure_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(cfg.model)
+    source = load_source(cfg, tokenizer)
+    input_file = cfg.predictions if cfg.cot_source == "predictions" else cfg.data
+    source_settings = {"cot_source": cfg.cot_source, "input": input_file,
+                       "input_hash": file_hash(input_file) if Path(input_file).exists() else None,
+                       "benchmark": cfg.benchmark, "limit": cfg.limit, "offset": cfg.offset,
+                       "max_cot_tokens": cfg.max_cot_tokens, "model": cfg.model}
+    with ResumableJsonl(out / "source.jsonl", source_settings) as src:
+        for r in source:
+            if r["id"] not in src.done_keys:
+                src.append(r)
+
+    scorer_model = cfg.scorer_model or (cfg.model if cfg.scorer == "self-information" else "")
+    prune_settings = {**source_settings, "scorer": cfg.scorer, "scorer_model": scorer_model,
+                      "seed": cfg.seed if cfg.scorer == "random" else None, "keep_newlines": cfg.keep_newlines,
+                      "protect": cfg.protect, "protect_kinds": sorted(cfg.protect_kinds) if cfg.protect else []}
+    files = {g: ResumableJsonl(out / f"ratio-{format_ratio(g)}.jsonl", {**prune_settings, "ratio": g})
+             for g in cfg.ratios}
+    t0 = time.perf_counter()
+    try:
+        todo = [r for r in source if any(r["id"] not in f.done_keys for f in files.values())]
+        logger.info("%d of %d CoTs to score (%d already done)", len(todo), len(source), len(source) - len(todo))
+        if todo:
+            if cfg.scorer == "self-information":
+                from tokenskip.models import load_model
+
+                model, mtok = load_model(scorer_model, device=cfg.device)
+                scorer = get_scorer("self-information", model=model, tokenizer=mtok, batch_size=cfg.batch_size,
+                                    device=cfg.device)
+                scorer.model_name = scorer_model
+            else:
+                scorer = get_scorer(cfg.scorer, model=scorer_model or None, seed=cfg.seed,
+                                    batch_size=cfg.batch_size, device=cfg.device)
+            step = max(64, cfg.batch_size * 8)
+            for k in range(0, len(todo), step):
+                part = todo[k:k + step]
+                results = compress_batch([r["cot"] for r in part], cfg.ratios, scorer, tokenizer,
+                                         protect=cfg.protect, protect_kinds=cfg.protect_kinds,
+                                         keep_newlines=cfg.keep_newlines)
+                for r, per_ratio in zip(part, results):
+                    for res in per_ratio:
+                        f = files[res.ratio]
+                        if r["id"] in f.done_keys:
+                            continue
+                        f.append({"id": r["id"], "question": r["question"], "answer": r["answer"],
+                                  "ratio": res.ratio, "cot": res.text, "original_tokens": res.original_tokens,
+                                  "kept_tokens": res.kept_tokens, "achieved_ratio": res.achieved_ratio,
+                                  "scorer": res.scorer, "overshoot": res.overshoot,
+                                  "words_kept": res.words_kept, "words_total": res.words_total,
+                                  "answer_numbers_kept": answer_numbers_kept(r["cot"], res.text)})
+                logger.info("compressed %d/%d CoTs", min(k + step, len(todo)), len(todo))
+        ids = [r["id"] for r in source]
+        rows_by_ratio = {g: [files[g].rows[i] for i in ids if i in files[g].rows] for g in cfg.ratios}
+    finally:
+        for f in files.values():
+            f.close()
+    summary = {"scorer": cfg.scorer, "scorer_model": scorer_model, "model": cfg.model, "n_source": len(source),
+               "seconds": round(time.perf_counter() - t0, 2), "ratios": summarize(rows_by_ratio),
+               "settings": to_dict(cfg)}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    cfg = dataclass_from_args(CompressConfig, args)
+    summary = run(cfg)
+    for g, s in summary["ratios"].items():
+        print(f"γ={g}: n={s['n']} achieved={s['mean_achieved_ratio']:.3f} |err| mean={s['mean_abs_error']:.3f} "
+              f"p95={s['p95_abs_error']:.3f} overshoot={s['overshoot_share']:.1%} "
+              f"answer numbers kept={s['answer_numbers_kept_share']:.1%}")
+    print(f"wrote {Path(cfg.out) / 'summary.json'}")
+    return 0

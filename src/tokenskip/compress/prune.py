@@ -1,0 +1,276 @@
+"""Pruning a scored CoT to a compression ratio γ, measured in the target model's tokens.
+
+γ = kept tokens ÷ original tokens, both counted with the *target* model's tokenizer over the whole
+CoT (the reference counted GPT-3.5 tokens per 512-token chunk, so its ratio drifted; REFERENCE.md
+"Known faults"). Words are kept in their original order, highest importance first, and the number
+of kept words is chosen so that the token count of the actually rebuilt text is nearest the budget
+γ × original tokens (tokenization is not additive, so every candidate is re-tokenized).
+
+Protected spans (numbers, operators and ``=``, the final ``\\boxed{…}``, LaTeX commands with their
+arguments, the numbers of the final answer line) are always kept and count toward the budget; when
+they alone exceed it the result keeps only them and says so (``overshoot``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from tokenskip.compress.scorers import WordScores
+from tokenskip.prompts import validate_ratio
+
+#: Kinds of protected spans (all on by default). ``answer`` = the numbers of the final answer line,
+#: a subset of ``numbers`` that still applies when ``numbers`` is switched off.
+PROTECT_KINDS = ("numbers", "operators", "boxed", "latex", "answer")
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# An operator not glued to letters: keeps "48+24", "= 72", "3 - 1", but not the hyphen of "well-known".
+# "x" counts as a times sign only between numbers ("0.2 x 50").
+_OPERATOR = re.compile(r"(?<![A-Za-z])[-+*/=×÷<>^≤≥≠−](?![A-Za-z])|(?<=\d )x(?= \d)")
+_LATEX_CMD = re.compile(r"\\(?:[A-Za-z]+|[()\[\]{}])")
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def _group_end(text: str, i: int) -> int:
+    """End of the balanced ``{…}`` / ``[…]`` group starting at ``text[i]`` (or ``i`` if unbalanced)."""
+    close = {"{": "}", "[": "]"}[text[i]]
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == text[i]:
+            depth += 1
+        elif text[j] == close:
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return i
+
+
+def latex_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of LaTeX commands with their ``{…}``/``[…]`` arguments (``\\frac{a}{b}`` whole)."""
+    out = []
+    for m in _LATEX_CMD.finditer(text):
+        end = m.end()
+        while end < len(text) and text[end] in "{[":
+            nxt = _group_end(text, end)
+            if nxt == end:
+                break
+            end = nxt
+        out.append((m.start(), end))
+    return out
+
+
+def boxed_span(text: str) -> tuple[int, int] | None:
+    """Span of the last ``\\boxed{…}`` (braces balanced), or ``None``."""
+    starts = [m for m in _BOXED.finditer(text)]
+    for m in reversed(starts):
+        end = _group_end(text, m.end() - 1)
+        if end > m.end() - 1:
+            return m.start(), end
+    return None
+
+
+def answer_line_span(text: str) -> tuple[int, int] | None:
+    """Span of the final answer line: the line holding the last ``\\boxed{}``, else the last non-empty line."""
+    box = boxed_span(text)
+    if box is not None:
+        s = text.rfind("\n", 0, box[0]) + 1
+        e = text.find("\n", box[0])
+        return s, (len(text) if e < 0 else e)
+    lines = [m.span() for m in re.finditer(r"[^\n]*\S[^\n]*", text)]
+    return lines[-1] if lines else None
+
+
+def answer_numbers(text: str) -> list[str]:
+    """The numbers the final answer line uses (commas dropped), in order of appearance."""
+    span = answer_line_span(text)
+    if span is None:
+        return []
+    return [m.group().replace(",", "").rstrip(".") for m in _NUMBER.finditer(text, *span)]
+
+
+def answer_numbers_kept(original: str, compressed: str) -> bool:
+    """True when every number of ``original``'s final answer line still occurs as a number in ``compressed``."""
+    have = {m.group().replace(",", "").rstrip(".") for m in _NUMBER.finditer(compressed)}
+    return all(n in have for n in answer_numbers(original))
+
+
+def protected_spans(text: str, kinds=PROTECT_KINDS) -> list[tuple[int, int]]:
+    """Character spans that must survive pruning, for the given kinds (see :data:`PROTECT_KINDS`).
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    unknown = set(kinds) - set(PROTECT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown protected kind(s) {sorted(unknown)}; expected some of {list(PROTECT_KINDS)}")
+    out: list[tuple[int, int]] = []
+    if "numbers" in kinds:
+        out += [m.span() for m in _NUMBER.finditer(text)]
+    if "operators" in kinds:
+        out += [m.span() for m in _OPERATOR.finditer(text)]
+    if "latex" in kinds:
+        out += latex_spans(text)
+    if "boxed" in kinds and (box := boxed_span(text)) is not None:
+        out.append(box)
+    if "answer" in kinds and (line := answer_line_span(text)) is not None:
+        out += [m.span() for m in _NUMBER.finditer(text, *line)]
+    return out
+
+
+@dataclass
+class CompressionResult:
+    """One CoT pruned to one ratio.
+
+    Attributes:
+        text: the compressed CoT (kept words in original order, whitespace rebuilt).
+        original_tokens: tokens of the whole original CoT (target tokenizer, no special tokens).
+        kept_tokens: tokens of ``text`` (same tokenizer).
+        achieved_ratio: kept_tokens ÷ original_tokens (1.0 for an empty CoT).
+        ratio: the requested γ.
+        scorer: name of the importance scorer.
+        overshoot: the protected spans alone exceeded the budget γ × original_tokens, so fewer
+            tokens could not be reached; only protected words were kept.
+        words_kept, words_total: whitespace-separated words kept / in the original.
+    """
+
+    text: str
+    original_tokens: int
+    kept_tokens: int
+    achieved_ratio: float
+    ratio: float
+    scorer: str
+    overshoot: bool
+    words_kept: int
+    words_total: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens of ``text`` under ``tokenizer``, without special tokens."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+
+def rebuild(text: str, spans: list[tuple[int, int]], keep: list[bool], keep_newlines: bool = True) -> str:
+    """The text of the kept words, in order, with the original whitespace between them.
+
+    Between two words that were adjacent in ``text`` the original whitespace is kept. Where words
+    were dropped in between: with ``keep_newlines`` the largest line break of the dropped stretch
+    survives (so lines and paragraphs stay lines), else the whitespace before the kept word. Without
+    ``keep_newlines`` every gap that holds a line break becomes one space.
+    """
+    idx = [i for i, k in enumerate(keep) if k]
+    if not idx:
+        return ""
+    parts = [text[:spans[0][0]]] if idx[0] == 0 else []
+    prev = None
+    for i in idx:
+        if prev is not None:
+            runs = [text[spans[t][1]:spans[t + 1][0]] for t in range(prev, i)]
+            breaks = [r for r in runs if "\n" in r]
+            if len(runs) == 1:
+                gap = runs[0]
+            elif keep_newlines and breaks:
+                gap = max(breaks, key=lambda r: r.count("\n"))
+            else:
+                gap = runs[-1]
+            if not keep_newlines and "\n" in gap:
+                gap = " "
+            parts.append(gap)
+        parts.append(text[spans[i][0]:spans[i][1]])
+        prev = i
+    if idx[-1] == len(spans) - 1:
+        parts.append(text[spans[-1][1]:])
+    return "".join(parts)
+
+
+def _units(text: str, spans: list[tuple[int, int]], whole: list[tuple[int, int]]) -> list[list[int]]:
+    """Group word indices so a LaTeX command spanning several words is kept or dropped whole."""
+    units, cur_end = [], -1
+    for w, (s, e) in enumerate(spans):
+        if units and s < cur_end:
+            units[-1].append(w)
+        else:
+            units.append([w])
+        for a, b in whole:
+            if a < e and b > s:
+                cur_end = max(cur_end, b)
+    return units
+
+
+def _overlaps(spans: list[tuple[int, int]], marks: list[tuple[int, int]]) -> list[bool]:
+    marks = sorted(marks)
+    out = []
+    for s, e in spans:
+        out.append(any(a < e and b > s for a, b in marks))
+    return out
+
+
+def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool = True,
+          protect_kinds=PROTECT_KINDS, keep_newlines: bool = True) -> list[CompressionResult]:
+    """Prune one scored CoT to each γ in ``ratios``.
+
+    Args:
+        scored: words and importance scores of the CoT (from a :class:`~tokenskip.compress.scorers.Scorer`).
+        ratios: one γ or a list of γ, each in (0, 1].
+        tokenizer: the *target* model's tokenizer; all token counts use it.
+        scorer: name recorded in the results.
+        protect: keep protected spans (see :func:`protected_spans`) whatever their score.
+        protect_kinds: which kinds of spans are protected (subset of :data:`PROTECT_KINDS`).
+        keep_newlines: keep line breaks where words were dropped (see :func:`rebuild`).
+
+    Returns:
+        One :class:`CompressionResult` per γ, in the order given.
+
+    Raises:
+        ValueError: a γ outside (0, 1], or an unknown protected kind.
+    """
+    single = isinstance(ratios, (int, float, str))
+    gammas = [validate_ratio(r) for r in ([ratios] if single else ratios)]
+    text, spans, scores = scored.text, scored.spans, scored.scores
+    n_words = len(spans)
+    orig = count_tokens(tokenizer, text)
+    if n_words == 0 or orig == 0:
+        return [CompressionResult(text, orig, orig, 1.0, g, scorer, False, n_words, n_words) for g in gammas]
+    units = _units(text, spans, latex_spans(text))
+    prot_words = _overlaps(spans, protected_spans(text, protect_kinds)) if protect else [False] * n_words
+    prot_units = [any(prot_words[w] for w in u) for u in units]
+    unit_score = [sum(scores[w] for w in u) / len(u) for u in units]
+    order = sorted((j for j in range(len(units)) if not prot_units[j]), key=lambda j: (-unit_score[j], j))
+
+    cache: dict[int, tuple[str, int, int]] = {}
+
+    def candidate(k: int) -> tuple[str, int, int]:
+        if k not in cache:
+            keep = [False] * n_words
+            chosen = [j for j in range(len(units)) if prot_units[j]] + order[:k]
+            for j in chosen:
+                for w in units[j]:
+                    keep[w] = True
+            out = rebuild(text, spans, keep, keep_newlines)
+            cache[k] = (out, count_tokens(tokenizer, out), sum(keep))
+        return cache[k]
+
+    results = []
+    for g in gammas:
+        if g == 1.0:
+            results.append(CompressionResult(text, orig, orig, 1.0, g, scorer, False, n_words, n_words))
+            continue
+        budget = g * orig
+        overshoot = candidate(0)[1] > budget
+        if overshoot:
+            best = 0
+        else:
+            lo, hi = 0, len(order)  # smallest k whose rebuilt text reaches the budget
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if candidate(mid)[1] >= budget:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            near = [k for k in (lo - 2, lo - 1, lo, lo + 1) if 0 <= k <= len(order)]
+            best = min(near, key=lambda k: (abs(candidate(k)[1] - budget), candidate(k)[1]))
+        out, kept, words = candidate(best)
+        results.append(CompressionResult(out, orig, kept, kept / orig, g, scorer, overshoot, words, n_words))
+    return results

@@ -1,0 +1,357 @@
+"""Token importance scorers: texts in, one importance score per *word* out (batched).
+
+A word is a maximal run of non-whitespace characters of the CoT (``\\S+``); its character span is
+kept so the pruner can rebuild the kept text with the original whitespace.
+
+Scorers (higher score = more important = kept first):
+
+* :class:`LLMLingua2Scorer` — keep-probability of an LLMLingua-2 token classifier (softmax of label 1),
+  averaged over each word's sub-tokens (paper §3, reference code). Runs on transformers directly.
+* :class:`SelfInformationScorer` — surprisal −log2 p(token | prefix) in bits from a causal LM, summed
+  over each word's tokens (Selective Context, Li et al. 2023).
+* :class:`RandomScorer` — seeded uniform scores, the control of every ablation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+_WORD = re.compile(r"\S+")
+#: A word that ends a sentence: a preferred place to cut a text into encoder chunks.
+_SENTENCE_END = re.compile(r"[.!?:;]['\")\]]*$")
+
+SCORERS = ("self-information", "llmlingua2", "random")
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans ``(start, end)`` of the whitespace-separated words of ``text``, in order."""
+    return [m.span() for m in _WORD.finditer(text)]
+
+
+@dataclass
+class WordScores:
+    """Per-word importance of one text.
+
+    Attributes:
+        text: the scored text.
+        spans: ``(start, end)`` character span of each word (see :func:`word_spans`).
+        scores: one float per word; higher = more important. Units depend on the scorer
+            (probability for ``llmlingua2``, bits for ``self-information``, uniform [0, 1) for ``random``).
+    """
+
+    text: str
+    spans: list[tuple[int, int]]
+    scores: list[float]
+
+    @property
+    def words(self) -> list[str]:
+        return [self.text[s:e] for s, e in self.spans]
+
+
+class Scorer:
+    """Interface: :meth:`score` maps ``N`` texts to ``N`` :class:`WordScores` (one score per word)."""
+
+    name = "scorer"
+
+    def score(self, texts: list[str]) -> list[WordScores]:
+        spans = [word_spans(t) for t in texts]
+        todo = [i for i, s in enumerate(spans) if s]
+        out = [WordScores(t, [], []) for t in texts]
+        if todo:
+            scored = self._score_words([texts[i] for i in todo], [spans[i] for i in todo])
+            for i, sc in zip(todo, scored):
+                if len(sc) != len(spans[i]):
+                    raise RuntimeError(f"{self.name}: {len(sc)} scores for {len(spans[i])} words")
+                out[i] = WordScores(texts[i], spans[i], [float(x) for x in sc])
+        return out
+
+    def _score_words(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[list[float]]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Settings that determine the scores (for run manifests and resume fingerprints)."""
+        return {"scorer": self.name}
+
+
+class RandomScorer(Scorer):
+    """Uniform random word scores. Deterministic per (seed, text), independent of batch composition."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 42):
+        self.seed = int(seed)
+
+    def _score_words(self, texts, spans):
+        # random.Random hashes a str seed with SHA-512, so this is stable across processes (no PYTHONHASHSEED).
+        out = []
+        for t, sp in zip(texts, spans):
+            rng = random.Random(f"{self.seed}\x00{t}")
+            out.append([rng.random() for _ in sp])
+        return out
+
+    def describe(self):
+        return {"scorer": self.name, "seed": self.seed}
+
+
+def _char_to_word(text: str, spans: list[tuple[int, int]]) -> list[int]:
+    owner = [-1] * len(text)
+    for w, (s, e) in enumerate(spans):
+        owner[s:e] = [w] * (e - s)
+    return owner
+
+
+class SelfInformationScorer(Scorer):
+    """Word importance = summed surprisal (bits) of its tokens under a causal LM (Selective Context).
+
+    Each text is scored alone, preceded by the model's BOS token (EOS when it has none) so the first
+    token gets a prediction too. Texts longer than ``max_length`` tokens are scored in sliding windows
+    that give every token after the first window at least ``overlap`` tokens of left context.
+    A token spanning several words (rare) splits its surprisal equally among them; whitespace-only
+    tokens (newlines) belong to no word.
+
+    Args:
+        model: a ``transformers`` causal LM (eval mode), or an alias/path for
+            :func:`tokenskip.models.load_model`.
+        tokenizer: its (fast) tokenizer; loaded with the model when ``model`` is a name.
+        batch_size: windows per forward pass (padded on the right, sorted by length).
+        max_length: window size in tokens; default: the model's ``max_position_embeddings``, capped at 2048.
+        overlap: left context (tokens) of every window after the first; default ``max_length // 2``.
+        device: torch device of the model.
+    """
+
+    name = "self-information"
+
+    def __init__(self, model, tokenizer=None, batch_size: int = 8, max_length: int | None = None,
+                 overlap: int | None = None, device: str = "cpu", dtype: str = "float32"):
+        if isinstance(model, str):
+            from tokenskip.models import load_model
+
+            self.model_name = model
+            model, tok = load_model(model, dtype=dtype, device=device)
+            tokenizer = tokenizer or tok
+        else:
+            self.model_name = getattr(model, "name_or_path", None) or type(model).__name__
+        if tokenizer is None:
+            raise ValueError("SelfInformationScorer needs the model's tokenizer")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("SelfInformationScorer needs a fast tokenizer (for character offsets)")
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.batch_size = max(1, int(batch_size))
+        limit = getattr(model.config, "max_position_embeddings", None) or 2048
+        self.max_length = int(max_length or min(limit, 2048))
+        self.overlap = int(self.max_length // 2 if overlap is None else overlap)
+        if self.max_length < 2 or not 0 < self.overlap < self.max_length:
+            raise ValueError(f"need max_length >= 2 and 0 < overlap < max_length, got {self.max_length}, {self.overlap}")
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if start is None:
+            raise ValueError("tokenizer has neither a BOS nor an EOS token to start the text with")
+        self.start_id = int(start)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start)
+
+    def describe(self):
+        return {"scorer": self.name, "model": self.model_name, "max_length": self.max_length,
+                "overlap": self.overlap}
+
+    def windows(self, n: int) -> list[tuple[int, int, int]]:
+        """Sliding windows over ``n`` tokens: ``(context_start, score_start, end)`` token indices.
+
+        The first window is ``[BOS] + tokens[0:max_length-1]``; each later one re-reads ``overlap``
+        tokens of context and scores the tokens after them.
+        """
+        first = min(n, self.max_length - 1)
+        out = [(0, 0, first)]
+        a = first
+        while a < n:
+            c = a - self.overlap
+            b = min(n, c + self.max_length)
+            out.append((c, a, b))
+            a = b
+        return out
+
+    def token_surprisal(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]], list[float]]]:
+        """``(token_ids, char_offsets, surprisal_bits)`` of each text (no special tokens).
+
+        Raises:
+            ValueError: the tokenizer returns no character offsets.
+        """
+        import torch
+
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        ids_all, offs_all = enc["input_ids"], enc["offset_mapping"]
+        jobs = []  # (text index, first scored token, input ids, position of the first scored token's logit)
+        for i, ids in enumerate(ids_all):
+            for c, a, b in self.windows(len(ids)):
+                if c == 0 and a == 0:
+                    jobs.append((i, 0, [self.start_id] + ids[:b], 0))
+                else:
+                    jobs.append((i, a, ids[c:b], a - c - 1))
+        bits = [[0.0] * len(ids) for ids in ids_all]
+        order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j][2]))
+        ln2 = math.log(2.0)
+        with torch.inference_mode():
+            for k in range(0, len(order), self.batch_size):
+                batch = [jobs[j] for j in order[k:k + self.batch_size]]
+                width = max(len(x[2]) for x in batch)
+                inp = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for r, (_, _, ids, _) in enumerate(batch):
+                    inp[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                    mask[r, :len(ids)] = 1
+                logits = self.model(input_ids=inp.to(self.device), attention_mask=mask.to(self.device)).logits
+                for r, (i, a, ids, p0) in enumerate(batch):
+                    n_scored = len(ids) - 1 - p0
+                    lg = logits[r, p0:p0 + n_scored].float()
+                    tgt = inp[r, p0 + 1:p0 + 1 + n_scored].to(lg.device)
+                    nll = torch.nn.functional.cross_entropy(lg, tgt, reduction="none") / ln2
+                    bits[i][a:a + n_scored] = nll.tolist()
+                del logits
+        return [(ids, [tuple(o) for o in offs], b) for ids, offs, b in zip(ids_all, offs_all, bits)]
+
+    def _score_words(self, texts, spans):
+        out = []
+        for text, sp, (_, offs, bits) in zip(texts, spans, self.token_surprisal(texts)):
+            owner = _char_to_word(text, sp)
+            scores = [0.0] * len(sp)
+            for (s, e), b in zip(offs, bits):
+                ws = {owner[c] for c in range(s, e) if owner[c] >= 0}
+                for w in ws:
+                    scores[w] += b / len(ws)
+            out.append(scores)
+        return out
+
+
+class LLMLingua2Scorer(Scorer):
+    """LLMLingua-2 word importance: mean over a word's sub-tokens of P(label 1 = keep).
+
+    Any Hugging Face token-classification model works (local folder or Hub id, e.g.
+    ``microsoft/llmlingua-2-xlm-roberta-large-meetingbank``, REFERENCE.md step 3). A plain encoder
+    without a classification head gets a random 2-label head (mechanics only, scores meaningless).
+    Texts longer than the encoder's limit are cut into chunks of whole words, preferably after a word
+    that ends a sentence or a line, each of at most ``max_length`` tokens including special tokens.
+
+    Args:
+        model: a ``transformers`` token-classification model, or a name/path to load one from.
+        tokenizer: its fast tokenizer (loaded with the model when ``model`` is a name).
+        batch_size: chunks per forward pass.
+        max_length: encoder limit in tokens; default ``min(512, tokenizer.model_max_length)``.
+        device: torch device.
+    """
+
+    name = "llmlingua2"
+
+    def __init__(self, model, tokenizer=None, batch_size: int = 8, max_length: int | None = None,
+                 device: str = "cpu"):
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        if isinstance(model, str):
+            self.model_name = model
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            model = AutoModelForTokenClassification.from_pretrained(model, num_labels=2)
+        else:
+            self.model_name = getattr(model, "name_or_path", None) or type(model).__name__
+        if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+            raise ValueError("LLMLingua2Scorer needs the encoder's fast tokenizer (for word ids)")
+        if model.config.num_labels != 2:
+            raise ValueError(f"{self.model_name}: expected a 2-label token classifier, got {model.config.num_labels} labels")
+        self.model, self.tokenizer, self.device = model.eval().to(device), tokenizer, device
+        self.batch_size = max(1, int(batch_size))
+        tok_max = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
+        self.max_length = int(max_length or min(512, tok_max))
+        self.n_special = len(tokenizer("", add_special_tokens=True)["input_ids"])
+        if self.max_length <= self.n_special + 1:
+            raise ValueError(f"max_length {self.max_length} leaves no room for words")
+
+    def describe(self):
+        return {"scorer": self.name, "model": self.model_name, "max_length": self.max_length}
+
+    def chunk_words(self, words: list[str], breaks: list[bool] | None = None) -> list[tuple[int, int]]:
+        """Cut ``words`` into ``[start, end)`` word ranges that each fit the encoder.
+
+        A cut goes after the last sentence-ending word (``.``, ``?``, ``!``, ``:`` ...) that fits,
+        else after the last word that fits. A single word longer than the limit is a chunk of its own
+        and is truncated by the encoder (its score then comes from its first sub-tokens).
+        ``breaks[k]`` overrides whether a cut after word ``k`` is preferred.
+        """
+        if breaks is None:
+            breaks = [bool(_SENTENCE_END.search(w)) for w in words]
+        budget = self.max_length - self.n_special
+        lengths = [max(1, len(x)) for x in self.tokenizer(words, add_special_tokens=False)["input_ids"]] if words else []
+        chunks, start = [], 0
+        while start < len(words):
+            total, end, last_break = 0, start, None
+            while end < len(words) and (total + lengths[end] <= budget or end == start):
+                total += lengths[end]
+                end += 1
+                if breaks[end - 1]:
+                    last_break = end
+            if end < len(words) and last_break is not None and last_break > start:
+                end = last_break
+            chunks.append((start, end))
+            start = end
+        return chunks
+
+    def _score_words(self, texts, spans):
+        import torch
+
+        jobs = []  # (text index, first word, words of the chunk)
+        for i, (text, sp) in enumerate(zip(texts, spans)):
+            words = [text[s:e] for s, e in sp]
+            # the end of a line counts as the end of a sentence when choosing cut points
+            marked = [w + "." if k + 1 < len(sp) and "\n" in text[sp[k][1]:sp[k + 1][0]] else w
+                      for k, w in enumerate(words)]
+            for a, b in self.chunk_words(words, breaks=[bool(_SENTENCE_END.search(m)) for m in marked]):
+                jobs.append((i, a, words[a:b]))
+        probs: list[list[float | None]] = [[None] * len(sp) for sp in spans]
+        with torch.inference_mode():
+            for k in range(0, len(jobs), self.batch_size):
+                batch = jobs[k:k + self.batch_size]
+                enc = self.tokenizer([w for _, _, w in batch], is_split_into_words=True, truncation=True,
+                                     max_length=self.max_length, padding=True, return_tensors="pt")
+                logits = self.model(**{kk: v.to(self.device) for kk, v in enc.items()}).logits
+                keep = torch.softmax(logits.float(), dim=-1)[..., 1].cpu()
+                for r, (i, a, words) in enumerate(batch):
+                    sums, counts = [0.0] * len(words), [0] * len(words)
+                    for t, w in enumerate(enc.word_ids(r)):
+                        if w is not None:
+                            sums[w] += float(keep[r, t])
+                            counts[w] += 1
+                    seen = [s / c for s, c in zip(sums, counts) if c]
+                    fill = sum(seen) / len(seen) if seen else 0.5  # words cut off by truncation
+                    for w in range(len(words)):
+                        probs[i][a + w] = sums[w] / counts[w] if counts[w] else fill
+        return probs
+
+
+def get_scorer(name: str, model=None, tokenizer=None, seed: int = 42, batch_size: int = 8,
+               max_length: int | None = None, device: str = "cpu", dtype: str = "float32") -> Scorer:
+    """Build a scorer by name.
+
+    Args:
+        name: ``self-information``, ``llmlingua2`` or ``random``.
+        model: model object or name/path (``self-information``: a causal LM, by default the target
+            model; ``llmlingua2``: a token classifier, default
+            ``microsoft/llmlingua-2-xlm-roberta-large-meetingbank``). Ignored by ``random``.
+        tokenizer: the model's tokenizer when ``model`` is an object.
+        seed: seed of the ``random`` scorer.
+        batch_size, max_length, device, dtype: see the scorer classes.
+
+    Raises:
+        ValueError: unknown name, or ``self-information`` without a model.
+    """
+    if name == "random":
+        return RandomScorer(seed)
+    if name == "self-information":
+        if model is None:
+            raise ValueError("the self-information scorer needs a causal LM (model=...)")
+        return SelfInformationScorer(model, tokenizer, batch_size=batch_size, max_length=max_length,
+                                     device=device, dtype=dtype)
+    if name == "llmlingua2":
+        return LLMLingua2Scorer(model or "microsoft/llmlingua-2-xlm-roberta-large-meetingbank", tokenizer,
+                                batch_size=batch_size, max_length=max_length, device=device)
+    raise ValueError(f"unknown scorer {name!r}; expected one of {list(SCORERS)}")

