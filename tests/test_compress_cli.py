@@ -1,0 +1,100 @@
+"""``tokenskip compress``: inputs, filters, output files, summary, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tokenskip.cli import main
+from tokenskip.compress.cli import CompressConfig, run
+from tokenskip.io import read_json, read_jsonl
+
+GSM_ROWS = [
+    {"question": "Tom has 3 apples and buys 4 more. How many?",
+     "answer": "Tom has 3 + 4 = <<3+4=7>>7 apples now.\nSo he has 7 apples in total.\n#### 7"},
+    {"question": "A box holds 12 eggs. How many eggs in 5 boxes?",
+     "answer": "Each box holds 12 eggs, and there are 5 boxes of them on the table.\n"
+               "So there are 12 * 5 = <<12*5=60>>60 eggs in all the boxes together.\n#### 60"},
+    {"question": "Sam reads 10 pages a day for 3 days. Pages?",
+     "answer": "Sam reads ten pages every single day without fail, for three days in a row.\n"
+               "In total that is 10 * 3 = <<10*3=30>>30 pages read.\n#### 30"},
+]
+
+
+@pytest.fixture()
+def gsm_file(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in GSM_ROWS))
+    return p
+
+
+def test_gold_source_self_information(tmp_path, gsm_file, tiny_model_dir):
+    out = tmp_path / "out"
+    rc = main(["compress", "--cot-source", "gold", "--benchmark", "gsm8k", "--data", str(gsm_file),
+               "--scorer", "self-information", "--model", tiny_model_dir, "--ratios", "0.9", "0.7", "0.5",
+               "--batch-size", "2", "--out", str(out)])
+    assert rc == 0
+    src = read_jsonl(out / "source.jsonl")
+    assert [r["id"] for r in src] == ["gsm8k/train/0", "gsm8k/train/1", "gsm8k/train/2"]
+    assert src[0]["cot"] == "Tom has 3 + 4 = 7 apples now.\nSo he has 7 apples in total." and src[0]["answer"] == "7"
+    summary = read_json(out / "summary.json")
+    assert set(summary["ratios"]) == {"0.9", "0.7", "0.5"}
+    for g in ("0.9", "0.7", "0.5"):
+        rows = read_jsonl(out / f"ratio-{g}.jsonl")
+        assert len(rows) == 3
+        s = summary["ratios"][g]
+        errs = [abs(r["achieved_ratio"] - float(g)) for r in rows]
+        assert s["n"] == 3 and s["mean_abs_error"] == pytest.approx(sum(errs) / 3)
+        assert s["p95_abs_error"] == pytest.approx(max(errs))
+        for r, o in zip(rows, src):
+            assert r["ratio"] == float(g) and r["original_tokens"] == o["cot_tokens"]
+            assert r["scorer"] == "self-information" and r["answer_numbers_kept"] is True
+            assert set(r) >= {"id", "question", "answer", "cot", "kept_tokens", "achieved_ratio", "overshoot"}
+    assert summary["scorer"] == "self-information" and summary["settings"]["protect"] is True
+
+
+def test_predictions_source_filters_and_resumes(tmp_path, smol_tokenizer):
+    preds = tmp_path / "predictions.jsonl"
+    long_cot = "word " * 600
+    rows = [
+        {"id": "a", "prompt": "P", "question": "Q a", "output": "...", "cot": "We add 2 + 2 = 4 quickly here.",
+         "cot_tokens": 12, "pred": "4", "gold": "4", "correct": True},
+        {"id": "b", "prompt": "P", "question": "Q b", "output": "...", "cot": "Wrong 1 + 1 = 3.",
+         "cot_tokens": 8, "pred": "3", "gold": "2", "correct": False},
+        {"id": "c", "prompt": "P", "question": "Q c", "output": "...", "cot": long_cot,
+         "cot_tokens": 600, "pred": "1", "gold": "1", "correct": True},
+        {"id": "d", "prompt": "P", "output": "...", "cot": "Then 6 / 2 = 3 is the final value we want.",
+         "cot_tokens": 14, "pred": "3", "gold": "3", "correct": True},
+    ]
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.6],
+                         model="smollm2-135m-instruct")
+    s1 = run(cfg)
+    src = read_jsonl(tmp_path / "o" / "source.jsonl")
+    assert [r["id"] for r in src] == ["a", "d"]
+    assert src[1]["question"] == "P"  # no question field: the prompt stands in
+    first = read_jsonl(tmp_path / "o" / "ratio-0.6.jsonl")
+    # rerun: nothing rescored, nothing duplicated, same rows
+    s2 = run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.6],
+                            model="smollm2-135m-instruct"))
+    assert read_jsonl(tmp_path / "o" / "ratio-0.6.jsonl") == first
+    assert s1["ratios"] == s2["ratios"] and s2["ratios"]["0.6"]["n"] == 2
+    # a changed seed is a changed setting: the file starts over
+    run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.6], seed=1,
+                       model="smollm2-135m-instruct"))
+    assert (tmp_path / "o" / "ratio-0.6.stale").exists()
+    assert len(read_jsonl(tmp_path / "o" / "ratio-0.6.jsonl")) == 2
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        CompressConfig(out="x", predictions="p.jsonl", ratios=[0.5, 1.2]).validate()
+    with pytest.raises(ValueError, match="--predictions"):
+        CompressConfig(out="x").validate()
+    with pytest.raises(ValueError, match="--data"):
+        CompressConfig(out="x", cot_source="gold").validate()
+    with pytest.raises(ValueError, match="protect-kinds"):
+        CompressConfig(out="x", predictions="p", protect_kinds=["digits"]).validate()
+    assert main(["compress", "--predictions", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"),
+                 "--ratios", "0"]) == 2
