@@ -86,18 +86,19 @@ def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: 
     CoT tokens are counted in the target model's tokenizer on the text before "The final answer is"
     (the whole output when absent), as in the paper's evaluation (REFERENCE.md step 7).
     """
-    from tokenskip.grading import extract_answer, is_correct, split_cot
+    from tokenskip.grading import grade
 
-    cot = split_cot(gen.text)
+    g = grade(gen.text, problem.answer, benchmark)
+    cot = g.cot
     return {
         "id": problem.id,
         "prompt": prompt,
         "output": gen.text,
         "cot": cot,
         "cot_tokens": count_tokens(cot),
-        "pred": extract_answer(gen.text, benchmark),
+        "pred": g.answer,
         "gold": problem.answer,
-        "correct": bool(is_correct(gen.text, problem.answer, benchmark)),
+        "correct": bool(g.correct),
         "latency_s": round(gen.latency_s, 6),
         "num_tokens": gen.num_tokens,
         "finish_reason": gen.finish_reason,

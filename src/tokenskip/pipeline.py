@@ -312,8 +312,8 @@ def _execute(p: StagePlan, run: Path) -> None:
         from tokenskip.compress.cli import run_compress
         run_compress(p.configs[0])
     elif p.name == "build_sft":
-        from tokenskip.sft import run_build_sft
-        run_build_sft(p.configs[0])
+        from tokenskip.sft import build_sft
+        build_sft(p.configs[0])
     elif p.name == "train":
         from tokenskip.train import run_train
         run_train(p.configs[0])
@@ -329,8 +329,8 @@ def _execute(p: StagePlan, run: Path) -> None:
                 label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
                 print_metrics(m, f"[evaluate {m['benchmark']}] {label}: ")
     elif p.name == "report":
-        from tokenskip.report import write_report
-        write_report(run)
+        from tokenskip.report import ReportConfig, write_report
+        write_report(run, dataclass_from_dict(ReportConfig, p.settings or {}, "recipe: stages.report"))
 
 
 def run_pipeline(recipe: dict, stages: list[str] | None = None, dry_run: bool = False,
