@@ -53,10 +53,11 @@ def test_set_env_defaults_keeps_user_values(monkeypatch, tmp_path):
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0" and "VLLM_CPU_OMP_THREADS_BIND" not in done
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert os.environ["VLLM_CACHE_ROOT"] == str(tmp_path / "vllm")
-    set_env_defaults(kv_cache_space_gb=0.5)  # an explicit argument overrides the environment
-    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "0.5"
-    with pytest.raises(ValueError, match="kv_cache_space_gb"):
-        set_env_defaults(kv_cache_space_gb=0)
+    set_env_defaults(kv_cache_space_gb=4.0)  # an explicit argument overrides the environment
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    for bad in (0, 0.5, 2.5):  # vLLM parses the variable with int()
+        with pytest.raises(ValueError, match="whole number of GiB"):
+            set_env_defaults(kv_cache_space_gb=bad)
 
 
 def test_lora_rank_helpers(tmp_path):

@@ -107,7 +107,7 @@ def set_env_defaults(threads: int | None = None, kv_cache_space_gb: float | None
     """Set the vLLM environment defaults listed in the module docstring; returns what was set.
 
     Values already in the environment win, except ``VLLM_CPU_KVCACHE_SPACE`` when
-    ``kv_cache_space_gb`` is given explicitly. Must run before the engine starts (the engine's child
+    ``kv_cache_space_gb`` is given explicitly (whole GiB; ``ValueError`` otherwise). Must run before the engine starts (the engine's child
     process inherits the environment).
     """
     from tokenskip.models import cache_dir
@@ -123,9 +123,11 @@ def set_env_defaults(threads: int | None = None, kv_cache_space_gb: float | None
         if key not in os.environ:
             os.environ[key] = done[key] = value
     if kv_cache_space_gb is not None:
-        if kv_cache_space_gb <= 0:
-            raise ValueError(f"kv_cache_space_gb must be > 0, got {kv_cache_space_gb}")
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = done["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_cache_space_gb:g}"
+        # vLLM's CPU platform parses this variable with int(): whole GiB only
+        if kv_cache_space_gb != int(kv_cache_space_gb) or kv_cache_space_gb < 1:
+            raise ValueError(f"kv_cache_space_gb must be a whole number of GiB >= 1 "
+                             f"(vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer), got {kv_cache_space_gb}")
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = done["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_space_gb))
     return done
 
 
@@ -188,10 +190,12 @@ class VLLMBackend:
             (prompts one at a time; true per-request latency).
         show_progress: vLLM's progress bar.
         tensor_parallel_size: GPUs to shard the model over (vLLM ``tensor_parallel_size``).
-        gpu_memory_utilization: fraction of GPU memory vLLM may take (vLLM default 0.9 when ``None``).
+        gpu_memory_utilization: fraction of GPU memory vLLM may take (vLLM default 0.9 when ``None``);
+            on CPU it only matters when no fixed KV cache size is set (see ``kv_cache_space_gb``).
         max_model_len: context length cap in tokens (``None``: the model's own).
         enforce_eager: skip graph compilation (start-up ~20 s instead of 65-180 s on CPU).
-        kv_cache_space_gb: CPU KV cache in GiB (sets ``VLLM_CPU_KVCACHE_SPACE``; default 2).
+        kv_cache_space_gb: CPU KV cache in whole GiB (sets ``VLLM_CPU_KVCACHE_SPACE``; default 2). On CPU
+            this fixed size replaces ``gpu_memory_utilization``'s fraction-of-RAM reservation.
         enable_lora: start with LoRA support even without a default adapter, so ``generate`` can take one.
         max_lora_rank: largest adapter rank to serve; default: the default adapter's ``r`` (else 16).
         max_num_seqs: most requests decoded at once (``None``: vLLM's default).
