@@ -145,9 +145,17 @@ def refresh_act_ratios(out: str | Path, benchmark: str) -> None:
             write_json_atomic(mpath, m)
 
 
+def adapter_hash(folder: str | Path) -> str:
+    """Hash of a peft adapter's config and weights (not of checkpoints or logs beside them)."""
+    folder = Path(folder)
+    parts = [folder / n for n in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")]
+    parts = [p for p in parts if p.exists()]
+    return "+".join(file_hash(p) for p in parts) if parts else file_hash(folder)
+
+
 def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = None) -> dict:
     s = {"stage": "evaluate", "method": cfg.method, "ratio": ratio, "model": cfg.model,
-         "adapter": file_hash(cfg.adapter) if cfg.adapter and cfg.method == "tokenskip" else None,
+         "adapter": adapter_hash(cfg.adapter) if cfg.adapter and cfg.method == "tokenskip" else None,
          "benchmark": cfg.benchmark, "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
          "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
     if cfg.method == "tokenskip":

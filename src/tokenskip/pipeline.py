@@ -6,8 +6,10 @@ settings, a fingerprint of settings + inputs (data file hashes, upstream fingerp
 status.
 
 * A stage whose fingerprint is unchanged and whose status is ``done`` is skipped.
-* A changed stage reruns from scratch (its folder is cleared), and so does everything downstream,
-  because downstream fingerprints include it.
+* A changed stage reruns, and so does everything downstream, because downstream fingerprints
+  include it. compress, build_sft and train start from an empty folder; generate and evaluate keep
+  the rows whose own settings fingerprint still matches (a larger ``limit`` only adds rows; a changed
+  method reruns only that method's γ runs).
 * A killed run resumes: a stage left ``running`` with the same fingerprint keeps its folder, and
   the stage's own resumability (row files, trainer checkpoints) continues where it stopped.
 
@@ -201,10 +203,13 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
         sec = _with_inherited(recipe, cls, _section(recipe, "compress"))
         sec.pop("enabled", None)
         sec.setdefault("out", str(comp_out))
-        if sec.get("cot_source", "self") == "self" and "predictions" not in sec:
+        if sec.get("cot_source") == "self":   # build_sft's name for the same thing
+            sec["cot_source"] = "predictions"
+        if sec.get("cot_source", "predictions") == "predictions" and not sec.get("predictions"):
             if "generate" not in upstream:
-                raise RecipeError(f"{src}: stages.compress uses self-generated CoTs (cot_source: self) but the "
-                                  "generate stage is disabled; enable it, set compress.predictions, or use cot_source: gold")
+                raise RecipeError(f"{src}: stages.compress uses self-generated CoTs (cot_source: predictions) but "
+                                  "the generate stage is disabled; enable it, set compress.predictions, or use "
+                                  "cot_source: gold")
             sec["predictions"] = str(gen_out / "predictions.jsonl")
         cfg = _build(cls, sec, f"{src}: stages.compress")
         add(StagePlan("compress", True, to_dict(cfg), [cfg],
@@ -309,14 +314,14 @@ def _execute(p: StagePlan, run: Path) -> None:
         from tokenskip.generate import print_metrics, run_generate
         print_metrics(run_generate(p.configs[0]), "[generate] ")
     elif p.name == "compress":
-        from tokenskip.compress.cli import run_compress
+        from tokenskip.compress.cli import run as run_compress
         run_compress(p.configs[0])
     elif p.name == "build_sft":
         from tokenskip.sft import build_sft
         build_sft(p.configs[0])
     elif p.name == "train":
-        from tokenskip.train import run_train
-        run_train(p.configs[0])
+        from tokenskip.train import train
+        train(p.configs[0])
     elif p.name == "evaluate":
         from tokenskip.evaluate import run_evaluate
         from tokenskip.generate import print_metrics
@@ -365,7 +370,9 @@ def run_pipeline(recipe: dict, stages: list[str] | None = None, dry_run: bool = 
         if not p.enabled or (stages and p.name not in stages) or p.status == "done":
             continue
         folder = run / ("sft" if p.name == "build_sft" else p.name)
-        if p.status == "changed" and folder.exists() and p.name != "report":
+        # generate/evaluate keep their folders: their row files carry their own settings fingerprints, so
+        # rows still valid (e.g. after a larger --limit, or for an unchanged method) are reused, stale ones not
+        if p.status == "changed" and folder.exists() and p.name not in ("generate", "evaluate", "report"):
             logger.info("%s: settings or inputs changed; clearing %s", p.name, folder)
             shutil.rmtree(folder)
         entry = {"status": "running", "fingerprint": p.fingerprint, "settings": p.settings, "inputs": p.inputs,
