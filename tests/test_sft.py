@@ -192,3 +192,15 @@ def test_cli_accepts_the_documented_flags(tmp_path, smol_tokenizer):
     assert stats["n"]["total"] == 6 and stats["n"]["validation"] == 1
     assert math.isclose(sum(stats["per_ratio"]["train"].values()), 5)
     assert main(["build-sft", "--compressed", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_summary_marks_folder_as_gold(tmp_path, smol_tokenizer):
+    """compress's summary.json says cot_source=gold: gold trajectories use its compressed rows."""
+    data = tmp_path / "train.jsonl"
+    write_jsonl(data, GSM_ROWS)
+    make_compressed(tmp_path / "c", ids=[f"gsm8k/train/{i}" for i in range(4)], ratios=(0.5,))
+    (tmp_path / "c" / "summary.json").write_text(json.dumps({"settings": {"cot_source": "gold"}}))
+    stats = build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "o"), cot_source="gold",
+                                    data=str(data), ratios=[1.0, 0.5], validation_share=0.0),
+                      tokenizer=smol_tokenizer)
+    assert stats["n"]["total"] == 4 and stats["per_ratio"]["train"]["0.5"] > 0

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
-from tokenskip.io import SCHEMA_VERSION, DataError, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from tokenskip.io import (SCHEMA_VERSION, DataError, iter_jsonl, read_json, write_json_atomic,
+                          write_jsonl_atomic)
 from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, answer_line, build_prompt, format_ratio,
                                validate_ratio)
 
@@ -249,7 +250,7 @@ def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, 
 
 
 def collect_trajectories(cfg: SFTDataConfig, source: dict[str, dict], compressed: dict[float, dict[str, str]],
-                         problems=None) -> list[Trajectory]:
+                         problems=None, folder_source: str | None = None) -> list[Trajectory]:
     """The trajectories of ``cfg.cot_source``, each with every CoT version available for it.
 
     A compressed row is a pruning of ``source.jsonl``'s CoT for that id, so it is offered only to a
@@ -260,6 +261,8 @@ def collect_trajectories(cfg: SFTDataConfig, source: dict[str, dict], compressed
 
     Args:
         problems: :class:`tokenskip.data.Problem` list (needed for ``gold``/``both``).
+        folder_source: ``settings.cot_source`` of the folder's ``summary.json`` if known; ``"gold"`` marks
+            every id of ``source.jsonl`` as a gold solution even where the texts differ in more than whitespace.
     """
     def versions(rid: str) -> dict[float, str]:
         return {r: rows[rid] for r, rows in compressed.items() if rid in rows}
@@ -276,7 +279,8 @@ def collect_trajectories(cfg: SFTDataConfig, source: dict[str, dict], compressed
         usable = [p for p in problems if p.solution.strip()]
         if len(usable) < len(problems):
             logger.warning("%d problem(s) have no reference solution; skipped", len(problems) - len(usable))
-        from_gold = {p.id for p in usable if p.id in source and _norm(source[p.id]["cot"]) == _norm(p.solution)}
+        from_gold = {p.id for p in usable if p.id in source
+                     and (folder_source == "gold" or _norm(source[p.id]["cot"]) == _norm(p.solution))}
         wants_compressed = any(r < 1.0 for r in cfg.ratios)
         if from_gold:
             if len(from_gold) < len(usable):
@@ -318,7 +322,11 @@ def build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
         from tokenskip.data import load_problems
 
         problems = load_problems(cfg.benchmark, cfg.data, split=cfg.split, limit=cfg.limit, offset=cfg.offset)
-    trajectories = collect_trajectories(cfg, source, compressed, problems)
+    summary_path = Path(cfg.compressed) / "summary.json"
+    summary = read_json(summary_path) if summary_path.is_file() else {}
+    settings = summary.get("settings") if isinstance(summary, dict) else None
+    folder_source = settings.get("cot_source") if isinstance(settings, dict) else None
+    trajectories = collect_trajectories(cfg, source, compressed, problems, folder_source)
     train, val, stats = build_records(tokenizer, trajectories, cfg)
     out = Path(cfg.out)
     write_jsonl_atomic(out / "train.jsonl", train)

@@ -3,7 +3,8 @@
 Defaults are the paper's (REFERENCE.md step 5): LoRA rank 8, alpha 16 on all linear layers, lr 5e-5,
 3 epochs, cosine schedule, warmup 10 %, effective batch 8, cutoff 2048 tokens, loss on the response
 (completion) only. LoRA dropout 0.05 (the paper does not state it). CPU-friendly defaults: float32
-weights and no bf16 unless ``--bf16`` (on CPU that is bf16 autocast, about 2x faster on AMX CPUs).
+weights and no bf16 unless ``--bf16`` (on CPU that is bf16 autocast: it pays off only on CPUs with
+AMX or AVX512-BF16; on an AVX2-only CPU it is emulated and several times slower than float32).
 
 Inputs (``--data``): the folder of ``tokenskip build-sft`` (``train.jsonl``, ``validation.jsonl`` with rows
 ``{id, ratio, prompt, completion}``). The prompt is already chat-templated text, so it is tokenized here
@@ -91,8 +92,8 @@ class TrainConfig:
     max_length: int = field(default=2048, metadata={"help": "cutoff in tokens (prompt + completion; paper: 2048)"})
     dtype: str = field(default="float32", metadata={"help": "dtype of the base weights (float32, bfloat16, "
                                                             "float16)", "choices": ["float32", "bfloat16", "float16"]})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (paper: on; on CPU = autocast, "
-                                                        "about 2x faster on AMX CPUs)"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (paper: on). On CPU = autocast: "
+                                                        "faster only with AMX/AVX512-BF16, much slower on AVX2-only"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
     save_steps: int = field(default=100, metadata={"help": "save a resumable checkpoint every N optimizer steps"})
     save_total_limit: int = field(default=2, metadata={"help": "keep at most N checkpoints"})
@@ -250,6 +251,7 @@ def sft_args(cfg: TrainConfig, output_dir: str, processes: int = 1):
         report_to="none",
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient each step
         disable_tqdm=True,
     )
 
@@ -365,6 +367,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
 
     cfg.validate()
     configure_threads(cfg.threads)
+    if cfg.bf16 and not torch.cuda.is_available() and torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
+        logger.warning("--bf16 on a CPU without AVX512-BF16/AMX (%s): bf16 is emulated and was ~20x slower than "
+                       "float32 in our measurement; drop --bf16 here", torch.backends.cpu.get_cpu_capability())
     data, out = Path(cfg.data), Path(cfg.out)
     train_path = data / "train.jsonl"
     if not train_path.is_file():
