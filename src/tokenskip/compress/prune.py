@@ -4,7 +4,9 @@
 CoT (the reference counted GPT-3.5 tokens per 512-token chunk, so its ratio drifted; REFERENCE.md
 "Known faults"). Words are kept in their original order, highest importance first, and the number
 of kept words is chosen so that the token count of the actually rebuilt text is nearest the budget
-γ × original tokens (tokenization is not additive, so every candidate is re-tokenized).
+γ × original tokens (tokenization is not additive, so every candidate is re-tokenized): a binary
+search over the count, then a fix-up that may swap the last word taken for one of the next
+:data:`SWAP_WINDOW` in score order when that lands nearer the budget.
 
 Protected spans (numbers, operators and ``=``, the final ``\\boxed{…}``, LaTeX commands with their
 arguments, the numbers of the final answer line) are always kept and count toward the budget; when
@@ -22,6 +24,9 @@ from tokenskip.prompts import validate_ratio
 #: Kinds of protected spans (all on by default). ``answer`` = the numbers of the final answer line,
 #: a subset of ``numbers`` that still applies when ``numbers`` is switched off.
 PROTECT_KINDS = ("numbers", "operators", "boxed", "latex", "answer")
+
+#: How many next-best words the budget fix-up may take in place of the last word kept.
+SWAP_WINDOW = 6
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # An operator not glued to letters: keeps "48+24", "= 72", "3 - 1", but not the hyphen of "well-known".
@@ -239,18 +244,21 @@ def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool
     unit_score = [sum(scores[w] for w in u) / len(u) for u in units]
     order = sorted((j for j in range(len(units)) if not prot_units[j]), key=lambda j: (-unit_score[j], j))
 
-    cache: dict[int, tuple[str, int, int]] = {}
+    cache: dict[tuple[int, int | None], tuple[str, int, int]] = {}
 
-    def candidate(k: int) -> tuple[str, int, int]:
-        if k not in cache:
+    def candidate(k: int, swap: int | None = None) -> tuple[str, int, int]:
+        """Protected units + the k best-scored units; ``swap`` replaces the k-th by ``order[swap]``."""
+        if (k, swap) not in cache:
             keep = [False] * n_words
             chosen = [j for j in range(len(units)) if prot_units[j]] + order[:k]
+            if swap is not None:
+                chosen[-1] = order[swap]
             for j in chosen:
                 for w in units[j]:
                     keep[w] = True
             out = rebuild(text, spans, keep, keep_newlines)
-            cache[k] = (out, count_tokens(tokenizer, out), sum(keep))
-        return cache[k]
+            cache[(k, swap)] = (out, count_tokens(tokenizer, out), sum(keep))
+        return cache[(k, swap)]
 
     results = []
     for g in gammas:
@@ -260,7 +268,7 @@ def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool
         budget = g * orig
         overshoot = candidate(0)[1] > budget
         if overshoot:
-            best = 0
+            best = (0, None)
         else:
             lo, hi = 0, len(order)  # smallest k whose rebuilt text reaches the budget
             while lo < hi:
@@ -269,8 +277,11 @@ def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool
                     hi = mid
                 else:
                     lo = mid + 1
-            near = [k for k in (lo - 2, lo - 1, lo, lo + 1) if 0 <= k <= len(order)]
-            best = min(near, key=lambda k: (abs(candidate(k)[1] - budget), candidate(k)[1]))
-        out, kept, words = candidate(best)
+            near = [(k, None) for k in (lo - 2, lo - 1, lo, lo + 1) if 0 <= k <= len(order)]
+            # Fix-up for word granularity: the last word taken may be swapped for one of the next few
+            # in score order whose token cost lands nearer the budget (short CoTs: one word ≈ 2-5 %).
+            near += [(k, j) for k in (lo - 1, lo) if k >= 1 for j in range(k, min(len(order), k + SWAP_WINDOW))]
+            best = min(near, key=lambda c: (abs(candidate(*c)[1] - budget), c[1] is not None, candidate(*c)[1]))
+        out, kept, words = candidate(*best)
         results.append(CompressionResult(out, orig, kept, kept / orig, g, scorer, overshoot, words, n_words))
     return results

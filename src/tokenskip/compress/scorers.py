@@ -141,7 +141,7 @@ class SelfInformationScorer(Scorer):
             raise ValueError("SelfInformationScorer needs the model's tokenizer")
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("SelfInformationScorer needs a fast tokenizer (for character offsets)")
-        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.model, self.tokenizer, self.device = model.eval(), tokenizer, device
         self.batch_size = max(1, int(batch_size))
         limit = getattr(model.config, "max_position_embeddings", None) or 2048
         self.max_length = int(max_length or min(limit, 2048))
