@@ -133,6 +133,23 @@ def test_answer_kind_protects_final_line_numbers(smol_tokenizer):
         assert "72" in r.text
 
 
+def test_prefer_kinds_rank_first_without_overshoot(smol_tokenizer):
+    ws = RandomScorer(seed=2).score([COT])[0]
+    hard = prune(ws, 0.3, smol_tokenizer)[0]
+    assert hard.overshoot and hard.achieved_ratio > 0.45
+    soft = prune(ws, [0.6, 0.3], smol_tokenizer, protect_kinds=["answer", "boxed"],
+                 prefer_kinds=["numbers", "operators"])
+    assert not any(r.overshoot for r in soft)
+    assert abs(soft[1].achieved_ratio - 0.3) < 0.05 and "\\boxed{72}." in soft[1].text
+    # at 0.6 the budget holds every number and operator: they all survive, words go first
+    nums = [COT[s:e] for s, e in sorted(protected_spans(COT, ["numbers", "operators"]))]
+    left = soft[0].text
+    for n in nums:  # in text order
+        assert n in left, (n, soft[0].text)
+        left = left[left.index(n) + len(n):]
+    assert soft[0].words_kept < soft[0].words_total
+
+
 def test_newlines(smol_tokenizer):
     text = "First line has words here\n\nSecond line too and more\nThird one"
     sp = word_spans(text)

@@ -35,7 +35,7 @@ def _as_scorer(scorer, tokenizer, scorer_kwargs: dict) -> Scorer:
 
 
 def compress_batch(texts: list[str], ratios, scorer, tokenizer, protect: bool = True,
-                   protect_kinds=PROTECT_KINDS, keep_newlines: bool = True,
+                   protect_kinds=PROTECT_KINDS, keep_newlines: bool = True, prefer_kinds=(),
                    **scorer_kwargs) -> list[list[CompressionResult]]:
     """Compress ``N`` CoTs to each γ in ``ratios``; every text is scored once.
 
@@ -46,7 +46,7 @@ def compress_batch(texts: list[str], ratios, scorer, tokenizer, protect: bool = 
             name is built with :func:`get_scorer` (``scorer_kwargs`` passed on; ``self-information``
             defaults to the model the tokenizer belongs to).
         tokenizer: the target model's tokenizer (token counts for γ).
-        protect, protect_kinds, keep_newlines: see :func:`~tokenskip.compress.prune.prune`.
+        protect, protect_kinds, keep_newlines, prefer_kinds: see :func:`~tokenskip.compress.prune.prune`.
 
     Returns:
         ``N`` lists of ``len(ratios)`` :class:`CompressionResult`.
@@ -63,7 +63,7 @@ def compress_batch(texts: list[str], ratios, scorer, tokenizer, protect: bool = 
     else:
         scored = sc.score(list(texts))
     return [prune(s, gammas, tokenizer, scorer=sc.name, protect=protect, protect_kinds=protect_kinds,
-                  keep_newlines=keep_newlines) for s in scored]
+                  keep_newlines=keep_newlines, prefer_kinds=prefer_kinds) for s in scored]
 
 
 def compress(text: str, ratio: float, scorer, tokenizer, **kwargs) -> CompressionResult:

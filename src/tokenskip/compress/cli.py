@@ -63,6 +63,10 @@ class CompressConfig:
     protect_kinds: list[str] = field(default_factory=lambda: ["numbers", "operators", "boxed", "latex", "answer"],
                                      metadata={"help": "protected span kinds: numbers operators boxed latex "
                                                        "answer (= the numbers of the final answer line)"})
+    prefer_kinds: list[str] = field(default_factory=list, metadata={
+        "help": "span kinds ranked above all other words but dropped (lowest score first) when the budget "
+                "cannot hold them, so they never overshoot γ; e.g. --protect-kinds answer boxed latex "
+                "--prefer-kinds numbers operators"})
 
     def validate(self) -> None:
         from tokenskip.compress.prune import PROTECT_KINDS
@@ -83,9 +87,9 @@ class CompressConfig:
         self.ratios = [validate_ratio(r) for r in self.ratios]
         if len(set(self.ratios)) != len(self.ratios):
             raise ValueError(f"duplicate ratios in {self.ratios}")
-        bad = set(self.protect_kinds) - set(PROTECT_KINDS)
+        bad = (set(self.protect_kinds) | set(self.prefer_kinds)) - set(PROTECT_KINDS)
         if bad:
-            raise ValueError(f"unknown --protect-kinds {sorted(bad)}; expected some of {list(PROTECT_KINDS)}")
+            raise ValueError(f"unknown --protect-kinds/--prefer-kinds {sorted(bad)}; expected some of {list(PROTECT_KINDS)}")
         if self.max_cot_tokens <= 0 or self.batch_size <= 0 or self.offset < 0 or (self.limit is not None and self.limit < 0):
             raise ValueError("max_cot_tokens and batch_size must be > 0, offset and limit >= 0")
 
@@ -196,7 +200,8 @@ def run(cfg: CompressConfig) -> dict:
     scorer_model = cfg.scorer_model or (cfg.model if cfg.scorer == "self-information" else "")
     prune_settings = {**source_settings, "scorer": cfg.scorer, "scorer_model": scorer_model,
                       "seed": cfg.seed if cfg.scorer == "random" else None, "keep_newlines": cfg.keep_newlines,
-                      "protect": cfg.protect, "protect_kinds": sorted(cfg.protect_kinds) if cfg.protect else []}
+                      "protect": cfg.protect, "protect_kinds": sorted(cfg.protect_kinds) if cfg.protect else [],
+                      "prefer_kinds": sorted(cfg.prefer_kinds)}
     files = {g: ResumableJsonl(out / f"ratio-{format_ratio(g)}.jsonl", {**prune_settings, "ratio": g})
              for g in cfg.ratios}
     t0 = time.perf_counter()
@@ -219,7 +224,7 @@ def run(cfg: CompressConfig) -> dict:
                 part = todo[k:k + step]
                 results = compress_batch([r["cot"] for r in part], cfg.ratios, scorer, tokenizer,
                                          protect=cfg.protect, protect_kinds=cfg.protect_kinds,
-                                         keep_newlines=cfg.keep_newlines)
+                                         keep_newlines=cfg.keep_newlines, prefer_kinds=cfg.prefer_kinds)
                 for r, per_ratio in zip(part, results):
                     for res in per_ratio:
                         f = files[res.ratio]

@@ -213,7 +213,8 @@ def _overlaps(spans: list[tuple[int, int]], marks: list[tuple[int, int]]) -> lis
 
 
 def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool = True,
-          protect_kinds=PROTECT_KINDS, keep_newlines: bool = True) -> list[CompressionResult]:
+          protect_kinds=PROTECT_KINDS, keep_newlines: bool = True,
+          prefer_kinds=()) -> list[CompressionResult]:
     """Prune one scored CoT to each γ in ``ratios``.
 
     Args:
@@ -224,6 +225,10 @@ def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool
         protect: keep protected spans (see :func:`protected_spans`) whatever their score.
         protect_kinds: which kinds of spans are protected (subset of :data:`PROTECT_KINDS`).
         keep_newlines: keep line breaks where words were dropped (see :func:`rebuild`).
+        prefer_kinds: kinds of spans (see :data:`PROTECT_KINDS`) that are not protected but ranked
+            above every other word: dropped only when the budget cannot hold them all (lowest score
+            first), so they never cause an overshoot. E.g. ``protect_kinds=("answer", "boxed", "latex")``
+            with ``prefer_kinds=("numbers", "operators")`` keeps the arithmetic whenever γ allows.
 
     Returns:
         One :class:`CompressionResult` per γ, in the order given.
@@ -242,7 +247,10 @@ def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool
     prot_words = _overlaps(spans, protected_spans(text, protect_kinds)) if protect else [False] * n_words
     prot_units = [any(prot_words[w] for w in u) for u in units]
     unit_score = [sum(scores[w] for w in u) / len(u) for u in units]
-    order = sorted((j for j in range(len(units)) if not prot_units[j]), key=lambda j: (-unit_score[j], j))
+    pref_words = _overlaps(spans, protected_spans(text, prefer_kinds)) if prefer_kinds else [False] * n_words
+    pref_units = [any(pref_words[w] for w in u) for u in units]
+    order = sorted((j for j in range(len(units)) if not prot_units[j]),
+                   key=lambda j: (not pref_units[j], -unit_score[j], j))
 
     cache: dict[tuple[int, int | None], tuple[str, int, int]] = {}
 
