@@ -9,6 +9,7 @@ import pytest
 from tokenskip.cli import main
 from tokenskip.compress.cli import CompressConfig, run
 from tokenskip.io import read_json, read_jsonl
+from tokenskip.prompts import build_prompt
 
 GSM_ROWS = [
     {"question": "Tom has 3 apples and buys 4 more. How many?",
@@ -64,7 +65,7 @@ def test_predictions_source_filters_and_resumes(tmp_path, smol_tokenizer):
          "cot_tokens": 8, "pred": "3", "gold": "2", "correct": False},
         {"id": "c", "prompt": "P", "question": "Q c", "output": "...", "cot": long_cot,
          "cot_tokens": 600, "pred": "1", "gold": "1", "correct": True},
-        {"id": "d", "prompt": "P", "output": "...", "cot": "Then 6 / 2 = 3 is the final value we want.",
+        {"id": "d", "prompt": build_prompt(smol_tokenizer, "How much is 6 / 2?"), "output": "...", "cot": "Then 6 / 2 = 3 is the final value we want.",
          "cot_tokens": 14, "pred": "3", "gold": "3", "correct": True},
     ]
     preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -73,7 +74,7 @@ def test_predictions_source_filters_and_resumes(tmp_path, smol_tokenizer):
     s1 = run(cfg)
     src = read_jsonl(tmp_path / "o" / "source.jsonl")
     assert [r["id"] for r in src] == ["a", "d"]
-    assert src[1]["question"] == "P"  # no question field: the prompt stands in
+    assert src[1]["question"] == "How much is 6 / 2?"  # no question field: cut out of the chat prompt
     first = read_jsonl(tmp_path / "o" / "ratio-0.6.jsonl")
     # rerun: nothing rescored, nothing duplicated, same rows
     s2 = run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.6],
@@ -98,3 +99,21 @@ def test_config_errors(tmp_path):
         CompressConfig(out="x", predictions="p", protect_kinds=["digits"]).validate()
     assert main(["compress", "--predictions", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"),
                  "--ratios", "0"]) == 2
+
+
+def test_predictions_questions_joined_from_data(tmp_path, gsm_file):
+    preds = tmp_path / "predictions.jsonl"
+    rows = [{"id": "gsm8k/train/1", "prompt": "templated", "output": "...", "cot": "12 * 5 = 60 eggs.",
+             "cot_tokens": 9, "pred": "60", "gold": "60", "correct": True}]
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), data=str(gsm_file), scorer="random",
+                       ratios=[0.5]))
+    assert read_jsonl(tmp_path / "o" / "source.jsonl")[0]["question"] == GSM_ROWS[1]["question"]
+    rows[0]["id"] = "nope"
+    preds.write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(ValueError, match=r"predictions.jsonl, line 1: field 'id'"):
+        run(CompressConfig(out=str(tmp_path / "o2"), predictions=str(preds), data=str(gsm_file), scorer="random",
+                           ratios=[0.5]))
+    preds.write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(ValueError, match="field 'question'"):
+        run(CompressConfig(out=str(tmp_path / "o3"), predictions=str(preds), scorer="random", ratios=[0.5]))

@@ -102,7 +102,9 @@ def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
     """The CoTs to compress as ``source.jsonl`` rows (``id, question, answer, cot, cot_tokens``).
 
     Predictions: rows with ``correct`` true and ``cot_tokens`` ≤ ``max_cot_tokens``; the question is
-    the row's ``question`` field, else its ``prompt``. Gold: ``Problem.solution`` of each problem.
+    the row's ``question`` field, else the problem of that id in ``--data`` when given, else it is cut
+    out of the row's chat ``prompt`` (between the paper's instruction line and the end of the user
+    turn of the target's chat template). Gold: ``Problem.solution`` of each problem.
     Empty CoTs are dropped. ``cot_tokens`` is recounted with the target tokenizer.
 
     Raises:
@@ -126,9 +128,9 @@ def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
             if r["correct"] is not True:
                 dropped["incorrect"] += 1
                 continue
-            question = r.get("question", r.get("prompt"))
+            question = r.get("question")
             if question is None:
-                raise DataError(cfg.predictions, lineno, "question", "missing (and no 'prompt' either)")
+                question = _question_of(r, lineno, cfg, tokenizer)
             if r.get("cot_tokens") is not None and int(r["cot_tokens"]) > cfg.max_cot_tokens:
                 dropped["too_long"] += 1
                 continue
@@ -146,6 +148,34 @@ def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
         kept = kept[:cfg.limit]
     logger.info("%d CoTs to compress (dropped: %s)", len(kept), dropped)
     return kept
+
+
+_QUESTIONS: dict[tuple, dict[str, str]] = {}
+
+
+def _question_of(row: dict, lineno: int, cfg: CompressConfig, tokenizer) -> str:
+    """The question of a predictions row without a ``question`` field (see :func:`load_source`)."""
+    from tokenskip.prompts import INSTRUCTION, build_prompt
+
+    if cfg.data:
+        key = (cfg.benchmark, cfg.data)
+        if key not in _QUESTIONS:
+            from tokenskip.data import load_problems
+
+            _QUESTIONS[key] = {p.id: p.question for p in load_problems(cfg.benchmark, cfg.data, split="train")}
+        if row["id"] in _QUESTIONS[key]:
+            return _QUESTIONS[key][row["id"]]
+        raise DataError(cfg.predictions, lineno, "id", f"{row['id']!r} is not a problem id of {cfg.data}")
+    prompt = row.get("prompt")
+    if isinstance(prompt, str) and getattr(tokenizer, "chat_template", None):
+        mark = "\x00QUESTION\x00"
+        suffix = build_prompt(tokenizer, mark).split(mark, 1)[1]
+        start = prompt.find(INSTRUCTION + "\n")
+        if start >= 0 and prompt.endswith(suffix):
+            return prompt[start + len(INSTRUCTION) + 1:len(prompt) - len(suffix)]
+    raise DataError(cfg.predictions, lineno, "question",
+                    "missing, and the prompt is not the paper's instruction in the target's chat template; "
+                    "pass --data (the dataset generate read) to join questions by id")
 
 
 def _p95(xs: list[float]) -> float:
