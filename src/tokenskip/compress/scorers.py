@@ -303,9 +303,9 @@ class LLMLingua2Scorer(Scorer):
         for i, (text, sp) in enumerate(zip(texts, spans)):
             words = [text[s:e] for s, e in sp]
             # the end of a line counts as the end of a sentence when choosing cut points
-            marked = [w + "." if k + 1 < len(sp) and "\n" in text[sp[k][1]:sp[k + 1][0]] else w
+            breaks = [bool(_SENTENCE_END.search(w)) or (k + 1 < len(sp) and "\n" in text[sp[k][1]:sp[k + 1][0]])
                       for k, w in enumerate(words)]
-            for a, b in self.chunk_words(words, breaks=[bool(_SENTENCE_END.search(m)) for m in marked]):
+            for a, b in self.chunk_words(words, breaks=breaks):
                 jobs.append((i, a, words[a:b]))
         probs: list[list[float | None]] = [[None] * len(sp) for sp in spans]
         with torch.inference_mode():
