@@ -108,15 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label(row)}: {row['tokens']} tokens in {row['seconds']:.1f} s = {row['tokens_per_s']:.1f} tok/s",
               flush=True)
         rows.append(row)
+        if args.out:  # after every row, so a killed run keeps what it measured
+            from tokenskip.io import write_json_atomic
+
+            write_json_atomic(args.out, {"settings": vars(args), "rows": rows})
     if not rows:
         return 1
     print()
     print(f"{len(prompts)} GSM8K test prompts, greedy, <= {args.max_new_tokens} new tokens, model {args.model}")
     print(table(rows))
-    if args.out:
-        from tokenskip.io import write_json_atomic
-
-        write_json_atomic(args.out, {"settings": vars(args), "rows": rows})
     return 0
 
 
