@@ -92,6 +92,7 @@ def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: 
     cot = g.cot
     return {
         "id": problem.id,
+        "question": problem.question,
         "prompt": prompt,
         "output": gen.text,
         "cot": cot,

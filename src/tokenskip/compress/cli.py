@@ -60,10 +60,14 @@ class CompressConfig:
     device: str = field(default="cpu", metadata={"help": "torch device of the scorer model"})
     keep_newlines: bool = field(default=True, metadata={"help": "keep line breaks where words were dropped"})
     protect: bool = field(default=True, metadata={"help": "always keep protected spans (see --protect-kinds)"})
-    protect_kinds: list[str] = field(default_factory=lambda: ["numbers", "operators", "boxed", "latex", "answer"],
-                                     metadata={"help": "protected span kinds: numbers operators boxed latex "
-                                                       "answer (= the numbers of the final answer line)"})
-    prefer_kinds: list[str] = field(default_factory=list, metadata={
+    # Default: the answer line's numbers, \boxed{} and LaTeX commands are always kept; other numbers and
+    # operators are ranked first but may go. Protecting every number overshoots γ ≤ 0.6 on GSM8K (digits
+    # are ~half of SmolLM2's tokens there); measured on 500 CoTs: mean |err| ≤ 0.006, p95 ≤ 0.021.
+    protect_kinds: list[str] = field(default_factory=lambda: ["answer", "boxed", "latex"],
+                                     metadata={"help": "protected span kinds, always kept even past γ: numbers "
+                                                       "operators boxed latex answer (= the numbers of the "
+                                                       "final answer line)"})
+    prefer_kinds: list[str] = field(default_factory=lambda: ["numbers", "operators"], metadata={
         "help": "span kinds ranked above all other words but dropped (lowest score first) when the budget "
                 "cannot hold them, so they never overshoot γ; e.g. --protect-kinds answer boxed latex "
                 "--prefer-kinds numbers operators"})
