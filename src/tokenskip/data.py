@@ -70,7 +70,8 @@ def last_boxed(text: str) -> str | None:
 _CALC = re.compile(r"<<[^>]*>>")
 
 
-def _require(row: dict, key: str, path, lineno: int) -> str:
+def require_text(row: dict, key: str, path, lineno: int) -> str:
+    """``row[key]`` as a string (numbers converted). Raises :class:`DataError` naming file, line and field."""
     if key not in row:
         raise DataError(path, lineno, key, "missing")
     v = row[key]
@@ -83,8 +84,8 @@ def _require(row: dict, key: str, path, lineno: int) -> str:
 
 def parse_gsm8k_row(row: dict, path, lineno: int, idx: int) -> Problem:
     """One OpenAI GSM8K row (``question``, ``answer`` ending in ``#### N``) as a :class:`Problem`."""
-    q = _require(row, "question", path, lineno)
-    a = _require(row, "answer", path, lineno)
+    q = require_text(row, "question", path, lineno)
+    a = require_text(row, "answer", path, lineno)
     if "####" not in a:
         raise DataError(path, lineno, "answer", "expected the GSM8K format ending in '#### <number>'")
     sol, gold = a.rsplit("####", 1)
@@ -97,12 +98,12 @@ def parse_gsm8k_row(row: dict, path, lineno: int, idx: int) -> Problem:
 
 def parse_math_row(row: dict, path, lineno: int, idx: int) -> Problem:
     """A MATH-500 row (``problem``, ``solution``, ``answer``...) or a Hendrycks MATH row (gold = last boxed)."""
-    q = _require(row, "problem", path, lineno)
+    q = require_text(row, "problem", path, lineno)
     sol = row.get("solution") or ""
     if not isinstance(sol, str):
         raise DataError(path, lineno, "solution", "expected a string")
     if "answer" in row:
-        ans = _require(row, "answer", path, lineno)
+        ans = require_text(row, "answer", path, lineno)
     else:
         ans = last_boxed(sol)
         if ans is None:
@@ -126,9 +127,9 @@ def load_jsonl_mapped(path, question: str, answer: str, solution: str | None = N
     """
     out = []
     for idx, (lineno, row) in enumerate(iter_jsonl(path)):
-        q = _require(row, question, path, lineno)
-        a = _require(row, answer, path, lineno)
-        sol = _require(row, solution, path, lineno) if solution else ""
+        q = require_text(row, question, path, lineno)
+        a = require_text(row, answer, path, lineno)
+        sol = require_text(row, solution, path, lineno) if solution else ""
         if answer_from == "gsm8k":
             if "####" not in a:
                 raise DataError(path, lineno, answer, "no '####' in the answer")

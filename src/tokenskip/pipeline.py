@@ -184,25 +184,25 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
             upstream[p.name] = p.fingerprint
         plans.append(p)
 
-    # generate
-    gen_out = run / "generate"
-    if _enabled(recipe, "generate"):
-        cls = _stage_cls("generate")
-        sec = _with_inherited(recipe, cls, _section(recipe, "generate"))
+    def single(stage: str, folder: Path, defaults: dict, inputs: Callable[[dict], dict],
+               adjust: Callable[[dict], None] | None = None) -> None:
+        """A stage with one config: recipe section + inherited keys + wired paths -> plan."""
+        if not _enabled(recipe, stage):
+            add(StagePlan(stage, False))
+            return
+        cls = _stage_cls(stage)
+        sec = _with_inherited(recipe, cls, _section(recipe, stage))
         sec.pop("enabled", None)
-        sec.setdefault("out", str(gen_out))
-        cfg = _build(cls, sec, f"{src}: stages.generate")
-        add(StagePlan("generate", True, to_dict(cfg), [cfg], {"data": _data_hash(cfg.data)}))
-    else:
-        add(StagePlan("generate", False))
+        for k, v in {"out": str(folder), **defaults}.items():
+            sec.setdefault(k, v)
+        if adjust:
+            adjust(sec)
+        cfg = _build(cls, sec, f"{src}: stages.{stage}")
+        add(StagePlan(stage, True, to_dict(cfg), [cfg], inputs(sec)))
 
-    # compress
-    comp_out = run / "compress"
-    if _enabled(recipe, "compress"):
-        cls = _stage_cls("compress")
-        sec = _with_inherited(recipe, cls, _section(recipe, "compress"))
-        sec.pop("enabled", None)
-        sec.setdefault("out", str(comp_out))
+    gen_out, comp_out, sft_out, train_out = run / "generate", run / "compress", run / "sft", run / "train"
+
+    def wire_compress(sec: dict) -> None:
         if sec.get("cot_source") == "self":   # build_sft's name for the same thing
             sec["cot_source"] = "predictions"
         if sec.get("cot_source", "predictions") == "predictions" and not sec.get("predictions"):
@@ -211,38 +211,13 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
                                   "the generate stage is disabled; enable it, set compress.predictions, or use "
                                   "cot_source: gold")
             sec["predictions"] = str(gen_out / "predictions.jsonl")
-        cfg = _build(cls, sec, f"{src}: stages.compress")
-        add(StagePlan("compress", True, to_dict(cfg), [cfg],
-                      {"generate": upstream.get("generate"), "data": _data_hash(sec.get("data"))}))
-    else:
-        add(StagePlan("compress", False))
 
-    # build_sft
-    sft_out = run / "sft"
-    if _enabled(recipe, "build_sft"):
-        cls = _stage_cls("build_sft")
-        sec = _with_inherited(recipe, cls, _section(recipe, "build_sft"))
-        sec.pop("enabled", None)
-        sec.setdefault("out", str(sft_out))
-        sec.setdefault("compressed", str(comp_out))
-        cfg = _build(cls, sec, f"{src}: stages.build_sft")
-        add(StagePlan("build_sft", True, to_dict(cfg), [cfg],
-                      {"compress": upstream.get("compress"), "data": _data_hash(sec.get("data"))}))
-    else:
-        add(StagePlan("build_sft", False))
-
-    # train
-    train_out = run / "train"
-    if _enabled(recipe, "train"):
-        cls = _stage_cls("train")
-        sec = _with_inherited(recipe, cls, _section(recipe, "train"))
-        sec.pop("enabled", None)
-        sec.setdefault("out", str(train_out))
-        sec.setdefault("data", str(sft_out))
-        cfg = _build(cls, sec, f"{src}: stages.train")
-        add(StagePlan("train", True, to_dict(cfg), [cfg], {"build_sft": upstream.get("build_sft")}))
-    else:
-        add(StagePlan("train", False))
+    single("generate", gen_out, {}, lambda sec: {"data": _data_hash(sec.get("data"))})
+    single("compress", comp_out, {}, lambda sec: {"generate": upstream.get("generate"),
+                                                  "data": _data_hash(sec.get("data"))}, wire_compress)
+    single("build_sft", sft_out, {"compressed": str(comp_out)},
+           lambda sec: {"compress": upstream.get("compress"), "data": _data_hash(sec.get("data"))})
+    single("train", train_out, {"data": str(sft_out)}, lambda sec: {"build_sft": upstream.get("build_sft")})
 
     # evaluate: benchmarks x methods
     eval_out = run / "evaluate"

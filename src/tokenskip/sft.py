@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.data import require_text
 from tokenskip.io import (SCHEMA_VERSION, DataError, iter_jsonl, read_json, write_json_atomic,
                           write_jsonl_atomic)
 from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, answer_line, build_prompt, format_ratio,
@@ -192,15 +193,7 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def _text(row: dict, key: str, path: Path, lineno: int) -> str:
-    if key not in row:
-        raise DataError(path, lineno, key, "missing")
-    v = row[key]
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        v = str(v)
-    if not isinstance(v, str):
-        raise DataError(path, lineno, key, f"expected a string, got {type(v).__name__}")
-    return v
+_text = require_text
 
 
 def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, dict], dict[float, dict[str, str]]]:
