@@ -33,12 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     top.add_argument("--version", action="store_true", help="print the version and exit")
     top.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND",
                      help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
-    if not argv or argv[0] in ("-h", "--help", "--version"):
-        ns = top.parse_args(argv[:1])
-        if ns.version:
-            from tokenskip import __version__
-            print(__version__)
-            return 0
+    if argv and argv[0] == "--version":
+        from tokenskip import __version__
+        print(__version__)
+        return 0
+    if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
     cmd = argv[0]
