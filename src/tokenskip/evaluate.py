@@ -175,8 +175,9 @@ def _metrics_extra(cfg: EvaluateConfig, method: str, ratio: float | None, proble
 def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) -> list[dict]:
     """Evaluate ``cfg.method`` at each of its γ; returns one metrics dict per run (see module docstring).
 
-    ``backend`` (optional) is used for base-model methods; tokenskip loads its own with the adapter
-    unless ``backend`` was built with that adapter.
+    ``backend`` (optional) is used for base-model methods; tokenskip loads its own backend with the
+    adapter, unless ``backend`` is a vLLM engine started with LoRA enabled (``enable_lora=True``), which
+    then serves the adapter per request.
 
     Raises:
         ValueError / FileNotFoundError: invalid settings, missing adapter or data.
@@ -220,8 +221,12 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
 
                 results.append(_run_one(cfg, problems, prompts, b, r, caps, hook, {"original": orig_fp}))
         elif cfg.method == "tokenskip":
-            tb = get_backend(cfg.backend, **cfg.backend_kwargs(adapter=cfg.adapter, merge_adapter=cfg.merge_adapter))
-            owned.append(tb)
+            if backend is not None and getattr(backend, "lora", False):
+                tb = backend   # a vLLM engine started with LoRA serves the adapter per request
+            else:
+                tb = get_backend(cfg.backend, **cfg.backend_kwargs(adapter=cfg.adapter,
+                                                                   merge_adapter=cfg.merge_adapter))
+                owned.append(tb)
             for r in cfg.resolved_ratios:
                 prompts = [build_prompt(tb.tokenizer, p.question, r, cfg.system_prompt, INSTRUCTION,
                                         cfg.marker_delimiter) for p in problems]

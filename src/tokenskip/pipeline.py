@@ -284,6 +284,46 @@ def _adapter_dir(train_dir: Path) -> Path:
     return found[0]
 
 
+class SharedBackends:
+    """One loaded model per (engine, model, dtype, ...) for all evaluation runs of a stage.
+
+    HF: the base model is shared by original/prompt/truncation runs (tokenskip runs load the adapter
+    themselves, merged). vLLM: one engine, started with LoRA enabled when any run needs an adapter,
+    serves every method, so the engine (minutes for a 7B model) starts once.
+    """
+
+    def __init__(self, cfgs: list):
+        self.cfgs, self.backends = cfgs, {}
+
+    @staticmethod
+    def key(cfg) -> tuple:
+        return (cfg.backend, cfg.model, cfg.dtype, cfg.device, cfg.batch_size, cfg.latency_mode,
+                cfg.tensor_parallel_size, cfg.gpu_memory_utilization, cfg.threads)
+
+    def get(self, cfg):
+        from tokenskip.backends import get_backend
+
+        if cfg.backend == "hf" and cfg.method == "tokenskip":
+            return None
+        k = self.key(cfg)
+        if k not in self.backends:
+            kwargs = cfg.backend_kwargs()
+            if cfg.backend == "vllm":
+                adapters = [c.adapter for c in self.cfgs if c.method == "tokenskip" and self.key(c) == k]
+                if adapters:
+                    from tokenskip.backends.vllm import adapter_rank
+                    kwargs.update(enable_lora=True, max_lora_rank=max(adapter_rank(a) for a in adapters))
+            self.backends[k] = get_backend(cfg.backend, **kwargs)
+        return self.backends[k]
+
+    def __enter__(self) -> "SharedBackends":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for b in self.backends.values():
+            b.close()
+
+
 def _execute(p: StagePlan, run: Path) -> None:
     if p.name == "generate":
         from tokenskip.generate import print_metrics, run_generate
@@ -301,13 +341,17 @@ def _execute(p: StagePlan, run: Path) -> None:
         from tokenskip.evaluate import run_evaluate
         from tokenskip.generate import print_metrics
         from tokenskip.prompts import format_ratio
+        cfgs = []
         for cfg in p.configs:
             cfg = copy.copy(cfg)
             if cfg.method == "tokenskip" and cfg.adapter and Path(cfg.adapter).resolve() == (run / "train").resolve():
                 cfg.adapter = str(_adapter_dir(run / "train"))
-            for m in run_evaluate(cfg):
-                label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
-                print_metrics(m, f"[evaluate {m['benchmark']}] {label}: ")
+            cfgs.append(cfg)
+        with SharedBackends(cfgs) as shared:
+            for cfg in cfgs:
+                for m in run_evaluate(cfg, backend=shared.get(cfg)):
+                    label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
+                    print_metrics(m, f"[evaluate {m['benchmark']}] {label}: ")
     elif p.name == "report":
         from tokenskip.report import ReportConfig, write_report
         write_report(run, dataclass_from_dict(ReportConfig, p.settings or {}, "recipe: stages.report"))

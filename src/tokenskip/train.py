@@ -94,6 +94,8 @@ class TrainConfig:
                                                             "float16)", "choices": ["float32", "bfloat16", "float16"]})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (paper: on). On CPU = autocast: "
                                                         "faster only with AMX/AVX512-BF16, much slower on AVX2-only"})
+    group_by_length: bool = field(default=False, metadata={"help": "batch sequences of similar length together "
+                                                       "(less padding, faster on CPU; changes the data order)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
     save_steps: int = field(default=100, metadata={"help": "save a resumable checkpoint every N optimizer steps"})
     save_total_limit: int = field(default=2, metadata={"help": "keep at most N checkpoints"})
@@ -237,6 +239,7 @@ def sft_args(cfg: TrainConfig, output_dir: str, processes: int = 1):
         fp16=False,
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=cfg.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         max_length=cfg.max_length,
         completion_only_loss=True,
         packing=False,
