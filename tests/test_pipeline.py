@@ -137,5 +137,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir, mon
     trunc_after = read_jsonl(ev / "truncation" / "ratio-0.5" / "predictions.jsonl")
     assert trunc_after != trunc_before and (ev / "truncation" / "ratio-0.5" / "predictions.stale").exists()
     assert row_counts(run) == ref
-    # nothing left to do
+    # nothing left to do; thread count is not a setting that changes results
     assert {p.status for p in plan(changed)[1] if p.enabled} == {"done"}
+    more_threads = load_recipe(write_recipe(tmp_path, tiny_model_dir, name="killed", answer_max_tokens=5),
+                               ["threads=2"])
+    assert {p.status for p in plan(more_threads)[1] if p.enabled} == {"done"}

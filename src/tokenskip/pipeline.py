@@ -138,6 +138,18 @@ def _build(cls, data: dict, where: str):
         raise RecipeError(str(e)) from None
 
 
+#: settings that change how fast a stage runs, never what it writes: left out of fingerprints
+RUNTIME_KEYS = ("threads",)
+
+
+def _without_runtime(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_runtime(v) for k, v in obj.items() if k not in RUNTIME_KEYS}
+    if isinstance(obj, list):
+        return [_without_runtime(v) for v in obj]
+    return obj
+
+
 def _data_hash(value: Any) -> str | None:
     return file_hash(value) if isinstance(value, str) and Path(value).is_file() else None
 
@@ -168,7 +180,7 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
     upstream: dict[str, str] = {}
 
     def add(p: StagePlan) -> None:
-        p.fingerprint = fingerprint({"settings": p.settings, "inputs": p.inputs})
+        p.fingerprint = fingerprint({"settings": _without_runtime(p.settings), "inputs": p.inputs})
         prev = manifest.get("stages", {}).get(p.name)
         if not p.enabled:
             p.status = "disabled"
