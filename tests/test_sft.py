@@ -116,7 +116,7 @@ def test_build_sft_self(tmp_path, smol_tokenizer):
 
 def test_missing_ratio_file_is_a_clear_error(tmp_path, smol_tokenizer):
     make_compressed(tmp_path / "c", n=4, ratios=(0.5,))
-    cfg = SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"))
+    cfg = SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), ratios=PAPER_RATIOS)
     with pytest.raises(FileNotFoundError, match=r"γ = 0\.9, 0\.8, 0\.7, 0\.6.*ratio-0\.5\.jsonl"):
         build_sft(cfg, tokenizer=smol_tokenizer)
     # only the γ that exist (+1.0) can be drawn
@@ -204,3 +204,17 @@ def test_summary_marks_folder_as_gold(tmp_path, smol_tokenizer):
                                     data=str(data), ratios=[1.0, 0.5], validation_share=0.0),
                       tokenizer=smol_tokenizer)
     assert stats["n"]["total"] == 4 and stats["per_ratio"]["train"]["0.5"] > 0
+
+
+def test_default_ratios_are_what_the_compress_folder_holds(tmp_path, smol_tokenizer):
+    from tokenskip.sft import available_ratios
+
+    make_compressed(tmp_path / "c", n=12, ratios=(0.9, 0.7, 0.5))
+    assert available_ratios(tmp_path / "c") == [1.0, 0.9, 0.7, 0.5]
+    cfg = SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), validation_share=0.0)
+    stats = build_sft(cfg, tokenizer=smol_tokenizer)
+    assert set(stats["per_ratio"]["train"]) == {"1.0", "0.9", "0.7", "0.5"}
+    # planned before the folder exists (pipeline): left unresolved, then resolved when run
+    late = SFTDataConfig(compressed=str(tmp_path / "later"), out=str(tmp_path / "sft2"))
+    late.validate()
+    assert late.ratios is None

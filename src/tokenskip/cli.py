@@ -53,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     try:
         return int(module.run_cli(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input: a clear one-line error instead of a traceback.
-        print(f"tokenskip {cmd}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:
+        # Bad input (settings, data, a model that cannot be found offline): one clear line, no traceback.
+        msg = str(e).strip().splitlines()
+        print(f"tokenskip {cmd}: error: {msg[0] if msg else type(e).__name__}", file=sys.stderr)
+        if len(msg) > 1:
+            print("\n".join("  " + m for m in msg[1:6]), file=sys.stderr)
         return 2
 
 

@@ -69,7 +69,10 @@ def _coerce(value: Any, tp, name: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
         (item,) = typing.get_args(tp)[:1] or (str,)
-        return _split_list(value, item)
+        try:
+            return _split_list(value, item)
+        except ValueError:
+            raise ValueError(f"{name}: expected a list of {item.__name__}, got {value!r}") from None
     if tp is bool:
         if isinstance(value, str):
             if value.lower() in ("1", "true", "yes", "on"):

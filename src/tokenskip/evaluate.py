@@ -236,6 +236,10 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
         for b in owned:
             b.close()
     refresh_act_ratios(cfg.out, cfg.benchmark)
+    if cfg.method in ("prompt", "tokenskip") and not (run_dir(cfg.out, cfg.benchmark, "original")
+                                                     / "predictions.jsonl").exists():
+        logger.warning("no original run under %s: act_ratio stays null until one exists "
+                       "(tokenskip evaluate --method original --out %s)", cfg.out, cfg.out)
     return [read_json(Path(m["_dir"]) / "metrics.json") | {"_dir": m["_dir"]} for m in results]
 
 

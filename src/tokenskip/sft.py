@@ -55,9 +55,9 @@ class SFTDataConfig:
     model: str = field(default="smollm2-135m-instruct",
                        metadata={"help": "model whose tokenizer's chat template renders the prompts "
                                          "(alias, .gguf, folder or Hub id)"})
-    ratios: list[float] = field(default_factory=lambda: list(PAPER_RATIOS),
-                                metadata={"help": "compression ratios γ to draw from, uniformly (paper: 1.0 0.9 "
-                                                  "0.8 0.7 0.6 0.5); each γ < 1 needs DIR/ratio-<γ>.jsonl"})
+    ratios: list[float] | None = field(default=None, metadata={
+        "help": "compression ratios γ to draw from, uniformly; each γ < 1 needs DIR/ratio-<γ>.jsonl "
+                "(default: 1.0 plus every γ compressed in --compressed; the paper's grid is 1.0 0.9 0.8 0.7 0.6 0.5)"})
     seed: int = field(default=42, metadata={"help": "seed of the γ draw and of the validation split (paper: 42)"})
     validation_share: float = field(default=0.1, metadata={"help": "share of questions held out for validation"})
     cot_source: str = field(default="self", metadata={
@@ -79,11 +79,15 @@ class SFTDataConfig:
             raise ValueError("build-sft: --compressed (the folder written by 'tokenskip compress') is required")
         if not self.out:
             raise ValueError("build-sft: --out is required")
-        if not self.ratios:
-            raise ValueError("build-sft: --ratios must list at least one γ")
-        self.ratios = [validate_ratio(r) for r in self.ratios]
-        if len({format_ratio(r) for r in self.ratios}) != len(self.ratios):
-            raise ValueError(f"build-sft: --ratios has duplicates: {self.ratios}")
+        if self.ratios is None and Path(self.compressed).is_dir():
+            # resolved when the folder exists (a pipeline plans this stage before compress has run)
+            self.ratios = available_ratios(self.compressed)
+        if self.ratios is not None:
+            if not self.ratios:
+                raise ValueError("build-sft: --ratios must list at least one γ")
+            self.ratios = [validate_ratio(r) for r in self.ratios]
+            if len({format_ratio(r) for r in self.ratios}) != len(self.ratios):
+                raise ValueError(f"build-sft: --ratios has duplicates: {self.ratios}")
         if not 0.0 <= self.validation_share < 1.0:
             raise ValueError(f"build-sft: --validation-share must be in [0, 1), got {self.validation_share}")
         if self.cot_source not in COT_SOURCES:
@@ -111,6 +115,17 @@ class Trajectory:
 
 
 # ---------------------------------------------------------------- pure core
+
+def available_ratios(folder: str | Path) -> list[float]:
+    """1.0 plus every γ that has a ``ratio-<γ>.jsonl`` in the compress folder, largest first."""
+    found = []
+    for p in Path(folder).glob("ratio-*.jsonl"):
+        try:
+            found.append(validate_ratio(p.stem[len("ratio-"):]))
+        except ValueError:
+            continue
+    return sorted({1.0, *found}, reverse=True)
+
 
 def draw_ratio(traj_id: str, ratios: list[float], seed: int) -> float:
     """One γ drawn uniformly from ``ratios`` for the trajectory ``traj_id``.
@@ -305,6 +320,8 @@ def build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
     :func:`read_compressed`, :func:`collect_trajectories`).
     """
     cfg.validate()
+    if cfg.ratios is None:
+        raise FileNotFoundError(f"build-sft: compress folder {cfg.compressed} not found")
     if tokenizer is None:
         from tokenskip.models import load_tokenizer
 
