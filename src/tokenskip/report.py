@@ -536,6 +536,8 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | N
                             fontsize=7, color=color)
     ax.set_xlabel("average CoT tokens")
     ax.set_ylabel("accuracy (%)")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(max(lo, 0.0), max(hi, 1.0))  # accuracy is never negative; keep an all-zero run readable
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
