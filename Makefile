@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export TOKENSKIP_CACHE ?= $(CURDIR)/.cache
 DEMO_RECIPE ?= recipes/demo-smollm2-gsm8k.yaml
-PYTEST_ARGS ?= -m "not slow"
+PYTEST_ARGS ?= -m "not vllm"
 
 VLLM_VENV ?= .venv-vllm
 
