@@ -208,7 +208,6 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-_text = require_text
 
 
 def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, dict], dict[float, dict[str, str]]]:
@@ -229,10 +228,10 @@ def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, 
         raise FileNotFoundError(f"{src_path} not found: --compressed must be a folder written by 'tokenskip compress'")
     source: dict[str, dict] = {}
     for lineno, row in iter_jsonl(src_path):
-        rid = _text(row, "id", src_path, lineno)
+        rid = require_text(row, "id", src_path, lineno)
         if rid in source:
             raise DataError(src_path, lineno, "id", f"duplicate id {rid!r}")
-        source[rid] = {k: _text(row, k, src_path, lineno) for k in ("question", "answer", "cot")}
+        source[rid] = {k: require_text(row, k, src_path, lineno) for k in ("question", "answer", "cot")}
     compressed: dict[float, dict[str, str]] = {}
     missing = [r for r in ratios if r < 1.0 and not (folder / f"ratio-{format_ratio(r)}.jsonl").is_file()]
     if missing:
@@ -247,12 +246,12 @@ def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, 
         path = folder / f"ratio-{format_ratio(r)}.jsonl"
         rows: dict[str, str] = {}
         for lineno, row in iter_jsonl(path):
-            rid = _text(row, "id", path, lineno)
+            rid = require_text(row, "id", path, lineno)
             if rid in rows:
                 raise DataError(path, lineno, "id", f"duplicate id {rid!r}")
             if rid not in source:
                 raise DataError(path, lineno, "id", f"id {rid!r} is not in source.jsonl")
-            rows[rid] = _text(row, "cot", path, lineno)
+            rows[rid] = require_text(row, "cot", path, lineno)
         compressed[r] = rows
     return source, compressed
 

@@ -69,6 +69,14 @@ class GenerationBackend(Protocol):
         ...
 
 
+def end_of_turn_ids(eos_token_id, tokenizer) -> list[int]:
+    """Stop ids of every backend: the model's EOS id(s) (an int, a list or ``None``) plus the tokenizer's EOS."""
+    ids = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
 BACKENDS = ("hf", "vllm")
 
 

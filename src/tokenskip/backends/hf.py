@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Sequence
 
-from tokenskip.backends import BackendStats, Generation
+from tokenskip.backends import BackendStats, Generation, end_of_turn_ids
 
 logger = logging.getLogger(__name__)
 
@@ -15,11 +15,7 @@ LATENCY_MODES = ("amortized", "single")
 
 def stop_token_ids(model, tokenizer) -> list[int]:
     """End-of-turn ids: the generation config's EOS id(s) plus the tokenizer's EOS token."""
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else ([ids] if isinstance(ids, int) else list(ids))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    return end_of_turn_ids(model.generation_config.eos_token_id, tokenizer)
 
 
 class HFBackend:

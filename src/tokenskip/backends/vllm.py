@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from tokenskip.backends import BackendStats, Generation
+from tokenskip.backends import BackendStats, Generation, end_of_turn_ids
 
 logger = logging.getLogger(__name__)
 
@@ -166,10 +166,7 @@ def stop_token_ids(model_dir: str, tokenizer) -> list[int]:
         ids = GenerationConfig.from_pretrained(model_dir).eos_token_id
     except OSError:  # no generation_config.json
         ids = getattr(AutoConfig.from_pretrained(model_dir), "eos_token_id", None)
-    ids = [] if ids is None else ([ids] if isinstance(ids, int) else list(ids))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    return end_of_turn_ids(ids, tokenizer)
 
 
 class VLLMBackend:
