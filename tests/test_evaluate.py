@@ -98,7 +98,7 @@ def test_invalid_settings(tmp_path, tiny_model_dir):
 
 
 def test_generate_stage(tmp_path, tiny_model_dir):
-    m = run_generate(GenerationConfig(model=tiny_model_dir, benchmark="gsm8k", data=str(GSM8K_TEST), limit=2,
+    m = run_generate(GenerationConfig(model=tiny_model_dir, benchmark="gsm8k", data=str(need_data(GSM8K_TEST)), limit=2,
                                       max_new_tokens=5, out=str(tmp_path)))
     assert m["n"] == 2 and (tmp_path / "predictions.jsonl").exists()
     assert read_json(tmp_path / "metrics.json")["accuracy"] == 0.0
