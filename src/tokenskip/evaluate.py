@@ -1,58 +1,51 @@
 """Stage *evaluate*: accuracy, CoT tokens, ActRatio and latency of a method on a test split.
 
-Methods (paper §5 baselines, REFERENCE.md):
+Methods come from the registry in :mod:`tokenskip.methods` (paper §5: ``original``, ``prompt``,
+``truncation``, ``tokenskip``); :func:`run_evaluate` is one loop over a method's γ, the same for all.
 
-* ``original``   — the base model as is.
-* ``prompt``     — the base model told in the instruction to cut its reasoning words by (1 − γ).
-* ``truncation`` — the base model's CoT capped at ⌈γ × that question's original CoT tokens⌉: decode
-  greedily with that cap (greedy, so the kept part is exactly the original CoT's prefix); if the
-  model did not end its turn within the cap, append ``\\n\\nThe final answer is: $\\boxed{`` and
-  decode at most ``answer_max_tokens`` more tokens; the answer is extracted from that. Needs the
-  ``original`` run of the same questions (run first automatically when missing).
-* ``tokenskip``  — the LoRA adapter trained on γ-compressed CoTs, prompted with γ's marker.
-
-Layout under ``--out``::
+Layout under ``--out`` (:mod:`tokenskip.layout`)::
 
     <benchmark>/original/{predictions.jsonl,metrics.json}
     <benchmark>/<method>/ratio-<γ>/{predictions.jsonl,metrics.json}
 
-``act_ratio`` = avg CoT tokens ÷ avg CoT tokens of ``original`` on the same question ids (paper's
-ActRatio); it is (re)computed for every run under ``<benchmark>/`` whenever an evaluation finishes,
-so it appears as soon as the ``original`` run exists.
+``act_ratio`` = CoT tokens ÷ CoT tokens of ``original`` on the same question ids (paper's ActRatio), from
+the original run present in ``--out`` when this run's metrics are written; ``act_ratio_original`` records
+which original (a hash of its predictions), so the report recomputes it when that run changed or
+appeared later. An evaluation never rewrites another run's files.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from tokenskip.backends import Generation, GenerationBackend, get_backend
+from tokenskip.backends import GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import load_problems
-from tokenskip.generate import GenerationConfig, data_identity, print_metrics, run_rows, write_metrics
-from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl, read_json, write_json_atomic
+from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl
+from tokenskip.layout import PREDICTIONS, eval_run_dir
+from tokenskip.methods import Method, get_method, method_names
 from tokenskip.models import configure_threads
-from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, INSTRUCTION, build_prompt, format_ratio,
-                               prompt_reduction_instruction, validate_ratio)
+from tokenskip.prompts import DEFAULT_MARKER_DELIMITER
+from tokenskip.ratios import format_ratio, paper_grid, validate_ratios
+from tokenskip.records import Prediction, act_ratio
+from tokenskip.rollout import GenerationConfig, print_metrics, run_rows, write_metrics
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("original", "prompt", "truncation", "tokenskip")
+#: Method names (from the registry), kept for callers that list them.
+METHODS = tuple(method_names())
 #: The paper's γ grid (REFERENCE.md step 3).
-PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
-#: Text appended to a truncated CoT to force an answer (the SFT targets' answer line, opened).
-FORCE_ANSWER = "\n\nThe final answer is: $\\boxed{"
+PAPER_RATIOS = paper_grid()
 
 
 @dataclass
 class EvaluateConfig(GenerationConfig):
-    """Evaluation settings: every :class:`~tokenskip.generate.GenerationConfig` field plus the method.
+    """Evaluation settings: every :class:`~tokenskip.rollout.GenerationConfig` field plus the method.
 
-    Defaults differing from the parent: none. ``ratios`` defaults to the paper's grid
-    (1.0…0.5 for tokenskip, 0.9…0.5 for prompt/truncation).
+    Defaults differing from the parent: none. ``ratios`` defaults to the method's γ grid (the paper's:
+    1.0…0.5 for tokenskip, 0.9…0.5 for prompt/truncation).
     """
 
     method: str = field(default="original", metadata={"help": "what to evaluate", "choices": list(METHODS)})
@@ -63,86 +56,26 @@ class EvaluateConfig(GenerationConfig):
     answer_max_tokens: int = field(default=24, metadata={"help": "truncation: tokens allowed for the forced answer"})
 
     def validate(self) -> None:
+        """Check the values (no disk access: the adapter's existence is checked when the run starts)."""
         super().validate()
-        if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
+        m = get_method(self.method)
         if self.ratios is not None:
-            self.ratios = [validate_ratio(r) for r in self.ratios]
-        if self.method == "tokenskip" and not self.adapter:
-            raise ValueError("--method tokenskip needs --adapter DIR (the trained LoRA adapter)")
-        if self.adapter and not Path(self.adapter).exists():
-            raise FileNotFoundError(f"adapter folder not found: {self.adapter}")
+            validate_ratios(self.ratios, "--ratios")
+        if m.uses_adapter and not self.adapter:
+            raise ValueError(f"--method {m.name} needs --adapter DIR (the trained LoRA adapter)")
+
+    @property
+    def method_obj(self) -> Method:
+        return get_method(self.method)
 
     @property
     def resolved_ratios(self) -> list[float]:
-        if self.method == "original":
-            return []
-        if self.ratios:
-            return list(self.ratios)
-        return PAPER_RATIOS if self.method == "tokenskip" else [r for r in PAPER_RATIOS if r < 1.0]
+        return [r for r in self.method_obj.ratios(self.ratios) if r is not None]
 
 
 def run_dir(out: str | Path, benchmark: str, method: str, ratio: float | None = None) -> Path:
-    """Folder of one (benchmark, method, γ) run under ``out``."""
-    base = Path(out) / benchmark / method
-    return base if method == "original" else base / f"ratio-{format_ratio(ratio)}"
-
-
-class TruncatingBackend:
-    """Wraps a backend so ``generate(prompts, caps)`` applies the truncation baseline (module docstring)."""
-
-    def __init__(self, inner: GenerationBackend, answer_max_tokens: int):
-        self.inner, self.answer_max_tokens = inner, answer_max_tokens
-        self.tokenizer, self.batch_size, self.name = inner.tokenizer, inner.batch_size, inner.name
-        self.count_tokens = inner.count_tokens
-
-    def generate(self, prompts: Sequence[str], max_new_tokens, adapter=None) -> list[Generation]:
-        first = self.inner.generate(prompts, max_new_tokens)
-        need = [i for i, g in enumerate(first) if g.finish_reason != "stop"]
-        forced = self.inner.generate([prompts[i] + first[i].text + FORCE_ANSWER for i in need],
-                                     self.answer_max_tokens) if need else []
-        out = []
-        for i, g in enumerate(first):
-            if i in need:
-                f = forced[need.index(i)]
-                text = g.text + FORCE_ANSWER + f.text
-                if "}" not in f.text:
-                    text += "}"
-                out.append(Generation(text, g.num_tokens + f.num_tokens, g.latency_s + f.latency_s, g.finish_reason,
-                                      list(g.token_ids)))
-            else:
-                out.append(g)
-        return out
-
-
-def _read_rows(path: Path) -> dict[str, dict]:
-    return {r["id"]: r for _, r in iter_jsonl(path)} if path.exists() else {}
-
-
-def refresh_act_ratios(out: str | Path, benchmark: str) -> None:
-    """(Re)compute ``act_ratio`` in every metrics.json under ``out/benchmark`` against its original run.
-
-    ActRatio = mean CoT tokens of the run ÷ mean CoT tokens of ``original`` over the ids both have
-    (paper's definition; REFERENCE.md step 7). Left ``null`` when there is no original run.
-    """
-    root = Path(out) / benchmark
-    orig = _read_rows(root / "original" / "predictions.jsonl")
-    for mpath in sorted(root.rglob("metrics.json")):
-        pred = mpath.with_name("predictions.jsonl")
-        if not pred.exists():
-            continue
-        m = read_json(mpath)
-        wanted = set(m.get("ids") or [])
-        rows = {k: v for k, v in _read_rows(pred).items() if not wanted or k in wanted}
-        common = [k for k in rows if k in orig]
-        act = None
-        if common:
-            base = sum(orig[k]["cot_tokens"] for k in common)
-            act = (sum(rows[k]["cot_tokens"] for k in common) / base) if base else None
-        if m.get("act_ratio") != act or "act_ratio" not in m:
-            m["act_ratio"] = act
-            m["act_ratio_n"] = len(common)
-            write_json_atomic(mpath, m)
+    """Folder of one (benchmark, method, γ) run under ``out`` (see :func:`tokenskip.layout.eval_run_dir`)."""
+    return eval_run_dir(out, benchmark, method, None if method == "original" else ratio)
 
 
 def adapter_hash(folder: str | Path) -> str:
@@ -153,31 +86,45 @@ def adapter_hash(folder: str | Path) -> str:
     return "+".join(file_hash(p) for p in parts) if parts else file_hash(folder)
 
 
-def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = None) -> dict:
-    s = {"stage": "evaluate", "method": cfg.method, "ratio": ratio, "model": cfg.model,
-         "adapter": adapter_hash(cfg.adapter) if cfg.adapter and cfg.method == "tokenskip" else None,
-         "benchmark": cfg.benchmark, "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
+def _read_predictions(path: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in (Prediction.from_json(row, path, n).to_json() for n, row in iter_jsonl(path))} \
+        if path.exists() else {}
+
+
+def _settings(cfg: EvaluateConfig, method: Method, ratio: float | None) -> dict:
+    """What decides a run's rows (its ``predictions.state.json`` fingerprint)."""
+    bench = cfg.bench
+    s = {"stage": "evaluate", "method": method.name, "ratio": ratio, "model": cfg.model,
+         "adapter": adapter_hash(cfg.adapter) if method.uses_adapter else None,
+         "benchmark": bench.name, "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
          "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
-    if cfg.method == "tokenskip":
-        s["marker_delimiter"] = cfg.marker_delimiter
-    if cfg.method == "truncation":
-        s["answer_max_tokens"] = cfg.answer_max_tokens
-    return {**s, **(extra or {})}
+    if bench.name == "custom" or cfg.grader:
+        s.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
+    return {**s, **method.settings(cfg)}
 
 
-def _metrics_extra(cfg: EvaluateConfig, method: str, ratio: float | None, problems) -> dict:
-    return {"benchmark": cfg.benchmark, "method": method, "ratio": ratio, "model": cfg.model,
-            "adapter": cfg.adapter if method == "tokenskip" else None, "dtype": cfg.dtype, "backend": cfg.backend,
-            "latency_mode": cfg.latency_mode, "settings": to_dict(cfg) | {"method": method},
-            "ids": [p.id for p in problems]}
+def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, problems, rows) -> dict:
+    bench = cfg.bench
+    orig_path = eval_run_dir(cfg.out, bench.name, "original") / PREDICTIONS
+    act, act_n, orig_hash = None, 0, None
+    if orig_path.exists():
+        orig = _read_predictions(orig_path)
+        act, act_n = act_ratio({r["id"]: r["cot_tokens"] for r in rows}, {k: r["cot_tokens"] for k, r in orig.items()})
+        orig_hash = file_hash(orig_path)
+    return {"benchmark": bench.name, "benchmark_label": bench.label, "method": method.name,
+            "method_label": method.label, "method_rank": method.rank, "ratio": ratio, "grader": bench.grader,
+            "act_ratio": act, "act_ratio_n": act_n, "act_ratio_original": orig_hash,
+            "model": cfg.model, "adapter": cfg.adapter if method.uses_adapter else None, "dtype": cfg.dtype,
+            "backend": cfg.backend, "latency_mode": cfg.latency_mode,
+            "settings": to_dict(cfg) | {"method": method.name}, "ids": [p.id for p in problems]}
 
 
 def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) -> list[dict]:
     """Evaluate ``cfg.method`` at each of its γ; returns one metrics dict per run (see module docstring).
 
-    ``backend`` (optional) is used for base-model methods; tokenskip loads its own backend with the
-    adapter, unless ``backend`` is a vLLM engine started with LoRA enabled (``enable_lora=True``), which
-    then serves the adapter per request.
+    ``backend`` (optional) is used for base-model methods; a method with an adapter loads its own backend,
+    unless ``backend`` is a vLLM engine started with LoRA enabled (``enable_lora=True``), which then
+    serves the adapter per request. A method that needs the original run gets it first (reused when on disk).
 
     Raises:
         ValueError / FileNotFoundError: invalid settings, missing adapter or data.
@@ -185,12 +132,22 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     cfg.validate()
     if not cfg.out:
         raise ValueError("--out is required")
+    method = get_method(cfg.method)
+    if method.uses_adapter and not Path(cfg.adapter).exists():
+        raise FileNotFoundError(f"adapter folder not found: {cfg.adapter}")
     configure_threads(cfg.threads)
-    problems = load_problems(cfg.benchmark, cfg.data, cfg.split, cfg.limit, cfg.offset)
+    bench = cfg.bench
+    problems = load_problems(bench, cfg.data, cfg.split, cfg.limit, cfg.offset)
     owned: list[GenerationBackend] = []
 
-    def base_backend() -> GenerationBackend:
+    def backend_for(m: Method) -> GenerationBackend:
         nonlocal backend
+        if m.uses_adapter:
+            if backend is not None and getattr(backend, "lora", False):
+                return backend   # a vLLM engine started with LoRA serves the adapter per request
+            b = get_backend(cfg.backend, **cfg.backend_kwargs(adapter=cfg.adapter, merge_adapter=cfg.merge_adapter))
+            owned.append(b)
+            return b
         if backend is None:
             backend = get_backend(cfg.backend, **cfg.backend_kwargs())
             owned.append(backend)
@@ -198,79 +155,92 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
 
     results = []
     try:
-        if cfg.method in ("original", "truncation"):
-            results.append(_run_original(cfg, problems, base_backend))
-        if cfg.method == "prompt":
-            for r in cfg.resolved_ratios:
-                b = base_backend()
-                prompts = [build_prompt(b.tokenizer, p.question, None, cfg.system_prompt,
-                                        instruction=prompt_reduction_instruction(r)) for p in problems]
-                results.append(_run_one(cfg, problems, prompts, b, r, cfg.resolved_max_new_tokens))
-        elif cfg.method == "truncation":
-            orig_rows = _read_rows(run_dir(cfg.out, cfg.benchmark, "original") / "predictions.jsonl")
-            orig_fp = read_json(run_dir(cfg.out, cfg.benchmark, "original") / "predictions.state.json")["fingerprint"]
-            for r in cfg.resolved_ratios:
-                b = TruncatingBackend(base_backend(), cfg.answer_max_tokens)
-                caps = [max(1, math.ceil(r * orig_rows[p.id]["cot_tokens"])) for p in problems]
-                prompts = [orig_rows[p.id]["prompt"] for p in problems]
-
-                def hook(p, row, cap_by_id=dict(zip([p.id for p in problems], caps))):
-                    row["cap"] = cap_by_id[p.id]
-                    row["original_cot_tokens"] = orig_rows[p.id]["cot_tokens"]
-                    return row
-
-                results.append(_run_one(cfg, problems, prompts, b, r, caps, hook, {"original": orig_fp}))
-        elif cfg.method == "tokenskip":
-            if backend is not None and getattr(backend, "lora", False):
-                tb = backend   # a vLLM engine started with LoRA serves the adapter per request
-            else:
-                tb = get_backend(cfg.backend, **cfg.backend_kwargs(adapter=cfg.adapter,
-                                                                   merge_adapter=cfg.merge_adapter))
-                owned.append(tb)
-            for r in cfg.resolved_ratios:
-                prompts = [build_prompt(tb.tokenizer, p.question, r, cfg.system_prompt, INSTRUCTION,
-                                        cfg.marker_delimiter) for p in problems]
-                results.append(_run_one(cfg, problems, prompts, tb, r, cfg.resolved_max_new_tokens,
-                                        adapter=cfg.adapter))
+        original = None
+        if method.needs_original:
+            results.append(_run_one(cfg, get_method("original"), None, problems, backend_for))
+            original = _read_predictions(eval_run_dir(cfg.out, bench.name, "original") / PREDICTIONS)
+        for ratio in method.ratios(cfg.ratios):
+            results.append(_run_one(cfg, method, ratio, problems, backend_for, original))
     finally:
         for b in owned:
             b.close()
-    refresh_act_ratios(cfg.out, cfg.benchmark)
-    if cfg.method in ("prompt", "tokenskip") and not (run_dir(cfg.out, cfg.benchmark, "original")
-                                                     / "predictions.jsonl").exists():
+    if method.name != "original" and not (eval_run_dir(cfg.out, bench.name, "original") / PREDICTIONS).exists():
         logger.warning("no original run under %s: act_ratio stays null until one exists "
-                       "(tokenskip evaluate --method original --out %s)", cfg.out, cfg.out)
-    return [read_json(Path(m["_dir"]) / "metrics.json") | {"_dir": m["_dir"]} for m in results]
+                       "(tokenskip evaluate --method original --out %s); the report fills it in", cfg.out, cfg.out)
+    return results
 
 
-def _run_original(cfg: EvaluateConfig, problems, base_backend) -> dict:
-    d = run_dir(cfg.out, cfg.benchmark, "original")
-    settings = _settings(cfg, None) | {"method": "original", "adapter": None}
-    settings.pop("answer_max_tokens", None)
-    b = base_backend()
-    prompts = [build_prompt(b.tokenizer, p.question, None, cfg.system_prompt) for p in problems]
-    with ResumableJsonl(d / "predictions.jsonl", settings) as w:
-        rows = run_rows(problems, prompts, w, b, cfg.benchmark, cfg.resolved_max_new_tokens)
-    m = write_metrics(d, rows, _metrics_extra(cfg, "original", None, problems))
+def _run_one(cfg: EvaluateConfig, method: Method, ratio: float | None, problems, backend_for,
+             original: dict[str, dict] | None = None) -> dict:
+    """One (method, γ) run: prompts, caps, resumable generation, metrics."""
+    b = backend_for(method)
+    d = eval_run_dir(cfg.out, cfg.bench.name, method.name, ratio)
+    prompts = [method.prompt(b.tokenizer, p, ratio, cfg) for p in problems]
+    caps = method.caps(problems, ratio, cfg, original)
+    adapter = cfg.adapter if method.uses_adapter else None
+    settings = _settings(cfg, method, ratio)
+    if original is not None:  # rows depend on which original run they cut
+        from tokenskip.io import read_json
+
+        settings["original"] = read_json(eval_run_dir(cfg.out, cfg.bench.name, "original")
+                                         / "predictions.state.json")["fingerprint"]
+
+    with ResumableJsonl(d / PREDICTIONS, settings) as w:
+        rows = run_rows(problems, prompts, w, b, cfg.bench.grader, caps, adapter=adapter,
+                        row_hook=method.row_hook(ratio, caps, problems, original),
+                        generate=lambda ps, cs, adapter=None: method.generate(b, ps, cs, adapter, cfg))
+    m = write_metrics(d, rows, _metrics_extra(cfg, method, ratio, problems, rows))
     return m | {"_dir": str(d)}
 
 
-def _run_one(cfg, problems, prompts, backend, ratio, caps, hook=None, extra_settings=None, adapter=None) -> dict:
-    d = run_dir(cfg.out, cfg.benchmark, cfg.method, ratio)
-    with ResumableJsonl(d / "predictions.jsonl", _settings(cfg, ratio, extra_settings)) as w:
-        rows = run_rows(problems, prompts, w, backend, cfg.benchmark, caps, adapter=adapter, row_hook=hook)
-    m = write_metrics(d, rows, _metrics_extra(cfg, cfg.method, ratio, problems))
-    return m | {"_dir": str(d)}
+def run_evaluations(cfgs: list[EvaluateConfig], echo=print) -> list[dict]:
+    """Run several evaluations sharing loaded models (the pipeline's evaluate stage); returns all metrics.
+
+    HF: the base model is shared by every method without an adapter (adapter methods load theirs,
+    merged). vLLM: one engine, started with LoRA enabled when any run needs an adapter, serves every
+    method, so the engine (minutes for a 7B model) starts once.
+    """
+    from tokenskip.backends import lora_engine_kwargs
+
+    def key(c):
+        return (c.backend, c.model, c.dtype, c.device, c.batch_size, c.latency_mode,
+                c.tensor_parallel_size, c.gpu_memory_utilization, c.threads)
+
+    engines: dict[tuple, GenerationBackend] = {}
+    results = []
+    try:
+        for cfg in cfgs:
+            cfg.validate()
+            shared = None
+            if not (cfg.backend == "hf" and cfg.method_obj.uses_adapter):
+                k = key(cfg)
+                if k not in engines:
+                    kwargs = cfg.backend_kwargs()
+                    adapters = [c.adapter for c in cfgs if c.method_obj.uses_adapter and key(c) == k]
+                    kwargs.update(lora_engine_kwargs(cfg.backend, adapters))
+                    engines[k] = get_backend(cfg.backend, **kwargs)
+                shared = engines[k]
+            for m in run_evaluate(cfg, backend=shared):
+                label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
+                print_metrics(m, f"[evaluate {m['benchmark']}] {label}: ")
+                results.append(m)
+    finally:
+        for b in engines.values():
+            b.close()
+    return results
 
 
 def add_arguments(parser) -> None:
     add_dataclass_args(parser, EvaluateConfig)
 
 
-def run_cli(args) -> int:
+def run_evaluate_cli(args) -> int:
     cfg = dataclass_from_args(EvaluateConfig, args)
     for m in run_evaluate(cfg):
         label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
         print_metrics(m, f"[{m['benchmark']}] {label}: ")
         print(f"    -> {m['_dir']}")
     return 0
+
+
+run_cli = run_evaluate_cli

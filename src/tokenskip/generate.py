@@ -1,11 +1,11 @@
 """Stage *generate*: the target model writes a CoT for every problem of a split, graded as it goes.
 
 ``tokenskip generate`` produces the self-generated trajectories that later stages compress (e.g. on
-GSM8K train); ``tokenskip evaluate`` (see :mod:`tokenskip.evaluate`) uses the same machinery on test
+GSM8K train); ``tokenskip evaluate`` shares the same rollout core (:mod:`tokenskip.rollout`) on test
 splits. Output folder::
 
-    predictions.jsonl   one row per problem (id, prompt, output, cot, cot_tokens, pred, gold, correct,
-                        latency_s, num_tokens, finish_reason, output_token_ids), written as rows finish
+    predictions.jsonl   one Prediction row per problem (id, prompt, output, cot, cot_tokens, pred, gold,
+                        correct, latency_s, num_tokens, finish_reason, output_token_ids), written as rows finish
     metrics.json        n, accuracy, avg/median CoT tokens, latency, throughput, settings
 
 A killed run resumes (rows already written are kept, never duplicated); a run whose settings changed
@@ -15,164 +15,21 @@ starts over (see :class:`tokenskip.io.ResumableJsonl`).
 from __future__ import annotations
 
 import logging
-import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
-from tokenskip.backends import BACKENDS, GenerationBackend, get_backend
+from tokenskip.backends import GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
-from tokenskip.data import Problem, canonical_benchmark, load_problems
-from tokenskip.io import SCHEMA_VERSION, ResumableJsonl, file_hash, write_json_atomic
-from tokenskip.models import DTYPES, configure_threads
+from tokenskip.data import load_problems
+from tokenskip.io import ResumableJsonl
+from tokenskip.layout import METRICS, PREDICTIONS
+from tokenskip.models import configure_threads
+from tokenskip.rollout import (GenerationConfig, data_identity, grade_row, print_metrics, run_rows, summarize,
+                               write_metrics)
 
 logger = logging.getLogger(__name__)
 
-#: Paper defaults for max_new_tokens (REFERENCE.md step 1).
-DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 512, "math": 1024}
-
-
-@dataclass
-class GenerationConfig:
-    """Settings of a generation/evaluation run.
-
-    Defaults follow the paper's reference code where it has one (greedy decoding; max_new_tokens 512
-    for GSM8K and 1024 for MATH), and this project's CPU defaults otherwise (float32, batch 8).
-    """
-
-    model: str | None = field(default=None, metadata={"help": "target model: alias, .gguf, local folder or Hub id"})
-    benchmark: str = field(default="gsm8k", metadata={"help": "gsm8k or math (alias math500)"})
-    data: str | None = field(default=None, metadata={"help": "local JSONL file or Hub dataset id (default: the benchmark's Hub id)"})
-    split: str | None = field(default=None, metadata={"help": "Hub split (train/test); ignored for local files"})
-    limit: int | None = field(default=None, metadata={"help": "at most this many problems"})
-    offset: int = field(default=0, metadata={"help": "skip this many problems first"})
-    out: str | None = field(default=None, metadata={"help": "output folder"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens (default 512 GSM8K, 1024 MATH: paper)"})
-    batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
-    dtype: str = field(default="float32", metadata={"help": "weights dtype", "choices": list(DTYPES)})
-    device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, cuda:1...)"})
-    backend: str = field(default="hf", metadata={"help": "generation engine", "choices": list(BACKENDS)})
-    latency_mode: str = field(default="amortized", metadata={
-        "help": "amortized: batch wall time / batch size; single: each prompt decoded alone (true latency)",
-        "choices": ["amortized", "single"]})
-    system_prompt: str | None = field(default=None, metadata={"help": "optional system turn"})
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (GPU)"})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory fraction"})
-
-    def validate(self) -> None:
-        if not self.model:
-            raise ValueError("--model is required")
-        self.benchmark = canonical_benchmark(self.benchmark)
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-
-    @property
-    def resolved_max_new_tokens(self) -> int:
-        return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[canonical_benchmark(self.benchmark)]
-
-    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
-        return dict(model=self.model, dtype=self.dtype, device=self.device, batch_size=self.batch_size,
-                    adapter=adapter, merge_adapter=merge_adapter, latency_mode=self.latency_mode,
-                    tensor_parallel_size=self.tensor_parallel_size,
-                    gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads)
-
-
-def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: Callable[[str], int]) -> dict:
-    """One predictions row from a problem and its generation.
-
-    CoT tokens are counted in the target model's tokenizer on the text before "The final answer is"
-    (the whole output when absent), as in the paper's evaluation (REFERENCE.md step 7).
-    """
-    from tokenskip.grading import grade
-
-    g = grade(gen.text, problem.answer, benchmark)
-    cot = g.cot
-    return {
-        "id": problem.id,
-        "question": problem.question,
-        "prompt": prompt,
-        "output": gen.text,
-        "cot": cot,
-        "cot_tokens": count_tokens(cot),
-        "pred": g.answer,
-        "gold": problem.answer,
-        "correct": bool(g.correct),
-        "latency_s": round(gen.latency_s, 6),
-        "num_tokens": gen.num_tokens,
-        "finish_reason": gen.finish_reason,
-        "output_token_ids": list(gen.token_ids),
-    }
-
-
-def summarize(rows: Sequence[dict]) -> dict:
-    """Aggregate metrics of predictions rows: accuracy (0..1), CoT tokens (mean, median), latency (s/sample),
-    throughput (generated tokens ÷ generation seconds)."""
-    n = len(rows)
-    if n == 0:
-        return {"n": 0, "accuracy": None, "avg_cot_tokens": None, "median_cot_tokens": None,
-                "avg_output_tokens": None, "sample_latency_s": None, "tokens_per_s": None}
-    cot = [r["cot_tokens"] for r in rows]
-    lat = sum(r["latency_s"] for r in rows)
-    toks = sum(r.get("num_tokens", 0) for r in rows)
-    return {
-        "n": n,
-        "accuracy": sum(bool(r["correct"]) for r in rows) / n,
-        "avg_cot_tokens": sum(cot) / n,
-        "median_cot_tokens": statistics.median(cot),
-        "avg_output_tokens": toks / n,
-        "sample_latency_s": lat / n,
-        "tokens_per_s": toks / lat if lat > 0 else None,
-    }
-
-
-def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: ResumableJsonl, backend: GenerationBackend,
-             benchmark: str, max_new_tokens: int | Sequence[int], adapter: str | None = None,
-             row_hook: Callable[[Problem, dict], dict] | None = None, chunk: int | None = None) -> list[dict]:
-    """Generate the problems not yet in ``writer`` and append their rows as each chunk finishes.
-
-    Pending prompts are sorted by length (less padding) and sent ``chunk`` at a time (default: the
-    backend's batch size × 4 for HF, 256 for vLLM); rows are written as soon as their chunk is done, so a kill loses at
-    most one chunk of work. Returns all rows for ``problems`` (in input order).
-    """
-    caps = [max_new_tokens] * len(problems) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    todo = [i for i, p in enumerate(problems) if p.id not in writer.done_keys]
-    if todo:
-        logger.info("%d of %d problems to generate (%d already done)", len(todo), len(problems),
-                    len(problems) - len(todo))
-    todo.sort(key=lambda i: len(prompts[i]))
-    # vLLM batches continuously: hand it big chunks; HF: a few batches, so a kill loses little
-    chunk = chunk or (256 if getattr(backend, "name", "") == "vllm" else max(1, getattr(backend, "batch_size", 8) * 4))
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(todo), desc="generate", unit="sample", disable=len(todo) < 2) as bar:
-        for s in range(0, len(todo), chunk):
-            idx = todo[s:s + chunk]
-            gens = backend.generate([prompts[i] for i in idx], [caps[i] for i in idx], adapter=adapter)
-            for i, g in zip(idx, gens):
-                row = grade_row(problems[i], prompts[i], g, benchmark, backend.count_tokens)
-                if row_hook:
-                    row = row_hook(problems[i], row)
-                writer.append(row)
-            bar.update(len(idx))
-    writer.reorder(p.id for p in problems)
-    return [writer.rows[p.id] for p in problems]
-
-
-def write_metrics(out_dir: Path, rows: Sequence[dict], extra: dict) -> dict:
-    """Write ``metrics.json`` (summary of ``rows`` plus ``extra``) atomically and return it."""
-    m = {"schema_version": SCHEMA_VERSION, **summarize(rows), **extra}
-    write_json_atomic(out_dir / "metrics.json", m)
-    return m
-
-
-def data_identity(cfg: GenerationConfig) -> str:
-    """What identifies the data source in a settings fingerprint: a local file's hash, else the Hub id."""
-    if cfg.data and Path(cfg.data).is_file():
-        return file_hash(cfg.data)
-    return f"{cfg.data or 'hub'}:{cfg.split}"
+__all__ = ["GenerationConfig", "grade_row", "summarize", "run_rows", "run_generate", "data_identity",
+           "write_metrics", "print_metrics"]
 
 
 def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None) -> dict:
@@ -188,18 +45,22 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
         raise ValueError("--out is required")
     out = Path(cfg.out)
     configure_threads(cfg.threads)
-    problems = load_problems(cfg.benchmark, cfg.data, cfg.split, cfg.limit, cfg.offset)
+    bench = cfg.bench
+    problems = load_problems(bench, cfg.data, cfg.split, cfg.limit, cfg.offset)
     own = backend is None
     backend = backend or get_backend(cfg.backend, **cfg.backend_kwargs())
     try:
         tok = backend.tokenizer
         prompts = [build_prompt(tok, p.question, None, cfg.system_prompt) for p in problems]
-        settings = {"stage": "generate", "model": cfg.model, "benchmark": cfg.benchmark,
-                    "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
+        settings = {"stage": "generate", "model": cfg.model, "benchmark": bench.name,
+                    "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
                     "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
-        with ResumableJsonl(out / "predictions.jsonl", settings) as w:
-            rows = run_rows(problems, prompts, w, backend, cfg.benchmark, cfg.resolved_max_new_tokens)
-        return write_metrics(out, rows, {"benchmark": cfg.benchmark, "method": "original", "ratio": None,
+        if bench.name == "custom":  # the field names and grader decide the rows
+            settings.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
+        with ResumableJsonl(out / PREDICTIONS, settings) as w:
+            rows = run_rows(problems, prompts, w, backend, bench.grader, cfg.resolved_max_new_tokens)
+        return write_metrics(out, rows, {"benchmark": bench.name, "benchmark_label": bench.label,
+                                         "method": "original", "ratio": None, "grader": bench.grader,
                                          "model": cfg.model, "dtype": cfg.dtype, "backend": cfg.backend,
                                          "latency_mode": cfg.latency_mode, "settings": to_dict(cfg)})
     finally:
@@ -207,27 +68,16 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
             backend.close()
 
 
-def print_metrics(m: dict, title: str = "") -> None:
-    acc = "—" if m.get("accuracy") is None else f"{100 * m['accuracy']:.1f}%"
-    cot = "—" if m.get("avg_cot_tokens") is None else f"{m['avg_cot_tokens']:.1f}"
-    act = m.get("act_ratio")
-    lat = m.get("sample_latency_s")
-    print(f"{title}n={m['n']} accuracy={acc} avg_cot_tokens={cot}"
-          + (f" act_ratio={act:.3f}" if act is not None else "")
-          + (f" latency={lat:.2f}s/sample ({m.get('latency_mode', 'amortized')})" if lat is not None else "")
-          + (f" tokens/s={m['tokens_per_s']:.1f}" if m.get("tokens_per_s") else ""))
-
-
 def add_arguments(parser) -> None:
     add_dataclass_args(parser, GenerationConfig)
 
 
-def run_cli(args) -> int:
+def run_generate_cli(args) -> int:
     cfg = dataclass_from_args(GenerationConfig, args)
     m = run_generate(cfg)
     print_metrics(m)
-    print(f"wrote {Path(cfg.out) / 'predictions.jsonl'} and metrics.json")
+    print(f"wrote {Path(cfg.out) / PREDICTIONS} and {METRICS}")
     return 0
 
 
-__all__ = ["GenerationConfig", "grade_row", "summarize", "run_rows", "run_generate"]
+run_cli = run_generate_cli

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from tokenskip.data import canonical_benchmark, last_boxed
+from tokenskip.benchmarks import grader_kind, last_boxed
 
 logger = logging.getLogger(__name__)
 
@@ -129,13 +129,14 @@ def extract_answer(text: str, benchmark: str) -> str | None:
 
     Args:
         text: full model output (CoT + answer).
-        benchmark: ``gsm8k`` or ``math`` (alias ``math500``).
+        benchmark: a grader kind (``numeric``, ``symbolic``) or a benchmark name (``gsm8k``, ``math``...;
+            see :mod:`tokenskip.benchmarks`).
     Returns:
         The answer string, or ``None`` when nothing is found.
     Raises:
-        ValueError: unknown benchmark.
+        ValueError: unknown benchmark or grader kind.
     """
-    bench = canonical_benchmark(benchmark)
+    kind = grader_kind(benchmark)
     boxed = last_boxed(text)
     if boxed:
         return boxed
@@ -144,7 +145,7 @@ def extract_answer(text: str, benchmark: str) -> str | None:
         ans = _answer_after_phrase(text[phrases[-1].end():])
         if ans:
             return ans
-    if bench == "gsm8k":
+    if kind == "numeric":
         nums = _gsm8k_numbers(text)
         return nums[-1] if nums else None
     return None
@@ -199,17 +200,17 @@ def answers_match(pred: str, gold: str, benchmark: str, timeout_s: float = DEFAU
     Args:
         pred: extracted answer (see :func:`extract_answer`).
         gold: gold answer string (GSM8K: a number; MATH: LaTeX without ``$``).
-        benchmark: ``gsm8k`` or ``math`` (alias ``math500``).
+        benchmark: a grader kind (``numeric``, ``symbolic``) or a benchmark name (``gsm8k``, ``math``...).
         timeout_s: MATH only: wall-clock limit for the math-verify comparison, seconds. On timeout the
             answer counts as incorrect and a warning is logged.
     Raises:
-        ValueError: unknown benchmark.
+        ValueError: unknown benchmark or grader kind.
         RuntimeError: the math-verify child process cannot start (e.g. math-verify not installed).
     """
-    bench = canonical_benchmark(benchmark)
+    kind = grader_kind(benchmark)
     if not pred or not pred.strip():
         return False
-    if bench == "gsm8k":
+    if kind == "numeric":
         return _gsm8k_match(pred, gold)
     fast = _math_fast(pred, gold)
     if fast is not None:

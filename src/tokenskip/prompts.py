@@ -6,7 +6,11 @@ paper's reference code (``../shared/REFERENCE.md`` step 1 and 4).
 
 from __future__ import annotations
 
-import math
+from tokenskip.ratios import format_ratio, validate_ratio
+
+__all__ = ["INSTRUCTION", "DEFAULT_MARKER_DELIMITER", "ANSWER_TEMPLATE", "ANSWER_PHRASE", "FORCE_ANSWER",
+           "validate_ratio", "format_ratio", "ratio_marker", "build_messages", "build_prompt",
+           "prompt_reduction_instruction", "answer_line"]
 
 #: The paper's user instruction (reference code, step 1 of REFERENCE.md).
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -14,32 +18,18 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 #: Delimiter around γ in the ratio marker; the paper uses the same literal for every model family.
 DEFAULT_MARKER_DELIMITER = "<|eot_id|>"
 
+#: The phrase that ends a CoT and opens the answer (paper step 4; grading splits the CoT at it).
+ANSWER_PHRASE = "The final answer is"
 #: Answer line appended to every SFT target (paper step 4).
-ANSWER_TEMPLATE = "\n\nThe final answer is: $\\boxed{{{answer}}}$"
+ANSWER_TEMPLATE = "\n\n" + ANSWER_PHRASE + ": $\\boxed{{{answer}}}$"
+#: The answer line opened, appended to a truncated CoT to force an answer (truncation baseline).
+FORCE_ANSWER = "\n\n" + ANSWER_PHRASE + ": $\\boxed{"
 
 #: Prompt-based reduction baseline: the instruction asks to cut the reasoning's words by (1-γ).
 PROMPT_REDUCTION_TEMPLATE = (
     "Please reason step by step, but reduce the number of words in your reasoning by {percent}% "
     "compared to usual, and put your final answer within \\boxed{{}}."
 )
-
-
-def validate_ratio(ratio: float) -> float:
-    """Return ``ratio`` as float if it is a valid compression ratio γ ∈ (0, 1]; else raise ``ValueError``."""
-    try:
-        r = float(ratio)
-    except (TypeError, ValueError):
-        raise ValueError(f"compression ratio γ must be a number in (0, 1], got {ratio!r}") from None
-    if not math.isfinite(r) or not 0.0 < r <= 1.0:
-        raise ValueError(f"compression ratio γ must be in (0, 1], got {ratio!r}")
-    return r
-
-
-def format_ratio(ratio: float) -> str:
-    """γ as it appears in the marker and in folder names: ``0.5``, ``0.75``, ``1.0``."""
-    r = validate_ratio(ratio)
-    s = f"{round(r, 4):g}"
-    return s if "." in s else s + ".0"
 
 
 def ratio_marker(ratio: float, delimiter: str = DEFAULT_MARKER_DELIMITER) -> str:

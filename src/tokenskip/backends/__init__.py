@@ -80,6 +80,20 @@ def end_of_turn_ids(eos_token_id, tokenizer) -> list[int]:
 BACKENDS = ("hf", "vllm")
 
 
+def lora_engine_kwargs(backend: str, adapters: list[str]) -> dict:
+    """Extra :func:`get_backend` arguments for one engine that must serve ``adapters`` per request.
+
+    vLLM: ``enable_lora`` and ``max_lora_rank`` (the largest rank among the adapters); other engines load
+    an adapter at construction, so nothing (``{}``). Raises ``FileNotFoundError`` for an adapter folder
+    without ``adapter_config.json``.
+    """
+    if backend != "vllm" or not adapters:
+        return {}
+    from tokenskip.backends.vllm import adapter_rank
+
+    return {"enable_lora": True, "max_lora_rank": max(adapter_rank(a) for a in adapters)}
+
+
 def get_backend(name: str, **kwargs) -> GenerationBackend:
     """Construct backend ``name`` (``hf`` or ``vllm``); heavy imports happen only here.
 

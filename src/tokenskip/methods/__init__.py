@@ -1,0 +1,113 @@
+"""Evaluation methods registry: what ``tokenskip evaluate --method NAME`` runs.
+
+A method is a :class:`Method` subclass in its own module of this package; importing the package
+registers every module in it, so adding a method is one file (see the README's development section)::
+
+    # src/tokenskip/methods/cot_free.py
+    from tokenskip.methods import Method, register
+    from tokenskip.prompts import build_prompt
+
+    @register
+    class NoCoT(Method):
+        name, label, rank = "no-cot", "No CoT", 50
+
+        def prompt(self, tokenizer, problem, ratio, cfg):
+            return build_prompt(tokenizer, problem.question, None, cfg.system_prompt,
+                                instruction="Answer directly within \\\\boxed{}.")
+
+``tokenskip.evaluate.run_evaluate`` is a loop over ``method.ratios(cfg)``: for each γ it builds the
+prompts, the per-question token caps and generates through :meth:`Method.generate`; the run's folder,
+rows, metrics and ActRatio are the same for every method.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
+
+from tokenskip.ratios import paper_grid, validate_ratios
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tokenskip.backends import Generation, GenerationBackend
+    from tokenskip.records import Problem
+
+
+class Method:
+    """One evaluation method (base class: the plain base model, one run, no γ).
+
+    Class attributes:
+        name: ``--method`` value and folder name; label: report label; rank: report row order.
+        uses_adapter: evaluated with the trained LoRA adapter (``--adapter``).
+        needs_original: needs the ``original`` run of the same questions (it is run first when missing).
+        grid: the γ it takes by default (``()``: a single run without γ); ``--ratios`` replaces it.
+    """
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    rank: ClassVar[int] = 100
+    uses_adapter: ClassVar[bool] = False
+    needs_original: ClassVar[bool] = False
+    grid: ClassVar[tuple[float, ...]] = ()
+
+    def ratios(self, requested: Sequence[float] | None) -> list[float | None]:
+        """The runs of this method: ``[None]`` for a method without γ, else ``requested`` or :attr:`grid`."""
+        if not self.grid:
+            return [None]
+        return validate_ratios(requested, f"--method {self.name} --ratios") if requested else list(self.grid)
+
+    def prompt(self, tokenizer, problem: "Problem", ratio: float | None, cfg) -> str:
+        """The chat-templated prompt of one problem at γ (default: the paper's instruction, no marker)."""
+        from tokenskip.prompts import build_prompt
+
+        return build_prompt(tokenizer, problem.question, None, cfg.system_prompt)
+
+    def caps(self, problems: Sequence["Problem"], ratio: float | None, cfg, original: dict[str, dict] | None):
+        """Token cap(s) on generation: one int, or one per problem (default: ``max_new_tokens``)."""
+        return cfg.resolved_max_new_tokens
+
+    def settings(self, cfg) -> dict:
+        """Method-specific settings that change the rows (part of the rows' fingerprint)."""
+        return {}
+
+    def row_hook(self, ratio: float | None, caps, problems, original) -> Callable[["Problem", dict], dict] | None:
+        """Extra fields for each predictions row (default: none)."""
+        return None
+
+    def generate(self, backend: "GenerationBackend", prompts: Sequence[str], caps, adapter: str | None,
+                 cfg) -> list["Generation"]:
+        """Outputs for ``prompts`` (default: one greedy decode with the caps)."""
+        return backend.generate(prompts, caps, adapter=adapter)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` a ``--method`` choice."""
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def _load_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def method_names() -> list[str]:
+    """Registered method names, in report order."""
+    _load_all()
+    return [m.name for m in sorted(_REGISTRY.values(), key=lambda m: (m.rank, m.name))]
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``. Raises ``ValueError`` listing the valid names."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise ValueError(f"--method must be one of {method_names()}, got {name!r}")
+    return _REGISTRY[name]
+
+
+__all__ = ["Method", "register", "get_method", "method_names", "paper_grid"]

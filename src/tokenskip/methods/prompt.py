@@ -1,0 +1,16 @@
+"""``prompt``: the base model told in its instruction to cut its reasoning words by (1 − γ) (paper §5 baseline)."""
+
+from tokenskip.methods import Method, register
+from tokenskip.ratios import paper_grid
+
+
+@register
+class PromptReduction(Method):
+    name, label, rank = "prompt", "Prompt", 10
+    grid = tuple(paper_grid(include_one=False))
+
+    def prompt(self, tokenizer, problem, ratio, cfg):
+        from tokenskip.prompts import build_prompt, prompt_reduction_instruction
+
+        return build_prompt(tokenizer, problem.question, None, cfg.system_prompt,
+                            instruction=prompt_reduction_instruction(ratio))

@@ -1,0 +1,58 @@
+"""``truncation``: the base model's CoT capped at ⌈γ × that question's original CoT tokens⌉ (paper §5 baseline).
+
+Decoding is greedy with that cap, so the kept part is exactly the original CoT's prefix. If the model
+did not end its turn within the cap, ``\\n\\nThe final answer is: $\\boxed{`` is appended and at most
+``answer_max_tokens`` more tokens are decoded; the answer is extracted from that. The prompts are the
+original run's (the same paper instruction); that run is made first when missing.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tokenskip.methods import Method, register
+from tokenskip.ratios import paper_grid
+
+
+@register
+class Truncation(Method):
+    name, label, rank = "truncation", "Truncation", 20
+    needs_original = True
+    grid = tuple(paper_grid(include_one=False))
+
+    def caps(self, problems, ratio, cfg, original):
+        return [max(1, math.ceil(ratio * original[p.id]["cot_tokens"])) for p in problems]
+
+    def settings(self, cfg) -> dict:
+        return {"answer_max_tokens": cfg.answer_max_tokens}
+
+    def row_hook(self, ratio, caps, problems, original):
+        cap_by_id = dict(zip([p.id for p in problems], caps))
+
+        def hook(p, row):
+            row["cap"] = cap_by_id[p.id]
+            row["original_cot_tokens"] = original[p.id]["cot_tokens"]
+            return row
+
+        return hook
+
+    def generate(self, backend, prompts, caps, adapter, cfg):
+        from tokenskip.backends import Generation
+        from tokenskip.prompts import FORCE_ANSWER
+
+        first = backend.generate(prompts, caps)
+        need = [i for i, g in enumerate(first) if g.finish_reason != "stop"]
+        forced = backend.generate([prompts[i] + first[i].text + FORCE_ANSWER for i in need],
+                                  cfg.answer_max_tokens) if need else []
+        out = []
+        for i, g in enumerate(first):
+            if i in need:
+                f = forced[need.index(i)]
+                text = g.text + FORCE_ANSWER + f.text
+                if "}" not in f.text:
+                    text += "}"
+                out.append(Generation(text, g.num_tokens + f.num_tokens, g.latency_s + f.latency_s, g.finish_reason,
+                                      list(g.token_ids)))
+            else:
+                out.append(g)
+        return out
