@@ -68,7 +68,9 @@ def _check(value: Any, tp: Any, path, lineno, name: str) -> Any:
             ok, value = True, int(value)
     elif base is bool:
         ok = isinstance(value, bool)
-    elif base is str:
+    elif base is str:  # a number where text is expected (an answer "18" written as 18) is read as text
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
         ok = isinstance(value, str)
     else:  # list / dict
         ok = isinstance(value, base)

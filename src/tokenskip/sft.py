@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -32,16 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
-from tokenskip.data import require_text
-from tokenskip.io import (SCHEMA_VERSION, DataError, iter_jsonl, read_json, write_json_atomic,
-                          write_jsonl_atomic)
-from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, answer_line, build_prompt, format_ratio,
-                               validate_ratio)
+from tokenskip.io import SCHEMA_VERSION, DataError, iter_jsonl, read_json, write_json_atomic, write_jsonl_atomic
+from tokenskip.layout import (COMPRESS_SUMMARY, SFT_STATS, SFT_TRAIN, SFT_VALIDATION, SOURCE, compressed_file,
+                              compressed_ratios)
+from tokenskip.prompts import DEFAULT_MARKER_DELIMITER, answer_line, build_prompt
+from tokenskip.ratios import format_ratio, paper_grid, validate_ratios
+from tokenskip.records import CompressedCot, SFTExample, SourceCot
 
 logger = logging.getLogger(__name__)
 
 #: The paper's ratio set (REFERENCE.md step 4).
-PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+PAPER_RATIOS = paper_grid()
 COT_SOURCES = ("self", "gold", "both")
 
 
@@ -75,19 +77,14 @@ class SFTDataConfig:
                                   metadata={"help": "delimiter around γ in the user-turn marker"})
 
     def validate(self) -> None:
+        """Check the values only (no disk access, no changes; ``ratios: null`` is resolved by :func:`build_sft`
+        from the compress folder when it runs). Raises ``ValueError`` naming the setting."""
         if not self.compressed:
             raise ValueError("build-sft: --compressed (the folder written by 'tokenskip compress') is required")
         if not self.out:
             raise ValueError("build-sft: --out is required")
-        if self.ratios is None and Path(self.compressed).is_dir():
-            # resolved when the folder exists (a pipeline plans this stage before compress has run)
-            self.ratios = available_ratios(self.compressed)
         if self.ratios is not None:
-            if not self.ratios:
-                raise ValueError("build-sft: --ratios must list at least one γ")
-            self.ratios = [validate_ratio(r) for r in self.ratios]
-            if len({format_ratio(r) for r in self.ratios}) != len(self.ratios):
-                raise ValueError(f"build-sft: --ratios has duplicates: {self.ratios}")
+            validate_ratios(self.ratios, "build-sft: --ratios")
         if not 0.0 <= self.validation_share < 1.0:
             raise ValueError(f"build-sft: --validation-share must be in [0, 1), got {self.validation_share}")
         if self.cot_source not in COT_SOURCES:
@@ -118,13 +115,7 @@ class Trajectory:
 
 def available_ratios(folder: str | Path) -> list[float]:
     """1.0 plus every γ that has a ``ratio-<γ>.jsonl`` in the compress folder, largest first."""
-    found = []
-    for p in Path(folder).glob("ratio-*.jsonl"):
-        try:
-            found.append(validate_ratio(p.stem[len("ratio-"):]))
-        except ValueError:
-            continue
-    return sorted({1.0, *found}, reverse=True)
+    return sorted({1.0, *compressed_ratios(folder)}, reverse=True)
 
 
 def draw_ratio(traj_id: str, ratios: list[float], seed: int) -> float:
@@ -174,7 +165,7 @@ def make_record(tokenizer, traj: Trajectory, ratio: float, system_prompt: str | 
     prompt = build_prompt(tokenizer, traj.question, ratio=ratio, system_prompt=system_prompt,
                           marker_delimiter=marker_delimiter)
     completion = traj.cots[ratio].strip() + answer_line(traj.answer)
-    return {"id": traj.id, "ratio": ratio, "prompt": prompt, "completion": completion}
+    return SFTExample(traj.id, ratio, prompt, completion).to_json()
 
 
 def build_records(tokenizer, trajectories: list[Trajectory], cfg: SFTDataConfig) -> tuple[list[dict], list[dict], dict]:
@@ -223,35 +214,35 @@ def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, 
         DataError: a row lacks ``id``/``question``/``answer``/``cot``, or an id repeats.
     """
     folder = Path(folder)
-    src_path = folder / "source.jsonl"
+    src_path = folder / SOURCE
     if not src_path.is_file():
         raise FileNotFoundError(f"{src_path} not found: --compressed must be a folder written by 'tokenskip compress'")
     source: dict[str, dict] = {}
     for lineno, row in iter_jsonl(src_path):
-        rid = require_text(row, "id", src_path, lineno)
-        if rid in source:
-            raise DataError(src_path, lineno, "id", f"duplicate id {rid!r}")
-        source[rid] = {k: require_text(row, k, src_path, lineno) for k in ("question", "answer", "cot")}
+        rec = SourceCot.from_json(row, src_path, lineno)
+        if rec.id in source:
+            raise DataError(src_path, lineno, "id", f"duplicate id {rec.id!r}")
+        source[rec.id] = {"question": rec.question, "answer": rec.answer, "cot": rec.cot}
     compressed: dict[float, dict[str, str]] = {}
-    missing = [r for r in ratios if r < 1.0 and not (folder / f"ratio-{format_ratio(r)}.jsonl").is_file()]
+    missing = [r for r in ratios if r < 1.0 and not compressed_file(folder, r).is_file()]
     if missing:
         have = sorted(p.name for p in folder.glob("ratio-*.jsonl"))
         raise FileNotFoundError(
             f"{folder}: no compressed file for γ = {', '.join(format_ratio(r) for r in missing)} "
-            f"(expected {', '.join(f'ratio-{format_ratio(r)}.jsonl' for r in missing)}; found: {have or 'none'}). "
+            f"(expected {', '.join(compressed_file(folder, r).name for r in missing)}; found: {have or 'none'}). "
             "Compress to these ratios first or drop them from --ratios.")
     for r in ratios:
         if r >= 1.0:
             continue
-        path = folder / f"ratio-{format_ratio(r)}.jsonl"
+        path = compressed_file(folder, r)
         rows: dict[str, str] = {}
         for lineno, row in iter_jsonl(path):
-            rid = require_text(row, "id", path, lineno)
-            if rid in rows:
-                raise DataError(path, lineno, "id", f"duplicate id {rid!r}")
-            if rid not in source:
-                raise DataError(path, lineno, "id", f"id {rid!r} is not in source.jsonl")
-            rows[rid] = require_text(row, "cot", path, lineno)
+            rec = CompressedCot.from_json(row, path, lineno)
+            if rec.id in rows:
+                raise DataError(path, lineno, "id", f"duplicate id {rec.id!r}")
+            if rec.id not in source:
+                raise DataError(path, lineno, "id", f"id {rec.id!r} is not in {SOURCE}")
+            rows[rec.id] = rec.cot
         compressed[r] = rows
     return source, compressed
 
@@ -312,15 +303,17 @@ def collect_trajectories(cfg: SFTDataConfig, source: dict[str, dict], compressed
 
 # ---------------------------------------------------------------- runner
 
-def build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
+def run_build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
     """Read ``cfg.compressed`` (+ the gold data), write ``train.jsonl``, ``validation.jsonl``, ``stats.json``.
 
     Returns the stats dict. Raises ``FileNotFoundError``/``DataError``/``ValueError`` on bad inputs (see
     :func:`read_compressed`, :func:`collect_trajectories`).
     """
     cfg.validate()
-    if cfg.ratios is None:
-        raise FileNotFoundError(f"build-sft: compress folder {cfg.compressed} not found")
+    if cfg.ratios is None:  # resolved now, not at validation: the folder may not exist when a pipeline plans
+        if not Path(cfg.compressed).is_dir():
+            raise FileNotFoundError(f"build-sft: compress folder {cfg.compressed} not found")
+        cfg = dataclasses.replace(cfg, ratios=available_ratios(cfg.compressed))
     if tokenizer is None:
         from tokenskip.models import load_tokenizer
 
@@ -331,17 +324,17 @@ def build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
         from tokenskip.data import load_problems
 
         problems = load_problems(cfg.benchmark, cfg.data, split=cfg.split, limit=cfg.limit, offset=cfg.offset)
-    summary_path = Path(cfg.compressed) / "summary.json"
+    summary_path = Path(cfg.compressed) / COMPRESS_SUMMARY
     summary = read_json(summary_path) if summary_path.is_file() else {}
     settings = summary.get("settings") if isinstance(summary, dict) else None
     folder_source = settings.get("cot_source") if isinstance(settings, dict) else None
     trajectories = collect_trajectories(cfg, source, compressed, problems, folder_source)
     train, val, stats = build_records(tokenizer, trajectories, cfg)
     out = Path(cfg.out)
-    write_jsonl_atomic(out / "train.jsonl", train)
-    write_jsonl_atomic(out / "validation.jsonl", val)
+    write_jsonl_atomic(out / SFT_TRAIN, train)
+    write_jsonl_atomic(out / SFT_VALIDATION, val)
     stats = {"schema_version": SCHEMA_VERSION, **stats, "config": to_dict(cfg)}
-    write_json_atomic(out / "stats.json", stats)
+    write_json_atomic(out / SFT_STATS, stats)
     logger.info("wrote %d train / %d validation rows to %s; per γ (train): %s", len(train), len(val), out,
                 stats["per_ratio"]["train"])
     return stats
@@ -351,6 +344,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(parser, SFTDataConfig)
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    build_sft(dataclass_from_args(SFTDataConfig, args))
+def run_build_sft_cli(args: argparse.Namespace) -> int:
+    run_build_sft(dataclass_from_args(SFTDataConfig, args))
     return 0
+
+
+#: the name users and docs know
+build_sft = run_build_sft
+run_cli = run_build_sft_cli

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.io import DataError, ResumableJsonl, file_hash, iter_jsonl, write_json_atomic
-from tokenskip.prompts import format_ratio, validate_ratio
+from tokenskip.layout import COMPRESS_SUMMARY, SOURCE, compressed_file
+from tokenskip.ratios import format_ratio, paper_grid, validate_ratios
+from tokenskip.records import CompressedCot, SourceCot
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class CompressConfig:
     limit: int | None = field(default=None, metadata={"help": "use at most this many CoTs (after --offset)"})
     offset: int = field(default=0, metadata={"help": "skip this many dataset rows first (gold source)"})
     max_cot_tokens: int = field(default=500, metadata={"help": "drop CoTs longer than this, in target tokens (paper: 500)"})
-    ratios: list[float] = field(default_factory=lambda: [0.9, 0.8, 0.7, 0.6, 0.5],
+    ratios: list[float] = field(default_factory=lambda: paper_grid(include_one=False),
                                 metadata={"help": "compression ratios γ in (0, 1] (paper §4)"})
     model: str = field(default="smollm2-135m-instruct", metadata={
         "help": "target model (alias, folder, .gguf or Hub id): its tokenizer counts tokens"})
@@ -86,11 +88,7 @@ class CompressConfig:
             raise ValueError(f"cot_source must be 'predictions' or 'gold', got {self.cot_source!r}")
         if self.scorer not in SCORERS:
             raise ValueError(f"unknown scorer {self.scorer!r}; expected one of {list(SCORERS)}")
-        if not self.ratios:
-            raise ValueError("--ratios needs at least one γ")
-        self.ratios = [validate_ratio(r) for r in self.ratios]
-        if len(set(self.ratios)) != len(self.ratios):
-            raise ValueError(f"duplicate ratios in {self.ratios}")
+        validate_ratios(self.ratios, "--ratios")
         bad = (set(self.protect_kinds) | set(self.prefer_kinds)) - set(PROTECT_KINDS)
         if bad:
             raise ValueError(f"unknown --protect-kinds/--prefer-kinds {sorted(bad)}; expected some of {list(PROTECT_KINDS)}")
@@ -147,7 +145,7 @@ def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
         elif r["cot_tokens"] > cfg.max_cot_tokens:
             dropped["too_long"] += 1
         else:
-            kept.append(r)
+            kept.append(SourceCot(**r).to_json())
     if cfg.cot_source == "predictions" and cfg.limit is not None:
         kept = kept[:cfg.limit]
     logger.info("%d CoTs to compress (dropped: %s)", len(kept), dropped)
@@ -226,7 +224,7 @@ def run(cfg: CompressConfig) -> dict:
                        "input_hash": file_hash(input_file) if Path(input_file).exists() else None,
                        "benchmark": cfg.benchmark, "limit": cfg.limit, "offset": cfg.offset,
                        "max_cot_tokens": cfg.max_cot_tokens, "model": cfg.model}
-    with ResumableJsonl(out / "source.jsonl", source_settings) as src:
+    with ResumableJsonl(out / SOURCE, source_settings) as src:
         for r in source:
             if r["id"] not in src.done_keys:
                 src.append(r)
@@ -236,7 +234,7 @@ def run(cfg: CompressConfig) -> dict:
                       "seed": cfg.seed if cfg.scorer == "random" else None, "keep_newlines": cfg.keep_newlines,
                       "protect": cfg.protect, "protect_kinds": sorted(cfg.protect_kinds) if cfg.protect else [],
                       "prefer_kinds": sorted(cfg.prefer_kinds)}
-    files = {g: ResumableJsonl(out / f"ratio-{format_ratio(g)}.jsonl", {**prune_settings, "ratio": g})
+    files = {g: ResumableJsonl(compressed_file(out, g), {**prune_settings, "ratio": g})
              for g in cfg.ratios}
     t0 = time.perf_counter()
     try:
@@ -264,12 +262,12 @@ def run(cfg: CompressConfig) -> dict:
                         f = files[res.ratio]
                         if r["id"] in f.done_keys:
                             continue
-                        f.append({"id": r["id"], "question": r["question"], "answer": r["answer"],
-                                  "ratio": res.ratio, "cot": res.text, "original_tokens": res.original_tokens,
-                                  "kept_tokens": res.kept_tokens, "achieved_ratio": res.achieved_ratio,
-                                  "scorer": res.scorer, "overshoot": res.overshoot,
-                                  "words_kept": res.words_kept, "words_total": res.words_total,
-                                  "answer_numbers_kept": answer_numbers_kept(r["cot"], res.text)})
+                        f.append(CompressedCot(
+                            id=r["id"], question=r["question"], answer=r["answer"], ratio=res.ratio, cot=res.text,
+                            original_tokens=res.original_tokens, kept_tokens=res.kept_tokens,
+                            achieved_ratio=res.achieved_ratio, scorer=res.scorer, overshoot=res.overshoot,
+                            words_kept=res.words_kept, words_total=res.words_total,
+                            answer_numbers_kept=answer_numbers_kept(r["cot"], res.text)).to_json())
                 logger.info("compressed %d/%d CoTs", min(k + step, len(todo)), len(todo))
         ids = [r["id"] for r in source]
         rows_by_ratio = {g: [files[g].rows[i] for i in ids if i in files[g].rows] for g in cfg.ratios}
@@ -279,7 +277,7 @@ def run(cfg: CompressConfig) -> dict:
     summary = {"scorer": cfg.scorer, "scorer_model": scorer_model, "model": cfg.model, "n_source": len(source),
                "seconds": round(time.perf_counter() - t0, 2), "ratios": summarize(rows_by_ratio),
                "settings": to_dict(cfg)}
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / COMPRESS_SUMMARY, summary)
     return summary
 
 
