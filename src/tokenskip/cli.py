@@ -1,4 +1,4 @@
-"""``tokenskip`` command line: one subcommand per pipeline stage.
+"""``tokenskip`` command line: one subcommand per pipeline stage (from :mod:`tokenskip.stages`) plus ``run``.
 
 Each stage module exposes ``add_arguments(parser)`` and ``run_cli(args) -> int``; only the chosen
 stage's module is imported, so ``tokenskip --help`` is fast and an optional extra (vLLM) missing
@@ -13,16 +13,16 @@ import logging
 import os
 import sys
 
-#: subcommand -> (module, one-line help). Order = the pipeline's order.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("tokenskip.generate", "write CoTs of the target model for a split (e.g. GSM8K train)"),
-    "evaluate": ("tokenskip.evaluate", "evaluate a method (original/prompt/truncation/tokenskip) on a test split"),
-    "compress": ("tokenskip.compress.cli", "score token importance and prune CoTs to ratios γ"),
-    "build-sft": ("tokenskip.sft", "build the γ-mixed SFT data (prompt/completion records)"),
-    "train": ("tokenskip.train", "LoRA fine-tune the target model on the SFT data"),
-    "run": ("tokenskip.pipeline", "run a whole recipe (YAML), resumably"),
-    "report": ("tokenskip.report", "write report.md/report.json and plots for a run folder"),
-}
+from tokenskip.errors import TokenskipError
+from tokenskip.stages import STAGES
+
+#: subcommand -> (module, one-line help). Order = the pipeline's order; ``run`` runs them all.
+COMMANDS: dict[str, tuple[str, str]] = {s.command: (s.module, s.help) for s in STAGES if s.name != "report"}
+COMMANDS["run"] = ("tokenskip.pipeline", "run a whole recipe (YAML), resumably")
+COMMANDS.update({s.command: (s.module, s.help) for s in STAGES if s.name == "report"})
+
+#: what a user can fix: printed as one line, exit status 2 (anything else keeps its traceback)
+EXPECTED_ERRORS = (TokenskipError, ValueError, OSError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,18 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     cmd = argv[0]
     if cmd not in COMMANDS:
         top.error(f"unknown command {cmd!r}; choose from {', '.join(COMMANDS)}")
-    module = importlib.import_module(COMMANDS[cmd][0])
-    parser = argparse.ArgumentParser(prog=f"tokenskip {cmd}", description=COMMANDS[cmd][1])
-    parser.add_argument("--log-level", default=os.environ.get("TOKENSKIP_LOG_LEVEL", "INFO"),
-                        help="logging level (default: INFO)")
-    module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
     try:
+        module = importlib.import_module(COMMANDS[cmd][0])
+        parser = argparse.ArgumentParser(prog=f"tokenskip {cmd}", description=COMMANDS[cmd][1])
+        parser.add_argument("--log-level", default=os.environ.get("TOKENSKIP_LOG_LEVEL", "INFO"),
+                            help="logging level (default: INFO)")
+        module.add_arguments(parser)
+        args = parser.parse_args(argv[1:])
+        logging.basicConfig(level=args.log_level.upper(), datefmt="%H:%M:%S",
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return int(module.run_cli(args) or 0)
-    except (ValueError, OSError) as e:
-        # Bad input (settings, data, a model that cannot be found offline): one clear line, no traceback.
+    except EXPECTED_ERRORS as e:
+        # Bad input (settings, data, a model that cannot be found offline), a missing optional package,
+        # a grading worker that cannot start: one clear line, no traceback.
         msg = str(e).strip().splitlines()
         print(f"tokenskip {cmd}: error: {msg[0] if msg else type(e).__name__}", file=sys.stderr)
         if len(msg) > 1:

@@ -109,17 +109,15 @@ def dataclass_from_dict(cls: type[T], data: dict, where: str = "") -> T:
         except ValueError as e:
             raise ValueError(prefix + str(e)) from None
     obj = cls(**kwargs)
-    if hasattr(obj, "validate"):
+    if hasattr(obj, "validate"):  # checks values only; it never reads the disk or changes the object
         obj.validate()
     return obj
 
 
-def dataclass_from_args(cls: type[T], args: argparse.Namespace, base: dict | None = None) -> T:
-    """Build ``cls`` from ``base`` (e.g. a recipe section) overridden by the flags the user typed."""
+def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Build ``cls`` from the flags the user typed (unset flags keep the dataclass defaults)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    data = dict(base or {})
-    data.update({k: v for k, v in vars(args).items() if k in names and v is not None})
-    return dataclass_from_dict(cls, data)
+    return dataclass_from_dict(cls, {k: v for k, v in vars(args).items() if k in names and v is not None})
 
 
 def to_dict(obj) -> dict:

@@ -64,6 +64,10 @@ class EvaluateConfig(GenerationConfig):
         if m.uses_adapter and not self.adapter:
             raise ValueError(f"--method {m.name} needs --adapter DIR (the trained LoRA adapter)")
 
+    def input_fields(self) -> tuple[str, ...]:
+        """The path settings this config reads (for the pipeline's input check)."""
+        return ("data", "adapter") if self.method_obj.uses_adapter else ("data",)
+
     @property
     def method_obj(self) -> Method:
         return get_method(self.method)

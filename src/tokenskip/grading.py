@@ -37,6 +37,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from tokenskip.benchmarks import grader_kind, last_boxed
+from tokenskip.errors import GradingError
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def answers_match(pred: str, gold: str, benchmark: str, timeout_s: float = DEFAU
             answer counts as incorrect and a warning is logged.
     Raises:
         ValueError: unknown benchmark or grader kind.
-        RuntimeError: the math-verify child process cannot start (e.g. math-verify not installed).
+        GradingError: the math-verify child process cannot start (e.g. math-verify not installed).
     """
     kind = grader_kind(benchmark)
     if not pred or not pred.strip():
@@ -281,11 +282,11 @@ class _Worker:
             line = self._readline(startup_timeout_s)
         except (TimeoutError, EOFError) as e:
             self.kill()
-            raise RuntimeError(f"math-verify worker did not start ({type(e).__name__}); its stderr:\n"
+            raise GradingError(f"math-verify worker did not start ({type(e).__name__}); its stderr:\n"
                                f"{self._stderr_text()}") from None
         if line != "ready":
             self.kill()
-            raise RuntimeError(f"math-verify worker sent {line!r} instead of 'ready'")
+            raise GradingError(f"math-verify worker sent {line!r} instead of 'ready'")
 
     def _stderr_text(self) -> str:
         try:
@@ -364,7 +365,7 @@ class VerifierPool:
             ``True``/``False``, or ``None`` when the comparison ran past ``timeout_s`` seconds or the child
             died (a warning is logged; callers count it as incorrect).
         Raises:
-            RuntimeError: a child process cannot start.
+            GradingError: a child process cannot start.
         """
         if not (timeout_s > 0 and math.isfinite(timeout_s)):
             raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s}")

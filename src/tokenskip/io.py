@@ -15,12 +15,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from tokenskip.errors import TokenskipError
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
 
-class DataError(ValueError):
+class DataError(TokenskipError, ValueError):
     """Bad input data. The message names the file, the 1-based line and the field at fault."""
 
     def __init__(self, path: str | os.PathLike, line: int | None, field: str | None, problem: str):

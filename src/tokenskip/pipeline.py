@@ -19,6 +19,7 @@ Recipe layout (see ``recipes/``)::
     run_dir: runs                   # parent folder (default: runs)
     model: smollm2-135m-instruct    # default `model` of every stage
     threads: 2                      # default `threads` of every stage
+    dtype / device / seed / benchmark  # also copied into every stage with such a field
     stages:
       generate:  {enabled: false, ...GenerationConfig fields}
       compress:  {...CompressConfig fields}
@@ -26,7 +27,12 @@ Recipe layout (see ``recipes/``)::
       train:     {...TrainConfig fields}
       evaluate:  {...EvaluateConfig fields shared by all runs,
                   benchmarks: [{benchmark, data, limit, ...}], methods: [{method, ratios, ...}]}
-      report:    {}
+      report:    {...ReportConfig fields}
+
+Unknown keys (top level or in any stage section) are errors at plan time, so ``--dry-run`` catches
+typos; so is a data file, model or adapter that neither exists nor is made by an earlier stage.
+Settings are fingerprinted as written (defaults that depend on the disk, such as build-sft's ratios,
+are resolved only when the stage runs), so an unchanged recipe reruns nothing.
 
 Paths between stages (``out``, ``predictions``, ``compressed``, ``data`` of train, ``adapter``) are
 filled in by the pipeline; a recipe may still set them to use outside inputs.
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field, fields
@@ -45,26 +52,82 @@ from typing import Any, Callable
 import yaml
 
 from tokenskip.config import dataclass_from_dict, to_dict
+from tokenskip.errors import TokenskipError
 from tokenskip.io import file_hash, fingerprint, read_json, write_json_atomic
+from tokenskip.layout import MANIFEST, PREDICTIONS, find_adapter
+from tokenskip.stages import NAMES as STAGES
+from tokenskip.stages import get_stage
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("generate", "compress", "build_sft", "train", "evaluate", "report")
 #: keys at the top of a recipe that are copied into every stage that has such a field
 INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark")
+#: settings that change how fast a stage runs, never what it writes: left out of fingerprints
+RUNTIME_KEYS = ("threads",)
 
 
-class RecipeError(ValueError):
+class RecipeError(TokenskipError, ValueError):
     """A recipe that cannot be used; the message names the file and the key."""
 
 
-# --------------------------------------------------------------------------- recipe handling
+# --------------------------------------------------------------------------- the recipe
+
+@dataclass
+class Recipe:
+    """The top level of a recipe (see the module docstring); every other key is an error.
+
+    Attributes:
+        name: run folder name; run_dir: its parent folder.
+        stages: ``{stage name: section}``; each section is checked against its stage's config class.
+        model, threads, dtype, device, seed, benchmark: defaults of every stage that has such a field.
+    """
+
+    name: str = ""
+    stages: dict = field(default_factory=dict)
+    run_dir: str = "runs"
+    model: str | None = None
+    threads: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    seed: int | None = None
+    benchmark: str | None = None
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ValueError("missing 'name'")
+        if not isinstance(self.stages, dict) or not self.stages:
+            raise ValueError("missing 'stages' mapping")
+        unknown = set(self.stages) - set(STAGES)
+        if unknown:
+            raise ValueError(f"unknown stage(s) {sorted(unknown)}; valid: {list(STAGES)}")
+        for name, sec in self.stages.items():
+            if sec is not None and not isinstance(sec, dict):
+                raise ValueError(f"stages.{name}: expected a mapping of settings, got {sec!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        """Check and build a recipe from its YAML mapping (keys starting with ``_`` are the loader's).
+
+        Raises:
+            RecipeError: an unknown top-level key (named), a value of the wrong type, no name or stages.
+        """
+        src = data.get("_path", "recipe")
+        try:
+            return dataclass_from_dict(cls, {k: v for k, v in data.items() if not k.startswith("_")},
+                                       f"{src}: top level")
+        except (TypeError, ValueError) as e:
+            msg = str(e)
+            raise RecipeError(msg if msg.startswith(str(src)) else f"{src}: {msg}") from None
+
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     """Read a YAML recipe and apply ``--set key.sub=value`` overrides (values parsed as YAML).
 
+    Returns the recipe mapping (checked by :meth:`Recipe.from_dict`), with ``_path`` added.
+
     Raises:
-        RecipeError: unreadable YAML, missing ``name``/``stages``, unknown stage, bad override.
+        RecipeError: unreadable YAML, an unknown top-level key, missing ``name``/``stages``, unknown
+            stage, bad override.
     """
     path = Path(path)
     try:
@@ -84,49 +147,23 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
             if not isinstance(node, dict):
                 raise RecipeError(f"--set {key}: {p!r} is not a mapping")
         node[parts[-1]] = yaml.safe_load(value)
-    if not recipe.get("name"):
-        raise RecipeError(f"{path}: missing 'name'")
-    stages = recipe.get("stages")
-    if not isinstance(stages, dict):
-        raise RecipeError(f"{path}: missing 'stages' mapping")
-    unknown = set(stages) - set(STAGES)
-    if unknown:
-        raise RecipeError(f"{path}: unknown stage(s) {sorted(unknown)}; valid: {list(STAGES)}")
     recipe["_path"] = str(path)
+    Recipe.from_dict(recipe)
     return recipe
 
 
-def _stage_cls(stage: str):
-    if stage == "generate":
-        from tokenskip.generate import GenerationConfig
-        return GenerationConfig
-    if stage == "compress":
-        from tokenskip.compress.cli import CompressConfig
-        return CompressConfig
-    if stage == "build_sft":
-        from tokenskip.sft import SFTDataConfig
-        return SFTDataConfig
-    if stage == "train":
-        from tokenskip.train import TrainConfig
-        return TrainConfig
-    if stage == "evaluate":
-        from tokenskip.evaluate import EvaluateConfig
-        return EvaluateConfig
-    raise KeyError(stage)
-
-
-def _section(recipe: dict, stage: str) -> dict:
-    sec = recipe["stages"].get(stage)
+def _section(recipe: Recipe, stage: str) -> dict:
+    sec = recipe.stages.get(stage)
     return {} if sec is None else dict(sec)
 
 
-def _enabled(recipe: dict, stage: str) -> bool:
-    return stage in recipe["stages"] and _section(recipe, stage).get("enabled", True) is not False
+def _enabled(recipe: Recipe, stage: str) -> bool:
+    return stage in recipe.stages and _section(recipe, stage).get("enabled", True) is not False
 
 
-def _with_inherited(recipe: dict, cls, sec: dict) -> dict:
+def _with_inherited(recipe: Recipe, cls, sec: dict) -> dict:
     names = {f.name for f in fields(cls)}
-    out = {k: recipe[k] for k in INHERITED if k in recipe and k in names}
+    out = {k: getattr(recipe, k) for k in INHERITED if getattr(recipe, k) is not None and k in names}
     out.update(sec)
     return out
 
@@ -138,16 +175,21 @@ def _build(cls, data: dict, where: str):
         raise RecipeError(str(e)) from None
 
 
-#: settings that change how fast a stage runs, never what it writes: left out of fingerprints
-RUNTIME_KEYS = ("threads",)
-
-
 def _without_runtime(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _without_runtime(v) for k, v in obj.items() if k not in RUNTIME_KEYS}
     if isinstance(obj, list):
         return [_without_runtime(v) for v in obj]
     return obj
+
+
+def _uses_adapter(method: str) -> bool:
+    from tokenskip.methods import get_method
+
+    try:
+        return get_method(method).uses_adapter
+    except ValueError:
+        return False  # the config check names the unknown method
 
 
 def _data_hash(value: Any) -> str | None:
@@ -167,17 +209,23 @@ class StagePlan:
     status: str = "new"     # new | done | changed | resume | disabled
 
 
-def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
+def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
     """Resolve every stage of ``recipe`` into configs + fingerprints; nothing is run or written.
 
+    Fingerprints cover the settings as the recipe gives them (plus code defaults) and the inputs (data
+    file hashes, upstream fingerprints); nothing that an earlier stage's output on disk would change.
+
     Raises:
-        RecipeError: unknown keys or bad values in a stage section (names the recipe and stage).
+        RecipeError: unknown keys or bad values at the top level or in a stage section (names the
+            recipe, the section and the key).
     """
-    src = recipe.get("_path", "recipe")
-    run = Path(recipe.get("run_dir", "runs")) / recipe["name"]
-    manifest = read_json(run / "manifest.json") if (run / "manifest.json").exists() else {"stages": {}}
+    src = recipe.get("_path", "recipe") if isinstance(recipe, dict) else "recipe"
+    recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
+    run = Path(recipe.run_dir) / recipe.name
+    manifest = read_json(run / MANIFEST) if (run / MANIFEST).exists() else {"stages": {}}
     plans: list[StagePlan] = []
     upstream: dict[str, str] = {}
+    out = {name: run / get_stage(name).folder for name in STAGES}
 
     def add(p: StagePlan) -> None:
         p.fingerprint = fingerprint({"settings": _without_runtime(p.settings), "inputs": p.inputs})
@@ -196,23 +244,21 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
             upstream[p.name] = p.fingerprint
         plans.append(p)
 
-    def single(stage: str, folder: Path, defaults: dict, inputs: Callable[[dict], dict],
+    def single(stage: str, defaults: dict, inputs: Callable[[dict], dict],
                adjust: Callable[[dict], None] | None = None) -> None:
         """A stage with one config: recipe section + inherited keys + wired paths -> plan."""
         if not _enabled(recipe, stage):
             add(StagePlan(stage, False))
             return
-        cls = _stage_cls(stage)
+        cls = get_stage(stage).config_cls
         sec = _with_inherited(recipe, cls, _section(recipe, stage))
         sec.pop("enabled", None)
-        for k, v in {"out": str(folder), **defaults}.items():
+        for k, v in {"out": str(out[stage]), **defaults}.items():
             sec.setdefault(k, v)
         if adjust:
             adjust(sec)
         cfg = _build(cls, sec, f"{src}: stages.{stage}")
         add(StagePlan(stage, True, to_dict(cfg), [cfg], inputs(sec)))
-
-    gen_out, comp_out, sft_out, train_out = run / "generate", run / "compress", run / "sft", run / "train"
 
     def wire_compress(sec: dict) -> None:
         if sec.get("cot_source") == "self":   # build_sft's name for the same thing
@@ -222,19 +268,18 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
                 raise RecipeError(f"{src}: stages.compress uses self-generated CoTs (cot_source: predictions) but "
                                   "the generate stage is disabled; enable it, set compress.predictions, or use "
                                   "cot_source: gold")
-            sec["predictions"] = str(gen_out / "predictions.jsonl")
+            sec["predictions"] = str(out["generate"] / PREDICTIONS)
 
-    single("generate", gen_out, {}, lambda sec: {"data": _data_hash(sec.get("data"))})
-    single("compress", comp_out, {}, lambda sec: {"generate": upstream.get("generate"),
-                                                  "data": _data_hash(sec.get("data"))}, wire_compress)
-    single("build_sft", sft_out, {"compressed": str(comp_out)},
+    single("generate", {}, lambda sec: {"data": _data_hash(sec.get("data"))})
+    single("compress", {}, lambda sec: {"generate": upstream.get("generate"), "data": _data_hash(sec.get("data"))},
+           wire_compress)
+    single("build_sft", {"compressed": str(out["compress"])},
            lambda sec: {"compress": upstream.get("compress"), "data": _data_hash(sec.get("data"))})
-    single("train", train_out, {"data": str(sft_out)}, lambda sec: {"build_sft": upstream.get("build_sft")})
+    single("train", {"data": str(out["build_sft"])}, lambda sec: {"build_sft": upstream.get("build_sft")})
 
     # evaluate: benchmarks x methods
-    eval_out = run / "evaluate"
     if _enabled(recipe, "evaluate"):
-        cls = _stage_cls("evaluate")
+        cls = get_stage("evaluate").config_cls
         sec = _section(recipe, "evaluate")
         sec.pop("enabled", None)
         benches = sec.pop("benchmarks", None) or [{}]
@@ -246,19 +291,17 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
         for b in benches:
             for m in methods:
                 d = {**common, **b, **m}
-                d.setdefault("out", str(eval_out))
-                if d.get("method") == "tokenskip" and not d.get("adapter"):
+                d.setdefault("out", str(out["evaluate"]))
+                if _uses_adapter(d.get("method", "original")) and not d.get("adapter"):
                     if "train" not in upstream:
-                        raise RecipeError(f"{src}: stages.evaluate has method tokenskip but no adapter: enable the "
-                                          "train stage or set the method's adapter path")
-                    d["adapter"] = str(train_out)
-                    d["_needs_train"] = True
-                needs_train = d.pop("_needs_train", False)
-                cfg = _build_eval(cls, d, f"{src}: stages.evaluate", needs_train)
+                        raise RecipeError(f"{src}: stages.evaluate has method {d['method']} but no adapter: enable "
+                                          "the train stage or set the method's adapter path")
+                    d["adapter"] = str(out["train"])  # the adapter folder is found in it when evaluate runs
+                cfg = _build(cls, d, f"{src}: stages.evaluate")
                 cfgs.append(cfg)
                 if cfg.data:
                     data_hashes[cfg.data] = _data_hash(cfg.data)
-        uses_adapter = any(c.method == "tokenskip" for c in cfgs)
+        uses_adapter = any(c.method_obj.uses_adapter for c in cfgs)
         add(StagePlan("evaluate", True, {"runs": [to_dict(c) for c in cfgs]}, cfgs,
                       {"train": upstream.get("train") if uses_adapter else None, "data": data_hashes}))
     else:
@@ -267,114 +310,101 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
     if _enabled(recipe, "report"):
         sec = _section(recipe, "report")
         sec.pop("enabled", None)
-        add(StagePlan("report", True, sec, [], {k: v for k, v in upstream.items()}))
+        cfg = _build(get_stage("report").config_cls, {"run_dir": str(run), **sec}, f"{src}: stages.report")
+        add(StagePlan("report", True, sec, [cfg], {k: v for k, v in upstream.items()}))
     else:
         add(StagePlan("report", False))
     return run, plans
 
 
-def _build_eval(cls, d: dict, where: str, adapter_from_train: bool):
-    # The adapter folder may not exist before training ran: validate without the existence check.
-    if adapter_from_train:
-        adapter = d.pop("adapter")
-        cfg = _build(cls, {**d, "method": "original"}, where)
-        cfg.method, cfg.adapter = "tokenskip", adapter
-        if "ratios" in d:
-            cfg.ratios = [float(r) for r in d["ratios"]]
-        return cfg
-    return _build(cls, d, where)
+# --------------------------------------------------------------------------- inputs
+
+#: config fields that name an input file or folder, checked before anything runs
+PATH_FIELDS = ("data", "predictions", "compressed", "adapter")
+
+
+def _model_problem(name: str) -> str | None:
+    """Why model ``name`` cannot be loaded here, or ``None`` if it can (or cannot be told offline)."""
+    from tokenskip.models import resolve_model
+
+    try:
+        ref = resolve_model(name)
+    except FileNotFoundError as e:
+        return str(e)
+    if Path(ref.path).exists():
+        return None
+    if name.startswith((".", "/")) or os.sep + os.sep in name or name.count("/") != 1:
+        return f"model {name!r}: no such folder, alias or Hub id"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return f"model {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+    return None
+
+
+def missing_inputs(run: Path, plans: list[StagePlan]) -> list[str]:
+    """Every data file, model and adapter the enabled stages read that neither exists nor is written by an
+    earlier enabled stage, one line each (``stages.<stage>.<field>: <value>: <why>``)."""
+    from tokenskip.data import looks_like_path
+
+    problems: list[str] = []
+    produced: list[Path] = []
+    models: dict[str, list[str]] = {}
+    for p in plans:
+        if not p.enabled:
+            continue
+        for cfg in p.configs:
+            used = cfg.input_fields() if hasattr(cfg, "input_fields") else PATH_FIELDS
+            for f in PATH_FIELDS:
+                v = getattr(cfg, f, None) if f in used else None
+                if not v or (f == "data" and not looks_like_path(v)):
+                    continue
+                path = Path(v).resolve()
+                if path.exists() or any(path == d or d in path.parents for d in produced):
+                    continue
+                problems.append(f"stages.{p.name}.{f}: {v}: not found, and no earlier stage writes it")
+            if getattr(cfg, "model", None):
+                models.setdefault(cfg.model, []).append(p.name)
+        produced.append((run / get_stage(p.name).folder).resolve())
+    for model, users in models.items():
+        why = _model_problem(model)
+        if why:
+            problems.append(f"model of {', '.join(dict.fromkeys(users))}: {why}")
+    return list(dict.fromkeys(problems))
 
 
 # --------------------------------------------------------------------------- execution
 
-def _adapter_dir(train_dir: Path) -> Path:
-    if (train_dir / "adapter_config.json").exists():
-        return train_dir
-    found = sorted(p.parent for p in train_dir.rglob("adapter_config.json") if "checkpoint-" not in str(p))
-    if not found:
-        raise FileNotFoundError(f"no adapter_config.json under {train_dir}: did the train stage finish?")
-    return found[0]
-
-
-class SharedBackends:
-    """One loaded model per (engine, model, dtype, ...) for all evaluation runs of a stage.
-
-    HF: the base model is shared by original/prompt/truncation runs (tokenskip runs load the adapter
-    themselves, merged). vLLM: one engine, started with LoRA enabled when any run needs an adapter,
-    serves every method, so the engine (minutes for a 7B model) starts once.
-    """
-
-    def __init__(self, cfgs: list):
-        self.cfgs, self.backends = cfgs, {}
-
-    @staticmethod
-    def key(cfg) -> tuple:
-        return (cfg.backend, cfg.model, cfg.dtype, cfg.device, cfg.batch_size, cfg.latency_mode,
-                cfg.tensor_parallel_size, cfg.gpu_memory_utilization, cfg.threads)
-
-    def get(self, cfg):
-        from tokenskip.backends import get_backend
-
-        if cfg.backend == "hf" and cfg.method == "tokenskip":
-            return None
-        k = self.key(cfg)
-        if k not in self.backends:
-            kwargs = cfg.backend_kwargs()
-            if cfg.backend == "vllm":
-                adapters = [c.adapter for c in self.cfgs if c.method == "tokenskip" and self.key(c) == k]
-                if adapters:
-                    from tokenskip.backends.vllm import adapter_rank
-                    kwargs.update(enable_lora=True, max_lora_rank=max(adapter_rank(a) for a in adapters))
-            self.backends[k] = get_backend(cfg.backend, **kwargs)
-        return self.backends[k]
-
-    def __enter__(self) -> "SharedBackends":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for b in self.backends.values():
-            b.close()
-
-
 def _execute(p: StagePlan, run: Path) -> None:
-    if p.name == "generate":
-        from tokenskip.generate import print_metrics, run_generate
-        print_metrics(run_generate(p.configs[0]), "[generate] ")
-    elif p.name == "compress":
-        from tokenskip.compress.cli import run as run_compress
-        run_compress(p.configs[0])
-    elif p.name == "build_sft":
-        from tokenskip.sft import build_sft
-        build_sft(p.configs[0])
-    elif p.name == "train":
-        from tokenskip.train import train
-        train(p.configs[0])
-    elif p.name == "evaluate":
-        from tokenskip.evaluate import run_evaluate
-        from tokenskip.generate import print_metrics
-        from tokenskip.prompts import format_ratio
+    stage = get_stage(p.name)
+    if p.name == "evaluate":
         cfgs = []
         for cfg in p.configs:
             cfg = copy.copy(cfg)
-            if cfg.method == "tokenskip" and cfg.adapter and Path(cfg.adapter).resolve() == (run / "train").resolve():
-                cfg.adapter = str(_adapter_dir(run / "train"))
+            if cfg.method_obj.uses_adapter and Path(cfg.adapter).resolve() == (run / get_stage("train").folder).resolve():
+                cfg.adapter = str(find_adapter(cfg.adapter))
             cfgs.append(cfg)
-        with SharedBackends(cfgs) as shared:
-            for cfg in cfgs:
-                for m in run_evaluate(cfg, backend=shared.get(cfg)):
-                    label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
-                    print_metrics(m, f"[evaluate {m['benchmark']}] {label}: ")
-    elif p.name == "report":
-        from tokenskip.report import ReportConfig, write_report
-        write_report(run, dataclass_from_dict(ReportConfig, p.settings or {}, "recipe: stages.report"))
+        stage.run(cfgs)
+        return
+    result = stage.run(p.configs[0])
+    if p.name == "generate":
+        from tokenskip.rollout import print_metrics
+
+        print_metrics(result, "[generate] ")
 
 
-def run_pipeline(recipe: dict, stages: list[str] | None = None, dry_run: bool = False,
+def run_pipeline(recipe: dict | Recipe, stages: list[str] | None = None, dry_run: bool = False,
                  echo: Callable[[str], None] = print) -> list[StagePlan]:
     """Run (or with ``dry_run`` only print) the recipe's plan; returns the stage plans.
 
     ``stages`` restricts execution to those stage names (others are neither run nor cleared).
+
+    Raises:
+        RecipeError: bad recipe, unknown ``stages``, or inputs that are missing (listed, before anything runs).
     """
+    src = recipe.get("_path") if isinstance(recipe, dict) else None
+    recipe_obj = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
     run, plans = plan(recipe)
     if stages:
         bad = set(stages) - set(STAGES)
@@ -388,22 +418,26 @@ def run_pipeline(recipe: dict, stages: list[str] | None = None, dry_run: bool = 
                   "resume" if p.status == "resume" else "rerun (settings or inputs changed)" if p.status == "changed"
                   else "run")
         echo(f"  {p.name:<10} {action:<34} fingerprint {p.fingerprint[:8] if p.enabled else '-'}")
+    missing = missing_inputs(run, plans)
+    if missing:
+        raise RecipeError(f"{src or 'recipe'}: {len(missing)} missing input(s); nothing was run\n" + "\n".join(missing))
     if dry_run:
         return plans
     run.mkdir(parents=True, exist_ok=True)
-    mpath = run / "manifest.json"
+    mpath = run / MANIFEST
     manifest = read_json(mpath) if mpath.exists() else {}
-    manifest.update({"name": recipe["name"], "recipe": recipe.get("_path"),
-                     "recipe_resolved": {k: v for k, v in recipe.items() if not k.startswith("_")}})
+    manifest.update({"name": recipe_obj.name, "recipe": src,
+                     "recipe_resolved": {k: v for k, v in to_dict(recipe_obj).items()}})
     manifest.setdefault("stages", {})
     write_json_atomic(mpath, manifest)
     for p in plans:
         if not p.enabled or (stages and p.name not in stages) or p.status == "done":
             continue
-        folder = run / ("sft" if p.name == "build_sft" else p.name)
-        # generate/evaluate keep their folders: their row files carry their own settings fingerprints, so
-        # rows still valid (e.g. after a larger --limit, or for an unchanged method) are reused, stale ones not
-        if p.status == "changed" and folder.exists() and p.name not in ("generate", "evaluate", "report"):
+        stage = get_stage(p.name)
+        folder = run / stage.folder
+        # stages whose row files carry their own settings fingerprints keep their folders, so rows still
+        # valid (e.g. after a larger --limit, or for an unchanged method) are reused, stale ones not
+        if p.status == "changed" and folder.exists() and not stage.keeps_rows:
             logger.info("%s: settings or inputs changed; clearing %s", p.name, folder)
             shutil.rmtree(folder)
         entry = {"status": "running", "fingerprint": p.fingerprint, "settings": p.settings, "inputs": p.inputs,
@@ -434,7 +468,8 @@ def add_arguments(parser) -> None:
                         help=f"only these stages (space or comma separated; from {', '.join(STAGES)})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set stages.train.max_steps=10 (repeatable)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan, check every setting and input, and exit")
 
 
 def run_cli(args) -> int:

@@ -47,8 +47,11 @@ _NUMERIC_FIELDS = ("accuracy", "avg_cot_tokens", "median_cot_tokens", "act_ratio
 
 @dataclass
 class ReportConfig:
-    """Settings of ``tokenskip report`` (the run folder itself is the positional ``RUN_DIR``)."""
+    """Settings of ``tokenskip report`` (on the command line the run folder is the positional ``RUN_DIR``;
+    a pipeline sets ``run_dir`` to its run folder)."""
 
+    run_dir: str = field(default="", metadata={"help": "run folder (with evaluate/, compress/, train/) or an "
+                                                        "evaluate folder itself"})
     out: str | None = field(default=None, metadata={
         "help": "folder for report.md, report.json and plots/ (default: RUN_DIR)"})
     compress_dir: str | None = field(default=None, metadata={
@@ -721,14 +724,19 @@ def write_report(run_dir: str | os.PathLike, cfg: ReportConfig | None = None) ->
     return md
 
 
+def run_report(cfg: ReportConfig) -> Path:
+    """Stage runner: :func:`write_report` for ``cfg.run_dir``; returns report.md's path."""
+    if not cfg.run_dir:
+        raise ValueError("report: the run folder (RUN_DIR) is required")
+    return write_report(cfg.run_dir, cfg)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR",
                         help="run folder (with evaluate/, compress/, train/) or an evaluate folder itself")
-    add_dataclass_args(parser, ReportConfig)
+    add_dataclass_args(parser, ReportConfig, skip=("run_dir",))
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    cfg = dataclass_from_args(ReportConfig, args)
-    md = write_report(args.run_dir, cfg)
-    print(md)
+    print(run_report(dataclass_from_args(ReportConfig, args)))
     return 0

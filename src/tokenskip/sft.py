@@ -92,6 +92,10 @@ class SFTDataConfig:
         if self.offset < 0 or (self.limit is not None and self.limit < 0):
             raise ValueError("build-sft: --limit and --offset must be >= 0")
 
+    def input_fields(self) -> tuple[str, ...]:
+        """The path settings this config reads (for the pipeline's input check)."""
+        return ("compressed", "data") if self.cot_source in ("gold", "both") else ("compressed",)
+
 
 @dataclass
 class Trajectory:

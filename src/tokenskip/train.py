@@ -129,8 +129,8 @@ class TrainConfig:
             raise ValueError(f"train: --warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"train: --lora-dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
-            raise ValueError(f"train: --resume must be 'auto', 'never' or a checkpoint folder, got {self.resume!r}")
+        if not self.resume:
+            raise ValueError("train: --resume must be 'auto', 'never' or a checkpoint folder")
 
 
 # ---------------------------------------------------------------- pure core
@@ -369,6 +369,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     from tokenskip.models import configure_threads
 
     cfg.validate()
+    if cfg.resume not in ("auto", "never") and not Path(cfg.resume).is_dir():
+        raise FileNotFoundError(f"train: --resume must be 'auto', 'never' or a checkpoint folder, got {cfg.resume!r}")
     configure_threads(cfg.threads)
     if cfg.bf16 and not torch.cuda.is_available() and torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
         logger.warning("--bf16 on a CPU without AVX512-BF16/AMX (%s): bf16 is emulated and was ~20x slower than "
@@ -457,3 +459,7 @@ def run_cli(args: argparse.Namespace) -> int:
     metrics = train(dataclass_from_args(TrainConfig, args))
     print(json.dumps({k: metrics.get(k) for k in ("global_step", "train_loss", "eval_loss", "tokens_per_s")}))
     return 0
+
+
+#: the stage runner under the project's ``run_<stage>`` name
+run_train = train

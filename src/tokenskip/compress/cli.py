@@ -95,6 +95,10 @@ class CompressConfig:
         if self.max_cot_tokens <= 0 or self.batch_size <= 0 or self.offset < 0 or (self.limit is not None and self.limit < 0):
             raise ValueError("max_cot_tokens and batch_size must be > 0, offset and limit >= 0")
 
+    def input_fields(self) -> tuple[str, ...]:
+        """The path settings this config reads (for the pipeline's input check)."""
+        return ("predictions",) if self.cot_source == "predictions" else ("data",)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(parser, CompressConfig)
@@ -206,7 +210,7 @@ def summarize(rows_by_ratio: dict[float, list[dict]]) -> dict:
     return out
 
 
-def run(cfg: CompressConfig) -> dict:
+def run_compress(cfg: CompressConfig) -> dict:
     """Compress every source CoT to every γ under ``cfg.out``; return the summary (also written)."""
     from tokenskip.compress import compress_batch
     from tokenskip.compress.prune import answer_numbers_kept
@@ -283,10 +287,14 @@ def run(cfg: CompressConfig) -> dict:
 
 def run_cli(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(CompressConfig, args)
-    summary = run(cfg)
+    summary = run_compress(cfg)
     for g, s in summary["ratios"].items():
         print(f"γ={g}: n={s['n']} achieved={s['mean_achieved_ratio']:.3f} |err| mean={s['mean_abs_error']:.3f} "
               f"p95={s['p95_abs_error']:.3f} overshoot={s['overshoot_share']:.1%} "
               f"answer numbers kept={s['answer_numbers_kept_share']:.1%}")
     print(f"wrote {Path(cfg.out) / 'summary.json'}")
     return 0
+
+
+#: earlier name of :func:`run_compress`
+run = run_compress

@@ -1,0 +1,77 @@
+"""Stage registry: the one list of pipeline stages, iterated by ``cli.py`` and the pipeline.
+
+Each :class:`Stage` names its recipe key, its command, its module (which holds the config class, the
+runner ``run_<stage>(cfg)``, ``add_arguments(parser)`` and ``run_cli(args)``) and its folder under a run.
+Modules are imported only when a stage is used, so ``tokenskip --help`` stays fast and a missing optional
+engine breaks no other command. Order = the pipeline's order.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage.
+
+    Attributes:
+        name: recipe key (``stages.<name>``) and manifest key.
+        command: ``tokenskip <command>``.
+        module: module holding ``config``, ``runner``, ``add_arguments`` and ``run_cli``.
+        config: config dataclass name in ``module``.
+        runner: ``run_<stage>`` function name in ``module`` (takes the config; the evaluate stage's
+            pipeline runner takes the list of its configs).
+        folder: output folder under a run folder (``""``: the run folder itself).
+        help: one line for ``tokenskip --help``.
+        keeps_rows: its row files carry their own settings fingerprints, so a changed stage keeps its
+            folder and reuses the rows still valid (others start from an empty folder).
+    """
+
+    name: str
+    command: str
+    module: str
+    config: str
+    runner: str
+    folder: str
+    help: str
+    keeps_rows: bool = False
+
+    def load(self):
+        return importlib.import_module(self.module)
+
+    @property
+    def config_cls(self) -> type:
+        return getattr(self.load(), self.config)
+
+    @property
+    def run(self):
+        return getattr(self.load(), self.runner)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("generate", "generate", "tokenskip.generate", "GenerationConfig", "run_generate", "generate",
+          "write CoTs of the target model for a split (e.g. GSM8K train)", keeps_rows=True),
+    Stage("compress", "compress", "tokenskip.compress.cli", "CompressConfig", "run_compress", "compress",
+          "score token importance and prune CoTs to ratios γ"),
+    Stage("build_sft", "build-sft", "tokenskip.sft", "SFTDataConfig", "run_build_sft", "sft",
+          "build the γ-mixed SFT data (prompt/completion records)"),
+    Stage("train", "train", "tokenskip.train", "TrainConfig", "run_train", "train",
+          "LoRA fine-tune the target model on the SFT data"),
+    Stage("evaluate", "evaluate", "tokenskip.evaluate", "EvaluateConfig", "run_evaluations", "evaluate",
+          "evaluate a method (original/prompt/truncation/tokenskip) on a test split", keeps_rows=True),
+    Stage("report", "report", "tokenskip.report", "ReportConfig", "run_report", "",
+          "write report.md/report.json and plots for a run folder", keeps_rows=True),
+)
+
+BY_NAME = {s.name: s for s in STAGES}
+NAMES = tuple(BY_NAME)
+
+
+def get_stage(name: str) -> Stage:
+    """The stage called ``name`` (``build_sft`` or ``build-sft``). Raises ``KeyError`` listing valid names."""
+    key = name.replace("-", "_")
+    if key not in BY_NAME:
+        raise KeyError(f"unknown stage {name!r}; valid: {list(NAMES)}")
+    return BY_NAME[key]
