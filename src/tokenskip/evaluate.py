@@ -24,7 +24,7 @@ from tokenskip.backends import GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import load_problems
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl
-from tokenskip.layout import PREDICTIONS, eval_run_dir
+from tokenskip.layout import ORIGINAL, PREDICTIONS, eval_run_dir, original_predictions
 from tokenskip.methods import Method, get_method, method_names
 from tokenskip.models import configure_threads
 from tokenskip.prompts import DEFAULT_MARKER_DELIMITER
@@ -48,7 +48,7 @@ class EvaluateConfig(GenerationConfig):
     1.0…0.5 for tokenskip, 0.9…0.5 for prompt/truncation).
     """
 
-    method: str = field(default="original", metadata={"help": "what to evaluate", "choices": list(METHODS)})
+    method: str = field(default=ORIGINAL, metadata={"help": "what to evaluate", "choices": list(METHODS)})
     ratios: list[float] | None = field(default=None, metadata={"help": "compression ratios γ to evaluate (e.g. 1.0 0.5 or 1.0,0.5)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (method tokenskip)"})
     merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF backend; same outputs, faster)"})
@@ -79,7 +79,7 @@ class EvaluateConfig(GenerationConfig):
 
 def run_dir(out: str | Path, benchmark: str, method: str, ratio: float | None = None) -> Path:
     """Folder of one (benchmark, method, γ) run under ``out`` (see :func:`tokenskip.layout.eval_run_dir`)."""
-    return eval_run_dir(out, benchmark, method, None if method == "original" else ratio)
+    return eval_run_dir(out, benchmark, method, None if method == ORIGINAL else ratio)
 
 
 def adapter_hash(folder: str | Path) -> str:
@@ -109,7 +109,7 @@ def _settings(cfg: EvaluateConfig, method: Method, ratio: float | None) -> dict:
 
 def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, problems, rows) -> dict:
     bench = cfg.bench
-    orig_path = eval_run_dir(cfg.out, bench.name, "original") / PREDICTIONS
+    orig_path = original_predictions(Path(cfg.out) / bench.name)
     act, act_n, orig_hash = None, 0, None
     if orig_path.exists():
         orig = _read_predictions(orig_path)
@@ -161,14 +161,14 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     try:
         original = None
         if method.needs_original:
-            results.append(_run_one(cfg, get_method("original"), None, problems, backend_for))
-            original = _read_predictions(eval_run_dir(cfg.out, bench.name, "original") / PREDICTIONS)
+            results.append(_run_one(cfg, get_method(ORIGINAL), None, problems, backend_for))
+            original = _read_predictions(original_predictions(Path(cfg.out) / bench.name))
         for ratio in method.ratios(cfg.ratios):
             results.append(_run_one(cfg, method, ratio, problems, backend_for, original))
     finally:
         for b in owned:
             b.close()
-    if method.name != "original" and not (eval_run_dir(cfg.out, bench.name, "original") / PREDICTIONS).exists():
+    if method.name != ORIGINAL and not original_predictions(Path(cfg.out) / bench.name).exists():
         logger.warning("no original run under %s: act_ratio stays null until one exists "
                        "(tokenskip evaluate --method original --out %s); the report fills it in", cfg.out, cfg.out)
     return results
@@ -186,7 +186,7 @@ def _run_one(cfg: EvaluateConfig, method: Method, ratio: float | None, problems,
     if original is not None:  # rows depend on which original run they cut
         from tokenskip.io import read_json
 
-        settings["original"] = read_json(eval_run_dir(cfg.out, cfg.bench.name, "original")
+        settings["original"] = read_json(eval_run_dir(cfg.out, cfg.bench.name, ORIGINAL)
                                          / "predictions.state.json")["fingerprint"]
 
     with ResumableJsonl(d / PREDICTIONS, settings) as w:

@@ -21,7 +21,7 @@ from tokenskip.backends import GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import load_problems
 from tokenskip.io import ResumableJsonl
-from tokenskip.layout import METRICS, PREDICTIONS
+from tokenskip.layout import METRICS, ORIGINAL, PREDICTIONS
 from tokenskip.models import configure_threads
 from tokenskip.rollout import (GenerationConfig, data_identity, grade_row, print_metrics, run_rows, summarize,
                                write_metrics)
@@ -60,7 +60,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
         with ResumableJsonl(out / PREDICTIONS, settings) as w:
             rows = run_rows(problems, prompts, w, backend, bench.grader, cfg.resolved_max_new_tokens)
         return write_metrics(out, rows, {"benchmark": bench.name, "benchmark_label": bench.label,
-                                         "method": "original", "ratio": None, "grader": bench.grader,
+                                         "method": ORIGINAL, "ratio": None, "grader": bench.grader,
                                          "model": cfg.model, "dtype": cfg.dtype, "backend": cfg.backend,
                                          "latency_mode": cfg.latency_mode, "settings": to_dict(cfg)})
     finally:

@@ -29,6 +29,9 @@ SFT_TRAIN, SFT_VALIDATION, SFT_STATS = "train.jsonl", "validation.jsonl", "stats
 LOSS_LOG = "loss_log.jsonl"
 ADAPTER_CONFIG = "adapter_config.json"
 
+#: the baseline run every ActRatio divides by: ``<benchmark>/original/``
+ORIGINAL = "original"
+
 _RATIO_NAME = re.compile(r"^ratio-(\d+(?:\.\d+)?)(?:\.jsonl)?$")
 
 
@@ -73,6 +76,11 @@ def eval_run_dir(out: str | Path, benchmark: str, method: str, ratio: float | No
     """Folder of one evaluated (benchmark, method, γ): ``<out>/<benchmark>/<method>[/ratio-<γ>]``."""
     base = Path(out) / benchmark / method
     return base if ratio is None else base / ratio_name(ratio)
+
+
+def original_predictions(bench_dir: str | Path) -> Path:
+    """The original run's ``predictions.jsonl`` under ``<out>/<benchmark>``."""
+    return Path(bench_dir) / ORIGINAL / PREDICTIONS
 
 
 def eval_runs(bench_dir: str | Path) -> list[tuple[str, float | None, Path]]:

@@ -54,7 +54,7 @@ import yaml
 from tokenskip.config import dataclass_from_dict, to_dict
 from tokenskip.errors import TokenskipError
 from tokenskip.io import file_hash, fingerprint, read_json, write_json_atomic
-from tokenskip.layout import MANIFEST, PREDICTIONS, find_adapter
+from tokenskip.layout import MANIFEST, ORIGINAL, PREDICTIONS, find_adapter
 from tokenskip.stages import NAMES as STAGES
 from tokenskip.stages import get_stage
 
@@ -283,7 +283,7 @@ def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
         sec = _section(recipe, "evaluate")
         sec.pop("enabled", None)
         benches = sec.pop("benchmarks", None) or [{}]
-        methods = sec.pop("methods", None) or [{"method": "original"}]
+        methods = sec.pop("methods", None) or [{"method": ORIGINAL}]
         if not isinstance(benches, list) or not isinstance(methods, list):
             raise RecipeError(f"{src}: stages.evaluate.benchmarks and .methods must be lists")
         common = _with_inherited(recipe, cls, sec)
@@ -292,7 +292,7 @@ def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
             for m in methods:
                 d = {**common, **b, **m}
                 d.setdefault("out", str(out["evaluate"]))
-                if _uses_adapter(d.get("method", "original")) and not d.get("adapter"):
+                if _uses_adapter(d.get("method", ORIGINAL)) and not d.get("adapter"):
                     if "train" not in upstream:
                         raise RecipeError(f"{src}: stages.evaluate has method {d['method']} but no adapter: enable "
                                           "the train stage or set the method's adapter path")

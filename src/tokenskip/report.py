@@ -10,7 +10,11 @@ Reads only other stages' output files (never their code):
 ``RUN_DIR`` may also be an evaluate folder itself (``tokenskip report W/eval``).
 
 Every number in the report is copied from those files; a value a file does not give is shown as
-``—``, never filled in. Each table row links to the ``predictions.jsonl`` it came from, so a number
+``—``, never filled in. The one number computed here is ActRatio when a run's ``metrics.json`` was
+written against another ``original`` run than the one now beside it (or before any existed): it is
+recomputed from the two ``predictions.jsonl`` files (:func:`tokenskip.records.act_ratio`). Method and
+benchmark labels and the row order come from each ``metrics.json`` (``method_label``, ``method_rank``,
+``benchmark_label``); a file without them shows its folder names. Each table row links to the ``predictions.jsonl`` it came from, so a number
 can be traced to the samples behind it.
 """
 
@@ -21,26 +25,22 @@ import dataclasses
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args
-from tokenskip.io import DataError, iter_jsonl, read_json, write_json_atomic, write_text_atomic
+from tokenskip.io import DataError, file_hash, iter_jsonl, read_json, write_json_atomic, write_text_atomic
+from tokenskip.layout import (LOSS_LOG, MANIFEST, METRICS, PREDICTIONS, compressed_file, eval_runs,
+                              original_predictions, ratio_from_name)
+from tokenskip.ratios import format_ratio
+from tokenskip.records import act_ratio
 
 logger = logging.getLogger(__name__)
 
 REPORT_SCHEMA_VERSION = 1
 MISSING = "—"
 
-#: Row order inside a benchmark table (paper Table 1 order); unknown methods come after, by name.
-METHOD_ORDER = ("original", "prompt", "truncation", "tokenskip")
-METHOD_LABELS = {"original": "Original", "prompt": "Prompt", "truncation": "Truncation", "tokenskip": "TokenSkip"}
-BENCHMARK_ORDER = ("gsm8k", "math")
-BENCHMARK_LABELS = {"gsm8k": "GSM8K", "math": "MATH-500"}
-
-_RATIO_DIR = re.compile(r"^ratio-(\d+(?:\.\d+)?)$")
 _NUMERIC_FIELDS = ("accuracy", "avg_cot_tokens", "median_cot_tokens", "act_ratio", "sample_latency_s",
                    "tokens_per_s")
 
@@ -85,6 +85,7 @@ class ReportRow:
         metrics_path / predictions_path: paths relative to the report folder (``predictions_path``
             is ``None`` when the file is absent).
         predictions_rows: rows in ``predictions.jsonl`` (``None`` when absent).
+        method_label / method_rank / benchmark_label: display names and row order from ``metrics.json``.
     """
 
     benchmark: str
@@ -105,11 +106,14 @@ class ReportRow:
     metrics_path: str = ""
     predictions_path: str | None = None
     predictions_rows: int | None = None
+    method_label: str | None = None
+    method_rank: int | None = None
+    benchmark_label: str | None = None
 
     @property
     def label(self) -> str:
         """Table label, e.g. ``Original``, ``TokenSkip (γ=0.5)``."""
-        name = METHOD_LABELS.get(self.method, self.method)
+        name = self.method_label or self.method
         return name if self.ratio is None else f"{name} (γ={_fmt_ratio(self.ratio)})"
 
     def to_dict(self) -> dict:
@@ -121,23 +125,30 @@ class ReportRow:
 
 
 def _fmt_ratio(r: float) -> str:
-    s = f"{round(r, 4):g}"
-    return s if "." in s else s + ".0"
+    try:
+        return format_ratio(r)
+    except ValueError:  # a summary key outside (0, 1]: shown as written
+        return f"{r:g}"
 
 
-def _sort_key_method(method: str) -> tuple:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+def _method_key(row: dict | ReportRow) -> tuple:
+    d = row if isinstance(row, dict) else row.to_dict()
+    rank = d.get("method_rank")
+    return (rank if rank is not None else math.inf, d["method"])
 
 
-def _sort_key_benchmark(name: str) -> tuple:
-    return (BENCHMARK_ORDER.index(name), "") if name in BENCHMARK_ORDER else (len(BENCHMARK_ORDER), name)
+def _label(row: dict) -> str:
+    return row.get("method_label") or row["method"]
+
+
+def _bench_label(bench: str, rows: list[dict]) -> str:
+    return next((r["benchmark_label"] for r in rows if r.get("benchmark_label")), bench)
 
 
 def sort_rows(rows: list[ReportRow]) -> list[ReportRow]:
-    """Rows in report order: benchmark (GSM8K, MATH, others), method (Original, Prompt, Truncation,
-    TokenSkip, others), then γ descending (no-γ rows first)."""
-    return sorted(rows, key=lambda r: (_sort_key_benchmark(r.benchmark), _sort_key_method(r.method),
-                                       -(r.ratio if r.ratio is not None else math.inf)))
+    """Rows in report order: benchmark by name, method by ``method_rank`` (the method registry's order:
+    Original, Prompt, Truncation, TokenSkip; unranked methods after, by name), then γ descending."""
+    return sorted(rows, key=lambda r: (r.benchmark, _method_key(r), -(r.ratio if r.ratio is not None else math.inf)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,15 +157,7 @@ def sort_rows(rows: list[ReportRow]) -> list[ReportRow]:
 
 def _metrics_files(bench_dir: Path) -> list[tuple[str, float | None, Path]]:
     """``(method, γ from the folder name, metrics.json)`` under one benchmark folder."""
-    found = []
-    for method_dir in sorted(p for p in bench_dir.iterdir() if p.is_dir()):
-        if (method_dir / "metrics.json").is_file():
-            found.append((method_dir.name, None, method_dir / "metrics.json"))
-        for sub in sorted(p for p in method_dir.iterdir() if p.is_dir()):
-            m = _RATIO_DIR.match(sub.name)
-            if m and (sub / "metrics.json").is_file():
-                found.append((method_dir.name, float(m.group(1)), sub / "metrics.json"))
-    return found
+    return [(method, ratio, folder / METRICS) for method, ratio, folder in eval_runs(bench_dir)]
 
 
 def find_evaluate_dir(run_dir: str | os.PathLike) -> Path:
@@ -184,6 +187,38 @@ def _number(path: Path, data: dict, key: str) -> float | None:
     return float(v)
 
 
+def _cot_tokens_by_id(path: Path) -> dict[str, int]:
+    out = {}
+    for lineno, row in iter_jsonl(path):
+        v = row.get("cot_tokens")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise DataError(path, lineno, "cot_tokens", f"expected a non-negative integer, got {v!r}")
+        out[str(row.get("id"))] = int(v)
+    return out
+
+
+def _current_act_ratio(data: dict, path: Path, out_dir: Path, notes: list[str]) -> float | None:
+    """ActRatio of one run: the ``metrics.json`` value, or recomputed from the predictions when that value
+    was computed against another (or no) original run than the one now in ``<benchmark>/original``."""
+    if "act_ratio_original" not in data:   # written before runs recorded their original: taken as is
+        return _number(path, data, "act_ratio")
+    in_ratio_dir = ratio_from_name(path.parent.name) is not None
+    bench_dir = path.parent.parent.parent if in_ratio_dir else path.parent.parent
+    orig = original_predictions(bench_dir)
+    current = file_hash(orig) if orig.is_file() else None
+    if current == data.get("act_ratio_original"):
+        return _number(path, data, "act_ratio")
+    pred = path.parent / PREDICTIONS
+    if current is None or not pred.is_file():
+        return None
+    mine = _cot_tokens_by_id(pred)
+    wanted = set(data.get("ids") or [])
+    value, n = act_ratio({k: v for k, v in mine.items() if not wanted or k in wanted}, _cot_tokens_by_id(orig))
+    notes.append(f"`{_rel(path, out_dir)}`: ActRatio recomputed against the current original run "
+                 f"({n} common questions)")
+    return value
+
+
 def read_metrics_row(path: Path, benchmark: str, method: str, folder_ratio: float | None,
                      out_dir: Path, notes: list[str]) -> ReportRow:
     """One :class:`ReportRow` from a ``metrics.json``.
@@ -202,6 +237,7 @@ def read_metrics_row(path: Path, benchmark: str, method: str, folder_ratio: floa
     if version is not None and version != 1:
         notes.append(f"`{_rel(path, out_dir)}`: schema_version {version!r}, this report reads version 1")
     vals = {k: _number(path, data, k) for k in _NUMERIC_FIELDS}
+    vals["act_ratio"] = _current_act_ratio(data, path, out_dir, notes)
     if vals["accuracy"] is not None and not 0.0 <= vals["accuracy"] <= 1.0:
         raise DataError(path, None, "accuracy", f"expected a fraction in [0, 1], got {vals['accuracy']!r}")
     n = _number(path, data, "n")
@@ -224,7 +260,14 @@ def read_metrics_row(path: Path, benchmark: str, method: str, folder_ratio: floa
         latency_mode=mode, model=data.get("model"), adapter=data.get("adapter"),
         backend=data.get("backend"), dtype=data.get("dtype"),
         metrics_path=_rel(path, out_dir), predictions_path=_rel(pred, out_dir) if pred_rows is not None else None,
-        predictions_rows=pred_rows, **vals)
+        predictions_rows=pred_rows, method_label=_text(data, "method_label"),
+        method_rank=None if _number(path, data, "method_rank") is None else int(data["method_rank"]),
+        benchmark_label=_text(data, "benchmark_label"), **vals)
+
+
+def _text(data: dict, key: str) -> str | None:
+    v = data.get(key)
+    return v if isinstance(v, str) and v else None
 
 
 def _rel(path: Path, out_dir: Path) -> str:
@@ -252,7 +295,7 @@ def collect_rows(eval_dir: str | os.PathLike, out_dir: str | os.PathLike,
             rows.append(read_metrics_row(path, bench_dir.name, method, ratio, out_dir, notes))
         # predictions without metrics: an evaluation that has not finished
         for pred in sorted(bench_dir.rglob("predictions.jsonl")):
-            if not (pred.parent / "metrics.json").exists():
+            if not (pred.parent / METRICS).exists():
                 notes.append(f"`{_rel(pred, out_dir)}` has no metrics.json (unfinished evaluation?); not in the table")
     return sort_rows(rows)
 
@@ -307,8 +350,8 @@ def collect_compress(compress_dir: str | os.PathLike) -> dict | None:
         if entry["n"] is not None:
             entry["n"] = int(entry["n"])
         entry["achieved_p05"] = entry["achieved_p95"] = None
-        rows_path = compress_dir / f"ratio-{_fmt_ratio(gamma)}.jsonl"
-        if rows_path.is_file():
+        rows_path = compressed_file(compress_dir, gamma) if 0 < gamma <= 1 else None
+        if rows_path is not None and rows_path.is_file():
             achieved = []
             for lineno, row in iter_jsonl(rows_path):
                 v = row.get("achieved_ratio")
@@ -352,7 +395,7 @@ def collect_loss(loss_log: str | os.PathLike) -> list[dict] | None:
 
 def run_name(run_dir: Path) -> str:
     """``manifest.json``'s ``name`` if present, else the folder name."""
-    manifest = run_dir / "manifest.json"
+    manifest = run_dir / MANIFEST
     if manifest.is_file():
         data = read_json(manifest)
         if isinstance(data, dict) and isinstance(data.get("name"), str) and data["name"]:
@@ -383,7 +426,7 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
     compress = collect_compress(Path(compress_dir) if compress_dir else run_dir / "compress")
     if compress is not None:
         compress["path"] = _rel(Path(compress["path"]), out_dir)
-    loss_path = Path(loss_log) if loss_log else run_dir / "train" / "loss_log.jsonl"
+    loss_path = Path(loss_log) if loss_log else run_dir / "train" / LOSS_LOG
     loss = collect_loss(loss_path)
     train = None
     if loss is not None:
@@ -467,8 +510,8 @@ def render_markdown(report: dict) -> str:
            "CoT tokens are counted in the target model's tokenizer.", ""]
     if not report["benchmarks"]:
         out += ["No evaluation results found.", ""]
-    for bench, rows in sorted(report["benchmarks"].items(), key=lambda kv: _sort_key_benchmark(kv[0])):
-        out += [f"## {BENCHMARK_LABELS.get(bench, bench)}", "",
+    for bench, rows in sorted(report["benchmarks"].items()):
+        out += [f"## {_bench_label(bench, rows)}", "",
                 f"Model: {_uniq(rows, 'model')} · adapter: {_uniq(rows, 'adapter')} · "
                 f"backend: {_uniq(rows, 'backend')} · dtype: {_uniq(rows, 'dtype')}", "",
                 render_table(rows), "",
@@ -526,13 +569,13 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | N
     by_method: dict[str, list[dict]] = {}
     for r in pts:
         by_method.setdefault(r["method"], []).append(r)
-    for method in sorted(by_method, key=_sort_key_method):
+    for method in sorted(by_method, key=lambda m: _method_key(by_method[m][0])):
         group = sorted(by_method[method], key=lambda r: -(r["ratio"] or 1.0))
         color, marker = _style(method)
         xs = [r["avg_cot_tokens"] for r in group]
         ys = [100 * r["accuracy"] for r in group]
         ax.plot(xs, ys, marker=marker, color=color, markersize=12 if marker == "*" else 6,
-                linestyle="-" if len(group) > 1 else "none", label=METHOD_LABELS.get(method, method))
+                linestyle="-" if len(group) > 1 else "none", label=_label(group[0]))
         for r, x, y in zip(group, xs, ys):
             if r["ratio"] is not None:
                 ax.annotate(f"γ={_fmt_ratio(r['ratio'])}", (x, y), textcoords="offset points", xytext=(4, 4),
@@ -572,14 +615,14 @@ def plot_ratio_control(report: dict, path: Path) -> str | None:
             else:
                 yerr, label = None, "compressor (mean)"
             series.append((label, "tab:green", "^", xs, ys, yerr, "-"))
-    benches = sorted(report["benchmarks"], key=_sort_key_benchmark)
+    benches = sorted(report["benchmarks"])
     for b, bench in enumerate(benches):
         for method in ("tokenskip", "prompt"):
             g = sorted((r for r in report["benchmarks"][bench] if r["method"] == method and r["ratio"] is not None
                         and r["act_ratio"] is not None), key=lambda r: r["ratio"])
             if g:
                 color, marker = _style(method)
-                series.append((f"{METHOD_LABELS[method]} ActRatio ({BENCHMARK_LABELS.get(bench, bench)})",
+                series.append((f"{_label(g[0])} ActRatio ({_bench_label(bench, report['benchmarks'][bench])})",
                                color, marker, [r["ratio"] for r in g], [r["act_ratio"] for r in g],
                                None, ("-", "--", ":", "-.")[b % 4]))
     if not series:
@@ -615,17 +658,17 @@ def plot_cot_hist(rows: list[dict], out_dir: Path, path: Path, title: str, bins:
         if r["method"] in ("original", "tokenskip") and r["predictions_path"]:
             toks = read_cot_tokens(out_dir / r["predictions_path"])
             if toks:
-                label = "Original" if r["method"] == "original" else f"TokenSkip γ={_fmt_ratio(r['ratio'])}"
-                groups.append((label, toks))
+                label = _label(r) if r["ratio"] is None else f"{_label(r)} γ={_fmt_ratio(r['ratio'])}"
+                groups.append((label, toks, r["ratio"] is None))
     if not groups:
         return "no cot_tokens in the predictions of the Original or TokenSkip rows"
-    lo = min(min(t) for _, t in groups)
-    hi = max(max(t) for _, t in groups)
+    lo = min(min(t) for _, t, _ in groups)
+    hi = max(max(t) for _, t, _ in groups)
     edges = [lo + (hi - lo + 1) * i / bins for i in range(bins + 1)]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     cmap = plt.get_cmap("viridis")
-    for i, (label, toks) in enumerate(groups):
-        color = "black" if label == "Original" else cmap(0.85 * i / max(len(groups) - 1, 1))
+    for i, (label, toks, baseline) in enumerate(groups):
+        color = "black" if baseline else cmap(0.85 * i / max(len(groups) - 1, 1))
         ax.hist(toks, bins=edges, histtype="step", linewidth=1.5, color=color, label=f"{label} (n={len(toks)})")
     ax.set_xlabel("CoT tokens per sample")
     ax.set_ylabel("samples")
@@ -681,7 +724,7 @@ def make_plots(report: dict, out_dir: str | os.PathLike, loss_points: list[dict]
         result[key] = {"skipped": reason} if reason else {"path": _rel(path, out_dir)}
 
     for bench, rows in report["benchmarks"].items():
-        label = BENCHMARK_LABELS.get(bench, bench)
+        label = _bench_label(bench, rows)
         p = plot_dir / f"accuracy_vs_tokens_{bench}.png"
         record(f"accuracy_vs_tokens:{bench}", p, plot_accuracy_vs_tokens(rows, p, f"{label}: accuracy vs CoT length"))
         p = plot_dir / f"cot_tokens_hist_{bench}.png"
@@ -711,7 +754,7 @@ def write_report(run_dir: str | os.PathLike, cfg: ReportConfig | None = None) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(run_dir, out_dir, cfg.compress_dir, cfg.loss_log)
     if cfg.plots:
-        loss_path = Path(cfg.loss_log) if cfg.loss_log else run_dir / "train" / "loss_log.jsonl"
+        loss_path = Path(cfg.loss_log) if cfg.loss_log else run_dir / "train" / LOSS_LOG
         report["plots"] = make_plots(report, out_dir, collect_loss(loss_path), cfg.hist_bins)
     else:
         report["plots"] = {}

@@ -1,8 +1,9 @@
 """``original``: the base model as is (paper Table 1, first row)."""
 
+from tokenskip.layout import ORIGINAL
 from tokenskip.methods import Method, register
 
 
 @register
 class Original(Method):
-    name, label, rank = "original", "Original", 0
+    name, label, rank = ORIGINAL, "Original", 0
