@@ -39,3 +39,50 @@ def test_bad_input_is_a_one_line_error(capsys, tmp_path):
     assert "error: compression ratio γ must be in (0, 1], got 1.5" in capsys.readouterr().err
     rc = main(["evaluate", "--model", "m", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)])
     assert rc == 2 and "missing.jsonl" in capsys.readouterr().err
+
+
+def test_expected_failures_of_every_kind_are_one_line(capsys, monkeypatch, tmp_path):
+    import tokenskip.evaluate as ev
+    from tokenskip.errors import GradingError, MissingDependencyError
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "Q?", "answer": "#### 5"}\n')
+    argv = ["evaluate", "--model", "m", "--data", str(data), "--out", str(tmp_path)]
+    for exc in (MissingDependencyError("--backend vllm needs vLLM: pip install 'tokenskip[vllm]'"),
+                GradingError("math-verify worker did not start (EOFError); its stderr:\nNo module named x"),
+                ImportError("No module named 'vllm'")):
+        def boom(*a, exc=exc, **kw):
+            raise exc
+        monkeypatch.setattr(ev, "get_backend", boom)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"tokenskip evaluate: error: {str(exc).splitlines()[0]}") and "Traceback" not in err
+    # a bug is not an expected failure: it keeps its traceback
+    monkeypatch.setattr(ev, "get_backend", lambda *a, **kw: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(argv)
+
+
+def test_custom_benchmark_from_the_command_line(tmp_path, tiny_model_dir, capsys):
+    import json
+
+    data = tmp_path / "FILE.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [{"problem": "What is 2 + 3?", "answer": "5"},
+                                                              {"problem": "What is 7 - 4?", "answer": "3"},
+                                                              {"problem": "What is 1 + 1?", "answer": "2"}]))
+    out = tmp_path / "OUT"
+    rc = main(["evaluate", "--model", tiny_model_dir, "--benchmark", "custom", "--data", str(data),
+               "--question-field", "problem", "--answer-field", "answer", "--grader", "numeric",
+               "--limit", "2", "--max-new-tokens", "4", "--out", str(out)])
+    assert rc == 0
+    d = out / "custom" / "original"
+    rows = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["question"], r["gold"]) for r in rows] == [("FILE/0", "What is 2 + 3?", "5"),
+                                                                     ("FILE/1", "What is 7 - 4?", "3")]
+    assert all(0 < r["num_tokens"] <= 4 for r in rows)
+    m = json.loads((d / "metrics.json").read_text())
+    assert (m["benchmark"], m["benchmark_label"], m["grader"], m["n"]) == ("custom", "Custom", "numeric", 2)
+    # the grader kind is a required setting of a custom benchmark, named in a one-line error
+    assert main(["evaluate", "--model", tiny_model_dir, "--benchmark", "custom", "--data", str(data),
+                 "--out", str(out)]) == 2
+    assert "error: --benchmark custom needs --grader numeric" in capsys.readouterr().err

@@ -245,3 +245,27 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 def test_percentile_matches_linear_interpolation():
     assert rep._percentile([0.68, 0.70, 0.71, 0.73], 95) == pytest.approx(0.727)
     assert rep._percentile([1.0], 5) == 1.0
+
+
+def test_act_ratio_is_recomputed_when_its_original_run_changed(tmp_path):
+    from tokenskip.io import file_hash
+
+    run = make_run(tmp_path, benchmarks=("gsm8k",), compress=False, loss=False)
+    bench = run / "evaluate" / "gsm8k"
+    orig_pred = bench / "original" / "predictions.jsonl"   # cot_tokens 190, 195, 205, 210 (sum 800)
+    cell = bench / "prompt" / "ratio-0.5"                   # cot_tokens 170, 175, 185, 190 (sum 720)
+    m = json.loads((cell / "metrics.json").read_text())
+    # evaluated before the original run existed: null, and says it had no original
+    (cell / "metrics.json").write_text(json.dumps({**m, "act_ratio": None, "act_ratio_original": None,
+                                                   "ids": ["q0", "q1", "q2", "q3"]}))
+    # evaluated against the original run as it is now: the stored value is shown as is
+    fresh = bench / "prompt" / "ratio-0.7"
+    m7 = json.loads((fresh / "metrics.json").read_text())
+    (fresh / "metrics.json").write_text(json.dumps({**m7, "act_ratio": 0.95, "act_ratio_original": file_hash(orig_pred)}))
+    md = rep.write_report(run).read_text()
+    rows = {_cells(r)[0]: _cells(r) for r in _table(md, "GSM8K")}
+    assert rows["Prompt (γ=0.5)"][3] == "0.90"   # 720 / 800
+    assert rows["Prompt (γ=0.7)"][3] == "0.95"
+    assert "prompt/ratio-0.5/metrics.json`: ActRatio recomputed against the current original run (4 common" in md
+    # the evaluation's own file is not rewritten
+    assert json.loads((cell / "metrics.json").read_text())["act_ratio"] is None
