@@ -250,7 +250,7 @@ class VLLMBackend:
         logger.info("starting vLLM engine: %s", engine_args)
         t0 = time.perf_counter()
         self.llm = LLM(**engine_args)
-        self.startup_s = time.perf_counter() - t0
+        logger.info("vLLM engine started in %.0f s", time.perf_counter() - t0)
         self.stats = BackendStats()
 
     def count_tokens(self, text: str) -> int:

@@ -74,10 +74,6 @@ class Scorer:
     def _score_words(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> list[list[float]]:
         raise NotImplementedError
 
-    def describe(self) -> dict:
-        """Settings that determine the scores (for run manifests and resume fingerprints)."""
-        return {"scorer": self.name}
-
 
 class RandomScorer(Scorer):
     """Uniform random word scores. Deterministic per (seed, text), independent of batch composition."""
@@ -94,9 +90,6 @@ class RandomScorer(Scorer):
             rng = random.Random(f"{self.seed}\x00{t}")
             out.append([rng.random() for _ in sp])
         return out
-
-    def describe(self):
-        return {"scorer": self.name, "seed": self.seed}
 
 
 def _char_to_word(text: str, spans: list[tuple[int, int]]) -> list[int]:
@@ -153,10 +146,6 @@ class SelfInformationScorer(Scorer):
             raise ValueError("tokenizer has neither a BOS nor an EOS token to start the text with")
         self.start_id = int(start)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start)
-
-    def describe(self):
-        return {"scorer": self.name, "model": self.model_name, "max_length": self.max_length,
-                "overlap": self.overlap}
 
     def windows(self, n: int) -> list[tuple[int, int, int]]:
         """Sliding windows over ``n`` tokens: ``(context_start, score_start, end)`` token indices.
@@ -266,9 +255,6 @@ class LLMLingua2Scorer(Scorer):
         self.n_special = len(tokenizer("", add_special_tokens=True)["input_ids"])
         if self.max_length <= self.n_special + 1:
             raise ValueError(f"max_length {self.max_length} leaves no room for words")
-
-    def describe(self):
-        return {"scorer": self.name, "model": self.model_name, "max_length": self.max_length}
 
     def chunk_words(self, words: list[str], breaks: list[bool] | None = None) -> list[tuple[int, int]]:
         """Cut ``words`` into ``[start, end)`` word ranges that each fit the encoder.
