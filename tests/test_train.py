@@ -112,8 +112,10 @@ def test_config_checks():
         resolve_grad_accum(TrainConfig(data="d", out="o", per_device_batch_size=3))
     with pytest.raises(ValueError, match="--data"):
         TrainConfig(out="o").validate()
-    with pytest.raises(ValueError, match="--resume"):
-        TrainConfig(data="d", out="o", resume="nowhere").validate()
+    # validate() checks values only; a checkpoint folder that does not exist is found when training starts
+    TrainConfig(data="d", out="o", resume="nowhere").validate()
+    with pytest.raises(FileNotFoundError, match="--resume must be 'auto', 'never' or a checkpoint folder"):
+        train(TrainConfig(data="d", out="o", resume="nowhere"))
 
 
 @pytest.mark.slow

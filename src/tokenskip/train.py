@@ -169,13 +169,17 @@ def tokenize_example(tokenizer, prompt: str, completion: str, eot: str) -> dict:
 
 
 def read_sft_rows(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Rows ``{id, ratio, prompt, completion}`` of a build-sft file; ``DataError`` names a bad line/field."""
+    """Rows ``{id, ratio, prompt, completion}`` (:class:`~tokenskip.records.SFTExample`) of a build-sft file;
+    ``DataError`` names a bad line/field."""
+    from tokenskip.records import SFTExample
+
     rows = []
     for lineno, row in iter_jsonl(path):
+        rec = SFTExample.from_json(row, path, lineno)
         for key in ("prompt", "completion"):
-            if not isinstance(row.get(key), str) or not row[key]:
+            if not getattr(rec, key):
                 raise DataError(path, lineno, key, "expected a non-empty string")
-        rows.append(row)
+        rows.append(rec.to_json())
         if limit is not None and len(rows) >= limit:
             break
     return rows
