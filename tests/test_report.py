@@ -16,8 +16,8 @@ from tokenskip.io import DataError
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-LABELS = {"original": ("Original", 0), "prompt": ("Prompt", 10), "truncation": ("Truncation", 20),
-          "tokenskip": ("TokenSkip", 30)}
+LABELS = {"original": ("Original", 0, "black", False), "prompt": ("Prompt", 10, "tab:orange", True),
+          "truncation": ("Truncation", 20, "tab:red", False), "tokenskip": ("TokenSkip", 30, "tab:blue", True)}
 BENCH_LABELS = {"gsm8k": "GSM8K", "math": "MATH-500"}
 
 
@@ -25,6 +25,7 @@ def _metrics(benchmark, method, ratio, n, accuracy, avg, act_ratio, latency=0.25
     # as evaluate writes it: labels and order come from the method and benchmark registries
     return {"schema_version": 1, "benchmark": benchmark, "benchmark_label": BENCH_LABELS.get(benchmark),
             "method": method, "method_label": LABELS[method][0], "method_rank": LABELS[method][1],
+            "method_style": [LABELS[method][2], "o"], "ratio_requested": LABELS[method][3],
             "ratio": ratio, "n": n,
             "accuracy": accuracy, "avg_cot_tokens": avg, "median_cot_tokens": avg, "act_ratio": act_ratio,
             "sample_latency_s": latency, "latency_mode": mode, "tokens_per_s": 100.0,

@@ -116,7 +116,8 @@ def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, pro
         act, act_n = act_ratio({r["id"]: r["cot_tokens"] for r in rows}, {k: r["cot_tokens"] for k, r in orig.items()})
         orig_hash = file_hash(orig_path)
     return {"benchmark": bench.name, "benchmark_label": bench.label, "method": method.name,
-            "method_label": method.label, "method_rank": method.rank, "ratio": ratio, "grader": bench.grader,
+            "method_label": method.label, "method_rank": method.rank, "method_style": [method.color, method.marker],
+            "ratio_requested": method.ratio_requested, "ratio": ratio, "grader": bench.grader,
             "act_ratio": act, "act_ratio_n": act_n, "act_ratio_original": orig_hash,
             "model": cfg.model, "adapter": cfg.adapter if method.uses_adapter else None, "dtype": cfg.dtype,
             "backend": cfg.backend, "latency_mode": cfg.latency_mode,

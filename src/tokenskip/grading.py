@@ -38,6 +38,7 @@ from pathlib import Path
 
 from tokenskip.benchmarks import grader_kind, last_boxed
 from tokenskip.errors import GradingError
+from tokenskip.prompts import ANSWER_PHRASE
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ DEFAULT_MAX_WORKERS = 2
 GSM8K_REL_TOL = 1e-6
 
 _FINAL_PHRASE = re.compile(r"final\s+answer\s*:|(?:the\s+)?(?:final\s+)?answer\s+is\b\s*:?", re.IGNORECASE)
-_SPLIT_PHRASE = re.compile(r"the final answer is", re.IGNORECASE)
+_SPLIT_PHRASE = re.compile(re.escape(ANSWER_PHRASE), re.IGNORECASE)
 
 
 @dataclass

@@ -252,7 +252,8 @@ class RunMetrics(Record):
             (``latency_mode``: ``amortized`` = batch wall time ÷ batch size, ``single`` = one at a time);
         tokens_per_s: generated tokens ÷ generation seconds.
         benchmark / benchmark_label, method / method_label / method_rank, ratio: what was evaluated
-            (labels and rank order the report's tables).
+            (labels and rank order the report's tables); method_style: ``[color, marker]`` of its plots;
+            ratio_requested: γ is asked of the model (its ActRatio measures ratio control).
         act_ratio: ActRatio = mean CoT tokens ÷ those of the original run on the same ids (paper §4);
             act_ratio_original: hash of the original ``predictions.jsonl`` it was computed against
             (``None``: there was none, so a reader recomputes it).
@@ -273,6 +274,8 @@ class RunMetrics(Record):
     method: str | None = None
     method_label: str | None = None
     method_rank: int | None = None
+    method_style: list | None = None
+    ratio_requested: bool | None = None
     ratio: float | None = None
     act_ratio: float | None = None
     act_ratio_n: int | None = None

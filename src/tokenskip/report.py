@@ -31,7 +31,7 @@ from typing import Any
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args
 from tokenskip.io import DataError, file_hash, iter_jsonl, read_json, write_json_atomic, write_text_atomic
-from tokenskip.layout import (LOSS_LOG, MANIFEST, METRICS, PREDICTIONS, compressed_file, eval_runs,
+from tokenskip.layout import (LOSS_LOG, MANIFEST, METRICS, ORIGINAL, PREDICTIONS, compressed_file, eval_runs,
                               original_predictions, ratio_from_name)
 from tokenskip.ratios import format_ratio
 from tokenskip.records import act_ratio
@@ -86,6 +86,7 @@ class ReportRow:
             is ``None`` when the file is absent).
         predictions_rows: rows in ``predictions.jsonl`` (``None`` when absent).
         method_label / method_rank / benchmark_label: display names and row order from ``metrics.json``.
+        method_style: ``[color, marker]`` of the method's plots; ratio_requested: γ is asked of the model.
     """
 
     benchmark: str
@@ -109,6 +110,8 @@ class ReportRow:
     method_label: str | None = None
     method_rank: int | None = None
     benchmark_label: str | None = None
+    method_style: list | None = None
+    ratio_requested: bool | None = None
 
     @property
     def label(self) -> str:
@@ -262,7 +265,13 @@ def read_metrics_row(path: Path, benchmark: str, method: str, folder_ratio: floa
         metrics_path=_rel(path, out_dir), predictions_path=_rel(pred, out_dir) if pred_rows is not None else None,
         predictions_rows=pred_rows, method_label=_text(data, "method_label"),
         method_rank=None if _number(path, data, "method_rank") is None else int(data["method_rank"]),
-        benchmark_label=_text(data, "benchmark_label"), **vals)
+        benchmark_label=_text(data, "benchmark_label"), method_style=_style_of(data),
+        ratio_requested=data.get("ratio_requested") is True, **vals)
+
+
+def _style_of(data: dict) -> list | None:
+    v = data.get("method_style")
+    return v if isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v) else None
 
 
 def _text(data: dict, key: str) -> str | None:
@@ -547,12 +556,10 @@ def render_markdown(report: dict) -> str:
 # Plots
 # --------------------------------------------------------------------------------------------------
 
-_METHOD_STYLE = {"original": ("black", "*"), "prompt": ("tab:orange", "s"), "truncation": ("tab:red", "v"),
-                 "tokenskip": ("tab:blue", "o")}
-
-
-def _style(method: str) -> tuple[str, str]:
-    return _METHOD_STYLE.get(method, ("tab:gray", "D"))
+def _style(row: dict) -> tuple[str, str]:
+    """``(color, marker)`` of a row's method, from its metrics.json (gray diamonds when absent)."""
+    style = row.get("method_style")
+    return (style[0], style[1]) if style else ("tab:gray", "D")
 
 
 def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | None:
@@ -571,7 +578,7 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | N
         by_method.setdefault(r["method"], []).append(r)
     for method in sorted(by_method, key=lambda m: _method_key(by_method[m][0])):
         group = sorted(by_method[method], key=lambda r: -(r["ratio"] or 1.0))
-        color, marker = _style(method)
+        color, marker = _style(group[0])
         xs = [r["avg_cot_tokens"] for r in group]
         ys = [100 * r["accuracy"] for r in group]
         ax.plot(xs, ys, marker=marker, color=color, markersize=12 if marker == "*" else 6,
@@ -617,16 +624,18 @@ def plot_ratio_control(report: dict, path: Path) -> str | None:
             series.append((label, "tab:green", "^", xs, ys, yerr, "-"))
     benches = sorted(report["benchmarks"])
     for b, bench in enumerate(benches):
-        for method in ("tokenskip", "prompt"):
+        requested = sorted({r["method"]: r for r in report["benchmarks"][bench] if r.get("ratio_requested")}.values(),
+                           key=lambda r: -(r.get("method_rank") or 0))
+        for method in (r["method"] for r in requested):
             g = sorted((r for r in report["benchmarks"][bench] if r["method"] == method and r["ratio"] is not None
                         and r["act_ratio"] is not None), key=lambda r: r["ratio"])
             if g:
-                color, marker = _style(method)
+                color, marker = _style(g[0])
                 series.append((f"{_label(g[0])} ActRatio ({_bench_label(bench, report['benchmarks'][bench])})",
                                color, marker, [r["ratio"] for r in g], [r["act_ratio"] for r in g],
                                None, ("-", "--", ":", "-.")[b % 4]))
     if not series:
-        return "no compressor summary and no TokenSkip/Prompt row with an act_ratio"
+        return "no compressor summary and no row of a method asked for γ (TokenSkip, Prompt) with an act_ratio"
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
     vals = [v for s_ in series for v in (*s_[3], *s_[4])]
     lo, hi = min(vals) - 0.05, max(vals) + 0.05
@@ -649,13 +658,14 @@ def plot_ratio_control(report: dict, path: Path) -> str | None:
 
 
 def plot_cot_hist(rows: list[dict], out_dir: Path, path: Path, title: str, bins: int) -> str | None:
-    """Histogram of per-sample CoT tokens for the original model and each TokenSkip γ (step outlines on
-    shared bins, from each row's ``predictions.jsonl``). Returns the skip reason or ``None``."""
+    """Histogram of per-sample CoT tokens for the original model and each γ of the trained adapter (rows
+    with an ``adapter``: TokenSkip), as step outlines on shared bins, from each row's ``predictions.jsonl``.
+    Returns the skip reason or ``None``."""
     import matplotlib.pyplot as plt
 
     groups = []
     for r in rows:
-        if r["method"] in ("original", "tokenskip") and r["predictions_path"]:
+        if (r["method"] == ORIGINAL or r.get("adapter")) and r["predictions_path"]:
             toks = read_cot_tokens(out_dir / r["predictions_path"])
             if toks:
                 label = _label(r) if r["ratio"] is None else f"{_label(r)} γ={_fmt_ratio(r['ratio'])}"

@@ -230,7 +230,7 @@ def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, 
     compressed: dict[float, dict[str, str]] = {}
     missing = [r for r in ratios if r < 1.0 and not compressed_file(folder, r).is_file()]
     if missing:
-        have = sorted(p.name for p in folder.glob("ratio-*.jsonl"))
+        have = [compressed_file(folder, r).name for r in compressed_ratios(folder)]
         raise FileNotFoundError(
             f"{folder}: no compressed file for γ = {', '.join(format_ratio(r) for r in missing)} "
             f"(expected {', '.join(compressed_file(folder, r).name for r in missing)}; found: {have or 'none'}). "

@@ -41,6 +41,9 @@ class Method:
         uses_adapter: evaluated with the trained LoRA adapter (``--adapter``).
         needs_original: needs the ``original`` run of the same questions (it is run first when missing).
         grid: the γ it takes by default (``()``: a single run without γ); ``--ratios`` replaces it.
+        ratio_requested: γ is asked of the model (so its ActRatio shows how well it obeys: the report's
+            ratio-control plot), rather than enforced or absent.
+        color / marker: matplotlib style of the method in the report's plots.
     """
 
     name: ClassVar[str] = ""
@@ -49,6 +52,9 @@ class Method:
     uses_adapter: ClassVar[bool] = False
     needs_original: ClassVar[bool] = False
     grid: ClassVar[tuple[float, ...]] = ()
+    ratio_requested: ClassVar[bool] = False
+    color: ClassVar[str] = "tab:gray"
+    marker: ClassVar[str] = "D"
 
     def ratios(self, requested: Sequence[float] | None) -> list[float | None]:
         """The runs of this method: ``[None]`` for a method without γ, else ``requested`` or :attr:`grid`."""

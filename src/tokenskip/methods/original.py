@@ -7,3 +7,4 @@ from tokenskip.methods import Method, register
 @register
 class Original(Method):
     name, label, rank = ORIGINAL, "Original", 0
+    color, marker = "black", "*"

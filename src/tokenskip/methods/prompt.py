@@ -8,6 +8,8 @@ from tokenskip.ratios import paper_grid
 class PromptReduction(Method):
     name, label, rank = "prompt", "Prompt", 10
     grid = tuple(paper_grid(include_one=False))
+    ratio_requested = True
+    color, marker = "tab:orange", "s"
 
     def prompt(self, tokenizer, problem, ratio, cfg):
         from tokenskip.prompts import build_prompt, prompt_reduction_instruction

@@ -9,6 +9,8 @@ class TokenSkip(Method):
     name, label, rank = "tokenskip", "TokenSkip", 30
     uses_adapter = True
     grid = tuple(paper_grid())
+    ratio_requested = True
+    color, marker = "tab:blue", "o"
 
     def prompt(self, tokenizer, problem, ratio, cfg):
         from tokenskip.prompts import INSTRUCTION, build_prompt

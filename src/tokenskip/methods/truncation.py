@@ -19,6 +19,7 @@ class Truncation(Method):
     name, label, rank = "truncation", "Truncation", 20
     needs_original = True
     grid = tuple(paper_grid(include_one=False))
+    color, marker = "tab:red", "v"
 
     def caps(self, problems, ratio, cfg, original):
         return [max(1, math.ceil(ratio * original[p.id]["cot_tokens"])) for p in problems]
