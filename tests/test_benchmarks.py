@@ -60,3 +60,23 @@ def test_grading_by_kind_equals_grading_by_benchmark_name(text, gold, bench, kin
 def test_unknown_grader_is_an_error():
     with pytest.raises(ValueError, match="unknown benchmark or grader 'fuzzy'"):
         is_correct("5", "5", "fuzzy")
+
+
+def test_a_new_benchmark_is_one_registry_entry(tmp_path):
+    # what the README's "adding a benchmark" says
+    from tokenskip import benchmarks as B
+
+    p = tmp_path / "svamp.jsonl"
+    p.write_text(json.dumps({"ID": "chal-1", "Body": "Jack had 8 pens.", "Question": "?", "Answer": 8.0}) + "\n")
+    B.register(B.Benchmark("svamp", "SVAMP", grader="numeric", max_new_tokens=512,
+                           parse_row=B.mapped_parser("Body", "Answer", id_field="ID"), hub_id="ChilleD/SVAMP"))
+    try:
+        (pb,) = load_problems("svamp", str(p))
+        assert (pb.id, pb.question, pb.answer) == ("chal-1", "Jack had 8 pens.", "8.0")
+        assert is_correct("so 8 pens", pb.answer, "svamp")
+        with pytest.raises(ValueError, match="already taken"):
+            B.register(B.Benchmark("svamp2", "x", "numeric", 1, B.parse_gsm8k_row, aliases=("svamp",)))
+        assert "svamp2" not in B.names()  # a refused entry leaves nothing behind
+    finally:
+        B._REGISTRY.pop("svamp", None)
+        B._ALIASES.pop("svamp", None)

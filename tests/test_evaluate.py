@@ -102,3 +102,27 @@ def test_generate_stage(tmp_path, tiny_model_dir):
                                       max_new_tokens=5, out=str(tmp_path)))
     assert m["n"] == 2 and (tmp_path / "predictions.jsonl").exists()
     assert read_json(tmp_path / "metrics.json")["accuracy"] == 0.0
+
+
+def test_a_new_method_is_one_class(tmp_path, tiny_model_dir):
+    # what the README's "adding an evaluation method" says: a Method subclass, registered; nothing else changes
+    from tokenskip.methods import _REGISTRY, Method, register
+    from tokenskip.prompts import build_prompt
+
+    @register
+    class NoCoT(Method):
+        name, label, rank = "no-cot", "No CoT", 40
+        grid = (0.9, 0.5)
+
+        def prompt(self, tokenizer, problem, ratio, cfg):
+            return build_prompt(tokenizer, problem.question, None, cfg.system_prompt,
+                                instruction=f"Answer within \\boxed{{}} using {ratio:.0%} of your words.")
+
+    try:
+        ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="no-cot", limit=1, max_new_tokens=3))
+    finally:
+        _REGISTRY.pop("no-cot")
+    assert [(m["method"], m["ratio"], m["method_label"], m["method_rank"]) for m in ms] == [
+        ("no-cot", 0.9, "No CoT", 40), ("no-cot", 0.5, "No CoT", 40)]
+    (row,) = read_jsonl(run_dir(tmp_path, "gsm8k", "no-cot", 0.5) / "predictions.jsonl")
+    assert "using 50% of your words" in row["prompt"] and row["schema"] == "prediction"

@@ -70,10 +70,11 @@ def register(bench: Benchmark) -> Benchmark:
     """Add ``bench`` to the registry (its name and aliases become valid ``--benchmark`` values)."""
     if bench.grader not in GRADERS:
         raise ValueError(f"benchmark {bench.name!r}: grader must be one of {GRADERS}, got {bench.grader!r}")
-    for n in (bench.name, *bench.aliases):
-        if n.lower() in _ALIASES and _ALIASES[n.lower()] != bench.name:
-            raise ValueError(f"benchmark name {n!r} is already taken by {_ALIASES[n.lower()]!r}")
-        _ALIASES[n.lower()] = bench.name
+    keys = [n.lower() for n in (bench.name, *bench.aliases)]
+    for n in keys:
+        if n == CUSTOM or (n in _ALIASES and _ALIASES[n] != bench.name):
+            raise ValueError(f"benchmark name {n!r} is already taken by {_ALIASES.get(n, CUSTOM)!r}")
+    _ALIASES.update(dict.fromkeys(keys, bench.name))
     _REGISTRY[bench.name] = bench
     return bench
 
