@@ -76,9 +76,10 @@ def test_predictions_source_filters_and_resumes(tmp_path, smol_tokenizer):
     assert [r["id"] for r in src] == ["a", "d"]
     assert src[1]["question"] == "How much is 6 / 2?"  # no question field: cut out of the chat prompt
     first = read_jsonl(tmp_path / "o" / "ratio-0.6.jsonl")
-    # rerun: nothing rescored, nothing duplicated, same rows
+    # rerun, under the old name of the same source: nothing rescored, nothing duplicated, same rows
     s2 = run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.6],
-                            model="smollm2-135m-instruct"))
+                            model="smollm2-135m-instruct", cot_source="predictions"))
+    assert not (tmp_path / "o" / "ratio-0.6.stale").exists()
     assert read_jsonl(tmp_path / "o" / "ratio-0.6.jsonl") == first
     assert s1["ratios"] == s2["ratios"] and s2["ratios"]["0.6"]["n"] == 2
     # a changed seed is a changed setting: the file starts over

@@ -261,11 +261,9 @@ def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
         add(StagePlan(stage, True, to_dict(cfg), [cfg], inputs(sec)))
 
     def wire_compress(sec: dict) -> None:
-        if sec.get("cot_source") == "self":   # build_sft's name for the same thing
-            sec["cot_source"] = "predictions"
-        if sec.get("cot_source", "predictions") == "predictions" and not sec.get("predictions"):
+        if sec.get("cot_source", "self") in ("self", "predictions") and not sec.get("predictions"):
             if "generate" not in upstream:
-                raise RecipeError(f"{src}: stages.compress uses self-generated CoTs (cot_source: predictions) but "
+                raise RecipeError(f"{src}: stages.compress uses self-generated CoTs (cot_source: self) but "
                                   "the generate stage is disabled; enable it, set compress.predictions, or use "
                                   "cot_source: gold")
             sec["predictions"] = str(out["generate"] / PREDICTIONS)

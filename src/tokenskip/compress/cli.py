@@ -32,6 +32,9 @@ from tokenskip.records import CompressedCot, SourceCot
 
 logger = logging.getLogger(__name__)
 
+#: CoT sources: the same words as build-sft's (``self``, ``gold``); ``predictions`` = ``self`` (its old name)
+COT_SOURCES = ("self", "gold", "predictions")
+
 
 @dataclass
 class CompressConfig:
@@ -39,9 +42,10 @@ class CompressConfig:
 
     out: str = field(default="", metadata={"help": "output folder"})
     predictions: str = field(default="", metadata={"help": "generate's predictions.jsonl (with --cot-source predictions)"})
-    cot_source: str = field(default="predictions", metadata={
-        "help": "where CoTs come from: the model's correct predictions, or a dataset's gold solutions",
-        "choices": ["predictions", "gold"]})
+    cot_source: str = field(default="self", metadata={
+        "help": "where CoTs come from: 'self' = the model's correct predictions (--predictions; old name "
+                "'predictions'), 'gold' = a dataset's reference solutions (--data)",
+        "choices": list(COT_SOURCES)})
     benchmark: str = field(default="gsm8k", metadata={"help": "benchmark of --data (with --cot-source gold)"})
     data: str = field(default="", metadata={"help": "dataset file or Hub id (with --cot-source gold)"})
     limit: int | None = field(default=None, metadata={"help": "use at most this many CoTs (after --offset)"})
@@ -80,12 +84,12 @@ class CompressConfig:
 
         if not self.out:
             raise ValueError("--out is required")
-        if self.cot_source == "predictions" and not self.predictions:
+        if self.from_predictions and not self.predictions:
             raise ValueError("--cot-source predictions needs --predictions FILE (or use --cot-source gold --data FILE)")
         if self.cot_source == "gold" and not self.data:
             raise ValueError("--cot-source gold needs --data (a dataset file or Hub id)")
-        if self.cot_source not in ("predictions", "gold"):
-            raise ValueError(f"cot_source must be 'predictions' or 'gold', got {self.cot_source!r}")
+        if self.cot_source not in COT_SOURCES:
+            raise ValueError(f"cot_source must be one of {list(COT_SOURCES)}, got {self.cot_source!r}")
         if self.scorer not in SCORERS:
             raise ValueError(f"unknown scorer {self.scorer!r}; expected one of {list(SCORERS)}")
         validate_ratios(self.ratios, "--ratios")
@@ -97,7 +101,12 @@ class CompressConfig:
 
     def input_fields(self) -> tuple[str, ...]:
         """The path settings this config reads (for the pipeline's input check)."""
-        return ("predictions",) if self.cot_source == "predictions" else ("data",)
+        return ("predictions",) if self.from_predictions else ("data",)
+
+    @property
+    def from_predictions(self) -> bool:
+        """CoTs are the model's own (``self``, the same word as build-sft's; ``predictions`` is its old name)."""
+        return self.cot_source in ("self", "predictions")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,7 +159,7 @@ def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
             dropped["too_long"] += 1
         else:
             kept.append(SourceCot(**r).to_json())
-    if cfg.cot_source == "predictions" and cfg.limit is not None:
+    if cfg.from_predictions and cfg.limit is not None:
         kept = kept[:cfg.limit]
     logger.info("%d CoTs to compress (dropped: %s)", len(kept), dropped)
     return kept
@@ -223,8 +232,8 @@ def run_compress(cfg: CompressConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(cfg.model)
     source = load_source(cfg, tokenizer)
-    input_file = cfg.predictions if cfg.cot_source == "predictions" else cfg.data
-    source_settings = {"cot_source": cfg.cot_source, "input": input_file,
+    input_file = cfg.predictions if cfg.from_predictions else cfg.data
+    source_settings = {"cot_source": "predictions" if cfg.from_predictions else cfg.cot_source, "input": input_file,
                        "input_hash": file_hash(input_file) if Path(input_file).exists() else None,
                        "benchmark": cfg.benchmark, "limit": cfg.limit, "offset": cfg.offset,
                        "max_cot_tokens": cfg.max_cot_tokens, "model": cfg.model}
