@@ -60,3 +60,19 @@ def test_compress_train_evaluate_sequence(tmp_path):
     metrics = [json.loads(p.read_text()) for p in (W / "eval").rglob("tokenskip/*/metrics.json")]
     assert sorted(m["ratio"] for m in metrics) == [0.5, 1.0]
     assert all(m["act_ratio"] is not None and m["act_ratio"] > 0 for m in metrics)
+
+
+def test_issue9_commands_dry_run_and_custom_benchmark(tmp_path):
+    # issue 9, "must work exactly as written"
+    need_data(GSM8K_TEST)
+    plan = sh(["run", "recipes/demo-smollm2-gsm8k.yaml", "--dry-run", "--set", f"run_dir={tmp_path}"])
+    assert "compress" in plan and "fingerprint" in plan and not (tmp_path / "demo-smollm2-gsm8k").exists()
+    data = tmp_path / "FILE.jsonl"
+    data.write_text('{"problem": "What is 2 + 3?", "answer": "5"}\n{"problem": "What is 6 - 2?", "answer": "4"}\n'
+                    '{"problem": "What is 3 * 3?", "answer": "9"}\n')
+    sh(["evaluate", "--model", "smollm2-135m-instruct", "--benchmark", "custom", "--data", data,
+        "--question-field", "problem", "--answer-field", "answer", "--grader", "numeric", "--limit", 2,
+        "--max-new-tokens", 16, "--out", tmp_path / "OUT"])
+    got = rows(tmp_path / "OUT" / "custom" / "original" / "predictions.jsonl")
+    assert [(r["question"], r["gold"]) for r in got] == [("What is 2 + 3?", "5"), ("What is 6 - 2?", "4")]
+    assert all(0 < r["num_tokens"] <= 16 for r in got)
