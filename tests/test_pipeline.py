@@ -216,3 +216,18 @@ def test_dry_run_reports_missing_inputs_before_anything_runs(tmp_path, tiny_mode
     assert main(["run", str(path), "--dry-run", "--set", overrides[0]]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].endswith("1 missing input(s); nothing was run") and "gone.jsonl" in err[1]
+
+
+def test_custom_benchmark_in_a_recipe_is_planned_and_checked(tmp_path, tiny_model_dir):
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"problem": "What is 2 + 3?", "answer": "5"}\n')
+    bench = {"benchmark": "custom", "data": str(data), "question_field": "problem", "grader": "numeric"}
+    path = write_recipe(tmp_path, tiny_model_dir, benchmarks=[bench])
+    run, plans = plan(load_recipe(path))
+    (ev,) = [p for p in plans if p.name == "evaluate"]
+    assert {(c.bench.name, c.bench.grader, c.question_field) for c in ev.configs} == {("custom", "numeric", "problem")}
+    with pytest.raises(RecipeError, match=r"stages\.evaluate: unknown setting\(s\) \['grade'\]"):
+        plan(load_recipe(write_recipe(tmp_path, tiny_model_dir, benchmarks=[{**bench, "grade": "numeric"}])))
+    no_grader = {k: v for k, v in bench.items() if k != "grader"}
+    with pytest.raises(RecipeError, match="custom needs --grader"):
+        plan(load_recipe(write_recipe(tmp_path, tiny_model_dir, benchmarks=[no_grader])))
