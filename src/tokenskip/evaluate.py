@@ -168,7 +168,8 @@ def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = Non
 def _metrics_extra(cfg: EvaluateConfig, method: str, ratio: float | None, problems) -> dict:
     return {"benchmark": cfg.benchmark, "method": method, "ratio": ratio, "model": cfg.model,
             "adapter": cfg.adapter if method == "tokenskip" else None, "dtype": cfg.dtype, "backend": cfg.backend,
-            "latency_mode": cfg.latency_mode, "settings": to_dict(cfg) | {"method": method},
+            "max_new_tokens": cfg.resolved_max_new_tokens, "latency_mode": cfg.latency_mode,
+            "settings": to_dict(cfg) | {"method": method},
             "ids": [p.id for p in problems]}
 
 

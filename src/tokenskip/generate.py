@@ -201,6 +201,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
             rows = run_rows(problems, prompts, w, backend, cfg.benchmark, cfg.resolved_max_new_tokens)
         return write_metrics(out, rows, {"benchmark": cfg.benchmark, "method": "original", "ratio": None,
                                          "model": cfg.model, "dtype": cfg.dtype, "backend": cfg.backend,
+                                         "max_new_tokens": cfg.resolved_max_new_tokens,
                                          "latency_mode": cfg.latency_mode, "settings": to_dict(cfg)})
     finally:
         if own:
