@@ -34,7 +34,7 @@ def _minilm() -> str | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/gsm8k/train.jsonl"))
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl"))
     ap.add_argument("--n", type=int, default=64, help="CoTs (first N reference solutions)")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="target model (tokenizer, self-information LM)")
     ap.add_argument("--llmlingua-model", default=None, help="token classifier for llmlingua2 (default: MiniLM)")

@@ -21,6 +21,7 @@ import gc
 import importlib.util
 import json
 import time
+from pathlib import Path
 
 DEFAULT_CONFIGS = ("hf:float32:8", "hf:float32:32", "hf:bfloat16:8", "hf:bfloat16:32",
                    "vllm:float32", "vllm:bfloat16")
@@ -79,7 +80,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, folder or GGUF file")
-    p.add_argument("--data", default="/work/shared/data/gsm8k/test.jsonl", help="GSM8K JSONL file")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "test.jsonl"),
+                   help="GSM8K JSONL file (default: the copy shipped in data/)")
     p.add_argument("--n", type=int, default=32, help="prompts (first N test questions)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="cap on new tokens per prompt")
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),

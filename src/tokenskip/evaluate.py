@@ -1,6 +1,6 @@
 """Stage *evaluate*: accuracy, CoT tokens, ActRatio and latency of a method on a test split.
 
-Methods (paper §5 baselines, REFERENCE.md):
+Methods (paper §5 baselines, docs/method.md):
 
 * ``original``   — the base model as is.
 * ``prompt``     — the base model told in the instruction to cut its reasoning words by (1 − γ).
@@ -41,7 +41,7 @@ from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, INSTRUCTION, build_prom
 logger = logging.getLogger(__name__)
 
 METHODS = ("original", "prompt", "truncation", "tokenskip")
-#: The paper's γ grid (REFERENCE.md step 3).
+#: The paper's γ grid (docs/method.md step 3).
 PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
 #: Text appended to a truncated CoT to force an answer (the SFT targets' answer line, opened).
 FORCE_ANSWER = "\n\nThe final answer is: $\\boxed{"
@@ -123,7 +123,7 @@ def refresh_act_ratios(out: str | Path, benchmark: str) -> None:
     """(Re)compute ``act_ratio`` in every metrics.json under ``out/benchmark`` against its original run.
 
     ActRatio = mean CoT tokens of the run ÷ mean CoT tokens of ``original`` over the ids both have
-    (paper's definition; REFERENCE.md step 7). Left ``null`` when there is no original run.
+    (paper's definition; docs/method.md step 7). Left ``null`` when there is no original run.
     """
     root = Path(out) / benchmark
     orig = _read_rows(root / "original" / "predictions.jsonl")

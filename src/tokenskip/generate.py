@@ -28,7 +28,7 @@ from tokenskip.models import DTYPES, configure_threads
 
 logger = logging.getLogger(__name__)
 
-#: Paper defaults for max_new_tokens (REFERENCE.md step 1).
+#: Paper defaults for max_new_tokens (docs/method.md step 1).
 DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 512, "math": 1024}
 
 
@@ -84,7 +84,7 @@ def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: 
     """One predictions row from a problem and its generation.
 
     CoT tokens are counted in the target model's tokenizer on the text before "The final answer is"
-    (the whole output when absent), as in the paper's evaluation (REFERENCE.md step 7).
+    (the whole output when absent), as in the paper's evaluation (docs/method.md step 7).
     """
     from tokenskip.grading import grade
 

@@ -32,8 +32,16 @@ class ModelRef:
 
 
 def cache_dir() -> Path:
-    """The tokenskip cache folder (``$TOKENSKIP_CACHE`` or ``~/.cache/tokenskip``)."""
-    return Path(os.environ.get("TOKENSKIP_CACHE", Path.home() / ".cache" / "tokenskip"))
+    """The tokenskip cache folder: ``$TOKENSKIP_CACHE``, else ``$XDG_CACHE_HOME/tokenskip``, else
+    ``~/.cache/tokenskip``.
+
+    One folder per user, shared by direct CLI runs, ``make`` and the tests (none of them sets another),
+    so the packaged model is converted once per machine (~517 MB for SmolLM2-135M in float32).
+    """
+    if os.environ.get("TOKENSKIP_CACHE"):
+        return Path(os.environ["TOKENSKIP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tokenskip"
 
 
 def resolve_model(name: str) -> ModelRef:

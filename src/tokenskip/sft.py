@@ -1,6 +1,6 @@
 """Build the γ-mixed SFT data: each trajectory gets ONE compression ratio γ, as prompt/completion records.
 
-Paper step 4 (REFERENCE.md): every trajectory draws one γ uniformly from {1.0, 0.9, 0.8, 0.7, 0.6, 0.5}
+Paper step 4 (docs/method.md): every trajectory draws one γ uniformly from {1.0, 0.9, 0.8, 0.7, 0.6, 0.5}
 (seed 42); the input is the question with the γ marker appended to the user turn (no marker for γ = 1),
 the target is the (compressed) CoT followed by ``\\n\\nThe final answer is: $\\boxed{ANSWER}$``.
 
@@ -40,14 +40,14 @@ from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, answer_line, build_prom
 
 logger = logging.getLogger(__name__)
 
-#: The paper's ratio set (REFERENCE.md step 4).
+#: The paper's ratio set (docs/method.md step 4).
 PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
 COT_SOURCES = ("self", "gold", "both")
 
 
 @dataclass
 class SFTDataConfig:
-    """Settings of ``tokenskip build-sft``. Defaults follow the paper (REFERENCE.md step 4)."""
+    """Settings of ``tokenskip build-sft``. Defaults follow the paper (docs/method.md step 4)."""
 
     compressed: str = field(default="", metadata={"help": "folder written by 'tokenskip compress' "
                                                           "(source.jsonl + ratio-<γ>.jsonl)"})

@@ -1,6 +1,6 @@
 """LoRA fine-tuning of the target model on the γ-mixed SFT data (paper step 5), with peft + trl's SFTTrainer.
 
-Defaults are the paper's (REFERENCE.md step 5): LoRA rank 8, alpha 16 on all linear layers, lr 5e-5,
+Defaults are the paper's (docs/method.md step 5): LoRA rank 8, alpha 16 on all linear layers, lr 5e-5,
 3 epochs, cosine schedule, warmup 10 %, effective batch 8, cutoff 2048 tokens, loss on the response
 (completion) only. LoRA dropout 0.05 (the paper does not state it). CPU-friendly defaults: float32
 weights and no bf16 unless ``--bf16`` (on CPU that is bf16 autocast: it pays off only on CPUs with
@@ -63,7 +63,7 @@ RESUMABLE_CHANGES = ("max_steps", "epochs", "save_steps", "save_total_limit", "l
 
 @dataclass
 class TrainConfig:
-    """Settings of ``tokenskip train``. Defaults: the paper's (REFERENCE.md step 5) except where noted."""
+    """Settings of ``tokenskip train``. Defaults: the paper's (docs/method.md step 5) except where noted."""
 
     model: str = field(default="smollm2-135m-instruct",
                        metadata={"help": "base model: alias, .gguf, local folder or Hub id"})

@@ -35,7 +35,7 @@ Environment defaults, set before ``vllm`` is imported and only when not already 
 * ``VLLM_CPU_OMP_THREADS_BIND`` = the CPUs this process may use, as ``first-last`` (or a comma list
   when they are not contiguous), limited to the first ``threads`` of them when ``threads`` or
   ``TOKENSKIP_THREADS`` is given, split into one ``|``-separated group per tensor-parallel rank. vLLM's own default ``auto`` keeps one core free for the frontend,
-  which halves decoding speed on a 2-core machine (measured, ``shared/VLLM-CPU.md``). CPU only.
+  which halves decoding speed on a 2-core machine (measured on this project's 2-core CI machine). CPU only.
 * ``VLLM_CPU_KVCACHE_SPACE`` = ``2`` (GiB of KV cache on CPU; enough for 32 concurrent GSM8K-length
   requests on a 135M model). The ``kv_cache_space_gb`` argument overrides it. CPU only.
 * ``VLLM_CACHE_ROOT`` = ``<tokenskip cache>/vllm`` (see :func:`tokenskip.models.cache_dir`), so
@@ -65,7 +65,7 @@ LATENCY_MODES = ("amortized", "single")
 #: is rounded up to the next one.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
-#: Default GiB of CPU KV cache (measured enough for 32 concurrent GSM8K requests, ``shared/VLLM-CPU.md``).
+#: Default GiB of CPU KV cache (measured enough for 32 concurrent GSM8K requests on the 135M model).
 DEFAULT_KVCACHE_GB = 2
 
 
