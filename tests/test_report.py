@@ -323,7 +323,7 @@ def test_loss_plot_few_points_no_lr_curve_and_integer_steps(tmp_path, figures):
     assert len(fig.axes) == 1  # no learning-rate axis for 3 points
     ax = fig.axes[0]
     assert list(ax.get_xticks()) == [10, 20, 30]
-    assert "peak lr 5e-05" in ax.get_title() and "cosine" in ax.get_title()
+    assert "peak lr 5.0e-05" in ax.get_title() and "cosine" in ax.get_title()
     fig.canvas.draw()
     assert all(len(t.get_text()) <= 5 for t in ax.get_yticklabels())
     many = [{"step": s, "loss": 2.0 / s, "lr": 5e-5 * (1 - s / 40), "epoch": None} for s in range(1, 31)]

@@ -31,6 +31,7 @@ from typing import Sequence
 
 from tokenskip.backends import Generation, GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.console import say
 from tokenskip.data import load_problems
 from tokenskip.generate import GenerationConfig, data_identity, print_metrics, run_rows, write_metrics
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl, read_json, write_json_atomic
@@ -251,7 +252,8 @@ def _run_original(cfg: EvaluateConfig, problems, base_backend) -> dict:
     b = base_backend()
     prompts = [build_prompt(b.tokenizer, p.question, None, cfg.system_prompt) for p in problems]
     with ResumableJsonl(d / "predictions.jsonl", settings) as w:
-        rows = run_rows(problems, prompts, w, b, cfg.benchmark, cfg.resolved_max_new_tokens)
+        rows = run_rows(problems, prompts, w, b, cfg.benchmark, cfg.resolved_max_new_tokens,
+                        desc=f"{cfg.benchmark} original")
     m = write_metrics(d, rows, _metrics_extra(cfg, "original", None, problems))
     return m | {"_dir": str(d)}
 
@@ -259,7 +261,8 @@ def _run_original(cfg: EvaluateConfig, problems, base_backend) -> dict:
 def _run_one(cfg, problems, prompts, backend, ratio, caps, hook=None, extra_settings=None, adapter=None) -> dict:
     d = run_dir(cfg.out, cfg.benchmark, cfg.method, ratio)
     with ResumableJsonl(d / "predictions.jsonl", _settings(cfg, ratio, extra_settings)) as w:
-        rows = run_rows(problems, prompts, w, backend, cfg.benchmark, caps, adapter=adapter, row_hook=hook)
+        rows = run_rows(problems, prompts, w, backend, cfg.benchmark, caps, adapter=adapter, row_hook=hook,
+                        desc=f"{cfg.benchmark} {cfg.method} γ={format_ratio(ratio)}")
     m = write_metrics(d, rows, _metrics_extra(cfg, cfg.method, ratio, problems))
     return m | {"_dir": str(d)}
 
@@ -273,5 +276,5 @@ def run_cli(args) -> int:
     for m in run_evaluate(cfg):
         label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
         print_metrics(m, f"[{m['benchmark']}] {label}: ")
-        print(f"    -> {m['_dir']}")
+        say(f"    -> {m['_dir']}")
     return 0

@@ -560,7 +560,7 @@ def place_labels(ax, items: list[tuple[float, float, str, str]], fontsize: float
                                         x0 + (x1 - x0) * i / k + 1.5, y0 + (y1 - y0) * i / k + 1.5)
                       for i in range(k + 1)]
         taken += [Bbox.from_extents(px - 5, py - 5, px + 5, py + 5) for px, py in xy]
-    spots = [(dx * r, dy * r, ha, va) for r in (1, 2.2) for dx, dy, ha, va in
+    spots = [(dx * r, dy * r, ha, va) for r in (1, 2.2, 3.6, 5.0) for dx, dy, ha, va in
              ((5, 5, "left", "bottom"), (5, -5, "left", "top"), (-5, 5, "right", "bottom"),
               (-5, -5, "right", "top"), (0, 7, "center", "bottom"), (0, -7, "center", "top"),
               (7, 0, "left", "center"), (-7, 0, "right", "center"))]
@@ -600,7 +600,7 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | N
     pts = [r for r in rows if r["accuracy"] is not None and r["avg_cot_tokens"] is not None]
     if not pts:
         return "no row has both accuracy and avg_cot_tokens"
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
     by_method: dict[str, list[dict]] = {}
     for r in pts:
         by_method.setdefault(r["method"], []).append(r)
@@ -610,8 +610,9 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | N
         color, marker = _style(method)
         xs = [r["avg_cot_tokens"] for r in group]
         ys = [100.0 * r["accuracy"] for r in group]
-        ax.plot(xs, ys, marker=marker, color=color, markersize=12 if marker == "*" else 6,
-                linestyle="-" if len(group) > 1 else "none", label=METHOD_LABELS.get(method, method))
+        ax.plot(xs, ys, marker=marker, color=color, markersize=12 if marker == "*" else 6, clip_on=False,
+                linestyle="-" if len(group) > 1 else "none", label=METHOD_LABELS.get(method, method),
+                zorder=2.5 if method == "original" else 2, alpha=0.9)  # the reference star stays visible
         labels += [(x, y, f"γ={_fmt_ratio(r['ratio'])}", color) for r, x, y in zip(group, xs, ys)
                    if r["ratio"] is not None]
     top = min(100.0, 10.0 * math.ceil((max(100.0 * r["accuracy"] for r in pts) + 5.0) / 10.0))
@@ -622,7 +623,8 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | N
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    # below the frame: inside it the legend hides points (a 0 % model has all of them on the bottom edge)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)
     fig.tight_layout()
     place_labels(ax, labels)
     _save(fig, path)
@@ -775,7 +777,7 @@ def plot_loss(points: list[dict], path: Path, train_config: dict | None = None) 
     cfg = train_config or {}
     asked = []
     if isinstance(cfg.get("lr"), (int, float)):
-        asked.append(f"peak lr {cfg['lr']:.2g}")
+        asked.append(f"peak lr {cfg['lr']:.1e}")
     if cfg.get("scheduler"):
         asked.append(f"{cfg['scheduler']} schedule")
     if isinstance(cfg.get("warmup_ratio"), (int, float)) and cfg["warmup_ratio"] > 0:
@@ -787,7 +789,7 @@ def plot_loss(points: list[dict], path: Path, train_config: dict | None = None) 
         ax2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1e}"))
         ax2.set_ylim(bottom=0)
     elif lr:
-        asked.append(f"lr curve not drawn: {len(lr)} logged points")
+        asked.append(f"too few points for an lr curve: {len(lr)}")
     title = "Training loss"
     ax.set_title(title + (f"\n({', '.join(asked)})" if asked else ""), fontsize=10)
     ax.grid(alpha=0.3)
@@ -871,6 +873,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(ReportConfig, args)
+    from tokenskip.console import say
+
     md = write_report(args.run_dir, cfg)
-    print(md)
+    say(str(md))
     return 0

@@ -342,7 +342,7 @@ def build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
     write_jsonl_atomic(out / "validation.jsonl", val)
     stats = {"schema_version": SCHEMA_VERSION, **stats, "config": to_dict(cfg)}
     write_json_atomic(out / "stats.json", stats)
-    logger.info("wrote %d train / %d validation rows to %s; per γ (train): %s", len(train), len(val), out,
+    logger.debug("wrote %d train / %d validation rows to %s; per γ (train): %s", len(train), len(val), out,
                 stats["per_ratio"]["train"])
     return stats
 
@@ -351,6 +351,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(parser, SFTDataConfig)
 
 
+def summary_line(stats: dict) -> str:
+    """``build-sft: 200 train / 0 validation rows; per γ (train): 1.0 ×34, 0.9 ×31, ...``."""
+    per = stats["per_ratio"]["train"]
+    shares = ", ".join(f"{g} ×{n}" for g, n in sorted(per.items(), key=lambda kv: -float(kv[0])))
+    return f"build-sft: {stats['n']['train']} train / {stats['n']['validation']} validation rows; per γ (train): {shares}"
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    build_sft(dataclass_from_args(SFTDataConfig, args))
+    from tokenskip.console import say
+
+    cfg = dataclass_from_args(SFTDataConfig, args)
+    stats = build_sft(cfg)
+    say(summary_line(stats))
+    say(f"wrote {Path(cfg.out) / 'train.jsonl'}")
     return 0

@@ -185,7 +185,7 @@ class VLLMBackend:
         merge_adapter: ignored: vLLM serves LoRA adapters unmerged.
         latency_mode: ``amortized`` (one call for all prompts; wall time ÷ n per sample) or ``single``
             (prompts one at a time; true per-request latency).
-        show_progress: vLLM's progress bar.
+        show_progress: vLLM's progress bar (off by default: the calling stage draws the one bar of its step).
         tensor_parallel_size: GPUs to shard the model over (vLLM ``tensor_parallel_size``).
         gpu_memory_utilization: fraction of GPU memory vLLM may take (vLLM default 0.9 when ``None``);
             on CPU it only matters when no fixed KV cache size is set (see ``kv_cache_space_gb``).
@@ -209,7 +209,7 @@ class VLLMBackend:
 
     def __init__(self, model: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
                  adapter: str | None = None, merge_adapter: bool = True, latency_mode: str = "amortized",
-                 show_progress: bool = True, tensor_parallel_size: int = 1,
+                 show_progress: bool = False, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
                  enforce_eager: bool = False, kv_cache_space_gb: float | None = None, enable_lora: bool = False,
                  max_lora_rank: int | None = None, max_num_seqs: int | None = None, threads: int | None = None,
