@@ -146,7 +146,7 @@ def test_every_documented_command_parses():
     assert n >= 25  # the README documents at least this many commands; fewer means the parsing broke
 
 
-def test_block_parsing_helpers():
+def test_block_parsing_helpers(tmp_path):
     cmds = block_commands('T=.venv/bin/tokenskip; D=data/gsm8k\n# note\n$T report W \\\n    --no-plots  # why\n'
                           'E="evaluate --data $D/test.jsonl"\n$T $E --limit 2\n')
     assert cmds == [["T=.venv/bin/tokenskip"], ["D=data/gsm8k"], ["$T", "report", "W", "--no-plots"],
@@ -158,8 +158,10 @@ def test_block_parsing_helpers():
                                     "--limit", "2"]
     with pytest.raises(AssertionError, match="does not parse"):
         check_command("tokenskip compress --split train --out x", {}, "t")
+    outside = tmp_path / "test.jsonl"  # a data file that exists, but beside the clone, not in it
+    outside.write_text("{}\n")
     with pytest.raises(AssertionError, match="not in the repository"):
-        check_command("tokenskip evaluate --data ../shared/data/gsm8k/test.jsonl --out x", {}, "t")
+        check_command(f"tokenskip evaluate --data {outside} --out x", {}, "t")
 
 
 def _env() -> dict:
