@@ -88,3 +88,10 @@ def test_train_summary_line():
          "tokens_per_s": 92.4, "trainable_params": 4_884_480, "total_params": 139_399_488,
          "trainable_share": 4_884_480 / 139_399_488}
     assert summary_line(m) == "trained 25 steps in 7m30s: loss 1.3812, 92 tokens/s, 4.9M of 139M parameters (3.50%)"
+
+
+def test_build_sft_summary_line():
+    from tokenskip.sft import summary_line
+
+    stats = {"n": {"train": 8, "validation": 1}, "per_ratio": {"train": {"0.5": 3, "1.0": 3, "0.7": 2}}}
+    assert summary_line(stats) == "build-sft: 8 train / 1 validation rows; per γ (train): 1.0 ×3, 0.7 ×2, 0.5 ×3"

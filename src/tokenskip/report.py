@@ -5,7 +5,8 @@ Reads only other stages' output files (never their code):
 * ``evaluate/<benchmark>/original/metrics.json`` and
   ``evaluate/<benchmark>/<method>/ratio-<γ>/metrics.json`` (+ ``predictions.jsonl`` beside each);
 * ``compress/summary.json`` and ``compress/ratio-<γ>.jsonl`` (optional);
-* ``train/loss_log.jsonl`` (optional); ``manifest.json`` (optional, for the run name).
+* ``train/loss_log.jsonl`` and ``train/train_config.json`` (optional: the loss plot names the peak learning
+  rate, schedule and warmup asked for); ``manifest.json`` (optional, for the run name).
 
 ``RUN_DIR`` may also be an evaluate folder itself (``tokenskip report W/eval``).
 

@@ -355,7 +355,8 @@ def summary_line(stats: dict) -> str:
     """``build-sft: 200 train / 0 validation rows; per γ (train): 1.0 ×34, 0.9 ×31, ...``."""
     per = stats["per_ratio"]["train"]
     shares = ", ".join(f"{g} ×{n}" for g, n in sorted(per.items(), key=lambda kv: -float(kv[0])))
-    return f"build-sft: {stats['n']['train']} train / {stats['n']['validation']} validation rows; per γ (train): {shares}"
+    n = stats["n"]
+    return f"build-sft: {n['train']} train / {n['validation']} validation rows; per γ (train): {shares}"
 
 
 def run_cli(args: argparse.Namespace) -> int:
