@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tokenskip.backends import GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.console import say
 from tokenskip.data import load_problems
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl
 from tokenskip.layout import ORIGINAL, PREDICTIONS, eval_run_dir, original_predictions
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 #: Method names (from the registry), kept for callers that list them.
 METHODS = tuple(method_names())
-#: The paper's γ grid (REFERENCE.md step 3).
+#: The paper's γ grid (docs/method.md step 3).
 PAPER_RATIOS = paper_grid()
 
 
@@ -120,7 +121,7 @@ def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, pro
             "ratio_requested": method.ratio_requested, "ratio": ratio, "grader": bench.grader,
             "act_ratio": act, "act_ratio_n": act_n, "act_ratio_original": orig_hash,
             "model": cfg.model, "adapter": cfg.adapter if method.uses_adapter else None, "dtype": cfg.dtype,
-            "backend": cfg.backend, "latency_mode": cfg.latency_mode,
+            "backend": cfg.backend, "max_new_tokens": cfg.resolved_max_new_tokens, "latency_mode": cfg.latency_mode,
             "settings": to_dict(cfg) | {"method": method.name}, "ids": [p.id for p in problems]}
 
 
@@ -193,12 +194,13 @@ def _run_one(cfg: EvaluateConfig, method: Method, ratio: float | None, problems,
     with ResumableJsonl(d / PREDICTIONS, settings) as w:
         rows = run_rows(problems, prompts, w, b, cfg.bench.grader, caps, adapter=adapter,
                         row_hook=method.row_hook(ratio, caps, problems, original),
-                        generate=lambda ps, cs, adapter=None: method.generate(b, ps, cs, adapter, cfg))
+                        generate=lambda ps, cs, adapter=None: method.generate(b, ps, cs, adapter, cfg),
+                        desc=f"{cfg.bench.name} {method.name}" + ("" if ratio is None else f" γ={format_ratio(ratio)}"))
     m = write_metrics(d, rows, _metrics_extra(cfg, method, ratio, problems, rows))
     return m | {"_dir": str(d)}
 
 
-def run_evaluations(cfgs: list[EvaluateConfig], echo=print) -> list[dict]:
+def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
     """Run several evaluations sharing loaded models (the pipeline's evaluate stage); returns all metrics.
 
     HF: the base model is shared by every method without an adapter (adapter methods load theirs,
@@ -213,6 +215,7 @@ def run_evaluations(cfgs: list[EvaluateConfig], echo=print) -> list[dict]:
 
     engines: dict[tuple, GenerationBackend] = {}
     results = []
+    shown = set()  # truncation runs return the original run's metrics too: print each run once
     try:
         for cfg in cfgs:
             cfg.validate()
@@ -226,9 +229,12 @@ def run_evaluations(cfgs: list[EvaluateConfig], echo=print) -> list[dict]:
                     engines[k] = get_backend(cfg.backend, **kwargs)
                 shared = engines[k]
             for m in run_evaluate(cfg, backend=shared):
+                results.append(m)
+                if m["_dir"] in shown:
+                    continue
+                shown.add(m["_dir"])
                 label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
                 print_metrics(m, f"[evaluate {m['benchmark']}] {label}: ")
-                results.append(m)
     finally:
         for b in engines.values():
             b.close()
@@ -244,7 +250,7 @@ def run_evaluate_cli(args) -> int:
     for m in run_evaluate(cfg):
         label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
         print_metrics(m, f"[{m['benchmark']}] {label}: ")
-        print(f"    -> {m['_dir']}")
+        say(f"    -> {m['_dir']}")
     return 0
 
 

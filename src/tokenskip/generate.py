@@ -23,8 +23,8 @@ from tokenskip.data import load_problems
 from tokenskip.io import ResumableJsonl
 from tokenskip.layout import METRICS, ORIGINAL, PREDICTIONS
 from tokenskip.models import configure_threads
-from tokenskip.rollout import (GenerationConfig, data_identity, grade_row, print_metrics, run_rows, summarize,
-                               write_metrics)
+from tokenskip.rollout import (GenerationConfig, data_identity, grade_row, metrics_line, print_metrics, run_rows,
+                               summarize, write_metrics)
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +62,16 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
         return write_metrics(out, rows, {"benchmark": bench.name, "benchmark_label": bench.label,
                                          "method": ORIGINAL, "ratio": None, "grader": bench.grader,
                                          "model": cfg.model, "dtype": cfg.dtype, "backend": cfg.backend,
+                                         "max_new_tokens": cfg.resolved_max_new_tokens,
                                          "latency_mode": cfg.latency_mode, "settings": to_dict(cfg)})
     finally:
         if own:
             backend.close()
+
+
+def summary_lines(m: dict) -> list[str]:
+    """The stage's summary for the pipeline: one metrics line."""
+    return [metrics_line(m)]
 
 
 def add_arguments(parser) -> None:
@@ -76,7 +82,9 @@ def run_generate_cli(args) -> int:
     cfg = dataclass_from_args(GenerationConfig, args)
     m = run_generate(cfg)
     print_metrics(m)
-    print(f"wrote {Path(cfg.out) / PREDICTIONS} and {METRICS}")
+    from tokenskip.console import say
+
+    say(f"wrote {Path(cfg.out) / PREDICTIONS} and {METRICS}")
     return 0
 
 

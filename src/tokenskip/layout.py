@@ -27,6 +27,7 @@ SOURCE = "source.jsonl"
 COMPRESS_SUMMARY = "summary.json"
 SFT_TRAIN, SFT_VALIDATION, SFT_STATS = "train.jsonl", "validation.jsonl", "stats.json"
 LOSS_LOG = "loss_log.jsonl"
+TRAIN_CONFIG = "train_config.json"
 ADAPTER_CONFIG = "adapter_config.json"
 
 #: the baseline run every ActRatio divides by: ``<benchmark>/original/``

@@ -52,6 +52,7 @@ from typing import Any, Callable
 import yaml
 
 from tokenskip.config import dataclass_from_dict, to_dict
+from tokenskip.console import duration, say
 from tokenskip.errors import TokenskipError
 from tokenskip.io import file_hash, fingerprint, read_json, write_json_atomic
 from tokenskip.layout import MANIFEST, ORIGINAL, PREDICTIONS, find_adapter
@@ -383,13 +384,12 @@ def _execute(p: StagePlan, run: Path) -> None:
             if cfg.method_obj.uses_adapter and Path(cfg.adapter).resolve() == (run / get_stage("train").folder).resolve():
                 cfg.adapter = str(find_adapter(cfg.adapter))
             cfgs.append(cfg)
-        stage.run(cfgs)
+        stage.run(cfgs)  # prints one line per run
         return
     result = stage.run(p.configs[0])
-    if p.name == "generate":
-        from tokenskip.rollout import print_metrics
-
-        print_metrics(result, "[generate] ")
+    summary = getattr(stage.load(), "summary_lines", None)
+    for line in summary(result) if summary else []:
+        say(f"[{p.name}] {line}")
 
 
 def run_pipeline(recipe: dict | Recipe, stages: list[str] | None = None, dry_run: bool = False,
@@ -421,6 +421,7 @@ def run_pipeline(recipe: dict | Recipe, stages: list[str] | None = None, dry_run
         raise RecipeError(f"{src or 'recipe'}: {len(missing)} missing input(s); nothing was run\n" + "\n".join(missing))
     if dry_run:
         return plans
+    t_start = time.perf_counter()
     run.mkdir(parents=True, exist_ok=True)
     mpath = run / MANIFEST
     manifest = read_json(mpath) if mpath.exists() else {}
@@ -454,7 +455,10 @@ def run_pipeline(recipe: dict | Recipe, stages: list[str] | None = None, dry_run
         entry.update(status="done", seconds=round(time.perf_counter() - t0, 1),
                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_json_atomic(mpath, manifest)
-        echo(f"== stage {p.name} done in {entry['seconds']:.0f} s")
+        echo(f"== stage {p.name} done in {duration(entry['seconds'])}")
+    ran = [p.name for p in plans if p.enabled and (not stages or p.name in stages) and p.status != "done"]
+    echo(f"== {len(ran)} stage(s) run ({', '.join(ran) or 'none'}) in {duration(time.perf_counter() - t_start)}; "
+         f"{len(plans) - len(ran)} skipped")
     if (run / "report.md").exists():
         echo(f"report: {run / 'report.md'}")
     return plans
@@ -475,5 +479,6 @@ def run_cli(args) -> int:
     stages = None
     if args.stages:
         stages = [s.replace("-", "_") for a in args.stages for s in a.replace(",", " ").split()]
-    run_pipeline(recipe, stages, args.dry_run)
+    # the dry-run plan is the command's output; a real run's progress lines are silenced by --quiet
+    run_pipeline(recipe, stages, args.dry_run, echo=print if args.dry_run else say)
     return 0

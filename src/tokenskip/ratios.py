@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-#: The paper's γ grid (REFERENCE.md steps 3-4): 1.0 is the uncompressed CoT.
+#: The paper's γ grid (docs/method.md steps 3-4): 1.0 is the uncompressed CoT.
 PAPER_RATIOS: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 

@@ -257,7 +257,8 @@ class RunMetrics(Record):
         act_ratio: ActRatio = mean CoT tokens ÷ those of the original run on the same ids (paper §4);
             act_ratio_original: hash of the original ``predictions.jsonl`` it was computed against
             (``None``: there was none, so a reader recomputes it).
-        ids: problem ids in the run; settings: the run's settings.
+        max_new_tokens: the resolved cap on generated tokens; ids: problem ids in the run; settings: the
+            run's settings.
     """
 
     SCHEMA: ClassVar[str] = "run_metrics"
@@ -286,6 +287,7 @@ class RunMetrics(Record):
     backend: str | None = None
     latency_mode: str | None = None
     grader: str | None = None
+    max_new_tokens: int | None = None
     settings: dict = field(default_factory=dict)
     ids: list = field(default_factory=list)
 
@@ -294,7 +296,7 @@ def act_ratio(cot_tokens: dict[str, int], original_cot_tokens: dict[str, int]) -
     """ActRatio of a run and the number of question ids it is computed over.
 
     ActRatio = Σ CoT tokens of the run ÷ Σ CoT tokens of the original model, over the ids both have
-    (paper §4, REFERENCE.md step 7; equal to the ratio of the means on those ids). ``(None, n)`` when
+    (paper §4, docs/method.md step 7; equal to the ratio of the means on those ids). ``(None, n)`` when
     they share no id or the original's CoTs are all empty.
 
     Args:

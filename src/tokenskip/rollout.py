@@ -103,7 +103,7 @@ def grade_row(problem: Problem, prompt: str, gen, grader: str, count_tokens: Cal
     """One predictions row (:class:`~tokenskip.records.Prediction` as JSON) from a problem and its generation.
 
     CoT tokens are counted in the target model's tokenizer on the text before "The final answer is"
-    (the whole output when absent), as in the paper's evaluation (REFERENCE.md step 7).
+    (the whole output when absent), as in the paper's evaluation (docs/method.md step 7).
 
     Args:
         grader: grader kind (``numeric`` / ``symbolic``) or a benchmark name.
@@ -142,7 +142,7 @@ def summarize(rows: Sequence[dict]) -> dict:
 def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: ResumableJsonl, backend: GenerationBackend,
              grader: str, max_new_tokens: int | Sequence[int], adapter: str | None = None,
              row_hook: Callable[[Problem, dict], dict] | None = None, chunk: int | None = None,
-             generate: Callable | None = None) -> list[dict]:
+             generate: Callable | None = None, desc: str = "generate") -> list[dict]:
     """Generate the problems not yet in ``writer`` and append their rows as each chunk finishes.
 
     Pending prompts are sorted by length (less padding) and sent ``chunk`` at a time (default: the
@@ -155,6 +155,7 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
         row_hook: ``(problem, row) -> row`` applied before a row is written (e.g. extra fields).
         generate: ``(prompts, caps, adapter=...) -> [Generation]`` (an evaluation method's decoding);
             default ``backend.generate``.
+        desc: label of the progress bar.
     """
     generate = generate or backend.generate
     caps = [max_new_tokens] * len(problems) if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -165,9 +166,9 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
     todo.sort(key=lambda i: len(prompts[i]))
     # vLLM batches continuously: hand it big chunks; HF: a few batches, so a kill loses little
     chunk = chunk or (256 if getattr(backend, "name", "") == "vllm" else max(1, getattr(backend, "batch_size", 8) * 4))
-    from tqdm.auto import tqdm
+    from tokenskip.console import progress
 
-    with tqdm(total=len(todo), desc="generate", unit="sample", disable=len(todo) < 2) as bar:
+    with progress(len(todo), desc) as bar:  # the step's only bar: backends draw none
         for s in range(0, len(todo), chunk):
             idx = todo[s:s + chunk]
             gens = generate([prompts[i] for i in idx], [caps[i] for i in idx], adapter=adapter)
@@ -190,12 +191,19 @@ def write_metrics(out_dir: Path, rows: Sequence[dict], extra: dict) -> dict:
 
 
 def print_metrics(m: dict, title: str = "") -> None:
+    """Print :func:`metrics_line` (part of a command's summary; silent under ``--quiet``)."""
+    from tokenskip.console import say
+
+    say(metrics_line(m, title))
+
+
+def metrics_line(m: dict, title: str = "") -> str:
     """One console line for a metrics dict: n, accuracy, CoT tokens, ActRatio, latency, throughput."""
     acc = "—" if m.get("accuracy") is None else f"{100 * m['accuracy']:.1f}%"
     cot = "—" if m.get("avg_cot_tokens") is None else f"{m['avg_cot_tokens']:.1f}"
     act = m.get("act_ratio")
     lat = m.get("sample_latency_s")
-    print(f"{title}n={m['n']} accuracy={acc} avg_cot_tokens={cot}"
-          + (f" act_ratio={act:.3f}" if act is not None else "")
-          + (f" latency={lat:.2f}s/sample ({m.get('latency_mode', 'amortized')})" if lat is not None else "")
-          + (f" tokens/s={m['tokens_per_s']:.1f}" if m.get("tokens_per_s") else ""))
+    return (f"{title}n={m['n']} accuracy={acc} avg_cot_tokens={cot}"
+            + (f" act_ratio={act:.3f}" if act is not None else "")
+            + (f" latency={lat:.2f}s/sample ({m.get('latency_mode', 'amortized')})" if lat is not None else "")
+            + (f" tokens/s={m['tokens_per_s']:.1f}" if m.get("tokens_per_s") else ""))
