@@ -50,7 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
-from tokenskip.io import DataError, file_hash, iter_jsonl, read_json, write_json_atomic, write_jsonl_atomic
+from tokenskip.io import (DataError, file_hash, finite_or_none, iter_jsonl, read_json, write_json_atomic,
+                          write_jsonl_atomic)
 
 logger = logging.getLogger(__name__)
 
@@ -314,8 +315,9 @@ def loss_rows(log_history: list[dict]) -> list[dict]:
     rows = {}
     for h in log_history:
         if "loss" in h and "step" in h:
-            rows[h["step"]] = {"step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate"),
-                               "epoch": h.get("epoch"), "grad_norm": h.get("grad_norm"),
+            # a diverged step logs loss/grad_norm NaN or inf: written as null (JSON has no NaN)
+            rows[h["step"]] = {"step": h["step"], "loss": finite_or_none(h["loss"]), "lr": h.get("learning_rate"),
+                               "epoch": h.get("epoch"), "grad_norm": finite_or_none(h.get("grad_norm")),
                                "tokens_seen": h.get("num_input_tokens_seen")}
     return [rows[s] for s in sorted(rows)]
 
@@ -416,7 +418,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     metrics = {
         "global_step": state.global_step,
         "epoch": state.epoch,
-        "train_loss": result.training_loss,
+        "train_loss": finite_or_none(result.training_loss),
         "train_runtime_s": round(runtime, 3),
         "tokens_seen": state.num_input_tokens_seen,
         "tokens_seen_this_session": session_tokens,
@@ -432,7 +434,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     }
     if eval_rows:
         ev = trainer.evaluate()
-        metrics["eval_loss"] = ev.get("eval_loss")
+        metrics["eval_loss"] = finite_or_none(ev.get("eval_loss"))
         metrics["eval_rows"] = len(eval_rows)
     tmp = out / ".adapter.tmp"
     if main_process:
