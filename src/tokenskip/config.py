@@ -36,7 +36,8 @@ def _split_list(values, item_type):
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add one ``--flag`` per field of dataclass ``cls``.
 
-    Lists accept spaces or commas (``--ratios 0.9 0.7`` or ``--ratios 0.9,0.7``); booleans get
+    Lists accept spaces or commas (``--ratios 0.9 0.7`` or ``--ratios 0.9,0.7``); a list field with
+    ``metadata={"empty_ok": True}`` also takes the flag alone, meaning an empty list; booleans get
     ``--flag`` / ``--no-flag``. Defaults are left as ``None`` in argparse so that only flags the user
     typed override a recipe.
     """
@@ -55,7 +56,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(tp) in (list, tuple):
-            kw["nargs"] = "+"
+            # metadata "empty_ok": the flag alone means an empty list ("--prefer-kinds" = prefer nothing)
+            kw["nargs"] = "*" if f.metadata.get("empty_ok") else "+"
             kw["metavar"] = f.name.upper().rstrip("S") if f.name.endswith("s") else f.name.upper()
             parser.add_argument(flag, **kw)
         else:

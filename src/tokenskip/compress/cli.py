@@ -64,13 +64,15 @@ class CompressConfig:
     # operators are ranked first but may go. Protecting every number overshoots γ ≤ 0.6 on GSM8K (digits
     # are ~half of SmolLM2's tokens there); measured on 500 CoTs: mean |err| ≤ 0.006, p95 ≤ 0.021.
     protect_kinds: list[str] = field(default_factory=lambda: ["answer", "boxed", "latex"],
-                                     metadata={"help": "protected span kinds, always kept even past γ: numbers "
+                                     metadata={"empty_ok": True,
+                                               "help": "protected span kinds, always kept even past γ: numbers "
                                                        "operators boxed latex answer (= the numbers of the "
-                                                       "final answer line)"})
+                                                       "final answer line); the flag alone protects nothing"})
     prefer_kinds: list[str] = field(default_factory=lambda: ["numbers", "operators"], metadata={
+        "empty_ok": True,
         "help": "span kinds ranked above all other words but dropped (lowest score first) when the budget "
                 "cannot hold them, so they never overshoot γ; e.g. --protect-kinds answer boxed latex "
-                "--prefer-kinds numbers operators"})
+                "--prefer-kinds numbers operators; the flag alone prefers nothing"})
 
     def validate(self) -> None:
         from tokenskip.compress.prune import PROTECT_KINDS
