@@ -158,6 +158,8 @@ def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = Non
          "adapter": adapter_hash(cfg.adapter) if cfg.adapter and cfg.method == "tokenskip" else None,
          "benchmark": cfg.benchmark, "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
          "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+    if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+        s["stop"] = cfg.stop
     if cfg.method == "tokenskip":
         s["marker_delimiter"] = cfg.marker_delimiter
     if cfg.method == "truncation":

@@ -115,6 +115,33 @@ def torch_dtype(dtype: str):
     return "auto" if dtype == "auto" else getattr(torch, dtype)
 
 
+def check_device(device: str) -> None:
+    """Check that torch can use ``device`` here, before any model is loaded.
+
+    Raises:
+        ValueError: an unknown device string, ``cuda`` on a torch without CUDA (or without a GPU), a
+            GPU index past the last GPU, or ``mps`` where it is unavailable — one line saying which.
+    """
+    if device == "cpu":
+        return
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device}: not a torch device (expected cpu, cuda, cuda:N or mps)") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU")
+            raise ValueError(f"--device {device}: {why}; use --device cpu")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1})")
+    elif d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
 def configure_threads(threads: int | None) -> None:
     """Set torch's intra-op threads. ``None``/0 keeps torch's default.
 
@@ -149,9 +176,13 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", adapter: 
         device: torch device string (``cpu``, ``cuda``, ``cuda:1``...).
         adapter: optional peft LoRA adapter folder applied on top.
         merge_adapter: merge the adapter into the weights (faster decoding, same outputs).
+
+    Raises:
+        ValueError: ``device`` is not usable here (:func:`check_device`), checked before loading.
     """
     from transformers import AutoModelForCausalLM
 
+    check_device(device)
     tok = load_tokenizer(name)
     model = AutoModelForCausalLM.from_pretrained(materialize(name), dtype=torch_dtype(dtype))
     if adapter:

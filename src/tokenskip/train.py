@@ -50,6 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
+# the text appended to each completion: the chat template's end of turn, the same rule decoding
+# stops at (tokenskip.prompts.stop_rule); re-exported here under its old name
+from tokenskip.prompts import end_of_turn  # noqa: F401
 from tokenskip.io import (DataError, file_hash, finite_or_none, iter_jsonl, read_json, write_json_atomic,
                           write_jsonl_atomic)
 
@@ -135,25 +138,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- pure core
-
-def end_of_turn(tokenizer) -> str:
-    """The text the chat template puts after an assistant message (``<|im_end|>``, ``<|eot_id|>``...).
-
-    Found by rendering a one-turn conversation with a sentinel answer; trailing whitespace is dropped
-    (decoding stops at the token itself). Falls back to ``tokenizer.eos_token`` when the template adds
-    nothing. Raises ``ValueError`` when there is neither.
-    """
-    sentinel = "TOKENSKIP_SENTINEL_ANSWER"
-    eot = ""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "q"},
-                                              {"role": "assistant", "content": sentinel}], tokenize=False)
-        eot = text[text.rindex(sentinel) + len(sentinel):].rstrip()
-    eot = eot or (tokenizer.eos_token or "")
-    if not eot:
-        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r}: no end-of-turn or EOS token")
-    return eot
-
 
 def tokenize_example(tokenizer, prompt: str, completion: str, eot: str) -> dict:
     """Token ids of one SFT row, with the completion mask.

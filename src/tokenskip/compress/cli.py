@@ -96,6 +96,9 @@ class CompressConfig:
         bad = (set(self.protect_kinds) | set(self.prefer_kinds)) - set(PROTECT_KINDS)
         if bad:
             raise ValueError(f"unknown --protect-kinds/--prefer-kinds {sorted(bad)}; expected some of {list(PROTECT_KINDS)}")
+        from tokenskip.models import check_device
+
+        check_device(self.device)
         if self.max_cot_tokens <= 0 or self.batch_size <= 0 or self.offset < 0 or (self.limit is not None and self.limit < 0):
             raise ValueError("max_cot_tokens and batch_size must be > 0, offset and limit >= 0")
 
