@@ -59,6 +59,8 @@ class EvaluateConfig(GenerationConfig):
     ratios: list[float] | None = field(default=None, metadata={"help": "compression ratios γ to evaluate (e.g. 1.0 0.5 or 1.0,0.5)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (method tokenskip)"})
     merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF backend; same outputs, faster)"})
+    force_adapter: bool = field(default=False, metadata={
+        "help": "load an adapter whose adapter_config.json names another base model (layer shapes must still fit)"})
     marker_delimiter: str = field(default=DEFAULT_MARKER_DELIMITER, metadata={"help": "delimiter of the γ marker (must match training)"})
     answer_max_tokens: int = field(default=24, metadata={"help": "truncation: tokens allowed for the forced answer"})
 
@@ -72,6 +74,9 @@ class EvaluateConfig(GenerationConfig):
             raise ValueError("--method tokenskip needs --adapter DIR (the trained LoRA adapter)")
         if self.adapter and not Path(self.adapter).exists():
             raise FileNotFoundError(f"adapter folder not found: {self.adapter}")
+
+    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
+        return {**super().backend_kwargs(adapter, merge_adapter), "force_adapter": self.force_adapter}
 
     @property
     def resolved_ratios(self) -> list[float]:

