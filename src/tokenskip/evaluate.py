@@ -34,7 +34,7 @@ from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import load_problems
 from tokenskip.generate import GenerationConfig, data_identity, print_metrics, run_rows, write_metrics
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl, read_json, write_json_atomic
-from tokenskip.models import configure_threads
+from tokenskip.models import check_device, configure_threads
 from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, INSTRUCTION, build_prompt, format_ratio,
                                prompt_reduction_instruction, validate_ratio)
 
@@ -192,6 +192,8 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     cfg.validate()
     if not cfg.out:
         raise ValueError("--out is required")
+    if cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
     configure_threads(cfg.threads)
     problems = load_problems(cfg.benchmark, cfg.data, cfg.split, cfg.limit, cfg.offset)
     owned: list[GenerationBackend] = []

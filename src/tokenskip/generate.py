@@ -75,8 +75,6 @@ class GenerationConfig:
         self.stop = [x.replace("\\n", "\n").replace("\\t", "\t") for x in self.stop]
         if any(not x for x in self.stop):
             raise ValueError("--stop: stop strings must not be empty")
-        if self.backend == "hf":  # vLLM picks its own platform and ignores --device
-            check_device(self.device)
 
     @property
     def resolved_max_new_tokens(self) -> int:
@@ -197,6 +195,8 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
     if not cfg.out:
         raise ValueError("--out is required")
     out = Path(cfg.out)
+    if backend is None and cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
     configure_threads(cfg.threads)
     problems = load_problems(cfg.benchmark, cfg.data, cfg.split, cfg.limit, cfg.offset)
     own = backend is None

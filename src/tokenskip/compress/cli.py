@@ -96,9 +96,6 @@ class CompressConfig:
         bad = (set(self.protect_kinds) | set(self.prefer_kinds)) - set(PROTECT_KINDS)
         if bad:
             raise ValueError(f"unknown --protect-kinds/--prefer-kinds {sorted(bad)}; expected some of {list(PROTECT_KINDS)}")
-        from tokenskip.models import check_device
-
-        check_device(self.device)
         if self.max_cot_tokens <= 0 or self.batch_size <= 0 or self.offset < 0 or (self.limit is not None and self.limit < 0):
             raise ValueError("max_cot_tokens and batch_size must be > 0, offset and limit >= 0")
 
@@ -248,9 +245,10 @@ def run(cfg: CompressConfig) -> dict:
     from tokenskip.compress import compress_batch
     from tokenskip.compress.prune import answer_numbers_kept
     from tokenskip.compress.scorers import get_scorer
-    from tokenskip.models import configure_threads, load_tokenizer
+    from tokenskip.models import check_device, configure_threads, load_tokenizer
 
     cfg.validate()
+    check_device(cfg.device)  # at run time, not in validate: a GPU recipe still plans on a CPU machine
     configure_threads(cfg.threads)
     out = Path(cfg.out)
     tokenizer = load_tokenizer(cfg.model)
