@@ -93,10 +93,16 @@ def cut_at_stop(text: str, token_ids: list[int], strings: Sequence[str], tokeniz
     if not cuts:
         return text, token_ids, False
     cut = min(cuts)
-    keep = 0
-    while keep < len(token_ids) and len(tokenizer.decode(token_ids[:keep + 1], skip_special_tokens=True)) <= cut:
-        keep += 1
-    return text[:cut], token_ids[:keep], True
+    # the longest prefix of tokens whose text ends at or before the cut (prefix text length grows with
+    # the prefix, so binary search: O(log n) decodes)
+    lo, hi = 0, len(token_ids)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(tokenizer.decode(token_ids[:mid], skip_special_tokens=True)) <= cut:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:cut], token_ids[:lo], True
 
 
 BACKENDS = ("hf", "vllm")
