@@ -40,7 +40,7 @@ class HFBackend:
         merge_adapter: merge the adapter into the weights (faster; same greedy outputs).
         latency_mode: ``amortized`` (batch wall time ÷ batch size; what the paper reports) or
             ``single`` (each prompt decoded alone: true per-request latency, slower overall).
-        show_progress: tqdm bar over batches.
+        show_progress: tqdm bar over batches (off by default: the calling stage draws the one bar of its step).
         force_adapter: load an adapter trained on another base model (see :func:`tokenskip.models.check_adapter`).
         stop: extra stop strings (``--stop``); decoding always stops at the generation config's EOS,
             the tokenizer's EOS and the chat template's end of turn.
@@ -50,7 +50,7 @@ class HFBackend:
 
     def __init__(self, model: str | None = None, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
                  adapter: str | None = None, merge_adapter: bool = True, latency_mode: str = "amortized",
-                 hf_model=None, hf_tokenizer=None, show_progress: bool = True, stop: Sequence[str] = (),
+                 hf_model=None, hf_tokenizer=None, show_progress: bool = False, stop: Sequence[str] = (),
                  force_adapter: bool = False, **_ignored):
         if latency_mode not in LATENCY_MODES:
             raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
