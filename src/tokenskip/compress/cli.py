@@ -160,11 +160,11 @@ def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
     if cfg.cot_source == "predictions" and cfg.limit is not None:
         kept = kept[:cfg.limit]
     why = drop_reasons(dropped, cfg.max_cot_tokens)
-    logger.info("%d of %d rows to compress (dropped: %s)", len(kept), n_read, why or "none")
-    if not kept:
+    if not kept:  # the error says it all (no log line repeating it)
         source = cfg.predictions if cfg.cot_source == "predictions" else cfg.data
         raise DataError(source, None, None, f"no CoT left to compress: read {n_read} row(s); dropped "
                         f"{why or 'none'}")
+    logger.info("%d of %d rows to compress (dropped: %s)", len(kept), n_read, why or "none")
     return kept
 
 
