@@ -164,8 +164,8 @@ def last_boxed(text: str) -> str | None:
 
 def parse_gsm8k_row(row: dict, path, lineno: int, idx: int) -> Problem:
     """One OpenAI GSM8K row (``question``, ``answer`` ending in ``#### N``) as a :class:`Problem`."""
-    q = require_text(row, "question", path, lineno)
-    a = require_text(row, "answer", path, lineno)
+    q = require_text(row, "question", path, lineno, nonempty=True)
+    a = require_text(row, "answer", path, lineno, nonempty=True)
     if "####" not in a:
         raise DataError(path, lineno, "answer", "expected the GSM8K format ending in '#### <number>'")
     sol, gold = a.rsplit("####", 1)
@@ -178,12 +178,12 @@ def parse_gsm8k_row(row: dict, path, lineno: int, idx: int) -> Problem:
 
 def parse_math_row(row: dict, path, lineno: int, idx: int) -> Problem:
     """A MATH-500 row (``problem``, ``solution``, ``answer``...) or a Hendrycks MATH row (gold = last boxed)."""
-    q = require_text(row, "problem", path, lineno)
+    q = require_text(row, "problem", path, lineno, nonempty=True)
     sol = row.get("solution") or ""
     if not isinstance(sol, str):
         raise DataError(path, lineno, "solution", "expected a string")
     if "answer" in row:
-        ans = require_text(row, "answer", path, lineno)
+        ans = require_text(row, "answer", path, lineno, nonempty=True)
     else:
         ans = last_boxed(sol)
         if ans is None:
@@ -207,8 +207,8 @@ def mapped_parser(question: str, answer: str, solution: str | None = None, id_fi
         raise ValueError(f"answer_from must be field, gsm8k or boxed, got {answer_from!r}")
 
     def parse(row: dict, path, lineno: int, idx: int) -> Problem:
-        q = require_text(row, question, path, lineno)
-        a = require_text(row, answer, path, lineno)
+        q = require_text(row, question, path, lineno, nonempty=True)
+        a = require_text(row, answer, path, lineno, nonempty=True)
         sol = require_text(row, solution, path, lineno) if solution else ""
         if answer_from == "gsm8k":
             if "####" not in a:

@@ -27,7 +27,7 @@ from tokenskip.data import load_problems
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl
 from tokenskip.layout import ORIGINAL, PREDICTIONS, eval_run_dir, original_predictions
 from tokenskip.methods import Method, get_method, method_names
-from tokenskip.models import configure_threads
+from tokenskip.models import check_device, configure_threads
 from tokenskip.prompts import DEFAULT_MARKER_DELIMITER
 from tokenskip.ratios import format_ratio, paper_grid, validate_ratios
 from tokenskip.records import Prediction, act_ratio
@@ -53,6 +53,8 @@ class EvaluateConfig(GenerationConfig):
     ratios: list[float] | None = field(default=None, metadata={"help": "compression ratios γ to evaluate (e.g. 1.0 0.5 or 1.0,0.5)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (method tokenskip)"})
     merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF backend; same outputs, faster)"})
+    force_adapter: bool = field(default=False, metadata={
+        "help": "load an adapter whose adapter_config.json names another base model (layer shapes must still fit)"})
     marker_delimiter: str = field(default=DEFAULT_MARKER_DELIMITER, metadata={"help": "delimiter of the γ marker (must match training)"})
     answer_max_tokens: int = field(default=24, metadata={"help": "truncation: tokens allowed for the forced answer"})
 
@@ -64,6 +66,9 @@ class EvaluateConfig(GenerationConfig):
             validate_ratios(self.ratios, "--ratios")
         if m.uses_adapter and not self.adapter:
             raise ValueError(f"--method {m.name} needs --adapter DIR (the trained LoRA adapter)")
+
+    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
+        return {**super().backend_kwargs(adapter, merge_adapter), "force_adapter": self.force_adapter}
 
     def input_fields(self) -> tuple[str, ...]:
         """The path settings this config reads (for the pipeline's input check)."""
@@ -103,6 +108,8 @@ def _settings(cfg: EvaluateConfig, method: Method, ratio: float | None) -> dict:
          "adapter": adapter_hash(cfg.adapter) if method.uses_adapter else None,
          "benchmark": bench.name, "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
          "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+    if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+        s["stop"] = cfg.stop
     if bench.name == "custom" or cfg.grader:
         s.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
     return {**s, **method.settings(cfg)}
@@ -141,6 +148,8 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     method = get_method(cfg.method)
     if method.uses_adapter and not Path(cfg.adapter).exists():
         raise FileNotFoundError(f"adapter folder not found: {cfg.adapter}")
+    if cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
     configure_threads(cfg.threads)
     bench = cfg.bench
     problems = load_problems(bench, cfg.data, cfg.split, cfg.limit, cfg.offset)
@@ -211,7 +220,7 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
 
     def key(c):
         return (c.backend, c.model, c.dtype, c.device, c.batch_size, c.latency_mode,
-                c.tensor_parallel_size, c.gpu_memory_utilization, c.threads)
+                c.tensor_parallel_size, c.gpu_memory_utilization, c.threads, tuple(c.stop))
 
     engines: dict[tuple, GenerationBackend] = {}
     results = []

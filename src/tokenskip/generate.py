@@ -22,7 +22,7 @@ from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import load_problems
 from tokenskip.io import ResumableJsonl
 from tokenskip.layout import METRICS, ORIGINAL, PREDICTIONS
-from tokenskip.models import configure_threads
+from tokenskip.models import check_device, configure_threads
 from tokenskip.rollout import (GenerationConfig, data_identity, grade_row, metrics_line, print_metrics, run_rows,
                                summarize, write_metrics)
 
@@ -44,6 +44,8 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
     if not cfg.out:
         raise ValueError("--out is required")
     out = Path(cfg.out)
+    if backend is None and cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
     configure_threads(cfg.threads)
     bench = cfg.bench
     problems = load_problems(bench, cfg.data, cfg.split, cfg.limit, cfg.offset)
@@ -55,6 +57,8 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
         settings = {"stage": "generate", "model": cfg.model, "benchmark": bench.name,
                     "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
                     "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+        if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+            settings["stop"] = cfg.stop
         if bench.name == "custom":  # the field names and grader decide the rows
             settings.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
         with ResumableJsonl(out / PREDICTIONS, settings) as w:

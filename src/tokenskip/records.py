@@ -37,8 +37,9 @@ R = TypeVar("R", bound="Record")
 SCHEMA_KEY, VERSION_KEY = "schema", "schema_version"
 
 
-def require_text(row: dict, key: str, path, lineno: int | None) -> str:
-    """``row[key]`` as a string (numbers converted). Raises :class:`DataError` naming file, line and field."""
+def require_text(row: dict, key: str, path, lineno: int | None, nonempty: bool = False) -> str:
+    """``row[key]`` as a string (numbers converted). Raises :class:`DataError` naming file, line and
+    field when it is missing, not a string, or (``nonempty``) empty or only whitespace."""
     if key not in row:
         raise DataError(path, lineno, key, "missing")
     v = row[key]
@@ -46,6 +47,8 @@ def require_text(row: dict, key: str, path, lineno: int | None) -> str:
         v = str(v)
     if not isinstance(v, str):
         raise DataError(path, lineno, key, f"expected a string, got {type(v).__name__}")
+    if nonempty and not v.strip():
+        raise DataError(path, lineno, key, "empty (expected a non-empty string)")
     return v
 
 

@@ -57,6 +57,14 @@ class GenerationConfig:
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (GPU)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory fraction"})
+    stop: list[str] = field(default_factory=list, metadata={
+        "split": False, "empty_ok": True,
+        "help": "extra stop strings (the output is cut before the first one; \\n and \\t are read as line break "
+                "and tab); decoding always stops at the model's EOS and the chat template's end of turn"})
+
+    def __post_init__(self) -> None:
+        # the escapes typed on a command line, read once at construction (validate() changes nothing)
+        self.stop = [x.replace("\\n", "\n").replace("\\t", "\t") for x in self.stop]
 
     def validate(self) -> None:
         """Check the values (no disk access, no changes). Raises ``ValueError`` naming the setting."""
@@ -71,6 +79,8 @@ class GenerationConfig:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.offset < 0 or (self.limit is not None and self.limit < 0):
             raise ValueError("--limit and --offset must be >= 0")
+        if any(not x for x in self.stop):
+            raise ValueError("--stop: stop strings must not be empty")
 
     @property
     def bench(self) -> Benchmark:
@@ -85,7 +95,8 @@ class GenerationConfig:
         return dict(model=self.model, dtype=self.dtype, device=self.device, batch_size=self.batch_size,
                     adapter=adapter, merge_adapter=merge_adapter, latency_mode=self.latency_mode,
                     tensor_parallel_size=self.tensor_parallel_size,
-                    gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads)
+                    gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads,
+                    stop=tuple(self.stop))
 
     def data_identity(self) -> str:
         """What identifies the data source in a settings fingerprint: a local file's hash, else the Hub id."""

@@ -226,6 +226,8 @@ def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, 
         rec = SourceCot.from_json(row, src_path, lineno)
         if rec.id in source:
             raise DataError(src_path, lineno, "id", f"duplicate id {rec.id!r}")
+        if not rec.question.strip():
+            raise DataError(src_path, lineno, "question", "empty (expected a non-empty string)")
         source[rec.id] = {"question": rec.question, "answer": rec.answer, "cot": rec.cot}
     compressed: dict[float, dict[str, str]] = {}
     missing = [r for r in ratios if r < 1.0 and not compressed_file(folder, r).is_file()]
