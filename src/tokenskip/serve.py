@@ -135,6 +135,7 @@ class ServerState:
         self.adapter_name = (cfg.adapter_name or Path(cfg.adapter).name) if cfg.adapter else None
         self.models: list[str] = []
         self.sampling = True
+        self.batches, self.max_batch_seen = 0, 0   # engine batches run, and the largest (shown on /health)
         self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=cfg.max_queue)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -213,6 +214,8 @@ class ServerState:
                     batch.append(self.jobs.get(timeout=left) if left > 0 else self.jobs.get_nowait())
                 except queue.Empty:
                     break
+            self.batches += 1
+            self.max_batch_seen = max(self.max_batch_seen, len(batch))
             groups: dict[tuple, list[_Job]] = {}
             for j in batch:
                 groups.setdefault((j.kind, j.model, j.decoding.temperature, j.decoding.top_p), []).append(j)
@@ -496,7 +499,7 @@ def create_app(cfg: ServeConfig, state: ServerState | None = None):
     @app.get("/health")
     async def health():
         body = {"status": state.status, "models": state.models, "backend": "upstream" if cfg.upstream else cfg.backend,
-                "queued": state.jobs.qsize()}
+                "queued": state.jobs.qsize(), "batches": state.batches, "max_batch_seen": state.max_batch_seen}
         if state.error:
             body["error"] = state.error
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
