@@ -298,3 +298,30 @@ def test_503_while_loading_then_ready(tiny_dir):
         assert r.json()["usage"]["completion_tokens"] <= 2
     finally:
         srv.stop()
+
+
+def test_upstream_proxy_builds_the_same_prompt_and_answer(server, client, tiny_dir, length_model_path):
+    """--upstream: a second server loads no weights and forwards γ-marked prompts to the first one's
+    /v1/completions (as it would to 'vllm serve --enable-lora')."""
+    cfg = ServeConfig(model=tiny_dir, upstream=server.url + "/v1", port=free_port(), length_model=length_model_path,
+                      system_prompt=FMT.system_prompt, marker_delimiter=FMT.marker_delimiter)
+    cfg.adapter = None
+    proxy = Running(create_app(cfg), cfg.port)
+    try:
+        proxy.wait_ready()
+        pc = openai.OpenAI(base_url=proxy.url + "/v1", api_key="none", max_retries=0, timeout=120)
+        assert [m.id for m in pc.models.list()] == ["tiny", "ts-adapter"]  # the upstream's models
+        q = questions(2)[1]
+        for extra in ({"compression_ratio": 0.5}, {"max_cot_tokens": 4}):
+            kw = dict(model="ts-adapter", messages=[{"role": "user", "content": q}], max_tokens=10,
+                      extra_body={**extra, "return_prompt": True})
+            direct, via = client.chat.completions.create(**kw), pc.chat.completions.create(**kw)
+            assert via.choices[0].message.prompt == direct.choices[0].message.prompt
+            assert via.choices[0].message.content == direct.choices[0].message.content
+            assert via.usage.cot_tokens == direct.usage.cot_tokens
+            assert via.choices[0].message.compression_ratio == direct.choices[0].message.compression_ratio
+        r = httpx.post(proxy.url + "/v1/chat/completions", json={**GOOD, "compression_ratio": 2})
+        assert r.status_code == 400
+        pc.close()
+    finally:
+        proxy.stop()
