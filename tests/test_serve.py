@@ -325,3 +325,32 @@ def test_upstream_proxy_builds_the_same_prompt_and_answer(server, client, tiny_d
         pc.close()
     finally:
         proxy.stop()
+
+
+def test_sampling_and_stop_strings(server, client):
+    q = questions(4)[3]
+    greedy = client.chat.completions.create(model="ts-adapter", messages=[{"role": "user", "content": q}],
+                                            max_tokens=12)
+    text = greedy.choices[0].message.content
+    sampled = [client.chat.completions.create(model="ts-adapter", messages=[{"role": "user", "content": q}],
+                                              max_tokens=12, temperature=1.5, top_p=0.95) for _ in range(3)]
+    assert all(s.choices[0].message.content for s in sampled)
+    assert any(s.choices[0].message.content != text for s in sampled)  # a random model at T=1.5 varies
+    word = text.split()[1] if len(text.split()) > 1 else text[1:3]
+    cut = client.chat.completions.create(model="ts-adapter", messages=[{"role": "user", "content": q}],
+                                         max_tokens=12, stop=[word])
+    assert cut.choices[0].message.content == text[:text.find(word)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_openai_backend_reads_the_key_from_the_named_variable(monkeypatch, smol_tokenizer):
+    from tokenskip.backends import get_backend
+
+    monkeypatch.setenv("MY_TOKENSKIP_KEY", "sk-test-123")
+    b = get_backend("openai", base_url="http://127.0.0.1:9/v1", api_key_env="MY_TOKENSKIP_KEY", api_model="m",
+                    tokenizer=smol_tokenizer, max_in_flight=3)
+    assert b.client.api_key == "sk-test-123" and b.api_model == "m" and b.max_in_flight == 3
+    b.close()
+    with pytest.raises(ValueError, match="--base-url"):
+        get_backend("openai", base_url=None, tokenizer=smol_tokenizer)
+    with pytest.raises(ValueError, match="needs --base-url"):
+        EvaluateConfig(model="m", backend="openai").validate()
