@@ -354,3 +354,21 @@ def test_openai_backend_reads_the_key_from_the_named_variable(monkeypatch, smol_
         get_backend("openai", base_url=None, tokenizer=smol_tokenizer)
     with pytest.raises(ValueError, match="needs --base-url"):
         EvaluateConfig(model="m", backend="openai").validate()
+
+
+def test_engine_failure_is_a_500_json_and_the_server_goes_on(server, monkeypatch):
+    state = server.server.config.app.state.tokenskip
+    real = state.engine.generate
+    calls = []
+
+    def broken(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated engine fault")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(state.engine, "generate", broken)
+    r = httpx.post(server.url + "/v1/chat/completions", json=GOOD, timeout=60)
+    assert r.status_code == 500 and "simulated engine fault" in r.json()["error"]["message"]
+    ok = httpx.post(server.url + "/v1/chat/completions", json=GOOD, timeout=60)
+    assert ok.status_code == 200 and len(calls) == 2
