@@ -33,15 +33,15 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from tokenskip.backends import Generation, GenerationBackend, get_backend
+from tokenskip.backends import GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import load_problems
 from tokenskip.generate import GenerationConfig, data_identity, print_metrics, run_rows, write_metrics
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl, read_json, write_json_atomic
 from tokenskip.models import configure_threads
 from tokenskip.budget import load_length_model
+from tokenskip.inference import FORCE_ANSWER  # noqa: F401 - kept importable from here (public name)
 from tokenskip.inference import BudgetEngine, Query, plan_ratio, render_prompt
 from tokenskip.prompt_format import resolve_prompt_format
 from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, build_prompt, format_ratio, prompt_reduction_instruction,
@@ -52,8 +52,6 @@ logger = logging.getLogger(__name__)
 METHODS = ("original", "prompt", "truncation", "tokenskip", "budget")
 #: The paper's γ grid (REFERENCE.md step 3).
 PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
-#: Text appended to a truncated CoT to force an answer (the SFT targets' answer line, opened).
-FORCE_ANSWER = "\n\nThe final answer is: $\\boxed{"
 
 
 @dataclass
@@ -109,31 +107,8 @@ def run_dir(out: str | Path, benchmark: str, method: str, ratio: float | None = 
     return base if method == "original" else base / f"ratio-{format_ratio(ratio)}"
 
 
-class TruncatingBackend:
-    """Wraps a backend so ``generate(prompts, caps)`` applies the truncation baseline (module docstring)."""
-
-    def __init__(self, inner: GenerationBackend, answer_max_tokens: int):
-        self.inner, self.answer_max_tokens = inner, answer_max_tokens
-        self.tokenizer, self.batch_size, self.name = inner.tokenizer, inner.batch_size, inner.name
-        self.count_tokens = inner.count_tokens
-
-    def generate(self, prompts: Sequence[str], max_new_tokens, adapter=None) -> list[Generation]:
-        first = self.inner.generate(prompts, max_new_tokens)
-        need = [i for i, g in enumerate(first) if g.finish_reason != "stop"]
-        forced = self.inner.generate([prompts[i] + first[i].text + FORCE_ANSWER for i in need],
-                                     self.answer_max_tokens) if need else []
-        out = []
-        for i, g in enumerate(first):
-            if i in need:
-                f = forced[need.index(i)]
-                text = g.text + FORCE_ANSWER + f.text
-                if "}" not in f.text:
-                    text += "}"
-                out.append(Generation(text, g.num_tokens + f.num_tokens, g.latency_s + f.latency_s, g.finish_reason,
-                                      list(g.token_ids)))
-            else:
-                out.append(g)
-        return out
+#: The truncation baseline decodes as budget mode does: CoT capped, then the answer line forced (module docstring).
+TruncatingBackend = BudgetEngine
 
 
 def _read_rows(path: Path) -> dict[str, dict]:

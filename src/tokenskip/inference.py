@@ -161,7 +161,8 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     """Generations of ``prompts``; where ``cot_caps[i]`` is set, decode at most that many tokens and, if the
     turn did not end, force the answer line (:data:`FORCE_ANSWER` + at most ``answer_max_tokens`` tokens).
 
-    ``caps`` bound the rest. Extra keyword arguments (``temperature``, ``top_p``) go to the engine only when
+    ``caps`` bound the rest. A forced answer adds its tokens to ``num_tokens`` and its time to ``latency_s``;
+    ``token_ids`` keep the first pass's ids only (greedy: the prefix of the uncapped run). Extra keyword arguments (``temperature``, ``top_p``) go to the engine only when
     sampling (greedy engines such as vLLM's need none).
     """
     kw = sampling if sampling.get("temperature") else {}
@@ -176,8 +177,9 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     for i, f in zip(need, forced):
         g = first[i]
         text = g.text + FORCE_ANSWER + f.text + ("" if "}" in f.text else "}")
+        # token_ids stay the CoT's own (decoded) ids: the forced line was not generated after them
         out[i] = Generation(text, g.num_tokens + f.num_tokens, g.latency_s + f.latency_s, g.finish_reason,
-                            list(g.token_ids) + list(f.token_ids))
+                            list(g.token_ids))
     return out
 
 
