@@ -13,6 +13,9 @@ Methods (paper §5 baselines, REFERENCE.md):
 * ``budget``     — the adapter with a token budget N per question (``--budgets``): γ = N ÷ the question's
   predicted original CoT length (``--length-model``), decoding capped at N (:mod:`tokenskip.budget`).
 
+``--backend openai --base-url URL`` sends the same prompts to an OpenAI-compatible endpoint (``tokenskip
+serve``, ``vllm serve``) instead of a local engine (:mod:`tokenskip.backends.openai`).
+
 Adapter methods build their prompts with :mod:`tokenskip.inference` in the format stored next to the
 adapter (``prompt_format.json``); ``--system-prompt`` / ``--marker-delimiter`` override it.
 

@@ -197,7 +197,8 @@ class BudgetEngine:
         return generate_capped(self.inner, prompts, caps, caps, self.answer_max_tokens)
 
 
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
+def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
+    """``text`` up to the first occurrence of any ``stop`` string, or ``None`` when none occurs."""
     cuts = [text.find(s) for s in stop if s and s in text]
     return text[:min(cuts)] if cuts else None
 
@@ -228,7 +229,7 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
     out = []
     for q, r, p, g in zip(queries, ratios, prompts, gens):
         text, finish = g.text, g.finish_reason
-        cut = _cut_at_stop(text, q.decoding.stop)
+        cut = cut_at_stop(text, q.decoding.stop)
         if cut is not None:
             text, finish = cut, "stop"
         cot = split_cot(text)

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args
-from tokenskip.inference import Decoding, Query, answer, plan_ratio
+from tokenskip.inference import Decoding, Query, answer, cut_at_stop, plan_ratio
 from tokenskip.models import DTYPES
 
 logger = logging.getLogger(__name__)
@@ -525,9 +525,9 @@ def create_app(cfg: ServeConfig, state: ServerState | None = None):
         job = parse_completion(await body_of(request), state)
         g = await run(job)
         text, finish = g.text, g.finish_reason
-        cuts = [text.find(s) for s in job.decoding.stop if s in text]
-        if cuts:
-            text, finish = text[:min(cuts)], "stop"
+        cut = cut_at_stop(text, job.decoding.stop)
+        if cut is not None:
+            text, finish = cut, "stop"
         prompt_tokens = state.engine.count_tokens(job.prompt)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": job.model, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
