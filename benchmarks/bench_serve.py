@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ratio", type=float, default=1.0, help="compression_ratio γ of every request")
     ap.add_argument("--model", default=None, help="model name sent (and, with --offline, the model to load)")
     ap.add_argument("--adapter", default=None, help="--offline: the adapter folder the server serves")
-    ap.add_argument("--data", default="../shared/data/gsm8k/test.jsonl", help="JSONL with a 'question' field")
+    ap.add_argument("--data", default="data/gsm8k/test.jsonl", help="JSONL with a 'question' field")
     ap.add_argument("--n", type=int, default=64, help="distinct questions")
     ap.add_argument("--offline", action="store_true", help="also decode the questions offline (HF backend)")
     ap.add_argument("--offline-batch-size", type=int, default=8, help="batch of the offline run")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args
+from tokenskip.console import say
 from tokenskip.io import DataError, iter_jsonl, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -205,5 +206,5 @@ def run_cli(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"fit-length: {cfg.cots} not found")
     m = fit_length_model(read_cot_rows(cfg.cots), cfg.heldout_share, cfg.seed)
     m.save(cfg.out)
-    print(json.dumps(m.metrics))
+    say(json.dumps(m.metrics))
     return 0

@@ -1,7 +1,7 @@
 """The prompt format an adapter was trained with, stored next to it as ``prompt_format.json``.
 
 A TokenSkip adapter only answers a γ-marked prompt correctly when the prompt is built exactly as in its
-SFT data: the same instruction line, system turn and marker delimiter (paper step 4, REFERENCE.md).
+SFT data: the same instruction line, system turn and marker delimiter (paper step 4, docs/method.md).
 ``tokenskip build-sft`` writes this file into its output folder, ``tokenskip train`` copies it next to the
 adapter, and ``tokenskip evaluate`` / ``tokenskip serve`` read it from the adapter folder; their flags
 (``--system-prompt``, ``--marker-delimiter``) still override it.
@@ -22,7 +22,7 @@ from tokenskip.io import DataError, read_json, write_json_atomic
 from tokenskip.prompts import DEFAULT_MARKER_DELIMITER, INSTRUCTION, build_messages, validate_ratio
 
 FILENAME = "prompt_format.json"
-#: γ range assumed for an adapter without a stored format: the paper's grid (REFERENCE.md step 3).
+#: γ range assumed for an adapter without a stored format: the paper's grid (docs/method.md step 3).
 DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 

@@ -545,7 +545,9 @@ def run_cli(args: argparse.Namespace) -> int:
     import uvicorn
 
     cfg = dataclass_from_args(ServeConfig, args)
-    cfg.log_level = getattr(args, "log_level", "INFO").lower()
+    from tokenskip.console import quiet
+
+    cfg.log_level = "warning" if quiet() else getattr(args, "log_level", "INFO").lower()
     app = create_app(cfg)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
     return 0
