@@ -371,12 +371,13 @@ def collect_budgets(eval_dir: Path, out_dir: Path) -> dict[str, list[dict]]:
     ``{budget, n, accuracy, avg_cot_tokens, within_budget, mean_ratio, predictions_path}``."""
     out: dict[str, list[dict]] = {}
     for path in sorted(Path(eval_dir).glob("*/budget/budget-*/metrics.json")):
+        benchmark = path.relative_to(eval_dir).parts[0]
         m = re.fullmatch(r"budget-(\d+)", path.parent.name)
         data = read_json(path)
         if not m or not isinstance(data, dict):
             continue
         pred = path.with_name("predictions.jsonl")
-        out.setdefault(path.parents[2].name, []).append({
+        out.setdefault(benchmark, []).append({
             "budget": int(m.group(1)), **{k: data.get(k) for k in ("n", "accuracy", "avg_cot_tokens", "within_budget",
                                                                    "mean_ratio")},
             "predictions_path": _rel(pred, out_dir) if pred.is_file() else None})
