@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import inspect
 import json
 import logging
@@ -131,6 +132,7 @@ class ServerState:
         self.cfg = cfg
         self.status, self.error = "loading", None
         self.engine = self.fmt = self.length_model = None
+        self.tokenizer = None  # the request side's own copy: the engine thread's tokenizer is not shared
         self.base_name = cfg.served_model_name or cfg.model
         self.adapter_name = (cfg.adapter_name or Path(cfg.adapter).name) if cfg.adapter else None
         self.models: list[str] = []
@@ -158,6 +160,16 @@ class ServerState:
         self._work()
 
     def _load(self) -> None:
+        self._load_engine()
+        # Rust tokenizers are not thread-safe (a padded batch call in the engine thread and a plain call here
+        # at the same time return unpadded ids), so the event loop counts and splits with a copy.
+        self.tokenizer = copy.deepcopy(self.engine.tokenizer)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` (request side, no special tokens added)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _load_engine(self) -> None:
         from tokenskip.budget import load_length_model
         from tokenskip.models import configure_threads
         from tokenskip.prompt_format import resolve_prompt_format
@@ -171,16 +183,16 @@ class ServerState:
         if cfg.upstream:
             from tokenskip.backends.openai import OpenAIBackend
 
+            self.engine = OpenAIBackend(model=cfg.model, base_url=cfg.upstream, api_key_env=cfg.api_key_env,
+                                        max_in_flight=cfg.max_in_flight, api_model="-")
             while not self._stop.is_set():  # 503 until the upstream answers
                 try:
-                    self.engine = OpenAIBackend(model=cfg.model, base_url=cfg.upstream, api_key_env=cfg.api_key_env,
-                                                max_in_flight=cfg.max_in_flight, api_model="-")
                     self.models = [m.id for m in self.engine.client.models.list()]
-                    break
+                    return
                 except Exception as e:  # noqa: BLE001 - any connection error: retry
                     logger.warning("upstream %s not ready (%s); retrying in 2 s", cfg.upstream, e)
                     self._stop.wait(2.0)
-            return
+            raise RuntimeError("stopped before the upstream answered")
         from tokenskip.backends import get_backend
 
         self.engine = get_backend(cfg.backend, model=cfg.model, dtype=cfg.dtype, device=cfg.device,
@@ -398,7 +410,7 @@ def _check_sampling(dec: Decoding, state: ServerState) -> None:
 # ------------------------------------------------------------------------------------------- responses
 
 def _chat_response(job: _Job, a, state: ServerState, return_prompt: bool) -> dict:
-    prompt_tokens = state.engine.count_tokens(a.prompt)
+    prompt_tokens = state.count_tokens(a.prompt)
     msg = {"role": "assistant", "content": a.text, "final_answer": a.final_answer, "compression_ratio": a.ratio}
     if a.max_cot_tokens is not None:
         msg["max_cot_tokens"] = a.max_cot_tokens
@@ -433,7 +445,7 @@ def _sse_events(job: _Job, a, state: ServerState, return_prompt: bool):
                                                            "logprobs": None}], **extra}) + "\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    for piece in text_pieces(state.engine.tokenizer, a.text):
+    for piece in text_pieces(state.tokenizer, a.text):
         yield chunk({"content": piece})
     last = {k: v for k, v in full["choices"][0]["message"].items() if k not in ("role", "content")}
     yield chunk(last, a.finish_reason, usage=full["usage"])
@@ -528,7 +540,7 @@ def create_app(cfg: ServeConfig, state: ServerState | None = None):
         cut = cut_at_stop(text, job.decoding.stop)
         if cut is not None:
             text, finish = cut, "stop"
-        prompt_tokens = state.engine.count_tokens(job.prompt)
+        prompt_tokens = state.count_tokens(job.prompt)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": job.model, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": g.num_tokens,

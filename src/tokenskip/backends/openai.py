@@ -90,11 +90,9 @@ class OpenAIBackend:
                                            extra_body={"add_special_tokens": False})
         dt = time.perf_counter() - t0
         choice = r.choices[0]
-        text = choice.text or ""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        n = r.usage.completion_tokens if r.usage is not None else len(ids)
+        n = r.usage.completion_tokens if r.usage is not None else None
         finish = "length" if choice.finish_reason == "length" else "stop"
-        return Generation(text, int(n), dt, finish, list(ids))
+        return Generation(choice.text or "", -1 if n is None else int(n), dt, finish, [])
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int], adapter: str | None = None,
                  temperature: float = 0.0, top_p: float = 1.0, api_model: str | None = None) -> list[Generation]:
@@ -107,6 +105,10 @@ class OpenAIBackend:
             raise ValueError(f"{len(caps)} max_new_tokens values for {n} prompts")
         t0 = time.perf_counter()
         out = list(self._pool.map(lambda pc: self._one(pc[0], pc[1], temperature, top_p, model), zip(prompts, caps)))
+        for g in out:  # re-encoded here, in the caller's thread: a fast tokenizer is not safe to share across threads
+            g.token_ids = self.tokenizer(g.text, add_special_tokens=False)["input_ids"] if g.text else []
+            if g.num_tokens < 0:
+                g.num_tokens = len(g.token_ids)
         self.stats.seconds += time.perf_counter() - t0
         self.stats.tokens += sum(g.num_tokens for g in out)
         return out
