@@ -43,7 +43,7 @@ from tokenskip.console import say
 from tokenskip.data import load_problems
 from tokenskip.generate import GenerationConfig, data_identity, print_metrics, run_rows, write_metrics
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl, read_json, write_json_atomic
-from tokenskip.models import configure_threads
+from tokenskip.models import check_device, configure_threads
 from tokenskip.budget import load_length_model
 from tokenskip.inference import FORCE_ANSWER  # noqa: F401 - kept importable from here (public name)
 from tokenskip.inference import BudgetEngine, Query, plan_ratio, render_prompt
@@ -70,6 +70,8 @@ class EvaluateConfig(GenerationConfig):
     ratios: list[float] | None = field(default=None, metadata={"help": "compression ratios γ to evaluate (e.g. 1.0 0.5 or 1.0,0.5)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (method tokenskip)"})
     merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF backend; same outputs, faster)"})
+    force_adapter: bool = field(default=False, metadata={
+        "help": "load an adapter whose adapter_config.json names another base model (layer shapes must still fit)"})
     marker_delimiter: str | None = field(default=None, metadata={"help": "delimiter of the γ marker (must match training; default: the adapter's prompt_format.json, else " + DEFAULT_MARKER_DELIMITER + ")"})
     budgets: list[int] | None = field(default=None, metadata={"help": "method budget: CoT token budgets N (e.g. 64 128)"})
     length_model: str | None = field(default=None, metadata={"help": "method budget: length model JSON ('tokenskip fit-length'), or the original run's predictions.jsonl to fit one (default: <adapter>/length_model.json)"})
@@ -93,6 +95,9 @@ class EvaluateConfig(GenerationConfig):
                                  "original CoTs' predictions.jsonl)")
         if self.adapter and not Path(self.adapter).exists():
             raise FileNotFoundError(f"adapter folder not found: {self.adapter}")
+
+    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
+        return {**super().backend_kwargs(adapter, merge_adapter), "force_adapter": self.force_adapter}
 
     @property
     def resolved_ratios(self) -> list[float]:
@@ -158,6 +163,8 @@ def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = Non
          "adapter": adapter_hash(cfg.adapter) if cfg.adapter and cfg.method in ("tokenskip", "budget") else None,
          "benchmark": cfg.benchmark, "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
          "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+    if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+        s["stop"] = cfg.stop
     if cfg.method in ("tokenskip", "budget"):
         s["marker_delimiter"] = cfg.marker_delimiter
     if cfg.method == "truncation":
@@ -186,6 +193,8 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     cfg.validate()
     if not cfg.out:
         raise ValueError("--out is required")
+    if cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
     fmt = resolve_prompt_format(cfg.adapter if cfg.method in ("tokenskip", "budget") else None,
                                 cfg.system_prompt, cfg.marker_delimiter)
     cfg.system_prompt, cfg.marker_delimiter = fmt.system_prompt, fmt.marker_delimiter  # recorded in settings

@@ -24,7 +24,7 @@ from tokenskip.backends import BACKENDS, GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import Problem, canonical_benchmark, load_problems
 from tokenskip.io import SCHEMA_VERSION, ResumableJsonl, file_hash, write_json_atomic
-from tokenskip.models import DTYPES, configure_threads
+from tokenskip.models import DTYPES, check_device, configure_threads
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ class GenerationConfig:
     api_model: str | None = field(default=None, metadata={"help": "--backend openai: model name sent (default: the adapter folder's name, else the first of /v1/models)"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: environment variable holding the API key"})
     max_in_flight: int = field(default=8, metadata={"help": "--backend openai: requests in flight at once"})
+    stop: list[str] = field(default_factory=list, metadata={
+        "split": False, "empty_ok": True,
+        "help": "extra stop strings (the output is cut before the first one; \\n and \\t are read as line break "
+                "and tab); decoding always stops at the model's EOS and the chat template's end of turn"})
 
     def validate(self) -> None:
         if not self.model:
@@ -72,6 +76,9 @@ class GenerationConfig:
             raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self.stop = [x.replace("\\n", "\n").replace("\\t", "\t") for x in self.stop]
+        if any(not x for x in self.stop):
+            raise ValueError("--stop: stop strings must not be empty")
         if self.backend == "openai" and not self.base_url:
             raise ValueError("--backend openai needs --base-url (e.g. http://127.0.0.1:8088/v1)")
         if self.max_in_flight < 1:
@@ -87,7 +94,7 @@ class GenerationConfig:
                     tensor_parallel_size=self.tensor_parallel_size,
                     gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads,
                     base_url=self.base_url, api_model=self.api_model, api_key_env=self.api_key_env,
-                    max_in_flight=self.max_in_flight)
+                    max_in_flight=self.max_in_flight, stop=tuple(self.stop))
 
 
 def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: Callable[[str], int]) -> dict:
@@ -198,6 +205,8 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
     if not cfg.out:
         raise ValueError("--out is required")
     out = Path(cfg.out)
+    if backend is None and cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
     configure_threads(cfg.threads)
     problems = load_problems(cfg.benchmark, cfg.data, cfg.split, cfg.limit, cfg.offset)
     own = backend is None
@@ -208,6 +217,8 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
         settings = {"stage": "generate", "model": cfg.model, "benchmark": cfg.benchmark,
                     "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
                     "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+        if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+            settings["stop"] = cfg.stop
         with ResumableJsonl(out / "predictions.jsonl", settings) as w:
             rows = run_rows(problems, prompts, w, backend, cfg.benchmark, cfg.resolved_max_new_tokens)
         return write_metrics(out, rows, {"benchmark": cfg.benchmark, "method": "original", "ratio": None,

@@ -42,6 +42,7 @@ class OpenAIBackend:
         adapter: adapter folder; its name is the default ``api_model`` (vLLM's ``--lora-modules NAME=PATH``).
         timeout_s: per-request timeout (seconds).
         tokenizer: a tokenizer object (tests), instead of loading ``model``'s.
+        stop: extra stop strings sent with every request (``--stop``).
 
     Raises:
         ValueError: no ``base_url``, ``max_in_flight`` < 1.
@@ -51,7 +52,8 @@ class OpenAIBackend:
 
     def __init__(self, model: str | None = None, base_url: str | None = None, api_model: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", max_in_flight: int = 8, adapter: str | None = None,
-                 timeout_s: float = 600.0, tokenizer=None, batch_size: int = 8, **_ignored):
+                 timeout_s: float = 600.0, tokenizer=None, batch_size: int = 8, stop: tuple[str, ...] = (),
+                 **_ignored):
         from openai import OpenAI
 
         if not base_url:
@@ -69,6 +71,7 @@ class OpenAIBackend:
         self.client = OpenAI(base_url=base_url, api_key=key, timeout=timeout_s, max_retries=2)
         self.api_model = api_model or (Path(adapter).name if adapter else None) or self._first_model()
         self.adapter = adapter
+        self.stop = list(stop)
         self.stats = BackendStats()
         self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="openai-backend")
 
@@ -87,7 +90,7 @@ class OpenAIBackend:
         t0 = time.perf_counter()
         r = self.client.completions.create(model=model, prompt=prompt, max_tokens=int(cap),
                                            temperature=temperature, top_p=top_p,
-                                           extra_body={"add_special_tokens": False})
+                                           stop=self.stop or None, extra_body={"add_special_tokens": False})
         dt = time.perf_counter() - t0
         choice = r.choices[0]
         n = r.usage.completion_tokens if r.usage is not None else None
