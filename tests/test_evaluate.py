@@ -120,9 +120,9 @@ def test_a_new_method_is_one_class(tmp_path, tiny_model_dir):
 
     try:
         ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="no-cot", limit=1, max_new_tokens=3))
+        assert [(m["method"], m["ratio"], m["method_label"], m["method_rank"]) for m in ms] == [
+            ("no-cot", 0.9, "No CoT", 40), ("no-cot", 0.5, "No CoT", 40)]
+        (row,) = read_jsonl(run_dir(tmp_path, "gsm8k", "no-cot", 0.5) / "predictions.jsonl")
+        assert "using 50% of your words" in row["prompt"] and row["schema"] == "prediction"
     finally:
         _REGISTRY.pop("no-cot")
-    assert [(m["method"], m["ratio"], m["method_label"], m["method_rank"]) for m in ms] == [
-        ("no-cot", 0.9, "No CoT", 40), ("no-cot", 0.5, "No CoT", 40)]
-    (row,) = read_jsonl(run_dir(tmp_path, "gsm8k", "no-cot", 0.5) / "predictions.jsonl")
-    assert "using 50% of your words" in row["prompt"] and row["schema"] == "prediction"

@@ -16,10 +16,15 @@ import sys
 from tokenskip.errors import TokenskipError
 from tokenskip.stages import STAGES
 
-#: subcommand -> (module, one-line help). Order = the pipeline's order; ``run`` runs them all.
+#: subcommand -> (module, one-line help). Order = the pipeline's order; ``run`` runs them all; then the
+#: commands that are not pipeline stages.
 COMMANDS: dict[str, tuple[str, str]] = {s.command: (s.module, s.help) for s in STAGES if s.name != "report"}
 COMMANDS["run"] = ("tokenskip.pipeline", "run a whole recipe (YAML), resumably")
 COMMANDS.update({s.command: (s.module, s.help) for s in STAGES if s.name == "report"})
+COMMANDS.update({
+    "fit-length": ("tokenskip.budget", "fit the CoT length model of budget mode on original CoTs"),
+    "serve": ("tokenskip.serve", "OpenAI-compatible HTTP server for a model/adapter (γ or a token budget per request)"),
+})
 
 #: what a user can fix: printed as one line, exit status 2 (anything else keeps its traceback)
 EXPECTED_ERRORS = (TokenskipError, ValueError, OSError, ImportError)

@@ -3,10 +3,16 @@
 Methods come from the registry in :mod:`tokenskip.methods` (paper §5: ``original``, ``prompt``,
 ``truncation``, ``tokenskip``); :func:`run_evaluate` is one loop over a method's γ, the same for all.
 
+``--backend openai --base-url URL`` sends the same prompts to an OpenAI-compatible endpoint (``tokenskip
+serve``, ``vllm serve``) instead of a local engine (:mod:`tokenskip.backends.openai`). Adapter methods build
+their prompts in the format stored next to the adapter (``prompt_format.json``); ``--system-prompt`` /
+``--marker-delimiter`` override it.
+
 Layout under ``--out`` (:mod:`tokenskip.layout`)::
 
     <benchmark>/original/{predictions.jsonl,metrics.json}
     <benchmark>/<method>/ratio-<γ>/{predictions.jsonl,metrics.json}
+    <benchmark>/budget/budget-<N>/{predictions.jsonl,metrics.json}
 
 ``act_ratio`` = CoT tokens ÷ CoT tokens of ``original`` on the same question ids (paper's ActRatio), from
 the original run present in ``--out`` when this run's metrics are written; ``act_ratio_original`` records
@@ -16,6 +22,7 @@ appeared later. An evaluation never rewrites another run's files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +62,9 @@ class EvaluateConfig(GenerationConfig):
     merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF backend; same outputs, faster)"})
     force_adapter: bool = field(default=False, metadata={
         "help": "load an adapter whose adapter_config.json names another base model (layer shapes must still fit)"})
-    marker_delimiter: str = field(default=DEFAULT_MARKER_DELIMITER, metadata={"help": "delimiter of the γ marker (must match training)"})
+    marker_delimiter: str | None = field(default=None, metadata={"help": "delimiter of the γ marker (must match training; default: the adapter's prompt_format.json, else " + DEFAULT_MARKER_DELIMITER + ")"})
+    budgets: list[int] | None = field(default=None, metadata={"help": "method budget: CoT token budgets N (e.g. 64 128)"})
+    length_model: str | None = field(default=None, metadata={"help": "method budget: length model JSON ('tokenskip fit-length'), or the original run's predictions.jsonl to fit one (default: <adapter>/length_model.json)"})
     answer_max_tokens: int = field(default=24, metadata={"help": "truncation: tokens allowed for the forced answer"})
 
     def validate(self) -> None:
@@ -66,6 +75,8 @@ class EvaluateConfig(GenerationConfig):
             validate_ratios(self.ratios, "--ratios")
         if m.uses_adapter and not self.adapter:
             raise ValueError(f"--method {m.name} needs --adapter DIR (the trained LoRA adapter)")
+        if m.name == "budget" and (not self.budgets or any(b < 1 for b in self.budgets)):
+            raise ValueError(f"--method budget needs --budgets N [N ...], each >= 1, got {self.budgets}")
 
     def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
         return {**super().backend_kwargs(adapter, merge_adapter), "force_adapter": self.force_adapter}
@@ -80,12 +91,13 @@ class EvaluateConfig(GenerationConfig):
 
     @property
     def resolved_ratios(self) -> list[float]:
-        return [r for r in self.method_obj.ratios(self.ratios) if r is not None]
+        m = self.method_obj
+        return [r for r in (m.ratio_of(k) for k in m.runs(self)) if r is not None]
 
 
 def run_dir(out: str | Path, benchmark: str, method: str, ratio: float | None = None) -> Path:
-    """Folder of one (benchmark, method, γ) run under ``out`` (see :func:`tokenskip.layout.eval_run_dir`)."""
-    return eval_run_dir(out, benchmark, method, None if method == ORIGINAL else ratio)
+    """Folder of one (benchmark, method, γ or budget N) run under ``out`` (:meth:`Method.folder`)."""
+    return get_method(method).folder(out, benchmark, None if method == ORIGINAL else ratio)
 
 
 def adapter_hash(folder: str | Path) -> str:
@@ -101,7 +113,7 @@ def _read_predictions(path: Path) -> dict[str, dict]:
         if path.exists() else {}
 
 
-def _settings(cfg: EvaluateConfig, method: Method, ratio: float | None) -> dict:
+def _settings(cfg: EvaluateConfig, method: Method, ratio: float | None, extra: dict) -> dict:
     """What decides a run's rows (its ``predictions.state.json`` fingerprint)."""
     bench = cfg.bench
     s = {"stage": "evaluate", "method": method.name, "ratio": ratio, "model": cfg.model,
@@ -112,10 +124,10 @@ def _settings(cfg: EvaluateConfig, method: Method, ratio: float | None) -> dict:
         s["stop"] = cfg.stop
     if bench.name == "custom" or cfg.grader:
         s.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
-    return {**s, **method.settings(cfg)}
+    return {**s, **extra}
 
 
-def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, problems, rows) -> dict:
+def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, problems, rows, more=None) -> dict:
     bench = cfg.bench
     orig_path = original_predictions(Path(cfg.out) / bench.name)
     act, act_n, orig_hash = None, 0, None
@@ -129,7 +141,8 @@ def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, pro
             "act_ratio": act, "act_ratio_n": act_n, "act_ratio_original": orig_hash,
             "model": cfg.model, "adapter": cfg.adapter if method.uses_adapter else None, "dtype": cfg.dtype,
             "backend": cfg.backend, "max_new_tokens": cfg.resolved_max_new_tokens, "latency_mode": cfg.latency_mode,
-            "settings": to_dict(cfg) | {"method": method.name}, "ids": [p.id for p in problems]}
+            "settings": to_dict(cfg) | {"method": method.name}, "ids": [p.id for p in problems],
+            **(more(rows) if more else {})}
 
 
 def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) -> list[dict]:
@@ -150,6 +163,11 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
         raise FileNotFoundError(f"adapter folder not found: {cfg.adapter}")
     if cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
         check_device(cfg.device)
+    if method.uses_adapter:  # the adapter's stored prompt format, recorded in the settings (not in the caller's cfg)
+        from tokenskip.methods.tokenskip import adapter_format
+
+        fmt = adapter_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter)
+        cfg = dataclasses.replace(cfg, system_prompt=fmt.system_prompt, marker_delimiter=fmt.marker_delimiter)
     configure_threads(cfg.threads)
     bench = cfg.bench
     problems = load_problems(bench, cfg.data, cfg.split, cfg.limit, cfg.offset)
@@ -174,8 +192,8 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
         if method.needs_original:
             results.append(_run_one(cfg, get_method(ORIGINAL), None, problems, backend_for))
             original = _read_predictions(original_predictions(Path(cfg.out) / bench.name))
-        for ratio in method.ratios(cfg.ratios):
-            results.append(_run_one(cfg, method, ratio, problems, backend_for, original))
+        for key in method.runs(cfg):
+            results.append(_run_one(cfg, method, key, problems, backend_for, original))
     finally:
         for b in owned:
             b.close()
@@ -185,15 +203,15 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     return results
 
 
-def _run_one(cfg: EvaluateConfig, method: Method, ratio: float | None, problems, backend_for,
+def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
              original: dict[str, dict] | None = None) -> dict:
-    """One (method, γ) run: prompts, caps, resumable generation, metrics."""
+    """One run of a method (its γ, or its budget N): the method's plan, resumable generation, metrics."""
     b = backend_for(method)
-    d = eval_run_dir(cfg.out, cfg.bench.name, method.name, ratio)
-    prompts = [method.prompt(b.tokenizer, p, ratio, cfg) for p in problems]
-    caps = method.caps(problems, ratio, cfg, original)
+    d = method.folder(cfg.out, cfg.bench.name, key)
+    ratio = method.ratio_of(key)
+    plan = method.plan(b.tokenizer, problems, key, cfg, original)
     adapter = cfg.adapter if method.uses_adapter else None
-    settings = _settings(cfg, method, ratio)
+    settings = _settings(cfg, method, ratio, plan.settings)
     if original is not None:  # rows depend on which original run they cut
         from tokenskip.io import read_json
 
@@ -201,11 +219,11 @@ def _run_one(cfg: EvaluateConfig, method: Method, ratio: float | None, problems,
                                          / "predictions.state.json")["fingerprint"]
 
     with ResumableJsonl(d / PREDICTIONS, settings) as w:
-        rows = run_rows(problems, prompts, w, b, cfg.bench.grader, caps, adapter=adapter,
-                        row_hook=method.row_hook(ratio, caps, problems, original),
+        rows = run_rows(problems, plan.prompts, w, b, cfg.bench.grader, plan.caps, adapter=adapter,
+                        row_hook=plan.row_hook,
                         generate=lambda ps, cs, adapter=None: method.generate(b, ps, cs, adapter, cfg),
-                        desc=f"{cfg.bench.name} {method.name}" + ("" if ratio is None else f" γ={format_ratio(ratio)}"))
-    m = write_metrics(d, rows, _metrics_extra(cfg, method, ratio, problems, rows))
+                        desc=f"{cfg.bench.name} {method.describe(key)}")
+    m = write_metrics(d, rows, _metrics_extra(cfg, method, ratio, problems, rows, plan.metrics))
     return m | {"_dir": str(d)}
 
 
@@ -242,8 +260,7 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
                 if m["_dir"] in shown:
                     continue
                 shown.add(m["_dir"])
-                label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
-                print_metrics(m, f"[evaluate {m['benchmark']}] {label}: ")
+                print_metrics(m, f"[evaluate {m['benchmark']}] {_label(m)}: ")
     finally:
         for b in engines.values():
             b.close()
@@ -254,11 +271,17 @@ def add_arguments(parser) -> None:
     add_dataclass_args(parser, EvaluateConfig)
 
 
+def _label(m: dict) -> str:
+    label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
+    if m.get("budget") is not None:
+        label += f" N={m['budget']} within_budget={100 * (m.get('within_budget') or 0):.1f}%"
+    return label
+
+
 def run_evaluate_cli(args) -> int:
     cfg = dataclass_from_args(EvaluateConfig, args)
     for m in run_evaluate(cfg):
-        label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
-        print_metrics(m, f"[{m['benchmark']}] {label}: ")
+        print_metrics(m, f"[{m['benchmark']}] {_label(m)}: ")
         say(f"    -> {m['_dir']}")
     return 0
 

@@ -8,6 +8,7 @@ A pipeline run folder (``<run_dir>/<name>/``)::
     sft/train.jsonl, validation.jsonl, stats.json
     train/adapter_config.json, adapter_model.safetensors, loss_log.jsonl, checkpoint-<step>/
     evaluate/<benchmark>/<method>[/ratio-<γ>]/predictions.jsonl, metrics.json
+    evaluate/<benchmark>/budget/budget-<N>/predictions.jsonl, metrics.json
     report.md, report.json, plots/
 
 γ in names is written by :func:`tokenskip.ratios.format_ratio` and read back by :func:`ratio_from_name`.
@@ -77,6 +78,21 @@ def eval_run_dir(out: str | Path, benchmark: str, method: str, ratio: float | No
     """Folder of one evaluated (benchmark, method, γ): ``<out>/<benchmark>/<method>[/ratio-<γ>]``."""
     base = Path(out) / benchmark / method
     return base if ratio is None else base / ratio_name(ratio)
+
+
+def budget_run_dir(out: str | Path, benchmark: str, budget: int) -> Path:
+    """Folder of one budget-mode run: ``<out>/<benchmark>/budget/budget-<N>`` (N = CoT tokens)."""
+    return Path(out) / benchmark / "budget" / f"budget-{int(budget)}"
+
+
+def budget_runs(eval_dir: str | Path) -> list[tuple[str, int, Path]]:
+    """``(benchmark, N, folder)`` of every budget-mode run with a ``metrics.json`` under an evaluate folder."""
+    found = []
+    for path in sorted(Path(eval_dir).glob(f"*/budget/budget-*/{METRICS}")):
+        m = re.fullmatch(r"budget-(\d+)", path.parent.name)
+        if m:
+            found.append((path.relative_to(eval_dir).parts[0], int(m.group(1)), path.parent))
+    return found
 
 
 def original_predictions(bench_dir: str | Path) -> Path:

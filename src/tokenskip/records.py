@@ -260,6 +260,8 @@ class RunMetrics(Record):
         act_ratio: ActRatio = mean CoT tokens ÷ those of the original run on the same ids (paper §4);
             act_ratio_original: hash of the original ``predictions.jsonl`` it was computed against
             (``None``: there was none, so a reader recomputes it).
+        budget / within_budget / mean_ratio / length_model_metrics: budget mode only: the CoT budget N
+            (tokens), the share of CoTs within it, the mean γ chosen and the length model's fit figures.
         max_new_tokens: the resolved cap on generated tokens; ids: problem ids in the run; settings: the
             run's settings.
     """
@@ -291,6 +293,10 @@ class RunMetrics(Record):
     latency_mode: str | None = None
     grader: str | None = None
     max_new_tokens: int | None = None
+    budget: int | None = None
+    within_budget: float | None = None
+    mean_ratio: float | None = None
+    length_model_metrics: dict | None = None
     settings: dict = field(default_factory=dict)
     ids: list = field(default_factory=list)
 

@@ -33,8 +33,8 @@ from typing import Any
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args
 from tokenskip.io import DataError, file_hash, iter_jsonl, read_json, write_json_atomic, write_text_atomic
-from tokenskip.layout import (LOSS_LOG, MANIFEST, METRICS, ORIGINAL, PREDICTIONS, TRAIN_CONFIG, compressed_file,
-                              eval_runs, original_predictions, ratio_from_name)
+from tokenskip.layout import (LOSS_LOG, MANIFEST, METRICS, ORIGINAL, PREDICTIONS, TRAIN_CONFIG, budget_runs,
+                              compressed_file, eval_runs, original_predictions, ratio_from_name)
 from tokenskip.ratios import format_ratio
 from tokenskip.records import act_ratio
 
@@ -422,6 +422,37 @@ def run_name(run_dir: Path) -> str:
     return run_dir.resolve().name
 
 
+def collect_budgets(eval_dir: Path, out_dir: Path) -> dict[str, list[dict]]:
+    """Budget-mode runs (``<benchmark>/budget/budget-<N>/metrics.json``) per benchmark, by budget:
+    ``{budget, n, accuracy, avg_cot_tokens, within_budget, mean_ratio, predictions_path}``."""
+    out: dict[str, list[dict]] = {}
+    for benchmark, budget, folder in budget_runs(eval_dir):
+        data = read_json(folder / METRICS)
+        if not isinstance(data, dict):
+            continue
+        pred = folder / PREDICTIONS
+        out.setdefault(benchmark, []).append({
+            "budget": budget, **{k: data.get(k) for k in ("n", "accuracy", "avg_cot_tokens", "within_budget",
+                                                          "mean_ratio")},
+            "predictions_path": _rel(pred, out_dir) if pred.is_file() else None})
+    for rows in out.values():
+        rows.sort(key=lambda r: r["budget"])
+    return out
+
+
+def render_budget_table(rows: list[dict]) -> str:
+    """Budget mode per budget N: accuracy (%), mean CoT tokens, share of CoTs within N (%), mean γ chosen."""
+    lines = ["| Budget N (CoT tokens) | Accuracy (%) | Mean CoT tokens | Within budget (%) | Mean γ | n | Predictions |",
+             "|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        acc = None if r["accuracy"] is None else 100.0 * r["accuracy"]
+        within = None if r["within_budget"] is None else 100.0 * r["within_budget"]
+        link = f"[predictions.jsonl]({r['predictions_path']})" if r["predictions_path"] else MISSING
+        lines.append(f"| {r['budget']} | {_fmt(acc, 1)} | {_fmt(r['avg_cot_tokens'], 1)} | {_fmt(within, 1)} "
+                     f"| {_fmt(r['mean_ratio'], 2)} | {MISSING if r['n'] is None else r['n']} | {link} |")
+    return "\n".join(lines)
+
+
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
                  compress_dir: str | os.PathLike | None = None,
                  loss_log: str | os.PathLike | None = None) -> dict:
@@ -453,7 +484,7 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
                  "first_loss": loss[0]["loss"] if loss else None, "last_loss": loss[-1]["loss"] if loss else None}
     return {"schema_version": REPORT_SCHEMA_VERSION, "name": run_name(run_dir),
             "run_dir": str(run_dir), "evaluate_dir": _rel(eval_dir, out_dir) if eval_dir != out_dir else ".",
-            "benchmarks": benchmarks, "compress": compress, "train": train, "notes": notes}
+            "benchmarks": benchmarks, "budgets": collect_budgets(eval_dir, out_dir), "compress": compress, "train": train, "notes": notes}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -540,6 +571,11 @@ def render_markdown(report: dict) -> str:
                 render_table(rows), "",
                 _image(plots, f"accuracy_vs_tokens:{bench}", f"{bench}: accuracy vs average CoT tokens"), "",
                 _image(plots, f"cot_hist:{bench}", f"{bench}: CoT length per γ"), ""]
+        if (report.get("budgets") or {}).get(bench):
+            out += ["### Token budget", "",
+                    "TokenSkip with a CoT budget N per question: γ = N ÷ predicted original CoT tokens, "
+                    "decoding capped at N (`tokenskip evaluate --method budget`).", "",
+                    render_budget_table(report["budgets"][bench]), ""]
     out += ["## Ratio control", "",
             "Requested γ against the ratio obtained: by the compressor on the training CoTs, and by the "
             "trained model and the prompt baseline at inference (ActRatio).", "",

@@ -60,7 +60,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", "train", "tokenskip.train", "TrainConfig", "run_train", "train",
           "LoRA fine-tune the target model on the SFT data"),
     Stage("evaluate", "evaluate", "tokenskip.evaluate", "EvaluateConfig", "run_evaluations", "evaluate",
-          "evaluate a method (original/prompt/truncation/tokenskip) on a test split", keeps_rows=True),
+          "evaluate a method (original/prompt/truncation/tokenskip/budget) on a test split", keeps_rows=True),
     Stage("report", "report", "tokenskip.report", "ReportConfig", "run_report", "",
           "write report.md/report.json and plots for a run folder", keeps_rows=True),
 )

@@ -26,11 +26,27 @@ import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
-from tokenskip.ratios import paper_grid, validate_ratios
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenskip.layout import eval_run_dir
+from tokenskip.ratios import format_ratio, paper_grid, validate_ratios
 
 if TYPE_CHECKING:  # pragma: no cover
     from tokenskip.backends import Generation, GenerationBackend
     from tokenskip.records import Problem
+
+
+@dataclass
+class RunPlan:
+    """What one run of a method generates: prompts, token caps (one or per problem), extra row fields,
+    settings that decide its rows (fingerprint) and extra metrics computed from its rows."""
+
+    prompts: list[str]
+    caps: object
+    row_hook: Callable | None = None
+    settings: dict = field(default_factory=dict)
+    metrics: Callable[[list[dict]], dict] | None = None
 
 
 class Method:
@@ -55,6 +71,28 @@ class Method:
     ratio_requested: ClassVar[bool] = False
     color: ClassVar[str] = "tab:gray"
     marker: ClassVar[str] = "D"
+
+    def runs(self, cfg) -> list:
+        """The keys of this method's runs (default: its γ, see :meth:`ratios`)."""
+        return self.ratios(cfg.ratios)
+
+    def folder(self, out, benchmark: str, key) -> Path:
+        """Folder of the run ``key`` (default ``<out>/<benchmark>/<method>[/ratio-<γ>]``)."""
+        return eval_run_dir(out, benchmark, self.name, key)
+
+    def ratio_of(self, key) -> float | None:
+        """The γ recorded in the run's metrics (default: the key itself)."""
+        return key
+
+    def describe(self, key) -> str:
+        """Short run label for progress bars and console lines (``tokenskip γ=0.5``)."""
+        return self.name if key is None else f"{self.name} γ={format_ratio(key)}"
+
+    def plan(self, tokenizer, problems, key, cfg, original: dict[str, dict] | None) -> RunPlan:
+        """The run ``key``: by default from :meth:`prompt`, :meth:`caps`, :meth:`row_hook`, :meth:`settings`."""
+        caps = self.caps(problems, key, cfg, original)
+        return RunPlan([self.prompt(tokenizer, p, key, cfg) for p in problems], caps,
+                       self.row_hook(key, caps, problems, original), self.settings(cfg))
 
     def ratios(self, requested: Sequence[float] | None) -> list[float | None]:
         """The runs of this method: ``[None]`` for a method without γ, else ``requested`` or :attr:`grid`."""
@@ -116,4 +154,4 @@ def get_method(name: str) -> Method:
     return _REGISTRY[name]
 
 
-__all__ = ["Method", "register", "get_method", "method_names", "paper_grid"]
+__all__ = ["Method", "RunPlan", "register", "get_method", "method_names", "paper_grid"]

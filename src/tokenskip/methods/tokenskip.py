@@ -1,7 +1,21 @@
-"""``tokenskip``: the LoRA adapter trained on γ-compressed CoTs, prompted with γ's marker (paper §3)."""
+"""``tokenskip``: the LoRA adapter trained on γ-compressed CoTs, prompted with γ's marker (paper §3).
+
+Prompts follow the format stored next to the adapter (``prompt_format.json``, :mod:`tokenskip.prompt_format`),
+with ``--system-prompt`` / ``--marker-delimiter`` overriding it.
+"""
+
+from functools import lru_cache
 
 from tokenskip.methods import Method, register
 from tokenskip.ratios import paper_grid
+
+
+@lru_cache(maxsize=8)
+def adapter_format(adapter, system_prompt, marker_delimiter):
+    """The adapter's prompt format with the flags that were given (read once per adapter and flags)."""
+    from tokenskip.prompt_format import resolve_prompt_format
+
+    return resolve_prompt_format(adapter, system_prompt, marker_delimiter)
 
 
 @register
@@ -13,9 +27,10 @@ class TokenSkip(Method):
     color, marker = "tab:blue", "o"
 
     def prompt(self, tokenizer, problem, ratio, cfg):
-        from tokenskip.prompts import INSTRUCTION, build_prompt
+        from tokenskip.inference import render_prompt
 
-        return build_prompt(tokenizer, problem.question, ratio, cfg.system_prompt, INSTRUCTION, cfg.marker_delimiter)
+        fmt = adapter_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter)
+        return render_prompt(tokenizer, fmt, question=problem.question, ratio=ratio)
 
     def settings(self, cfg) -> dict:
-        return {"marker_delimiter": cfg.marker_delimiter}
+        return {"marker_delimiter": adapter_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter).marker_delimiter}

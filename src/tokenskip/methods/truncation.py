@@ -38,22 +38,7 @@ class Truncation(Method):
         return hook
 
     def generate(self, backend, prompts, caps, adapter, cfg):
-        from tokenskip.backends import Generation
-        from tokenskip.prompts import FORCE_ANSWER
+        # the one forced-answer rule, shared with budget mode and the server (tokenskip.inference)
+        from tokenskip.inference import BudgetEngine
 
-        first = backend.generate(prompts, caps)
-        need = [i for i, g in enumerate(first) if g.finish_reason != "stop"]
-        forced = backend.generate([prompts[i] + first[i].text + FORCE_ANSWER for i in need],
-                                  cfg.answer_max_tokens) if need else []
-        out = []
-        for i, g in enumerate(first):
-            if i in need:
-                f = forced[need.index(i)]
-                text = g.text + FORCE_ANSWER + f.text
-                if "}" not in f.text:
-                    text += "}"
-                out.append(Generation(text, g.num_tokens + f.num_tokens, g.latency_s + f.latency_s, g.finish_reason,
-                                      list(g.token_ids)))
-            else:
-                out.append(g)
-        return out
+        return BudgetEngine(backend, cfg.answer_max_tokens).generate(prompts, caps)
