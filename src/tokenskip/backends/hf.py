@@ -38,7 +38,7 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, model: str | None = None, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
+    def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "cpu", batch_size: int = 8,
                  adapter: str | None = None, merge_adapter: bool = True, latency_mode: str = "amortized",
                  hf_model=None, hf_tokenizer=None, show_progress: bool = True, **_ignored):
         if latency_mode not in LATENCY_MODES:
