@@ -111,8 +111,8 @@ def resolve_dtype(requested: str | None, device: str = "cpu", flags: set[str] | 
                   cuda_bf16: bool | None = None, log: bool = True) -> DtypeChoice:
     """``requested`` (``auto``/``None`` or an explicit dtype name) -> a :class:`DtypeChoice`.
 
-    An explicit ``float32``/``bfloat16``/``float16`` is kept as is (reason ``"explicit setting"``).
-    The choice is logged at INFO once per process and (device, dtype, reason).
+    An explicit ``float32``/``bfloat16``/``float16`` is kept as is (reason ``"explicit setting"``, not
+    logged). An ``auto`` choice is logged at INFO once per process and (device, dtype, reason).
 
     Raises:
         ValueError: an unknown dtype name.
@@ -124,7 +124,7 @@ def resolve_dtype(requested: str | None, device: str = "cpu", flags: set[str] | 
     else:
         raise ValueError(f"dtype must be one of {('auto',) + DTYPE_NAMES}, got {requested!r}")
     key = (device, choice)
-    if log and key not in _logged:
+    if log and choice.requested == "auto" and key not in _logged:
         _logged.add(key)
         logger.info("dtype %s on %s (%s: %s)", choice.dtype, device, choice.requested, choice.reason)
     return choice
