@@ -15,7 +15,7 @@ on an AVX2-only CPU) is reported from that run.
 
 Run in the vLLM venv (vLLM rows are skipped with a note when vLLM is not installed)::
 
-    HF_HUB_OFFLINE=1 TOKENSKIP_CACHE=.cache .venv-vllm/bin/python benchmarks/bench_generation.py \\
+    HF_HUB_OFFLINE=1 .venv-vllm/bin/python benchmarks/bench_generation.py \\
         --n 32 --max-new-tokens 256 --out runs/bench_generation.json
 
 Timings are wall-clock on whatever else the machine is running: on a shared CPU they are noisy;
@@ -29,6 +29,7 @@ import gc
 import importlib.util
 import json
 import time
+from pathlib import Path
 
 DEFAULT_CONFIGS = ("hf:float32:32", "hf:auto:32", "hf:float32:8", "vllm:float32:eager", "vllm:auto:eager",
                    "vllm:auto", "vllm:auto:prefix")
@@ -121,7 +122,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, folder or GGUF file")
-    p.add_argument("--data", default="/work/shared/data/gsm8k/test.jsonl", help="GSM8K JSONL file")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "test.jsonl"),
+                   help="GSM8K JSONL file (default: the copy shipped in data/)")
     p.add_argument("--n", type=int, default=32, help="prompts (first N test questions)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="cap on new tokens per prompt")
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+DEFAULT_DATA = REPO / "data" / "gsm8k" / "train.jsonl"
 DEFAULT_CONFIGS = ("padded:float32:8", "padded:auto:8", "packed:float32:8", "packed:auto:2")
 LAYOUTS = ("padded", "packed")
 DTYPES = ("float32", "auto", "bfloat16")
