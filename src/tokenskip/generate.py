@@ -38,7 +38,7 @@ class GenerationConfig:
     """Settings of a generation/evaluation run.
 
     Defaults follow the paper's reference code where it has one (greedy decoding; max_new_tokens 512
-    for GSM8K and 1024 for MATH), and this project's CPU defaults otherwise (float32, batch 8).
+    for GSM8K and 1024 for MATH), and this project's defaults otherwise (dtype auto, batch 8).
     """
 
     model: str | None = field(default=None, metadata={"help": "target model: alias, .gguf, local folder or Hub id"})
