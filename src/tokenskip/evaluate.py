@@ -119,7 +119,7 @@ def _settings(cfg: EvaluateConfig, method: Method, ratio: float | None, extra: d
     s = {"stage": "evaluate", "method": method.name, "ratio": ratio, "model": cfg.model,
          "adapter": adapter_hash(cfg.adapter) if method.uses_adapter else None,
          "benchmark": bench.name, "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
-         "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+         "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
     if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
         s["stop"] = cfg.stop
     if bench.name == "custom" or cfg.grader:
@@ -139,7 +139,7 @@ def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, pro
             "method_label": method.label, "method_rank": method.rank, "method_style": [method.color, method.marker],
             "ratio_requested": method.ratio_requested, "ratio": ratio, "grader": bench.grader,
             "act_ratio": act, "act_ratio_n": act_n, "act_ratio_original": orig_hash,
-            "model": cfg.model, "adapter": cfg.adapter if method.uses_adapter else None, "dtype": cfg.dtype,
+            "model": cfg.model, "adapter": cfg.adapter if method.uses_adapter else None, **cfg.dtype_record(),
             "backend": cfg.backend, "max_new_tokens": cfg.resolved_max_new_tokens, "latency_mode": cfg.latency_mode,
             "settings": to_dict(cfg) | {"method": method.name}, "ids": [p.id for p in problems],
             **(more(rows) if more else {})}
@@ -238,7 +238,8 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
 
     def key(c):
         return (c.backend, c.model, c.dtype, c.device, c.batch_size, c.latency_mode,
-                c.tensor_parallel_size, c.gpu_memory_utilization, c.threads, tuple(c.stop))
+                c.tensor_parallel_size, c.gpu_memory_utilization, c.threads, tuple(c.stop),
+                c.enforce_eager, c.prefix_caching, c.max_num_seqs, c.kv_cache_space_gb)
 
     engines: dict[tuple, GenerationBackend] = {}
     results = []

@@ -56,7 +56,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
         prompts = [build_prompt(tok, p.question, None, cfg.system_prompt) for p in problems]
         settings = {"stage": "generate", "model": cfg.model, "benchmark": bench.name,
                     "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
-                    "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+                    "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
         if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
             settings["stop"] = cfg.stop
         if bench.name == "custom":  # the field names and grader decide the rows
@@ -65,7 +65,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
             rows = run_rows(problems, prompts, w, backend, bench.grader, cfg.resolved_max_new_tokens)
         return write_metrics(out, rows, {"benchmark": bench.name, "benchmark_label": bench.label,
                                          "method": ORIGINAL, "ratio": None, "grader": bench.grader,
-                                         "model": cfg.model, "dtype": cfg.dtype, "backend": cfg.backend,
+                                         "model": cfg.model, **cfg.dtype_record(), "backend": cfg.backend,
                                          "max_new_tokens": cfg.resolved_max_new_tokens,
                                          "latency_mode": cfg.latency_mode, "settings": to_dict(cfg)})
     finally:

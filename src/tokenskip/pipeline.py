@@ -87,7 +87,7 @@ class Recipe:
     stages: dict = field(default_factory=dict)
     run_dir: str = "runs"
     model: str | None = None
-    threads: int | None = None
+    threads: int | str | None = None  # N or auto (tokenskip.hardware)
     dtype: str | None = None
     device: str | None = None
     seed: int | None = None

@@ -289,6 +289,8 @@ class RunMetrics(Record):
     model: str | None = None
     adapter: str | None = None
     dtype: str | None = None
+    dtype_requested: str | None = None
+    dtype_reason: str | None = None
     backend: str | None = None
     latency_mode: str | None = None
     grader: str | None = None
