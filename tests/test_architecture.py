@@ -50,11 +50,18 @@ def test_no_stage_imports_another_stage(stage):
     assert not tokenskip_imports(stage) & others, f"{stage} imports a stage: {tokenskip_imports(stage) & others}"
 
 
-def test_report_reads_files_only():
-    # + the γ helpers and the error classes those rest on, and the console (what the command prints)
+REPORT_MODULES = ["tokenskip.report"] + [f"tokenskip.report.{p.stem}" for p in sorted((SRC / "tokenskip" / "report").glob("*.py"))
+                                         if p.stem != "__init__"]
+
+
+@pytest.mark.parametrize("module", REPORT_MODULES)
+def test_report_reads_files_only(module):
+    # + the γ helpers and the error classes those rest on, the console (what the command prints) and the
+    # report's own parts (collect / markdown / plots)
     allowed = {"tokenskip.records", "tokenskip.layout", "tokenskip.io", "tokenskip.config", "tokenskip.ratios",
-               "tokenskip.errors", "tokenskip.console"}
-    assert tokenskip_imports("tokenskip.report") <= allowed, tokenskip_imports("tokenskip.report") - allowed
+               "tokenskip.errors", "tokenskip.console", *REPORT_MODULES}
+    assert len(REPORT_MODULES) == 4  # __init__ (runner), collect, markdown, plots
+    assert tokenskip_imports(module) <= allowed, tokenskip_imports(module) - allowed
 
 
 def test_pipeline_imports_no_engine_and_no_stage_by_name():
@@ -66,5 +73,5 @@ def test_pipeline_imports_no_engine_and_no_stage_by_name():
 def test_the_checker_sees_lazy_imports():
     # compress imports the data loader only inside a function: the walk must see such imports, or the
     # tests above prove nothing
-    assert "tokenskip.data" in tokenskip_imports("tokenskip.compress.cli")
+    assert "tokenskip.data" in tokenskip_imports("tokenskip.compress.runner")
     assert "tokenskip.rollout" in tokenskip_imports("tokenskip.generate")

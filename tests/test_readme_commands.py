@@ -64,7 +64,7 @@ def test_documented_protect_and_prefer_forms_run(fragment, tmp_path, monkeypatch
 def test_empty_list_flags():
     import argparse
 
-    from tokenskip.compress.cli import CompressConfig, add_arguments
+    from tokenskip.compress.runner import CompressConfig, add_arguments
     from tokenskip.config import dataclass_from_args
 
     parser = argparse.ArgumentParser()

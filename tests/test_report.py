@@ -285,7 +285,9 @@ def figures(monkeypatch):
 
     matplotlib.use("Agg")
     kept = {}
-    monkeypatch.setattr(rep, "_save", lambda fig, path: kept.__setitem__(Path(path).name, fig))
+    from tokenskip.report import plots
+
+    monkeypatch.setattr(plots, "_save", lambda fig, path: kept.__setitem__(Path(path).name, fig))
     yield kept
     import matplotlib.pyplot as plt
 

@@ -53,7 +53,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("generate", "generate", "tokenskip.generate", "GenerationConfig", "run_generate", "generate",
           "write CoTs of the target model for a split (e.g. GSM8K train)", keeps_rows=True),
-    Stage("compress", "compress", "tokenskip.compress.cli", "CompressConfig", "run_compress", "compress",
+    Stage("compress", "compress", "tokenskip.compress.runner", "CompressConfig", "run_compress", "compress",
           "score token importance and prune CoTs to ratios γ"),
     Stage("build_sft", "build-sft", "tokenskip.sft", "SFTDataConfig", "run_build_sft", "sft",
           "build the γ-mixed SFT data (prompt/completion records)"),

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tokenskip.cli import main
-from tokenskip.compress.cli import CompressConfig, run
+from tokenskip.compress.runner import CompressConfig, run
 from tokenskip.io import read_json, read_jsonl
 from tokenskip.prompts import build_prompt
 
@@ -162,7 +162,7 @@ def test_empty_question_in_predictions_is_rejected(tmp_path):
 
 
 def test_summary_of_no_rows_is_null_not_nan():
-    from tokenskip.compress.cli import summarize
+    from tokenskip.compress.runner import summarize
 
     s = summarize({0.5: []})["0.5"]
     assert s["n"] == 0 and s["mean_achieved_ratio"] is None and s["p95_abs_error"] is None

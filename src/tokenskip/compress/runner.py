@@ -1,4 +1,7 @@
-"""``tokenskip compress``: prune CoTs to ratios γ and write one row file per γ.
+"""Stage runner of ``tokenskip compress``: prune CoTs to ratios γ and write one row file per γ.
+
+The pure core (scoring, pruning) is :mod:`tokenskip.compress` (``compress``, ``compress_batch``); this module
+reads the CoTs, writes the run folder and holds the command's settings.
 
 Inputs: generate's ``predictions.jsonl`` (correct rows with ``cot_tokens`` ≤ ``max_cot_tokens``, paper
 step 2) or, with ``--cot-source gold``, a dataset's reference solutions.
