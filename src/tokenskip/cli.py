@@ -15,6 +15,9 @@ import sys
 
 #: subcommand -> (module, one-line help). Order = the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "lab-data": ("tokenskip.lab_data", "write the CPU lab's seeded train/validation/test problems (reasoning-gym)"),
+    "warmup": ("tokenskip.warmup", "fine-tune the base model on the lab's worked solutions (LoRA)"),
+    "merge": ("tokenskip.merge", "merge a LoRA adapter into its base model (full model folder)"),
     "generate": ("tokenskip.generate", "write CoTs of the target model for a split (e.g. GSM8K train)"),
     "evaluate": ("tokenskip.evaluate", "evaluate a method (original/prompt/truncation/tokenskip) on a test split"),
     "compress": ("tokenskip.compress.cli", "score token importance and prune CoTs to ratios γ"),
