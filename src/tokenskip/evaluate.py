@@ -10,10 +10,15 @@ Methods (paper §5 baselines, REFERENCE.md):
   decode at most ``answer_max_tokens`` more tokens; the answer is extracted from that. Needs the
   ``original`` run of the same questions (run first automatically when missing).
 * ``tokenskip``  — the LoRA adapter trained on γ-compressed CoTs, prompted with γ's marker.
+* ``nocot``      — control without any CoT: the base model's turn is opened with
+  ``The final answer is: $\\boxed{`` and at most ``answer_max_tokens`` tokens are decoded (the
+  truncation baseline at a cap of 0 tokens), so CoT tokens are 0 and the accuracy says how much of
+  the task the model solves without reasoning.
 
 Layout under ``--out``::
 
     <benchmark>/original/{predictions.jsonl,metrics.json}
+    <benchmark>/nocot/{predictions.jsonl,metrics.json}
     <benchmark>/<method>/ratio-<γ>/{predictions.jsonl,metrics.json}
 
 ``act_ratio`` = avg CoT tokens ÷ avg CoT tokens of ``original`` on the same question ids (paper's
@@ -40,7 +45,7 @@ from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, INSTRUCTION, build_prom
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("original", "prompt", "truncation", "tokenskip")
+METHODS = ("original", "prompt", "truncation", "tokenskip", "nocot")
 #: The paper's γ grid (REFERENCE.md step 3).
 PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
 #: Text appended to a truncated CoT to force an answer (the SFT targets' answer line, opened).
@@ -60,7 +65,7 @@ class EvaluateConfig(GenerationConfig):
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (method tokenskip)"})
     merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF backend; same outputs, faster)"})
     marker_delimiter: str = field(default=DEFAULT_MARKER_DELIMITER, metadata={"help": "delimiter of the γ marker (must match training)"})
-    answer_max_tokens: int = field(default=24, metadata={"help": "truncation: tokens allowed for the forced answer"})
+    answer_max_tokens: int = field(default=24, metadata={"help": "truncation, nocot: tokens allowed for the forced answer"})
 
     def validate(self) -> None:
         super().validate()
@@ -75,7 +80,7 @@ class EvaluateConfig(GenerationConfig):
 
     @property
     def resolved_ratios(self) -> list[float]:
-        if self.method == "original":
+        if self.method in ("original", "nocot"):
             return []
         if self.ratios:
             return list(self.ratios)
@@ -85,7 +90,7 @@ class EvaluateConfig(GenerationConfig):
 def run_dir(out: str | Path, benchmark: str, method: str, ratio: float | None = None) -> Path:
     """Folder of one (benchmark, method, γ) run under ``out``."""
     base = Path(out) / benchmark / method
-    return base if method == "original" else base / f"ratio-{format_ratio(ratio)}"
+    return base if method in ("original", "nocot") else base / f"ratio-{format_ratio(ratio)}"
 
 
 class TruncatingBackend:
@@ -112,6 +117,23 @@ class TruncatingBackend:
                                       list(g.token_ids)))
             else:
                 out.append(g)
+        return out
+
+
+class ForcedAnswerBackend:
+    """Wraps a backend for the ``nocot`` control: prompts end with the opened answer line, which is put
+    back in front of each generated text (and the ``}`` closed when missing) so grading reads it as usual."""
+
+    def __init__(self, inner: GenerationBackend, opener: str):
+        self.inner, self.opener = inner, opener
+        self.tokenizer, self.batch_size, self.name = inner.tokenizer, inner.batch_size, inner.name
+        self.count_tokens = inner.count_tokens
+
+    def generate(self, prompts: Sequence[str], max_new_tokens, adapter=None) -> list[Generation]:
+        out = []
+        for g in self.inner.generate(prompts, max_new_tokens):
+            text = self.opener + g.text + ("" if "}" in g.text else "}")
+            out.append(Generation(text, g.num_tokens, g.latency_s, g.finish_reason, list(g.token_ids)))
         return out
 
 
@@ -160,7 +182,7 @@ def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = Non
          "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
     if cfg.method == "tokenskip":
         s["marker_delimiter"] = cfg.marker_delimiter
-    if cfg.method == "truncation":
+    if cfg.method in ("truncation", "nocot"):
         s["answer_max_tokens"] = cfg.answer_max_tokens
     return {**s, **(extra or {})}
 
@@ -220,6 +242,12 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
                     return row
 
                 results.append(_run_one(cfg, problems, prompts, b, r, caps, hook, {"original": orig_fp}))
+        elif cfg.method == "nocot":
+            b = base_backend()
+            opener = FORCE_ANSWER.lstrip()
+            prompts = [build_prompt(b.tokenizer, p.question, None, cfg.system_prompt) + opener for p in problems]
+            results.append(_run_one(cfg, problems, prompts, ForcedAnswerBackend(b, opener), None,
+                                    cfg.answer_max_tokens))
         elif cfg.method == "tokenskip":
             if backend is not None and getattr(backend, "lora", False):
                 tb = backend   # a vLLM engine started with LoRA serves the adapter per request
