@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-sft": ("tokenskip.sft", "build the γ-mixed SFT data (prompt/completion records)"),
     "train": ("tokenskip.train", "LoRA fine-tune the target model on the SFT data"),
     "run": ("tokenskip.pipeline", "run a whole recipe (YAML), resumably"),
+    "gamma-check": ("tokenskip.gamma_check", "does an adapter prefer the γ-compressed CoT when asked for γ? (losses)"),
     "report": ("tokenskip.report", "write report.md/report.json and plots for a run folder"),
 }
 
