@@ -44,6 +44,9 @@ class WarmupConfig(TrainConfig):
     lr 1e-3 and 1 epoch (the lab probe's warm-up, which took the 135M model from 0 % to 44 %).
     """
 
+    data: str = field(default="", metadata={"help": "folder written by 'tokenskip lab-data' (train.jsonl, "
+                                                    "validation.jsonl)"})
+    out: str = field(default="", metadata={"help": "output folder (sft/ rows, adapter/ as 'tokenskip train')"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (lab probe: 1e-3)"})
     epochs: float = field(default=1.0, metadata={"help": "training epochs (lab probe: 1)"})
     limit: int | None = field(default=None, metadata={"help": "use at most this many train questions"})
