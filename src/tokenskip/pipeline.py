@@ -222,6 +222,8 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
     def single(stage: str, folder: Path, defaults: dict, inputs: Callable[[dict], dict],
                adjust: Callable[[dict], None] | None = None) -> None:
         """A stage with one config: recipe section + inherited keys + wired paths -> plan."""
+        if stage in LAB_STAGES and stage not in recipe["stages"]:
+            return   # recipes outside the CPU lab are planned as if the lab stages did not exist
         if not _enabled(recipe, stage):
             add(StagePlan(stage, False))
             return
@@ -429,8 +431,6 @@ def run_pipeline(recipe: dict, stages: list[str] | None = None, dry_run: bool = 
             raise RecipeError(f"--stages: unknown {sorted(bad)}; valid: {list(STAGES)}")
     echo(f"run folder: {run}")
     for p in plans:
-        if p.name in LAB_STAGES and p.name not in recipe["stages"]:
-            continue   # recipes outside the CPU lab need not hear of its stages
         selected = p.enabled and (not stages or p.name in stages)
         action = ("skip (disabled)" if not p.enabled else "skip (not selected)" if not selected else
                   "skip (done, unchanged)" if p.status == "done" else
