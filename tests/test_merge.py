@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenskip.merge import MergeConfig, find_adapter, merge
+from tokenskip.merge import MergeConfig, find_adapter, run_merge
 
 
 @pytest.fixture()
@@ -37,7 +37,7 @@ def test_merged_logits_equal_adapter_logits(tmp_path, tiny_model_dir, adapter_di
 
     from tokenskip.models import load_model
 
-    out = merge(MergeConfig(model=tiny_model_dir, adapter=str(adapter_dir.parent), out=str(tmp_path / "merged")))
+    out = run_merge(MergeConfig(model=tiny_model_dir, adapter=str(adapter_dir.parent), out=str(tmp_path / "merged")))
     assert out == tmp_path / "merged"
     assert (out / "config.json").exists() and (out / "generation_config.json").exists()
     assert not (out / "adapter_config.json").exists()
@@ -57,7 +57,7 @@ def test_merge_replaces_an_existing_folder(tmp_path, tiny_model_dir, adapter_dir
     out = tmp_path / "merged"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    merge(MergeConfig(model=tiny_model_dir, adapter=str(adapter_dir), out=str(out)))
+    run_merge(MergeConfig(model=tiny_model_dir, adapter=str(adapter_dir), out=str(out)))
     assert not (out / "stale.txt").exists() and (out / "config.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged.")]   # no temp folder left
 

@@ -68,7 +68,7 @@ def find_adapter(folder: str | Path) -> Path:
     return found[0]
 
 
-def merge(cfg: MergeConfig) -> Path:
+def run_merge(cfg: MergeConfig) -> Path:
     """Merge ``cfg.adapter`` into ``cfg.model`` and save the full model folder at ``cfg.out``.
 
     Returns:
@@ -104,6 +104,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    out = merge(dataclass_from_args(MergeConfig, args))
+    out = run_merge(dataclass_from_args(MergeConfig, args))
     print(f"merged model: {out}")
     return 0

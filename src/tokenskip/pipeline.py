@@ -384,8 +384,8 @@ def _execute(p: StagePlan, run: Path) -> None:
         from tokenskip.warmup import run_warmup
         run_warmup(p.configs[0])
     elif p.name == "merge":
-        from tokenskip.merge import merge
-        merge(p.configs[0])
+        from tokenskip.merge import run_merge
+        run_merge(p.configs[0])
     elif p.name == "generate":
         from tokenskip.generate import print_metrics, run_generate
         print_metrics(run_generate(p.configs[0]), "[generate] ")
