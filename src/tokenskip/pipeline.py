@@ -2,9 +2,9 @@
 
 Stages, in order: ``generate → compress → build_sft → train → evaluate → report``, preceded in the CPU
 lab's recipes by ``lab_data → warmup → merge`` (problems, a warm-up fine-tune on their worked
-solutions, and the merged target model). Each writes into ``<run_dir>/<name>/<stage>/``; ``manifest.json`` beside them records, per stage, the resolved
-settings, a fingerprint of settings + inputs (data file hashes, upstream fingerprints), timings and
-status.
+solutions, and the merged target model). Each writes into ``<run_dir>/<name>/<stage>/``;
+``manifest.json`` beside them records, per stage, the resolved settings, a fingerprint of settings +
+inputs (data file hashes, upstream fingerprints), timings and status.
 
 * A stage whose fingerprint is unchanged and whose status is ``done`` is skipped.
 * A changed stage reruns, and so does everything downstream, because downstream fingerprints
