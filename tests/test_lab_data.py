@@ -139,3 +139,19 @@ def test_cli_writes_the_splits(tmp_path):
     assert len(read_jsonl(tmp_path / "d" / "test.jsonl")) == 3
     assert {r["task"] for r in read_jsonl(tmp_path / "d" / "train.jsonl")} == {"chain_sum"}
     assert main(["lab-data", "--out", str(tmp_path / "e"), "--tasks", "poetry"]) == 2
+
+
+def test_redundancy_drops_only_the_optional_sentences():
+    full = leg_counting_solution({"crab": 2, "duck": 3}, ANIMALS, random.Random(0))
+    bare = leg_counting_solution({"crab": 2, "duck": 3}, ANIMALS, random.Random(0), redundancy=0.0)
+    assert len(full.splitlines()) == 5 and len(bare.splitlines()) == 3
+    assert [e[1:] for e in equations(bare)] == [(20, 20), (6, 6), (26, 26)]
+    assert "2 x 10 = 20" in bare.splitlines()[0] and bare.splitlines()[-1].endswith(("26 legs in total.", "= 26.",
+                                                                                    "26 legs."))
+    steps = chain_sum_solution("4 - 1 - 7", random.Random(0), 0.0).splitlines()
+    assert len(steps) == 2 and "4 - 1 = 3" in steps[0] and "3 - 7 = -4" in steps[1]
+    half = make_splits(cfg(redundancy=0.5, train=60))["train"]
+    lines = [len(r["answer"].rsplit("\n#### ", 1)[0].splitlines()) - len(r["meta"]["animals"]) for r in half]
+    assert set(lines) == {1, 2, 3}       # sum line always, plus 0, 1 or 2 optional sentences
+    with pytest.raises(ValueError, match="--redundancy"):
+        cfg(redundancy=1.5).validate()

@@ -65,6 +65,9 @@ class LabDataConfig:
     min_terms: int = field(default=3, metadata={"help": "chain_sum: fewest terms (3 terms = 2 steps)"})
     max_terms: int = field(default=4, metadata={"help": "chain_sum: most terms"})
     max_digits: int = field(default=2, metadata={"help": "chain_sum: most digits per term"})
+    redundancy: float = field(default=1.0, metadata={
+        "help": "probability of each sentence a solution does not need (the opening plan, the closing "
+                "restatement): 1 = always (longer CoTs, more to compress), 0 = never (shorter, faster)"})
 
     def validate(self) -> None:
         if not self.out:
@@ -82,6 +85,8 @@ class LabDataConfig:
             raise ValueError(f"lab-data: need 2 <= --min-terms <= --max-terms, got {self.min_terms}, {self.max_terms}")
         if self.max_instances < 1 or self.max_digits < 1:
             raise ValueError("lab-data: --max-instances and --max-digits must be >= 1")
+        if not 0.0 <= self.redundancy <= 1.0:
+            raise ValueError(f"lab-data: --redundancy must be in [0, 1], got {self.redundancy}")
 
 
 # ---------------------------------------------------------------- solutions (pure)
@@ -95,13 +100,20 @@ def _a(name: str) -> str:
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 
-def leg_counting_solution(animals: dict[str, int], legs: dict[str, int], rng: random.Random) -> str:
+def _optional(rng: random.Random, redundancy: float) -> bool:
+    # no draw at 1.0, so the phrasing of the other sentences does not depend on whether the knob exists
+    return redundancy >= 1.0 or rng.random() < redundancy
+
+
+def leg_counting_solution(animals: dict[str, int], legs: dict[str, int], rng: random.Random,
+                          redundancy: float = 1.0) -> str:
     """A worked solution: one ``count x legs = product`` line per kind of animal, then the sum.
 
     Args:
         animals: kind -> how many (the generator's ``metadata["animals"]``, in question order).
         legs: kind -> legs of one animal (reasoning-gym's ``ANIMALS`` table).
         rng: picks the phrasing of each sentence.
+        redundancy: probability of the opening and the closing sentence (the steps are always there).
     Returns:
         Text whose last sentence states the total; every ``a x b = c`` and the final sum hold exactly.
     """
@@ -110,7 +122,7 @@ def leg_counting_solution(animals: dict[str, int], legs: dict[str, int], rng: ra
         "To find the total, work out the legs for each type of animal first, then add everything together.",
         "Let's go through the animals one kind at a time.",
         "Each kind of animal has its own number of legs, so count them group by group.",
-    ])]
+    ])] if _optional(rng, redundancy) else []
     products = []
     for name, count in animals.items():
         n, total = legs[name], count * legs[name]
@@ -140,12 +152,13 @@ def leg_counting_solution(animals: dict[str, int], legs: dict[str, int], rng: ra
         lines.append(rng.choice([f"Adding them up gives {terms} = {total} legs in total.",
                                  f"Now add all the legs together: {terms} = {total}.",
                                  f"The total is {terms} = {total} legs."]))
-    lines.append(rng.choice([f"So there are {total} legs in total.", f"Therefore, the animals have {total} legs.",
-                             f"So the answer is {total} legs."]))
+    if _optional(rng, redundancy):
+        lines.append(rng.choice([f"So there are {total} legs in total.", f"Therefore, the animals have {total} legs.",
+                                 f"So the answer is {total} legs."]))
     return "\n".join(lines)
 
 
-def chain_sum_solution(expression: str, rng: random.Random) -> str:
+def chain_sum_solution(expression: str, rng: random.Random, redundancy: float = 1.0) -> str:
     """A worked solution of ``a ± b ± c ...``: one ``x ± y = z`` line per operator, left to right.
 
     Raises:
@@ -157,7 +170,8 @@ def chain_sum_solution(expression: str, rng: random.Random) -> str:
     nums = [int(t) for t in tokens[0::2]]
     lines = [rng.choice([f"We work from left to right, starting with {nums[0]}.",
                          f"Let's compute {expression} one operation at a time.",
-                         f"Start with the first number, {nums[0]}, and apply each operation in order."])]
+                         f"Start with the first number, {nums[0]}, and apply each operation in order."])
+             ] if _optional(rng, redundancy) else []
     running = nums[0]
     for op, n in zip(tokens[1::2], nums[1:]):
         new = running + n if op == "+" else running - n
@@ -166,8 +180,9 @@ def chain_sum_solution(expression: str, rng: random.Random) -> str:
                                  f"Next, {verb} {n}: {running} {op} {n} = {new}.",
                                  f"Then {running} {op} {n} = {new}, after {verb} {n}."]))
         running = new
-    lines.append(rng.choice([f"So the result is {running}.", f"Therefore, {expression} = {running}.",
-                             f"The final value is {running}."]))
+    if _optional(rng, redundancy):
+        lines.append(rng.choice([f"So the result is {running}.", f"Therefore, {expression} = {running}.",
+                                 f"The final value is {running}."]))
     return "\n".join(lines)
 
 
@@ -180,13 +195,13 @@ class LabTask:
     name: str
     params: Callable[[LabDataConfig], dict]
     key: Callable[[dict], tuple]                       # item -> identity of the question
-    solution: Callable[[dict, random.Random], str]     # item -> worked solution
+    solution: Callable[[dict, random.Random, float], str]     # (item, rng, redundancy) -> worked solution
 
 
-def _leg_solution(item: dict, rng: random.Random) -> str:
+def _leg_solution(item: dict, rng: random.Random, redundancy: float) -> str:
     from reasoning_gym.arithmetic.leg_counting import ANIMALS
 
-    return leg_counting_solution(item["metadata"]["animals"], ANIMALS, rng)
+    return leg_counting_solution(item["metadata"]["animals"], ANIMALS, rng, redundancy)
 
 
 TASKS: dict[str, LabTask] = {
@@ -199,7 +214,7 @@ TASKS: dict[str, LabTask] = {
         "chain_sum",
         lambda c: {"min_terms": c.min_terms, "max_terms": c.max_terms, "min_digits": 1, "max_digits": c.max_digits},
         lambda item: (item["metadata"]["expression"],),
-        lambda item, rng: chain_sum_solution(item["metadata"]["expression"], rng)),
+        lambda item, rng, redundancy: chain_sum_solution(item["metadata"]["expression"], rng, redundancy)),
 }
 
 
@@ -251,7 +266,7 @@ def make_splits(cfg: LabDataConfig) -> dict[str, list[dict]]:
 
 def _row(cfg: LabDataConfig, split: str, index: int, task: str, item: dict) -> dict:
     rid = f"lab/{split}/{index}"
-    solution = TASKS[task].solution(item, random.Random(f"{cfg.seed}:{rid}"))
+    solution = TASKS[task].solution(item, random.Random(f"{cfg.seed}:{rid}"), cfg.redundancy)
     meta = {k: v for k, v in item["metadata"].items() if k != "difficulty"}
     return {"id": rid, "question": item["question"].strip(), "answer": f"{solution}\n#### {item['answer']}",
             "task": task, "meta": meta}
