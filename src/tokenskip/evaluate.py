@@ -1,6 +1,6 @@
 """Stage *evaluate*: accuracy, CoT tokens, ActRatio and latency of a method on a test split.
 
-Methods (paper §5 baselines, REFERENCE.md):
+Methods (paper §5 baselines, docs/method.md):
 
 * ``original``   — the base model as is.
 * ``prompt``     — the base model told in the instruction to cut its reasoning words by (1 − γ).
@@ -36,6 +36,7 @@ from typing import Sequence
 
 from tokenskip.backends import Generation, GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.console import say
 from tokenskip.data import load_problems
 from tokenskip.generate import GenerationConfig, data_identity, print_metrics, run_rows, write_metrics
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl, read_json, write_json_atomic
@@ -46,7 +47,7 @@ from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, INSTRUCTION, build_prom
 logger = logging.getLogger(__name__)
 
 METHODS = ("original", "prompt", "truncation", "tokenskip", "nocot")
-#: The paper's γ grid (REFERENCE.md step 3).
+#: The paper's γ grid (docs/method.md step 3).
 PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
 #: Text appended to a truncated CoT to force an answer (the SFT targets' answer line, opened).
 FORCE_ANSWER = "\n\nThe final answer is: $\\boxed{"
@@ -145,7 +146,7 @@ def refresh_act_ratios(out: str | Path, benchmark: str) -> None:
     """(Re)compute ``act_ratio`` in every metrics.json under ``out/benchmark`` against its original run.
 
     ActRatio = mean CoT tokens of the run ÷ mean CoT tokens of ``original`` over the ids both have
-    (paper's definition; REFERENCE.md step 7). Left ``null`` when there is no original run.
+    (paper's definition; docs/method.md step 7). Left ``null`` when there is no original run.
     """
     root = Path(out) / benchmark
     orig = _read_rows(root / "original" / "predictions.jsonl")
@@ -190,7 +191,8 @@ def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = Non
 def _metrics_extra(cfg: EvaluateConfig, method: str, ratio: float | None, problems) -> dict:
     return {"benchmark": cfg.benchmark, "method": method, "ratio": ratio, "model": cfg.model,
             "adapter": cfg.adapter if method == "tokenskip" else None, "dtype": cfg.dtype, "backend": cfg.backend,
-            "latency_mode": cfg.latency_mode, "settings": to_dict(cfg) | {"method": method},
+            "max_new_tokens": cfg.resolved_max_new_tokens, "latency_mode": cfg.latency_mode,
+            "settings": to_dict(cfg) | {"method": method},
             "ids": [p.id for p in problems]}
 
 
@@ -278,7 +280,8 @@ def _run_original(cfg: EvaluateConfig, problems, base_backend) -> dict:
     b = base_backend()
     prompts = [build_prompt(b.tokenizer, p.question, None, cfg.system_prompt) for p in problems]
     with ResumableJsonl(d / "predictions.jsonl", settings) as w:
-        rows = run_rows(problems, prompts, w, b, cfg.benchmark, cfg.resolved_max_new_tokens)
+        rows = run_rows(problems, prompts, w, b, cfg.benchmark, cfg.resolved_max_new_tokens,
+                        desc=f"{cfg.benchmark} original")
     m = write_metrics(d, rows, _metrics_extra(cfg, "original", None, problems))
     return m | {"_dir": str(d)}
 
@@ -286,7 +289,8 @@ def _run_original(cfg: EvaluateConfig, problems, base_backend) -> dict:
 def _run_one(cfg, problems, prompts, backend, ratio, caps, hook=None, extra_settings=None, adapter=None) -> dict:
     d = run_dir(cfg.out, cfg.benchmark, cfg.method, ratio)
     with ResumableJsonl(d / "predictions.jsonl", _settings(cfg, ratio, extra_settings)) as w:
-        rows = run_rows(problems, prompts, w, backend, cfg.benchmark, caps, adapter=adapter, row_hook=hook)
+        rows = run_rows(problems, prompts, w, backend, cfg.benchmark, caps, adapter=adapter, row_hook=hook,
+                        desc=f"{cfg.benchmark} {cfg.method} γ={format_ratio(ratio)}")
     m = write_metrics(d, rows, _metrics_extra(cfg, cfg.method, ratio, problems))
     return m | {"_dir": str(d)}
 
@@ -300,5 +304,5 @@ def run_cli(args) -> int:
     for m in run_evaluate(cfg):
         label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
         print_metrics(m, f"[{m['benchmark']}] {label}: ")
-        print(f"    -> {m['_dir']}")
+        say(f"    -> {m['_dir']}")
     return 0

@@ -4,7 +4,7 @@ A cheap test of γ conditioning, run before (or instead of) a full evaluation: f
 folder, the teacher-forced loss of the compressed and of the full version of each CoT is measured
 under the prompt with the γ marker and under the prompt without it. An adapter that follows γ gives
 the compressed CoT the lower loss under the γ prompt and the full one under the plain prompt; the
-lab probe's adapter (``../shared/LAB-PROBE.md``) learned the compressed style but its marker barely
+lab probe's adapter (README "TokenSkip on this CPU (lab)") learned the compressed style but its marker barely
 moved the choice, and greedy decoding then wrote the full CoT at every γ.
 
 Loss = mean negative log-likelihood per completion token, in nats (completion = CoT + the answer line

@@ -28,7 +28,7 @@ from tokenskip.models import DTYPES, configure_threads
 
 logger = logging.getLogger(__name__)
 
-#: Paper defaults for max_new_tokens (REFERENCE.md step 1).
+#: Paper defaults for max_new_tokens (docs/method.md step 1).
 DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 512, "math": 1024}
 
 
@@ -84,7 +84,7 @@ def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: 
     """One predictions row from a problem and its generation.
 
     CoT tokens are counted in the target model's tokenizer on the text before "The final answer is"
-    (the whole output when absent), as in the paper's evaluation (REFERENCE.md step 7).
+    (the whole output when absent), as in the paper's evaluation (docs/method.md step 7).
     """
     from tokenskip.grading import grade
 
@@ -130,7 +130,8 @@ def summarize(rows: Sequence[dict]) -> dict:
 
 def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: ResumableJsonl, backend: GenerationBackend,
              benchmark: str, max_new_tokens: int | Sequence[int], adapter: str | None = None,
-             row_hook: Callable[[Problem, dict], dict] | None = None, chunk: int | None = None) -> list[dict]:
+             row_hook: Callable[[Problem, dict], dict] | None = None, chunk: int | None = None,
+             desc: str = "generate") -> list[dict]:
     """Generate the problems not yet in ``writer`` and append their rows as each chunk finishes.
 
     Pending prompts are sorted by length (less padding) and sent ``chunk`` at a time (default: the
@@ -145,9 +146,9 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
     todo.sort(key=lambda i: len(prompts[i]))
     # vLLM batches continuously: hand it big chunks; HF: a few batches, so a kill loses little
     chunk = chunk or (256 if getattr(backend, "name", "") == "vllm" else max(1, getattr(backend, "batch_size", 8) * 4))
-    from tqdm.auto import tqdm
+    from tokenskip.console import progress
 
-    with tqdm(total=len(todo), desc="generate", unit="sample", disable=len(todo) < 2) as bar:
+    with progress(len(todo), desc) as bar:  # the step's only bar: backends draw none
         for s in range(0, len(todo), chunk):
             idx = todo[s:s + chunk]
             gens = backend.generate([prompts[i] for i in idx], [caps[i] for i in idx], adapter=adapter)
@@ -201,6 +202,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
             rows = run_rows(problems, prompts, w, backend, cfg.benchmark, cfg.resolved_max_new_tokens)
         return write_metrics(out, rows, {"benchmark": cfg.benchmark, "method": "original", "ratio": None,
                                          "model": cfg.model, "dtype": cfg.dtype, "backend": cfg.backend,
+                                         "max_new_tokens": cfg.resolved_max_new_tokens,
                                          "latency_mode": cfg.latency_mode, "settings": to_dict(cfg)})
     finally:
         if own:
@@ -212,7 +214,9 @@ def print_metrics(m: dict, title: str = "") -> None:
     cot = "—" if m.get("avg_cot_tokens") is None else f"{m['avg_cot_tokens']:.1f}"
     act = m.get("act_ratio")
     lat = m.get("sample_latency_s")
-    print(f"{title}n={m['n']} accuracy={acc} avg_cot_tokens={cot}"
+    from tokenskip.console import say
+
+    say(f"{title}n={m['n']} accuracy={acc} avg_cot_tokens={cot}"
           + (f" act_ratio={act:.3f}" if act is not None else "")
           + (f" latency={lat:.2f}s/sample ({m.get('latency_mode', 'amortized')})" if lat is not None else "")
           + (f" tokens/s={m['tokens_per_s']:.1f}" if m.get("tokens_per_s") else ""))
@@ -226,7 +230,9 @@ def run_cli(args) -> int:
     cfg = dataclass_from_args(GenerationConfig, args)
     m = run_generate(cfg)
     print_metrics(m)
-    print(f"wrote {Path(cfg.out) / 'predictions.jsonl'} and metrics.json")
+    from tokenskip.console import say
+
+    say(f"wrote {Path(cfg.out) / 'predictions.jsonl'} and metrics.json")
     return 0
 
 

@@ -50,7 +50,7 @@ REASONING_GYM_VERSION = "0.1.25"           # the pinned version of the `lab` ext
 
 @dataclass
 class LabDataConfig:
-    """Settings of ``tokenskip lab-data``. Defaults: the task of the lab probe (``../shared/LAB-PROBE.md``)."""
+    """Settings of ``tokenskip lab-data``. Defaults: the task of the lab probe (README "TokenSkip on this CPU (lab)")."""
 
     out: str = field(default="", metadata={"help": "output folder (train/validation/test.jsonl, summary.json)"})
     tasks: list[str] = field(default_factory=lambda: ["leg_counting"], metadata={

@@ -32,8 +32,16 @@ class ModelRef:
 
 
 def cache_dir() -> Path:
-    """The tokenskip cache folder (``$TOKENSKIP_CACHE`` or ``~/.cache/tokenskip``)."""
-    return Path(os.environ.get("TOKENSKIP_CACHE", Path.home() / ".cache" / "tokenskip"))
+    """The tokenskip cache folder: ``$TOKENSKIP_CACHE``, else ``$XDG_CACHE_HOME/tokenskip``, else
+    ``~/.cache/tokenskip``.
+
+    One folder per user, shared by direct CLI runs, ``make`` and the tests (none of them sets another),
+    so the packaged model is converted once per machine (~517 MB for SmolLM2-135M in float32).
+    """
+    if os.environ.get("TOKENSKIP_CACHE"):
+        return Path(os.environ["TOKENSKIP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tokenskip"
 
 
 def resolve_model(name: str) -> ModelRef:
@@ -139,6 +147,20 @@ def load_tokenizer(name: str, padding_side: str = "left"):
     return tok
 
 
+def load_weights(auto_cls, path: str, **kwargs):
+    """``auto_cls.from_pretrained(path, **kwargs)`` without transformers' "Loading weights" bar when
+    ``path`` is a local folder (seconds; the surrounding stage has its own bar). A Hub download keeps its bar."""
+    from transformers.utils import logging as hf_logging
+
+    if not Path(path).is_dir() or not hf_logging.is_progress_bar_enabled():
+        return auto_cls.from_pretrained(path, **kwargs)
+    hf_logging.disable_progress_bar()
+    try:
+        return auto_cls.from_pretrained(path, **kwargs)
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def load_model(name: str, dtype: str = "float32", device: str = "cpu", adapter: str | None = None,
                merge_adapter: bool = False):
     """Load ``(model, tokenizer)`` for inference, in eval mode.
@@ -153,7 +175,7 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", adapter: 
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(name)
-    model = AutoModelForCausalLM.from_pretrained(materialize(name), dtype=torch_dtype(dtype))
+    model = load_weights(AutoModelForCausalLM, materialize(name), dtype=torch_dtype(dtype))
     if adapter:
         from peft import PeftModel
 

@@ -1,14 +1,14 @@
 """Model inputs, always built through the tokenizer's own chat template.
 
 User turn = instruction + newline + question (+ the compression-ratio marker when γ < 1), as in the
-paper's reference code (``../shared/REFERENCE.md`` step 1 and 4).
+paper's reference code (``docs/method.md`` step 1 and 4).
 """
 
 from __future__ import annotations
 
 import math
 
-#: The paper's user instruction (reference code, step 1 of REFERENCE.md).
+#: The paper's user instruction (reference code, step 1 of docs/method.md).
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 #: Delimiter around γ in the ratio marker; the paper uses the same literal for every model family.

@@ -1,6 +1,6 @@
 """LoRA fine-tuning of the target model on the γ-mixed SFT data (paper step 5), with peft + trl's SFTTrainer.
 
-Defaults are the paper's (REFERENCE.md step 5): LoRA rank 8, alpha 16 on all linear layers, lr 5e-5,
+Defaults are the paper's (docs/method.md step 5): LoRA rank 8, alpha 16 on all linear layers, lr 5e-5,
 3 epochs, cosine schedule, warmup 10 %, effective batch 8, cutoff 2048 tokens, loss on the response
 (completion) only. LoRA dropout 0.05 (the paper does not state it). CPU-friendly defaults: float32
 weights and no bf16 unless ``--bf16`` (on CPU that is bf16 autocast: it pays off only on CPUs with
@@ -40,7 +40,6 @@ processes, accumulation derived unless ``--grad-accum`` is given)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -63,7 +62,7 @@ RESUMABLE_CHANGES = ("max_steps", "epochs", "save_steps", "save_total_limit", "l
 
 @dataclass
 class TrainConfig:
-    """Settings of ``tokenskip train``. Defaults: the paper's (REFERENCE.md step 5) except where noted."""
+    """Settings of ``tokenskip train``. Defaults: the paper's (docs/method.md step 5) except where noted."""
 
     model: str = field(default="smollm2-135m-instruct",
                        metadata={"help": "base model: alias, .gguf, local folder or Hub id"})
@@ -273,21 +272,35 @@ def build_trainer(model, tokenizer, train_rows: list[dict], cfg: TrainConfig, ou
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model, "peft_config", None) is None:
         model = get_peft_model(model, lora_config(cfg))
+    from transformers.trainer_callback import PrinterCallback
+
+    from tokenskip.console import trainer_callback
+
     args = sft_args(cfg, output_dir, world_size())
     train_ds = tokenize_rows(tokenizer, train_rows)
     eval_ds = tokenize_rows(tokenizer, eval_rows) if eval_rows else None
-    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, callbacks=callbacks)
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # trl's label/truncation passes take well under a second: no bars
+    try:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tokenizer, callbacks=[*(callbacks or []), trainer_callback()])
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; trainer_callback prints one line per log
+    return trainer
 
 
 def load_for_training(cfg: TrainConfig):
     """``(model, tokenizer)`` of ``cfg.model`` for training (weights in ``cfg.dtype``, not yet LoRA-wrapped)."""
     from transformers import AutoModelForCausalLM
 
-    from tokenskip.models import load_tokenizer, materialize, torch_dtype
+    from tokenskip.models import load_tokenizer, load_weights, materialize, torch_dtype
 
     tok = load_tokenizer(cfg.model, padding_side="right")
-    model = AutoModelForCausalLM.from_pretrained(materialize(cfg.model), dtype=torch_dtype(cfg.dtype))
+    model = load_weights(AutoModelForCausalLM, materialize(cfg.model), dtype=torch_dtype(cfg.dtype))
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
     return model, tok
@@ -453,7 +466,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(parser, TrainConfig)
 
 
+def summary_line(metrics: dict) -> str:
+    """``trained 25 steps in 7m30s: loss 1.3812, eval loss 1.2950, 92 tokens/s, 4.9M of 139M parameters (0.35%)``."""
+    from tokenskip.console import duration
+
+    parts = [f"loss {metrics['train_loss']:.4f}" if metrics.get("train_loss") is not None else None,
+             f"eval loss {metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else None,
+             f"{metrics['tokens_per_s']:.0f} tokens/s" if metrics.get("tokens_per_s") else None]
+    if metrics.get("trainable_params") and metrics.get("total_params"):
+        parts.append(f"{metrics['trainable_params'] / 1e6:.1f}M of {metrics['total_params'] / 1e6:.0f}M parameters "
+                     f"({100 * metrics['trainable_share']:.2f}%)")
+    took = f" in {duration(metrics['train_runtime_s'])}" if metrics.get("train_runtime_s") is not None else ""
+    return f"trained {metrics.get('global_step')} steps{took}: " + ", ".join(p for p in parts if p)
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    metrics = train(dataclass_from_args(TrainConfig, args))
-    print(json.dumps({k: metrics.get(k) for k in ("global_step", "train_loss", "eval_loss", "tokens_per_s")}))
+    from tokenskip.console import say
+
+    cfg = dataclass_from_args(TrainConfig, args)
+    metrics = train(cfg)
+    say(summary_line(metrics))
+    say(f"adapter: {cfg.out}")
     return 0

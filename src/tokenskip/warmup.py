@@ -1,7 +1,7 @@
 """Stage *warmup*: fine-tune the base model on the lab's worked solutions, so it can solve the lab task.
 
 TokenSkip needs a target model that solves its task and writes its own CoTs; the packaged 135M
-model solves none of the lab's questions zero-shot (``../shared/LAB-PROBE.md``: 0/20). This stage
+model solves none of the lab's questions zero-shot (0/20 in the lab probe, README "TokenSkip on this CPU (lab)"). This stage
 is ordinary supervised fine-tuning on the gold solutions written by ``tokenskip lab-data``: no γ
 marker, every row at γ = 1.0, the completion ending in the project's answer line — the same rows
 ``tokenskip build-sft`` writes, so :func:`tokenskip.train.train` runs unchanged. ``tokenskip merge``

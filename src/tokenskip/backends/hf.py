@@ -33,14 +33,14 @@ class HFBackend:
         merge_adapter: merge the adapter into the weights (faster; same greedy outputs).
         latency_mode: ``amortized`` (batch wall time ÷ batch size; what the paper reports) or
             ``single`` (each prompt decoded alone: true per-request latency, slower overall).
-        show_progress: tqdm bar over batches.
+        show_progress: tqdm bar over batches (off by default: the calling stage draws the one bar of its step).
     """
 
     name = "hf"
 
     def __init__(self, model: str | None = None, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
                  adapter: str | None = None, merge_adapter: bool = True, latency_mode: str = "amortized",
-                 hf_model=None, hf_tokenizer=None, show_progress: bool = True, **_ignored):
+                 hf_model=None, hf_tokenizer=None, show_progress: bool = False, **_ignored):
         if latency_mode not in LATENCY_MODES:
             raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
         if batch_size < 1:

@@ -35,7 +35,7 @@ Environment defaults, set before ``vllm`` is imported and only when not already 
 * ``VLLM_CPU_OMP_THREADS_BIND`` = the CPUs this process may use, as ``first-last`` (or a comma list
   when they are not contiguous), limited to the first ``threads`` of them when ``threads`` or
   ``TOKENSKIP_THREADS`` is given, split into one ``|``-separated group per tensor-parallel rank. vLLM's own default ``auto`` keeps one core free for the frontend,
-  which halves decoding speed on a 2-core machine (measured, ``shared/VLLM-CPU.md``). CPU only.
+  which halves decoding speed on a 2-core machine (measured on this project's 2-core CI machine). CPU only.
 * ``VLLM_CPU_KVCACHE_SPACE`` = ``2`` (GiB of KV cache on CPU; enough for 32 concurrent GSM8K-length
   requests on a 135M model). The ``kv_cache_space_gb`` argument overrides it. CPU only.
 * ``VLLM_CACHE_ROOT`` = ``<tokenskip cache>/vllm`` (see :func:`tokenskip.models.cache_dir`), so
@@ -65,7 +65,7 @@ LATENCY_MODES = ("amortized", "single")
 #: is rounded up to the next one.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
-#: Default GiB of CPU KV cache (measured enough for 32 concurrent GSM8K requests, ``shared/VLLM-CPU.md``).
+#: Default GiB of CPU KV cache (measured enough for 32 concurrent GSM8K requests on the 135M model).
 DEFAULT_KVCACHE_GB = 2
 
 
@@ -185,7 +185,7 @@ class VLLMBackend:
         merge_adapter: ignored: vLLM serves LoRA adapters unmerged.
         latency_mode: ``amortized`` (one call for all prompts; wall time ÷ n per sample) or ``single``
             (prompts one at a time; true per-request latency).
-        show_progress: vLLM's progress bar.
+        show_progress: vLLM's progress bar (off by default: the calling stage draws the one bar of its step).
         tensor_parallel_size: GPUs to shard the model over (vLLM ``tensor_parallel_size``).
         gpu_memory_utilization: fraction of GPU memory vLLM may take (vLLM default 0.9 when ``None``);
             on CPU it only matters when no fixed KV cache size is set (see ``kv_cache_space_gb``).
@@ -209,7 +209,7 @@ class VLLMBackend:
 
     def __init__(self, model: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
                  adapter: str | None = None, merge_adapter: bool = True, latency_mode: str = "amortized",
-                 show_progress: bool = True, tensor_parallel_size: int = 1,
+                 show_progress: bool = False, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
                  enforce_eager: bool = False, kv_cache_space_gb: float | None = None, enable_lora: bool = False,
                  max_lora_rank: int | None = None, max_num_seqs: int | None = None, threads: int | None = None,

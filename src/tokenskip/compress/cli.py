@@ -253,6 +253,9 @@ def run(cfg: CompressConfig) -> dict:
             else:
                 scorer = get_scorer(cfg.scorer, model=scorer_model or None, seed=cfg.seed,
                                     batch_size=cfg.batch_size, device=cfg.device)
+            from tokenskip.console import progress
+
+            bar = progress(len(todo), "compress", unit="CoT")
             step = max(64, cfg.batch_size * 8)
             for k in range(0, len(todo), step):
                 part = todo[k:k + step]
@@ -270,7 +273,8 @@ def run(cfg: CompressConfig) -> dict:
                                   "scorer": res.scorer, "overshoot": res.overshoot,
                                   "words_kept": res.words_kept, "words_total": res.words_total,
                                   "answer_numbers_kept": answer_numbers_kept(r["cot"], res.text)})
-                logger.info("compressed %d/%d CoTs", min(k + step, len(todo)), len(todo))
+                bar.update(len(part))
+            bar.close()
         ids = [r["id"] for r in source]
         rows_by_ratio = {g: [files[g].rows[i] for i in ids if i in files[g].rows] for g in cfg.ratios}
     finally:
@@ -283,12 +287,19 @@ def run(cfg: CompressConfig) -> dict:
     return summary
 
 
+def summary_lines(summary: dict) -> list[str]:
+    """One line per γ of a compress ``summary.json`` (achieved ratio, |error|, overshoot, answers kept)."""
+    return [f"γ={g}: n={s['n']} achieved={s['mean_achieved_ratio']:.3f} |err| mean={s['mean_abs_error']:.3f} "
+            f"p95={s['p95_abs_error']:.3f} overshoot={s['overshoot_share']:.1%} "
+            f"answer numbers kept={s['answer_numbers_kept_share']:.1%}" for g, s in summary["ratios"].items()]
+
+
 def run_cli(args: argparse.Namespace) -> int:
+    from tokenskip.console import say
+
     cfg = dataclass_from_args(CompressConfig, args)
     summary = run(cfg)
-    for g, s in summary["ratios"].items():
-        print(f"γ={g}: n={s['n']} achieved={s['mean_achieved_ratio']:.3f} |err| mean={s['mean_abs_error']:.3f} "
-              f"p95={s['p95_abs_error']:.3f} overshoot={s['overshoot_share']:.1%} "
-              f"answer numbers kept={s['answer_numbers_kept_share']:.1%}")
-    print(f"wrote {Path(cfg.out) / 'summary.json'}")
+    for line in summary_lines(summary):
+        say(line)
+    say(f"wrote {Path(cfg.out) / 'summary.json'}")
     return 0
