@@ -290,7 +290,7 @@ def _run_one(cfg, problems, prompts, backend, ratio, caps, hook=None, extra_sett
     d = run_dir(cfg.out, cfg.benchmark, cfg.method, ratio)
     with ResumableJsonl(d / "predictions.jsonl", _settings(cfg, ratio, extra_settings)) as w:
         rows = run_rows(problems, prompts, w, backend, cfg.benchmark, caps, adapter=adapter, row_hook=hook,
-                        desc=f"{cfg.benchmark} {cfg.method} γ={format_ratio(ratio)}")
+                        desc=f"{cfg.benchmark} {cfg.method}" + ("" if ratio is None else f" γ={format_ratio(ratio)}"))
     m = write_metrics(d, rows, _metrics_extra(cfg, cfg.method, ratio, problems))
     return m | {"_dir": str(d)}
 
