@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import time
 from pathlib import Path
 
@@ -90,7 +89,9 @@ def main() -> int:
         print(f"| {r['scorer']} | {r['batch_size'] or '-'} | {r['score_s']:.2f} | {r['words_per_s']:.0f} | "
               f"{r['tokens_per_s']:.0f} | {r['prune_ms_per_cot']:.1f} | {r['mean_abs_error']:.3f} |")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+        from tokenskip.io import write_json_atomic
+
+        write_json_atomic(args.out, rows)  # refuses NaN (an empty run's statistics)
     return 0
 
 

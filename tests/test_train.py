@@ -97,6 +97,7 @@ def test_resume_continues_step_count(tmp_path, smol_tokenizer, tiny_model_dir, c
     assert m1["global_step"] == 2 and m1["resumed_from"] is None and math.isfinite(m1["eval_loss"])
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 8
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir
     assert [r["step"] for r in read_jsonl(out / "loss_log.jsonl")] == [1, 2]
     m2 = train(small_cfg(tmp_path, model=tiny_model_dir, max_steps=4))
     assert m2["global_step"] == 4 and Path(m2["resumed_from"]).name == "checkpoint-2"
@@ -130,6 +131,8 @@ def test_cli_on_packaged_model(tmp_path, smol_tokenizer):
     rc = main(["train", "--model", "smollm2-135m-instruct", "--data", str(tmp_path / "sft"), "--max-steps", "2",
                "--out", str(tmp_path / "adapter"), "--threads", "1"])
     assert rc == 0
-    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    # the name the user gave, not the absolute cache folder the GGUF alias was converted into
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] == "smollm2-135m-instruct"
     metrics = json.loads((tmp_path / "adapter" / "train_metrics.json").read_text())
     assert metrics["global_step"] == 2 and math.isfinite(metrics["train_loss"])

@@ -40,7 +40,7 @@ from tokenskip.console import say
 from tokenskip.data import load_problems
 from tokenskip.generate import GenerationConfig, data_identity, print_metrics, run_rows, write_metrics
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl, read_json, write_json_atomic
-from tokenskip.models import configure_threads
+from tokenskip.models import check_device, configure_threads
 from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, INSTRUCTION, build_prompt, format_ratio,
                                prompt_reduction_instruction, validate_ratio)
 
@@ -65,6 +65,8 @@ class EvaluateConfig(GenerationConfig):
     ratios: list[float] | None = field(default=None, metadata={"help": "compression ratios γ to evaluate (e.g. 1.0 0.5 or 1.0,0.5)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (method tokenskip)"})
     merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF backend; same outputs, faster)"})
+    force_adapter: bool = field(default=False, metadata={
+        "help": "load an adapter whose adapter_config.json names another base model (layer shapes must still fit)"})
     marker_delimiter: str = field(default=DEFAULT_MARKER_DELIMITER, metadata={"help": "delimiter of the γ marker (must match training)"})
     answer_max_tokens: int = field(default=24, metadata={"help": "truncation, nocot: tokens allowed for the forced answer"})
 
@@ -78,6 +80,9 @@ class EvaluateConfig(GenerationConfig):
             raise ValueError("--method tokenskip needs --adapter DIR (the trained LoRA adapter)")
         if self.adapter and not Path(self.adapter).exists():
             raise FileNotFoundError(f"adapter folder not found: {self.adapter}")
+
+    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
+        return {**super().backend_kwargs(adapter, merge_adapter), "force_adapter": self.force_adapter}
 
     @property
     def resolved_ratios(self) -> list[float]:
@@ -181,6 +186,8 @@ def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = Non
          "adapter": adapter_hash(cfg.adapter) if cfg.adapter and cfg.method == "tokenskip" else None,
          "benchmark": cfg.benchmark, "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
          "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+    if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+        s["stop"] = cfg.stop
     if cfg.method == "tokenskip":
         s["marker_delimiter"] = cfg.marker_delimiter
     if cfg.method in ("truncation", "nocot"):
@@ -209,6 +216,8 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     cfg.validate()
     if not cfg.out:
         raise ValueError("--out is required")
+    if cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
     configure_threads(cfg.threads)
     problems = load_problems(cfg.benchmark, cfg.data, cfg.split, cfg.limit, cfg.offset)
     owned: list[GenerationBackend] = []

@@ -24,7 +24,7 @@ from tokenskip.backends import BACKENDS, GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import Problem, canonical_benchmark, load_problems
 from tokenskip.io import SCHEMA_VERSION, ResumableJsonl, file_hash, write_json_atomic
-from tokenskip.models import DTYPES, configure_threads
+from tokenskip.models import DTYPES, check_device, configure_threads
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ class GenerationConfig:
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (GPU)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory fraction"})
+    stop: list[str] = field(default_factory=list, metadata={
+        "split": False, "empty_ok": True,
+        "help": "extra stop strings (the output is cut before the first one; \\n and \\t are read as line break "
+                "and tab); decoding always stops at the model's EOS and the chat template's end of turn"})
 
     def validate(self) -> None:
         if not self.model:
@@ -68,6 +72,9 @@ class GenerationConfig:
             raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self.stop = [x.replace("\\n", "\n").replace("\\t", "\t") for x in self.stop]
+        if any(not x for x in self.stop):
+            raise ValueError("--stop: stop strings must not be empty")
 
     @property
     def resolved_max_new_tokens(self) -> int:
@@ -77,7 +84,8 @@ class GenerationConfig:
         return dict(model=self.model, dtype=self.dtype, device=self.device, batch_size=self.batch_size,
                     adapter=adapter, merge_adapter=merge_adapter, latency_mode=self.latency_mode,
                     tensor_parallel_size=self.tensor_parallel_size,
-                    gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads)
+                    gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads,
+                    stop=tuple(self.stop))
 
 
 def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: Callable[[str], int]) -> dict:
@@ -188,6 +196,8 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
     if not cfg.out:
         raise ValueError("--out is required")
     out = Path(cfg.out)
+    if backend is None and cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
     configure_threads(cfg.threads)
     problems = load_problems(cfg.benchmark, cfg.data, cfg.split, cfg.limit, cfg.offset)
     own = backend is None
@@ -198,6 +208,8 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
         settings = {"stage": "generate", "model": cfg.model, "benchmark": cfg.benchmark,
                     "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
                     "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+        if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+            settings["stop"] = cfg.stop
         with ResumableJsonl(out / "predictions.jsonl", settings) as w:
             rows = run_rows(problems, prompts, w, backend, cfg.benchmark, cfg.resolved_max_new_tokens)
         return write_metrics(out, rows, {"benchmark": cfg.benchmark, "method": "original", "ratio": None,

@@ -231,7 +231,8 @@ def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, 
         rid = require_text(row, "id", src_path, lineno)
         if rid in source:
             raise DataError(src_path, lineno, "id", f"duplicate id {rid!r}")
-        source[rid] = {k: require_text(row, k, src_path, lineno) for k in ("question", "answer", "cot")}
+        source[rid] = {k: require_text(row, k, src_path, lineno, nonempty=k == "question")
+                       for k in ("question", "answer", "cot")}
     compressed: dict[float, dict[str, str]] = {}
     missing = [r for r in ratios if r < 1.0 and not (folder / f"ratio-{format_ratio(r)}.jsonl").is_file()]
     if missing:

@@ -49,7 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
-from tokenskip.io import DataError, file_hash, iter_jsonl, read_json, write_json_atomic, write_jsonl_atomic
+# the text appended to each completion: the chat template's end of turn, the same rule decoding
+# stops at (tokenskip.prompts.stop_rule); re-exported here under its old name
+from tokenskip.prompts import end_of_turn  # noqa: F401
+from tokenskip.io import (DataError, file_hash, finite_or_none, iter_jsonl, read_json, write_json_atomic,
+                          write_jsonl_atomic)
 
 logger = logging.getLogger(__name__)
 
@@ -133,25 +137,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- pure core
-
-def end_of_turn(tokenizer) -> str:
-    """The text the chat template puts after an assistant message (``<|im_end|>``, ``<|eot_id|>``...).
-
-    Found by rendering a one-turn conversation with a sentinel answer; trailing whitespace is dropped
-    (decoding stops at the token itself). Falls back to ``tokenizer.eos_token`` when the template adds
-    nothing. Raises ``ValueError`` when there is neither.
-    """
-    sentinel = "TOKENSKIP_SENTINEL_ANSWER"
-    eot = ""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "q"},
-                                              {"role": "assistant", "content": sentinel}], tokenize=False)
-        eot = text[text.rindex(sentinel) + len(sentinel):].rstrip()
-    eot = eot or (tokenizer.eos_token or "")
-    if not eot:
-        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r}: no end-of-turn or EOS token")
-    return eot
-
 
 def tokenize_example(tokenizer, prompt: str, completion: str, eot: str) -> dict:
     """Token ids of one SFT row, with the completion mask.
@@ -327,8 +312,9 @@ def loss_rows(log_history: list[dict]) -> list[dict]:
     rows = {}
     for h in log_history:
         if "loss" in h and "step" in h:
-            rows[h["step"]] = {"step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate"),
-                               "epoch": h.get("epoch"), "grad_norm": h.get("grad_norm"),
+            # a diverged step logs loss/grad_norm NaN or inf: written as null (JSON has no NaN)
+            rows[h["step"]] = {"step": h["step"], "loss": finite_or_none(h["loss"]), "lr": h.get("learning_rate"),
+                               "epoch": h.get("epoch"), "grad_norm": finite_or_none(h.get("grad_norm")),
                                "tokens_seen": h.get("num_input_tokens_seen")}
     return [rows[s] for s in sorted(rows)]
 
@@ -356,6 +342,17 @@ def _checkpoint_to_resume(cfg: TrainConfig, out: Path, resolved: dict) -> str | 
             raise ValueError(f"train: {out} holds checkpoints of a run with different settings ({', '.join(diff)}); "
                              "use another --out, --resume never to start over, or the old settings")
     return last
+
+
+def record_base_name(adapter_dir: Path, model: str) -> None:
+    """Store the base model as the user named it (``smollm2-135m-instruct``, a Hub id) in the adapter's
+    ``adapter_config.json``: peft writes the folder it loaded from, for a GGUF alias an absolute cache
+    path that means nothing on another machine. Evaluation checks this name (:func:`tokenskip.models.check_adapter`)."""
+    path = Path(adapter_dir) / ADAPTER_MARKER
+    if path.is_file():
+        conf = read_json(path)
+        conf["base_model_name_or_path"] = model
+        write_json_atomic(path, conf)
 
 
 def _publish_adapter(tmp: Path, out: Path) -> None:
@@ -429,7 +426,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     metrics = {
         "global_step": state.global_step,
         "epoch": state.epoch,
-        "train_loss": result.training_loss,
+        "train_loss": finite_or_none(result.training_loss),
         "train_runtime_s": round(runtime, 3),
         "tokens_seen": state.num_input_tokens_seen,
         "tokens_seen_this_session": session_tokens,
@@ -445,7 +442,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     }
     if eval_rows:
         ev = trainer.evaluate()
-        metrics["eval_loss"] = ev.get("eval_loss")
+        metrics["eval_loss"] = finite_or_none(ev.get("eval_loss"))
         metrics["eval_rows"] = len(eval_rows)
     tmp = out / ".adapter.tmp"
     if main_process:
@@ -456,6 +453,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     if main_process:
         write_jsonl_atomic(out / "loss_log.jsonl", loss_rows(state.log_history))
         write_json_atomic(out / "train_metrics.json", metrics)
+        if cfg.model:
+            record_base_name(tmp, cfg.model)
         _publish_adapter(tmp, out)
         logger.info("adapter written to %s (step %d, %.1f tokens/s, loss %.4f)", out, state.global_step,
                     metrics["tokens_per_s"] or 0.0, result.training_loss)
