@@ -10,8 +10,8 @@ import torch
 
 from tokenskip.gamma_check import GammaCheckConfig, completion_nll, run_gamma_check, summarize_pairs
 from tokenskip.io import write_jsonl_atomic
-from tokenskip.prompts import build_prompt
-from tokenskip.train import end_of_turn, tokenize_example
+from tokenskip.prompts import build_prompt, end_of_turn
+from tokenskip.train import tokenize_example
 
 
 def test_summary_of_hand_made_pairs():

@@ -106,7 +106,7 @@ def run_gamma_check(cfg: GammaCheckConfig, model=None, tokenizer=None) -> dict:
     cfg.validate()
     from tokenskip.models import configure_threads, load_model
     from tokenskip.sft import available_ratios, read_compressed
-    from tokenskip.train import end_of_turn
+    from tokenskip.prompts import end_of_turn
 
     configure_threads(cfg.threads)
     ratios = cfg.ratios or [r for r in available_ratios(cfg.compressed) if r < 1.0]
