@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {s.command: (s.module, s.help) for s in S
 COMMANDS["run"] = ("tokenskip.pipeline", "run a whole recipe (YAML), resumably")
 COMMANDS.update({s.command: (s.module, s.help) for s in STAGES if s.name == "report"})
 COMMANDS.update({
+    "gamma-check": ("tokenskip.gamma_check", "does an adapter prefer the γ-compressed CoT when asked for γ? (losses)"),
     "fit-length": ("tokenskip.budget", "fit the CoT length model of budget mode on original CoTs"),
     "serve": ("tokenskip.serve", "OpenAI-compatible HTTP server for a model/adapter (γ or a token budget per request)"),
 })

@@ -36,6 +36,7 @@ from tokenskip.layout import ORIGINAL, PREDICTIONS, eval_run_dir, original_predi
 from tokenskip.methods import Method, get_method, method_names
 from tokenskip.models import check_device, configure_threads
 from tokenskip.prompts import DEFAULT_MARKER_DELIMITER
+from tokenskip.prompts import FORCE_ANSWER  # noqa: F401 - public here too (the truncation/nocot answer line)
 from tokenskip.ratios import format_ratio, paper_grid, validate_ratios
 from tokenskip.records import Prediction, act_ratio
 from tokenskip.rollout import GenerationConfig, print_metrics, run_rows, write_metrics
@@ -65,7 +66,7 @@ class EvaluateConfig(GenerationConfig):
     marker_delimiter: str | None = field(default=None, metadata={"help": "delimiter of the γ marker (must match training; default: the adapter's prompt_format.json, else " + DEFAULT_MARKER_DELIMITER + ")"})
     budgets: list[int] | None = field(default=None, metadata={"help": "method budget: CoT token budgets N (e.g. 64 128)"})
     length_model: str | None = field(default=None, metadata={"help": "method budget: length model JSON ('tokenskip fit-length'), or the original run's predictions.jsonl to fit one (default: <adapter>/length_model.json)"})
-    answer_max_tokens: int = field(default=24, metadata={"help": "truncation: tokens allowed for the forced answer"})
+    answer_max_tokens: int = field(default=24, metadata={"help": "truncation, nocot: tokens allowed for the forced answer"})
 
     def validate(self) -> None:
         """Check the values (no disk access: the adapter's existence is checked when the run starts)."""

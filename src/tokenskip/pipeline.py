@@ -1,9 +1,10 @@
 """``tokenskip run RECIPE``: the whole TokenSkip pipeline from one YAML recipe, resumably.
 
-Stages, in order: ``generate → compress → build_sft → train → evaluate → report``. Each writes into
-``<run_dir>/<name>/<stage>/``; ``manifest.json`` beside them records, per stage, the resolved
-settings, a fingerprint of settings + inputs (data file hashes, upstream fingerprints), timings and
-status.
+Stages, in order (:mod:`tokenskip.stages`): ``generate → compress → build_sft → train → evaluate →
+report``, preceded in the CPU lab's recipes by ``lab_data → warmup → merge`` (problems, a warm-up
+fine-tune on their worked solutions, and the merged target model). Each writes into
+``<run_dir>/<name>/<stage>/``; ``manifest.json`` beside them records, per stage, the resolved settings,
+a fingerprint of settings + inputs (data file hashes, upstream fingerprints), timings and status.
 
 * A stage whose fingerprint is unchanged and whose status is ``done`` is skipped.
 * A changed stage reruns, and so does everything downstream, because downstream fingerprints
@@ -13,6 +14,12 @@ status.
 * A killed run resumes: a stage left ``running`` with the same fingerprint keeps its folder, and
   the stage's own resumability (row files, trainer checkpoints) continues where it stopped.
 
+With ``lab_data`` enabled, the ``data`` of generate/compress/build_sft defaults to its
+``train.jsonl`` and every evaluation benchmark's to its ``test.jsonl``; with ``merge`` enabled, the
+merged folder is the ``model`` of every stage after it (the top-level ``model`` is the base of the
+warm-up). When a lab stage runs, changed generate/evaluate stages start from an empty folder (their
+rows came from another target model).
+
 Recipe layout (see ``recipes/``)::
 
     name: demo                      # run folder name
@@ -21,6 +28,9 @@ Recipe layout (see ``recipes/``)::
     threads: 2                      # default `threads` of every stage
     dtype / device / seed / benchmark  # also copied into every stage with such a field
     stages:
+      lab_data:  {...LabDataConfig fields}             # CPU lab only
+      warmup:    {...WarmupConfig fields}              # CPU lab only
+      merge:     {...MergeConfig fields}               # CPU lab only
       generate:  {enabled: false, ...GenerationConfig fields}
       compress:  {...CompressConfig fields}
       build_sft: {...SFTDataConfig fields}
@@ -41,6 +51,7 @@ filled in by the pipeline; a recipe may still set them to use outside inputs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import shutil
@@ -56,6 +67,7 @@ from tokenskip.console import duration, say
 from tokenskip.errors import TokenskipError
 from tokenskip.io import file_hash, fingerprint, read_json, write_json_atomic
 from tokenskip.layout import MANIFEST, ORIGINAL, PREDICTIONS, find_adapter
+from tokenskip.stages import LAB_STAGES
 from tokenskip.stages import NAMES as STAGES
 from tokenskip.stages import get_stage
 
@@ -229,6 +241,8 @@ def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
     out = {name: run / get_stage(name).folder for name in STAGES}
 
     def add(p: StagePlan) -> None:
+        if p.enabled and p.name not in LAB_STAGES and "merge" in upstream:
+            p.inputs = {**p.inputs, "merge": upstream["merge"]}   # the target model
         p.fingerprint = fingerprint({"settings": _without_runtime(p.settings), "inputs": p.inputs})
         prev = manifest.get("stages", {}).get(p.name)
         if not p.enabled:
@@ -248,11 +262,13 @@ def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
     def single(stage: str, defaults: dict, inputs: Callable[[dict], dict],
                adjust: Callable[[dict], None] | None = None) -> None:
         """A stage with one config: recipe section + inherited keys + wired paths -> plan."""
+        if stage in LAB_STAGES and stage not in recipe.stages:
+            return   # recipes outside the CPU lab are planned as if the lab stages did not exist
         if not _enabled(recipe, stage):
             add(StagePlan(stage, False))
             return
         cls = get_stage(stage).config_cls
-        sec = _with_inherited(recipe, cls, _section(recipe, stage))
+        sec = _with_inherited(recipe if stage in LAB_STAGES else target, cls, _section(recipe, stage))
         sec.pop("enabled", None)
         for k, v in {"out": str(out[stage]), **defaults}.items():
             sec.setdefault(k, v)
@@ -269,11 +285,24 @@ def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
                                   "cot_source: gold")
             sec["predictions"] = str(out["generate"] / PREDICTIONS)
 
-    single("generate", {}, lambda sec: {"data": _data_hash(sec.get("data"))})
-    single("compress", {}, lambda sec: {"generate": upstream.get("generate"), "data": _data_hash(sec.get("data"))},
+    def data_input(value: Any) -> Any:
+        # a lab split does not exist before its stage ran: identify it by that stage's fingerprint
+        if "lab_data" in upstream and isinstance(value, str) and Path(value).parent == out["lab_data"]:
+            return {"lab_data": upstream["lab_data"], "file": Path(value).name}
+        return _data_hash(value)
+
+    target = recipe
+    single("lab_data", {}, lambda sec: {})
+    single("warmup", {"data": str(out["lab_data"])}, lambda sec: {"lab_data": upstream.get("lab_data")})
+    single("merge", {"adapter": str(out["warmup"] / "adapter")}, lambda sec: {"warmup": upstream.get("warmup")})
+    target = dataclasses.replace(recipe, model=str(out["merge"])) if "merge" in upstream else recipe
+    lab_train = {"data": str(out["lab_data"] / "train.jsonl")} if "lab_data" in upstream else {}
+
+    single("generate", lab_train, lambda sec: {"data": data_input(sec.get("data"))})
+    single("compress", lab_train, lambda sec: {"generate": upstream.get("generate"), "data": data_input(sec.get("data"))},
            wire_compress)
-    single("build_sft", {"compressed": str(out["compress"])},
-           lambda sec: {"compress": upstream.get("compress"), "data": _data_hash(sec.get("data"))})
+    single("build_sft", {"compressed": str(out["compress"]), **lab_train},
+           lambda sec: {"compress": upstream.get("compress"), "data": data_input(sec.get("data"))})
     single("train", {"data": str(out["build_sft"])}, lambda sec: {"build_sft": upstream.get("build_sft")})
 
     # evaluate: benchmarks x methods
@@ -285,7 +314,9 @@ def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
         methods = sec.pop("methods", None) or [{"method": ORIGINAL}]
         if not isinstance(benches, list) or not isinstance(methods, list):
             raise RecipeError(f"{src}: stages.evaluate.benchmarks and .methods must be lists")
-        common = _with_inherited(recipe, cls, sec)
+        common = _with_inherited(target, cls, sec)
+        if "lab_data" in upstream:
+            common.setdefault("data", str(out["lab_data"] / "test.jsonl"))
         cfgs, data_hashes = [], {}
         for b in benches:
             for m in methods:
@@ -299,7 +330,7 @@ def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
                 cfg = _build(cls, d, f"{src}: stages.evaluate")
                 cfgs.append(cfg)
                 if cfg.data:
-                    data_hashes[cfg.data] = _data_hash(cfg.data)
+                    data_hashes[cfg.data] = data_input(cfg.data)
         uses_adapter = any(c.method_obj.uses_adapter for c in cfgs)
         add(StagePlan("evaluate", True, {"runs": [to_dict(c) for c in cfgs]}, cfgs,
                       {"train": upstream.get("train") if uses_adapter else None, "data": data_hashes}))
@@ -363,8 +394,10 @@ def missing_inputs(run: Path, plans: list[StagePlan]) -> list[str]:
                 if path.exists() or any(path == d or d in path.parents for d in produced):
                     continue
                 problems.append(f"stages.{p.name}.{f}: {v}: not found, and no earlier stage writes it")
-            if getattr(cfg, "model", None):
-                models.setdefault(cfg.model, []).append(p.name)
+            model = getattr(cfg, "model", None)
+            made = model and any(Path(model).resolve() == d or d in Path(model).resolve().parents for d in produced)
+            if model and not made:  # a model made by an earlier stage (the lab's merge) exists when it is needed
+                models.setdefault(model, []).append(p.name)
         produced.append((run / get_stage(p.name).folder).resolve())
     for model, users in models.items():
         why = _model_problem(model)
@@ -429,14 +462,19 @@ def run_pipeline(recipe: dict | Recipe, stages: list[str] | None = None, dry_run
                      "recipe_resolved": {k: v for k, v in to_dict(recipe_obj).items()}})
     manifest.setdefault("stages", {})
     write_json_atomic(mpath, manifest)
+    lab_ran = False
     for p in plans:
         if not p.enabled or (stages and p.name not in stages) or p.status == "done":
             continue
         stage = get_stage(p.name)
         folder = run / stage.folder
         # stages whose row files carry their own settings fingerprints keep their folders, so rows still
-        # valid (e.g. after a larger --limit, or for an unchanged method) are reused, stale ones not
-        if p.status == "changed" and folder.exists() and not stage.keeps_rows:
+        # valid (e.g. after a larger --limit, or for an unchanged method) are reused, stale ones not --
+        # unless a lab stage just ran: the merged target has the same path but other weights. The report
+        # writes into the run folder itself (folder ""), which is never cleared.
+        keep = stage.keeps_rows and not lab_ran
+        lab_ran = lab_ran or stage.lab
+        if p.status == "changed" and stage.folder and folder.exists() and not keep:
             logger.info("%s: settings or inputs changed; clearing %s", p.name, folder)
             shutil.rmtree(folder)
         entry = {"status": "running", "fingerprint": p.fingerprint, "settings": p.settings, "inputs": p.inputs,

@@ -92,6 +92,8 @@ class Record:
     VERSION: ClassVar[int] = 1
     #: optional fields left out of ``to_json`` when ``None`` (rows of other writers never had them)
     OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ()
+    #: fields with a default that a row must still have
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
 
     def to_json(self) -> dict:
         """The JSON object written to disk: ``schema``, ``schema_version``, then the fields in order."""
@@ -123,8 +125,9 @@ class Record:
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for f in dataclasses.fields(cls):
-            if f.name not in row:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if f.name not in row or (f.name in cls.REQUIRED and row[f.name] is None):
+                if f.name in cls.REQUIRED or (f.default is dataclasses.MISSING
+                                              and f.default_factory is dataclasses.MISSING):
                     raise DataError(path, line, f.name, "missing")
                 continue
             kwargs[f.name] = _check(row[f.name], hints[f.name], path, line, f.name)
@@ -200,7 +203,7 @@ class SourceCot(Record):
     question: str
     answer: str
     cot: str
-    cot_tokens: int
+    cot_tokens: int | None = None   # always written by compress; hand-made folders may leave it out
 
 
 @dataclass
@@ -216,16 +219,19 @@ class CompressedCot(Record):
 
     SCHEMA: ClassVar[str] = "compressed_cot"
 
+    # compress writes every field; a reader needs only ``id`` and ``cot`` (hand-made folders hold just those)
+    REQUIRED: ClassVar[tuple[str, ...]] = ("cot",)
+
     id: str
-    question: str
-    answer: str
-    ratio: float
-    cot: str
-    original_tokens: int
-    kept_tokens: int
-    achieved_ratio: float
-    scorer: str
-    overshoot: bool
+    question: str | None = None
+    answer: str | None = None
+    ratio: float | None = None
+    cot: str | None = None
+    original_tokens: int | None = None
+    kept_tokens: int | None = None
+    achieved_ratio: float | None = None
+    scorer: str | None = None
+    overshoot: bool | None = None
     words_kept: int | None = None
     words_total: int | None = None
     answer_numbers_kept: bool | None = None

@@ -27,6 +27,7 @@ class Stage:
         help: one line for ``tokenskip --help``.
         keeps_rows: its row files carry their own settings fingerprints, so a changed stage keeps its
             folder and reuses the rows still valid (others start from an empty folder).
+        lab: a CPU-lab stage, planned only in recipes that name it (other recipes' plans are unchanged).
     """
 
     name: str
@@ -37,6 +38,7 @@ class Stage:
     folder: str
     help: str
     keeps_rows: bool = False
+    lab: bool = False
 
     def load(self):
         return importlib.import_module(self.module)
@@ -51,6 +53,12 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
+    Stage("lab_data", "lab-data", "tokenskip.lab_data", "LabDataConfig", "run_lab_data", "lab_data",
+          "write the CPU lab's seeded train/validation/test problems (reasoning-gym)", lab=True),
+    Stage("warmup", "warmup", "tokenskip.warmup", "WarmupConfig", "run_warmup", "warmup",
+          "fine-tune the base model on the lab's worked solutions (LoRA)", lab=True),
+    Stage("merge", "merge", "tokenskip.merge", "MergeConfig", "run_merge", "merge",
+          "merge a LoRA adapter into its base model (full model folder)", lab=True),
     Stage("generate", "generate", "tokenskip.generate", "GenerationConfig", "run_generate", "generate",
           "write CoTs of the target model for a split (e.g. GSM8K train)", keeps_rows=True),
     Stage("compress", "compress", "tokenskip.compress.runner", "CompressConfig", "run_compress", "compress",
@@ -67,6 +75,7 @@ STAGES: tuple[Stage, ...] = (
 
 BY_NAME = {s.name: s for s in STAGES}
 NAMES = tuple(BY_NAME)
+LAB_STAGES = tuple(s.name for s in STAGES if s.lab)
 
 
 def get_stage(name: str) -> Stage:
