@@ -119,8 +119,8 @@ def test_a_new_method_is_one_class(tmp_path, tiny_model_dir):
     from tokenskip.prompts import build_prompt
 
     @register
-    class NoCoT(Method):
-        name, label, rank = "no-cot", "No CoT", 40
+    class Direct(Method):
+        name, label, rank = "direct", "Direct answer", 45
         grid = (0.9, 0.5)
 
         def prompt(self, tokenizer, problem, ratio, cfg):
@@ -128,10 +128,10 @@ def test_a_new_method_is_one_class(tmp_path, tiny_model_dir):
                                 instruction=f"Answer within \\boxed{{}} using {ratio:.0%} of your words.")
 
     try:
-        ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="no-cot", limit=1, max_new_tokens=3))
+        ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="direct", limit=1, max_new_tokens=3))
         assert [(m["method"], m["ratio"], m["method_label"], m["method_rank"]) for m in ms] == [
-            ("no-cot", 0.9, "No CoT", 40), ("no-cot", 0.5, "No CoT", 40)]
-        (row,) = read_jsonl(run_dir(tmp_path, "gsm8k", "no-cot", 0.5) / "predictions.jsonl")
+            ("direct", 0.9, "Direct answer", 45), ("direct", 0.5, "Direct answer", 45)]
+        (row,) = read_jsonl(run_dir(tmp_path, "gsm8k", "direct", 0.5) / "predictions.jsonl")
         assert "using 50% of your words" in row["prompt"] and row["schema"] == "prediction"
     finally:
-        _REGISTRY.pop("no-cot")
+        _REGISTRY.pop("direct")
