@@ -35,8 +35,8 @@ from tokenskip.data import load_problems
 from tokenskip.generate import GenerationConfig, data_identity, print_metrics, run_rows, write_metrics
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl, read_json, write_json_atomic
 from tokenskip.models import configure_threads
-from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, INSTRUCTION, build_prompt, format_ratio,
-                               prompt_reduction_instruction, validate_ratio)
+from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, INSTRUCTION, format_ratio, prompt_reduction_instruction,
+                               styled_prompt, validate_ratio, warn_default_system)
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = Non
     s = {"stage": "evaluate", "method": cfg.method, "ratio": ratio, "model": cfg.model,
          "adapter": adapter_hash(cfg.adapter) if cfg.adapter and cfg.method == "tokenskip" else None,
          "benchmark": cfg.benchmark, "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
-         "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+         "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt,
+         "prompt_style": cfg.prompt_style}
     if cfg.method == "tokenskip":
         s["marker_delimiter"] = cfg.marker_delimiter
     if cfg.method == "truncation":
@@ -203,8 +204,9 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
         if cfg.method == "prompt":
             for r in cfg.resolved_ratios:
                 b = base_backend()
-                prompts = [build_prompt(b.tokenizer, p.question, None, cfg.system_prompt,
-                                        instruction=prompt_reduction_instruction(r)) for p in problems]
+                prompts = [styled_prompt(b.tokenizer, p.question, None, cfg.system_prompt,
+                                         instruction=prompt_reduction_instruction(r), style=cfg.prompt_style,
+                                         model=cfg.model) for p in problems]
                 results.append(_run_one(cfg, problems, prompts, b, r, cfg.resolved_max_new_tokens))
         elif cfg.method == "truncation":
             orig_rows = _read_rows(run_dir(cfg.out, cfg.benchmark, "original") / "predictions.jsonl")
@@ -228,8 +230,9 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
                                                                    merge_adapter=cfg.merge_adapter))
                 owned.append(tb)
             for r in cfg.resolved_ratios:
-                prompts = [build_prompt(tb.tokenizer, p.question, r, cfg.system_prompt, INSTRUCTION,
-                                        cfg.marker_delimiter) for p in problems]
+                prompts = [styled_prompt(tb.tokenizer, p.question, r, cfg.system_prompt, INSTRUCTION,
+                                         cfg.marker_delimiter, style=cfg.prompt_style, model=cfg.model)
+                           for p in problems]
                 results.append(_run_one(cfg, problems, prompts, tb, r, cfg.resolved_max_new_tokens,
                                         adapter=cfg.adapter))
     finally:
@@ -248,7 +251,9 @@ def _run_original(cfg: EvaluateConfig, problems, base_backend) -> dict:
     settings = _settings(cfg, None) | {"method": "original", "adapter": None}
     settings.pop("answer_max_tokens", None)
     b = base_backend()
-    prompts = [build_prompt(b.tokenizer, p.question, None, cfg.system_prompt) for p in problems]
+    warn_default_system(b.tokenizer, cfg.prompt_style, cfg.system_prompt, logger)
+    prompts = [styled_prompt(b.tokenizer, p.question, None, cfg.system_prompt, style=cfg.prompt_style,
+                             model=cfg.model) for p in problems]
     with ResumableJsonl(d / "predictions.jsonl", settings) as w:
         rows = run_rows(problems, prompts, w, b, cfg.benchmark, cfg.resolved_max_new_tokens)
     m = write_metrics(d, rows, _metrics_extra(cfg, "original", None, problems))

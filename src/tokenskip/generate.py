@@ -56,6 +56,9 @@ class GenerationConfig:
         "help": "amortized: batch wall time / batch size; single: each prompt decoded alone (true latency)",
         "choices": ["amortized", "single"]})
     system_prompt: str | None = field(default=None, metadata={"help": "optional system turn"})
+    prompt_style: str = field(default="chat-template", metadata={
+        "help": "chat-template: the tokenizer's chat template; reference: the TokenSkip reference's hand-written "
+                "Qwen/Llama-3.1 prompt strings, byte for byte (paper recipes)", "choices": ["chat-template", "reference"]})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (GPU)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory fraction"})
@@ -181,7 +184,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
     Raises:
         ValueError: invalid settings; DataError: malformed data rows.
     """
-    from tokenskip.prompts import build_prompt
+    from tokenskip.prompts import styled_prompt, warn_default_system
 
     cfg.validate()
     if not cfg.out:
@@ -193,10 +196,13 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
     backend = backend or get_backend(cfg.backend, **cfg.backend_kwargs())
     try:
         tok = backend.tokenizer
-        prompts = [build_prompt(tok, p.question, None, cfg.system_prompt) for p in problems]
+        warn_default_system(tok, cfg.prompt_style, cfg.system_prompt, logger)
+        prompts = [styled_prompt(tok, p.question, None, cfg.system_prompt, style=cfg.prompt_style, model=cfg.model)
+                   for p in problems]
         settings = {"stage": "generate", "model": cfg.model, "benchmark": cfg.benchmark,
                     "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
-                    "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+                    "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt,
+                    "prompt_style": cfg.prompt_style}
         with ResumableJsonl(out / "predictions.jsonl", settings) as w:
             rows = run_rows(problems, prompts, w, backend, cfg.benchmark, cfg.resolved_max_new_tokens)
         return write_metrics(out, rows, {"benchmark": cfg.benchmark, "method": "original", "ratio": None,

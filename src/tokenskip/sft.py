@@ -35,7 +35,7 @@ from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import require_text
 from tokenskip.io import (SCHEMA_VERSION, DataError, iter_jsonl, read_json, write_json_atomic,
                           write_jsonl_atomic)
-from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, answer_line, build_prompt, format_ratio,
+from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, answer_line, format_ratio, styled_prompt,
                                validate_ratio)
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ class SFTDataConfig:
                                                                         "'You are a helpful assistant.')"})
     marker_delimiter: str = field(default=DEFAULT_MARKER_DELIMITER,
                                   metadata={"help": "delimiter around γ in the user-turn marker"})
+    prompt_style: str = field(default="chat-template", metadata={
+        "help": "chat-template: the tokenizer's chat template; reference: the TokenSkip reference's training "
+                "prompt strings (Qwen ChatML / Llama-3.1 without a system block)", "choices": ["chat-template", "reference"]})
 
     def validate(self) -> None:
         if not self.compressed:
@@ -165,14 +168,16 @@ def split_groups(groups: list[str], share: float, seed: int) -> set[str]:
 
 
 def make_record(tokenizer, traj: Trajectory, ratio: float, system_prompt: str | None = None,
-                marker_delimiter: str = DEFAULT_MARKER_DELIMITER) -> dict:
+                marker_delimiter: str = DEFAULT_MARKER_DELIMITER, prompt_style: str = "chat-template",
+                model: str = "") -> dict:
     """The SFT row ``{id, ratio, prompt, completion}`` of one trajectory at ``ratio``.
 
-    ``prompt`` = chat template of the user turn (+ γ marker when γ < 1) with the generation prompt;
+    ``prompt`` = chat template of the user turn (+ γ marker when γ < 1) with the generation prompt
+    (or the reference's training string, ``prompt_style="reference"``);
     ``completion`` = the CoT at γ + :func:`tokenskip.prompts.answer_line`.
     """
-    prompt = build_prompt(tokenizer, traj.question, ratio=ratio, system_prompt=system_prompt,
-                          marker_delimiter=marker_delimiter)
+    prompt = styled_prompt(tokenizer, traj.question, ratio, system_prompt, marker_delimiter=marker_delimiter,
+                           style=prompt_style, model=model, training=True)
     completion = traj.cots[ratio].strip() + answer_line(traj.answer)
     return {"id": traj.id, "ratio": ratio, "prompt": prompt, "completion": completion}
 
@@ -191,7 +196,8 @@ def build_records(tokenizer, trajectories: list[Trajectory], cfg: SFTDataConfig)
     held_out = split_groups([t.group for t in trajectories], cfg.validation_share, cfg.seed)
     train, val = [], []
     for t in trajectories:
-        rec = make_record(tokenizer, t, gamma[t.id], cfg.system_prompt, cfg.marker_delimiter)
+        rec = make_record(tokenizer, t, gamma[t.id], cfg.system_prompt, cfg.marker_delimiter, cfg.prompt_style,
+                          cfg.model)
         (val if t.group in held_out else train).append(rec)
     per_ratio = {}
     for name, rows in (("train", train), ("validation", val)):
