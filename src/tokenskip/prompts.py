@@ -17,6 +17,10 @@ DEFAULT_MARKER_DELIMITER = "<|eot_id|>"
 #: Answer line appended to every SFT target (paper step 4).
 ANSWER_TEMPLATE = "\n\nThe final answer is: $\\boxed{{{answer}}}$"
 
+#: Where the CoT ends for counting its tokens: the reference splits every output on this literal
+#: (first occurrence; ``evaluation.py``), so "... so the final answer is 18." stays in the CoT.
+COT_SPLIT = "\n\nThe final answer is:"
+
 #: Prompt-based reduction baseline: the instruction asks to cut the reasoning's words by (1-γ).
 PROMPT_REDUCTION_TEMPLATE = (
     "Please reason step by step, but reduce the number of words in your reasoning by {percent}% "

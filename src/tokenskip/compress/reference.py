@@ -36,7 +36,7 @@ import string
 from dataclasses import dataclass
 
 from tokenskip.compress.prune import CompressionResult, count_tokens
-from tokenskip.prompts import validate_ratio
+from tokenskip.prompts import COT_SPLIT, validate_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ CHUNK_TOKENS = MAX_SEQ_LEN - 2
 #: Tokens a chunk cut may move back to (LLMLingua-2's default ``chunk_end_tokens``).
 CHUNK_END_TOKENS = frozenset({".", "\n"})
 #: The reference's answer line: Llama CoTs are compressed on the text before it.
-REFERENCE_ANSWER_SPLIT = "\n\nThe final answer is:"
+REFERENCE_ANSWER_SPLIT = COT_SPLIT
 
 
 @dataclass(frozen=True)
