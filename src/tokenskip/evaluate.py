@@ -5,10 +5,12 @@ Methods (paper §5 baselines, REFERENCE.md):
 * ``original``   — the base model as is.
 * ``prompt``     — the base model told in the instruction to cut its reasoning words by (1 − γ).
 * ``truncation`` — the base model's CoT capped at ⌈γ × that question's original CoT tokens⌉: decode
-  greedily with that cap (greedy, so the kept part is exactly the original CoT's prefix); if the
-  model did not end its turn within the cap, append ``\\n\\nThe final answer is: $\\boxed{`` and
-  decode at most ``answer_max_tokens`` more tokens; the answer is extracted from that. Needs the
-  ``original`` run of the same questions (run first automatically when missing).
+  greedily with that cap (greedy, so the kept part is exactly the original CoT's prefix), nothing
+  appended: the paper's baseline (default, ``truncation: plain-cap`` in metrics.json). With
+  ``--force-answer``, if the model did not end its turn within the cap,
+  ``\\n\\nThe final answer is: $\\boxed{`` is appended and at most ``answer_max_tokens`` more tokens
+  decoded (``truncation: force-answer``). Needs the ``original`` run of the same questions (run first
+  automatically when missing).
 * ``tokenskip``  — the LoRA adapter trained on γ-compressed CoTs, prompted with γ's marker.
 
 Layout under ``--out``::
@@ -61,6 +63,11 @@ class EvaluateConfig(GenerationConfig):
     merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF backend; same outputs, faster)"})
     marker_delimiter: str = field(default=DEFAULT_MARKER_DELIMITER, metadata={"help": "delimiter of the γ marker (must match training)"})
     answer_max_tokens: int = field(default=24, metadata={"help": "truncation: tokens allowed for the forced answer"})
+    force_answer: bool = field(default=False, metadata={
+        "help": "truncation: after the cap, append '\\n\\nThe final answer is: $\\boxed{' and decode the answer "
+                "(this project's variant); default: a plain cap, as in the paper"})
+    scale_max_new_tokens: bool = field(default=False, metadata={
+        "help": "tokenskip: decode with max_new_tokens × γ, as the reference does on MATH (default: the same cap for every γ)"})
 
     def validate(self) -> None:
         super().validate()
@@ -162,12 +169,31 @@ def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = Non
     if cfg.method == "tokenskip":
         s["marker_delimiter"] = cfg.marker_delimiter
     if cfg.method == "truncation":
-        s["answer_max_tokens"] = cfg.answer_max_tokens
+        s["truncation"] = truncation_variant(cfg)
+        if cfg.force_answer:
+            s["answer_max_tokens"] = cfg.answer_max_tokens
+    if cfg.method == "tokenskip" and cfg.scale_max_new_tokens:
+        s["max_new_tokens"] = scaled_max_new_tokens(cfg.resolved_max_new_tokens, ratio)
+        s["scale_max_new_tokens"] = True
     return {**s, **(extra or {})}
 
 
+def truncation_variant(cfg: EvaluateConfig) -> str:
+    """``plain-cap`` (the paper's truncation) or ``force-answer`` (``--force-answer``)."""
+    return "force-answer" if cfg.force_answer else "plain-cap"
+
+
+def scaled_max_new_tokens(cap: int, ratio: float) -> int:
+    """The reference's MATH cap for TokenSkip at γ: ``int(cap × γ)`` tokens (at least 1)."""
+    return max(1, int(cap * validate_ratio(ratio)))
+
+
 def _metrics_extra(cfg: EvaluateConfig, method: str, ratio: float | None, problems) -> dict:
-    return {"benchmark": cfg.benchmark, "method": method, "ratio": ratio, "model": cfg.model,
+    extra = {"truncation": truncation_variant(cfg)} if method == "truncation" else {}
+    if method == "tokenskip":
+        extra["max_new_tokens"] = (scaled_max_new_tokens(cfg.resolved_max_new_tokens, ratio)
+                                   if cfg.scale_max_new_tokens else cfg.resolved_max_new_tokens)
+    return extra | {"benchmark": cfg.benchmark, "method": method, "ratio": ratio, "model": cfg.model,
             "adapter": cfg.adapter if method == "tokenskip" else None, "dtype": cfg.dtype, "backend": cfg.backend,
             "latency_mode": cfg.latency_mode, "settings": to_dict(cfg) | {"method": method},
             "ids": [p.id for p in problems]}
@@ -212,7 +238,7 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
             orig_rows = _read_rows(run_dir(cfg.out, cfg.benchmark, "original") / "predictions.jsonl")
             orig_fp = read_json(run_dir(cfg.out, cfg.benchmark, "original") / "predictions.state.json")["fingerprint"]
             for r in cfg.resolved_ratios:
-                b = TruncatingBackend(base_backend(), cfg.answer_max_tokens)
+                b = TruncatingBackend(base_backend(), cfg.answer_max_tokens) if cfg.force_answer else base_backend()
                 caps = [max(1, math.ceil(r * orig_rows[p.id]["cot_tokens"])) for p in problems]
                 prompts = [orig_rows[p.id]["prompt"] for p in problems]
 
@@ -233,8 +259,9 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
                 prompts = [styled_prompt(tb.tokenizer, p.question, r, cfg.system_prompt, INSTRUCTION,
                                          cfg.marker_delimiter, style=cfg.prompt_style, model=cfg.model)
                            for p in problems]
-                results.append(_run_one(cfg, problems, prompts, tb, r, cfg.resolved_max_new_tokens,
-                                        adapter=cfg.adapter))
+                cap = (scaled_max_new_tokens(cfg.resolved_max_new_tokens, r) if cfg.scale_max_new_tokens
+                       else cfg.resolved_max_new_tokens)
+                results.append(_run_one(cfg, problems, prompts, tb, r, cap, adapter=cfg.adapter))
     finally:
         for b in owned:
             b.close()
@@ -250,6 +277,7 @@ def _run_original(cfg: EvaluateConfig, problems, base_backend) -> dict:
     d = run_dir(cfg.out, cfg.benchmark, "original")
     settings = _settings(cfg, None) | {"method": "original", "adapter": None}
     settings.pop("answer_max_tokens", None)
+    settings.pop("truncation", None)
     b = base_backend()
     warn_default_system(b.tokenizer, cfg.prompt_style, cfg.system_prompt, logger)
     prompts = [styled_prompt(b.tokenizer, p.question, None, cfg.system_prompt, style=cfg.prompt_style,

@@ -102,11 +102,14 @@ class ReportRow:
     metrics_path: str = ""
     predictions_path: str | None = None
     predictions_rows: int | None = None
+    truncation: str | None = None  # plain-cap (paper) or force-answer, from metrics.json
 
     @property
     def label(self) -> str:
-        """Table label, e.g. ``Original``, ``TokenSkip (γ=0.5)``."""
+        """Table label, e.g. ``Original``, ``TokenSkip (γ=0.5)``, ``Truncation + forced answer (γ=0.5)``."""
         name = METHOD_LABELS.get(self.method, self.method)
+        if self.method == "truncation" and self.truncation == "force-answer":
+            name += " + forced answer"
         return name if self.ratio is None else f"{name} (γ={_fmt_ratio(self.ratio)})"
 
     def to_dict(self) -> dict:
@@ -219,7 +222,7 @@ def read_metrics_row(path: Path, benchmark: str, method: str, folder_ratio: floa
     return ReportRow(
         benchmark=benchmark, method=method, ratio=folder_ratio, n=None if n is None else int(n),
         latency_mode=mode, model=data.get("model"), adapter=data.get("adapter"),
-        backend=data.get("backend"), dtype=data.get("dtype"),
+        backend=data.get("backend"), dtype=data.get("dtype"), truncation=data.get("truncation"),
         metrics_path=_rel(path, out_dir), predictions_path=_rel(pred, out_dir) if pred_rows is not None else None,
         predictions_rows=pred_rows, **vals)
 
