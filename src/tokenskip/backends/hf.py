@@ -60,6 +60,10 @@ class HFBackend:
         self.latency_mode = latency_mode
         self.show_progress = show_progress
         self.stop_ids = stop_token_ids(self.model, self.tokenizer)
+        from tokenskip.backends.decoding import decoding_from_generation_config
+
+        # read once from the model's generation config; the vLLM backend applies the same settings
+        self.decoding = decoding_from_generation_config(getattr(self.model, "generation_config", None))
         self.stats = BackendStats()
 
     def count_tokens(self, text: str) -> int:
@@ -101,7 +105,7 @@ class HFBackend:
             with torch.inference_mode():
                 seqs = self.model.generate(**enc, max_new_tokens=cap, do_sample=False, num_beams=1,
                                            eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-                                           temperature=None, top_p=None, top_k=None)
+                                           temperature=None, top_p=None, top_k=None, **self.decoding.hf_kwargs())
             dt = time.perf_counter() - t0
             new = seqs[:, enc["input_ids"].shape[1]:].tolist()
             for row, i in zip(new, idx):

@@ -232,6 +232,10 @@ class VLLMBackend:
         self.model_dir = materialize(model)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.stop_ids = stop_token_ids(self.model_dir, self.tokenizer)
+        from tokenskip.backends.decoding import read_decoding_settings
+
+        # SamplingParams built here would otherwise drop the model's repetition_penalty (HF applies it)
+        self.decoding = read_decoding_settings(self.model_dir)
         self.adapter = adapter
         self.latency_mode = latency_mode
         self.show_progress = show_progress
@@ -279,7 +283,7 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         params = [SamplingParams(temperature=0.0, max_tokens=c, stop_token_ids=self.stop_ids,
-                                 skip_special_tokens=True) for c in caps]
+                                 skip_special_tokens=True, **self.decoding.vllm_kwargs()) for c in caps]
         requests = [{"prompt_token_ids": ids} for ids in token_ids]
         t0 = time.perf_counter()
         outs = self.llm.generate(requests, params, use_tqdm=self.show_progress and len(requests) > 1,
