@@ -62,6 +62,8 @@ class GenerationConfig:
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (GPU)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory fraction"})
+    max_model_len: int | None = field(default=None, metadata={
+        "help": "vLLM context length in tokens (default: the model's own; Llama-3.1 would reserve 131k)"})
 
     def validate(self) -> None:
         if not self.model:
@@ -71,6 +73,10 @@ class GenerationConfig:
             raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"--max-model-len must be >= 1, got {self.max_model_len}")
+        if self.prompt_style not in ("chat-template", "reference"):
+            raise ValueError(f"--prompt-style must be chat-template or reference, got {self.prompt_style!r}")
 
     @property
     def resolved_max_new_tokens(self) -> int:
@@ -80,7 +86,8 @@ class GenerationConfig:
         return dict(model=self.model, dtype=self.dtype, device=self.device, batch_size=self.batch_size,
                     adapter=adapter, merge_adapter=merge_adapter, latency_mode=self.latency_mode,
                     tensor_parallel_size=self.tensor_parallel_size,
-                    gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads)
+                    gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads,
+                    max_model_len=self.max_model_len)
 
 
 def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: Callable[[str], int]) -> dict:
