@@ -47,3 +47,36 @@ def test_small_defaults():
     assert e.force_answer is False and e.scale_max_new_tokens is False and e.prompt_style == "chat-template"
     with pytest.raises(ValueError, match="max-model-len"):
         EvaluateConfig(model="m", max_model_len=0).validate()
+
+
+PAPER_RECIPES = {"qwen2.5-7b-instruct-gsm8k": "qwen", "qwen2.5-7b-instruct-math": "qwen",
+                 "llama3.1-8b-instruct-gsm8k": "llama"}
+
+
+@pytest.mark.parametrize("name,family", sorted(PAPER_RECIPES.items()))
+def test_paper_recipes_use_the_reference_mode(name, family, tmp_path, monkeypatch):
+    from conftest import REPO
+    from tokenskip.pipeline import load_recipe, run_pipeline
+    from tokenskip.train import resolve_grad_accum
+
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
+    lines: list[str] = []
+    plans = {p.name: p for p in run_pipeline(recipe, dry_run=True, echo=lines.append)}
+    text = "\n".join(lines)
+    assert f"compat=reference, reference_family={family}" in text
+    assert "prompt_style=reference, answer_line=always, validation_share=0.1" in text
+    assert "truncation=plain-cap" in text
+    assert ("max_new_tokens×γ" in text) == name.endswith("math")
+    gen, comp, sft, train = (plans[s].configs[0] for s in ("generate", "compress", "build_sft", "train"))
+    assert gen.prompt_style == sft.prompt_style == "reference" and gen.max_model_len == 4096
+    assert comp.compat == "reference" and comp.scorer == "llmlingua2"
+    assert train.lora_dropout == 0.0
+    # the effective batch stays the paper's 8 on 1, 2 and 8 GPUs
+    assert [resolve_grad_accum(train, n) * train.per_device_batch_size * n for n in (1, 2, 8)] == [8, 8, 8]
+    evals = plans["evaluate"].configs
+    assert all(c.prompt_style == "reference" and not c.force_answer for c in evals)
+    ts = [c for c in evals if c.method == "tokenskip"]
+    assert ts and all(c.scale_max_new_tokens == name.endswith("math") for c in ts)
+    if name.endswith("math"):
+        assert "latex" in comp.prefer_kinds and "latex" not in comp.protect_kinds

@@ -51,7 +51,11 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("generate", "compress", "build_sft", "train", "evaluate", "report")
 #: keys at the top of a recipe that are copied into every stage that has such a field
-INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark")
+INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark", "prompt_style")
+
+#: Settings where the paper's (reference) setting and this project's differ; a plan prints them per stage.
+MODE_KEYS = ("prompt_style", "compat", "reference_family", "answer_line", "validation_share", "lora_dropout",
+             "batch_size", "grad_accum", "force_answer", "scale_max_new_tokens", "max_model_len")
 
 
 class RecipeError(ValueError):
@@ -369,6 +373,34 @@ def _execute(p: StagePlan, run: Path) -> None:
         write_report(run, dataclass_from_dict(ReportConfig, p.settings or {}, "recipe: stages.report"))
 
 
+def mode_summary(p: StagePlan) -> str:
+    """The stage's settings among :data:`MODE_KEYS`, e.g. ``compat=reference`` (evaluate: per method)."""
+    def pick(s: dict) -> list[str]:
+        out = []
+        for k in MODE_KEYS:
+            v = s.get(k)
+            if v is None or (k == "reference_family" and s.get("compat") != "reference"):
+                continue
+            if k == "force_answer":
+                if s.get("method") == "truncation":
+                    out.append("truncation=" + ("force-answer" if v else "plain-cap"))
+            elif k == "scale_max_new_tokens":
+                if s.get("method") == "tokenskip" and v:
+                    out.append("max_new_tokens×γ")
+            elif k != "batch_size" or "lora_dropout" in s:
+                out.append(f"{k}={v}")
+        return out
+
+    if p.name != "evaluate":
+        return ", ".join(pick(p.settings))
+    parts: list[str] = []
+    for s in p.settings.get("runs", []):
+        for item in pick(s):
+            if item not in parts:
+                parts.append(item)
+    return ", ".join(parts)
+
+
 def run_pipeline(recipe: dict, stages: list[str] | None = None, dry_run: bool = False,
                  echo: Callable[[str], None] = print) -> list[StagePlan]:
     """Run (or with ``dry_run`` only print) the recipe's plan; returns the stage plans.
@@ -388,6 +420,8 @@ def run_pipeline(recipe: dict, stages: list[str] | None = None, dry_run: bool = 
                   "resume" if p.status == "resume" else "rerun (settings or inputs changed)" if p.status == "changed"
                   else "run")
         echo(f"  {p.name:<10} {action:<34} fingerprint {p.fingerprint[:8] if p.enabled else '-'}")
+        if p.enabled and (mode := mode_summary(p)):
+            echo(f"             {mode}")
     if dry_run:
         return plans
     run.mkdir(parents=True, exist_ok=True)
