@@ -60,6 +60,36 @@ def cl100k(tmp_path_factory):
     return enc
 
 
+@pytest.fixture(scope="module")
+def sentencepiece_classifier_dir(tmp_path_factory) -> Path:
+    """A tiny random XLM-R token classifier on a sentencepiece-style (▁) tokenizer trained here, saved where
+    llmlingua recognises an XLM-R encoder by name: the word rules of the reference's real encoder."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import XLMRobertaConfig, XLMRobertaForTokenClassification, XLMRobertaTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Replace(Regex(r"\s+"), " ")  # like XLM-R's: newlines become spaces
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tok.train_from_iterator(_cots(20) * 3, trainers.UnigramTrainer(vocab_size=600, special_tokens=specials,
+                                                                    unk_token="<unk>"))
+    # "Step" and ":" are single pieces ("▁Step", "▁:") in the real XLM-R vocabulary: add them likewise
+    spec = json.loads(tok.to_str())
+    spec["model"]["vocab"] += [["▁Step", -1.0], ["▁:", -1.0]]
+    tok = Tokenizer.from_str(json.dumps(spec))
+    ft = XLMRobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                 cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    torch.manual_seed(0)
+    cfg = XLMRobertaConfig(vocab_size=len(ft), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=514, num_labels=2, pad_token_id=1,
+                           initializer_range=0.5)
+    d = tmp_path_factory.mktemp("enc") / "xlm-roberta-large-tiny"
+    XLMRobertaForTokenClassification(cfg).save_pretrained(d)
+    ft.save_pretrained(d)
+    return d
+
+
 def _cots(n: int = 20) -> list[str]:
     rows = [json.loads(x) for x in need_data(GSM8K_TRAIN).read_text().splitlines()[:n - 1]]
     cots = [r["answer"].split("####")[0].strip() + "\nStep 3: So the final answer is 18." for r in rows]
@@ -73,12 +103,16 @@ def test_cl100k_offline_file_is_gpt35s(cl100k):
     assert cl100k.encode("hello world") == [15339, 1917]  # the documented cl100k example
 
 
+@pytest.mark.parametrize("encoder", ["wordpiece", "sentencepiece"])
 @pytest.mark.parametrize("family", ["qwen", "llama"])
-def test_reference_mode_keeps_the_words_llmlingua_keeps(classifier_dir, cl100k, family):
+def test_reference_mode_keeps_the_words_llmlingua_keeps(classifier_dir, sentencepiece_classifier_dir, cl100k,
+                                                        family, encoder):
     llmlingua = pytest.importorskip("llmlingua")
     cots = _cots(20)
-    pc = llmlingua.PromptCompressor(str(classifier_dir), device_map="cpu", use_llmlingua2=True)
-    ours = ReferenceCompressor(str(classifier_dir), encoding=cl100k)
+    d = classifier_dir if encoder == "wordpiece" else sentencepiece_classifier_dir
+    pc = llmlingua.PromptCompressor(str(d), device_map="cpu", use_llmlingua2=True)
+    ours = ReferenceCompressor(str(d), encoding=cl100k)
+    assert ours.sentencepiece is (encoder == "sentencepiece")
     setting = REFERENCE_FAMILIES[family]
     assert len(ours.tokenizer.tokenize(cots[-1])) > 600
     assert len(ours.chunks(cots[-1])) >= 2
