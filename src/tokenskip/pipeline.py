@@ -314,7 +314,7 @@ class SharedBackends:
     @staticmethod
     def key(cfg) -> tuple:
         return (cfg.backend, cfg.model, cfg.dtype, cfg.device, cfg.batch_size, cfg.latency_mode,
-                cfg.tensor_parallel_size, cfg.gpu_memory_utilization, cfg.threads)
+                cfg.tensor_parallel_size, cfg.gpu_memory_utilization, cfg.threads, cfg.max_model_len)
 
     def get(self, cfg):
         from tokenskip.backends import get_backend
