@@ -93,8 +93,9 @@ class GenerationConfig:
 def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: Callable[[str], int]) -> dict:
     """One predictions row from a problem and its generation.
 
-    CoT tokens are counted in the target model's tokenizer on the text before "The final answer is"
-    (the whole output when absent), as in the paper's evaluation (REFERENCE.md step 7).
+    CoT tokens are counted in the target model's tokenizer on the text before the literal
+    "\\n\\nThe final answer is:" (the whole output when absent), the reference's split
+    (:func:`tokenskip.grading.split_cot`; REFERENCE.md step 7).
     """
     from tokenskip.grading import grade
 

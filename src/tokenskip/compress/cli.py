@@ -13,6 +13,11 @@ Outputs under ``--out``:
 
 Every row file is a :class:`~tokenskip.io.ResumableJsonl` keyed by ``id``: a killed run resumes, and
 changed settings start the file over.
+
+``--compat reference`` replaces the project's pruner by the reference's LLMLingua-2 call
+(:mod:`tokenskip.compress.reference`: γ in cl100k tokens per chunk, nothing protected, Qwen/Llama
+settings); rows keep the same fields (counts in target tokens, ``overshoot`` always false). In the
+project's mode a warning names every γ whose overshoot share exceeds 5 %.
 """
 
 from __future__ import annotations
