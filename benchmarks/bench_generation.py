@@ -7,7 +7,7 @@ Ratios are against the first configuration (HF float32, batch 8: the CLI default
 
 Run in the vLLM venv (vLLM rows are skipped with a note when vLLM is not installed)::
 
-    HF_HUB_OFFLINE=1 TOKENSKIP_CACHE=.cache .venv-vllm/bin/python benchmarks/bench_generation.py \\
+    HF_HUB_OFFLINE=1 .venv-vllm/bin/python benchmarks/bench_generation.py \\
         --n 32 --max-new-tokens 256 --out runs/bench_generation.json
 
 Timings are wall-clock on whatever else the machine is running: on a shared CPU they are noisy;
@@ -21,6 +21,7 @@ import gc
 import importlib.util
 import json
 import time
+from pathlib import Path
 
 DEFAULT_CONFIGS = ("hf:float32:8", "hf:float32:32", "hf:bfloat16:8", "hf:bfloat16:32",
                    "vllm:float32", "vllm:bfloat16")
@@ -79,7 +80,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="model alias, folder or GGUF file")
-    p.add_argument("--data", default="/work/shared/data/gsm8k/test.jsonl", help="GSM8K JSONL file")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "test.jsonl"),
+                   help="GSM8K JSONL file (default: the copy shipped in data/)")
     p.add_argument("--n", type=int, default=32, help="prompts (first N test questions)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="cap on new tokens per prompt")
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),

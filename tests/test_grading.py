@@ -365,3 +365,69 @@ def test_timeout_inside_a_worker_process():
         took = time.monotonic() - t0
     assert (ok, hung) == (True, False)
     assert took < 15.0  # 1 s limit + possibly a child restart on a busy 2-core machine; unlimited, it runs for minutes
+
+
+# ------------------------------------------------------------------ issue 10: inputs that broke the grader
+
+@pytest.mark.parametrize("text,bench,answer", [
+    ("The answer is $\\$18$.", "gsm8k", "\\$18"),  # an escaped dollar does not end the math span
+    ("Final Answer: The final answer is $\\$18.90$. I hope it is correct.", "math", "\\$18.90"),
+    ("The final answer is $\\$1,\\!200$ in total.", "math", "\\$1,\\!200"),
+    ("The answer is \\(\\$5\\).", "math", "\\$5"),
+    ("The answer is **1/2**.", "math", "1/2"),  # markdown bold
+    ("**The final answer is 42**", "gsm8k", "42"),
+    ("so $\\boxed{2}$ and $\\boxed{3}$", "math", "2, 3"),  # several boxes state one answer
+    ("$x=\\boxed{-1}$, $\\boxed{4}$", "math", "-1, 4"),
+    ("first \\boxed{5}, then I recheck: \\boxed{7}", "math", "7"),  # a later box revises
+    ("\\boxed{\\textbf{(B) }7}", "math", "\\textbf{(B) }7"),
+])
+def test_extract_answer_issue10(text, bench, answer):
+    assert extract_answer(text, bench) == answer
+
+
+@pytest.mark.parametrize("text,gold,bench,correct", [
+    # 1. escaped dollars
+    ("The answer is $\\$18$.", "18", "gsm8k", True),
+    ("Final Answer: The final answer is $\\$18.90$. I hope it is correct.", "\\$18.90", "math", True),
+    ("Final Answer: The final answer is $\\$18.90$. I hope it is correct.", "18.90", "math", True),
+    ("Final Answer: The final answer is $\\$18.90$. I hope it is correct.", "\\$18.80", "math", False),
+    # 2. units and explanations after a GSM8K answer do not count; a trailing computation gives its result
+    ("The answer is 18 (9 x 2).", "18", "gsm8k", True),
+    ("The answer is 18 (9 x 2).", "2", "gsm8k", False),
+    ("She makes 18 dollars. The answer is 18 dollars per day, from 9 eggs at $2 each.", "18", "gsm8k", True),
+    ("The answer is $18 per day for 7 days.", "18", "gsm8k", True),
+    ("The answer is $18 per day for 7 days.", "7", "gsm8k", False),
+    ("The answer is 20 - 2 = 18", "18", "gsm8k", True),
+    ("The answer is 20 - 2 = 18", "20", "gsm8k", False),
+    ("The answer is 9 x 2 = 18 apples, since each box holds 9.", "18", "gsm8k", True),
+    ("The answer is 9 \\times 2 = \\$18.", "18", "gsm8k", True),
+    ("The answer is 16, because 18 - 2 = 16.", "16", "gsm8k", True),
+    ("The answer is 1,250 meters (5 laps of 250 m).", "1250", "gsm8k", True),
+    ("The answer is x = 18 because 9 + 9 = 18", "18", "gsm8k", True),
+    ("The final answer is: $\\boxed{18 \\text{ (9 x 2)}}$", "18", "gsm8k", True),
+    # 3. markdown bold, several boxes, a choice label in the box
+    ("The answer is **1/2**.", "\\frac12", "math", True),
+    ("The answer is **1/2**.", "\\frac13", "math", False),
+    ("The answer is **18**.", "18", "gsm8k", True),
+    ("so $\\boxed{2}$ and $\\boxed{3}$", "2, 3", "math", True),
+    ("so $\\boxed{3}$ and $\\boxed{2}$", "2, 3", "math", True),
+    ("so $\\boxed{2}$ and $\\boxed{4}$", "2, 3", "math", False),
+    ("\\boxed{\\textbf{(B) }7}", "7", "math", True),
+    ("\\boxed{\\textbf{(B) }7}", "\\text{(B)}", "math", True),
+    ("\\boxed{\\textbf{(B) }7}", "8", "math", False),
+    ("\\boxed{(C) \\frac{1}{2}}", "\\frac{1}{2}", "math", True),
+    # 4. no float-precision false positives; legitimate numeric equivalences kept
+    ("\\boxed{\\frac{1}{2^{98}}}", "\\frac{1}{2^{99}}", "math", False),
+    ("\\boxed{\\frac{1}{2004!}}", "\\frac{1}{2006!}", "math", False),
+    ("\\boxed{\\frac{\\sqrt{2}}{2^{98}}}", "\\frac{\\sqrt{2}}{2^{99}}", "math", False),
+    ("\\boxed{0.0000001}", "\\frac{1}{2^{30}}", "math", False),
+    ("\\boxed{10^{-7}}", "10^{-8}", "math", False),
+    ("\\boxed{\\frac{1}{2^{98}}}", "2^{-98}", "math", True),
+    ("\\boxed{\\frac{1}{2004!}}", "\\frac{1}{2004!}", "math", True),
+    ("\\boxed{\\frac{2005}{2005!}}", "\\frac{1}{2004!}", "math", True),
+    ("\\boxed{0.333333}", "\\frac{1}{3}", "math", True),
+    ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}", "math", True),
+    ("\\boxed{\\frac{\\sqrt{3}}{3}}", "\\frac{1}{\\sqrt{3}}", "math", True),
+])
+def test_is_correct_issue10(text, gold, bench, correct):
+    assert is_correct(text, gold, bench) is correct

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from tokenskip.io import DataError, ResumableJsonl, read_jsonl, write_json_atomic
+from tokenskip.io import (DataError, ResumableJsonl, finite_or_none, read_json, read_jsonl, write_json_atomic,
+                         write_jsonl_atomic)
 
 
 def test_resume_keeps_rows_and_refuses_duplicates(tmp_path):
@@ -51,3 +52,35 @@ def test_atomic_json(tmp_path):
     write_json_atomic(tmp_path / "m.json", {"a": [1, 2]})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": [1, 2]}
     assert list(tmp_path.iterdir()) == [tmp_path / "m.json"]
+
+
+@pytest.mark.parametrize("bad,byte", [(b"\xe9", "0xe9"), (b"caf\xe9", "0xe9"), (b"\xff\xfe", "0xff")])
+def test_non_utf8_line_names_file_and_line(tmp_path, bad, byte):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'{"question": "ok", "answer": "#### 1"}\n{"question": "' + bad + b'", "answer": "#### 2"}\n')
+    with pytest.raises(DataError) as e:
+        read_jsonl(p)
+    assert e.value.line == 2 and str(p) in str(e.value)
+    assert f"not UTF-8 text: byte {byte}" in str(e.value)
+
+
+def test_non_utf8_json_file_and_utf8_bom(tmp_path):
+    p = tmp_path / "m.json"
+    p.write_bytes(b'{\n"a": "\xe9"\n}\n')
+    with pytest.raises(DataError, match=r"m\.json, line 2: not UTF-8 text: byte 0xe9 at column 7"):
+        read_json(p)
+    q = tmp_path / "bom.jsonl"
+    q.write_bytes(b'\xef\xbb\xbf{"id": 1}\n')  # a BOM (Windows editors) is not an error
+    assert read_jsonl(q) == [{"id": 1}]
+
+
+def test_json_writers_never_write_nan(tmp_path):
+    with pytest.raises(ValueError, match=r"s\.json: field 'ratios\.0\.5\.mean' is NaN or infinite"):
+        write_json_atomic(tmp_path / "s.json", {"ratios": {"0.5": {"n": 0, "mean": float("nan")}}})
+    assert not (tmp_path / "s.json").exists()
+    with pytest.raises(ValueError, match=r"r\.jsonl: field 'loss'"):
+        write_jsonl_atomic(tmp_path / "r.jsonl", [{"loss": 1.0}, {"loss": float("inf")}])
+    with ResumableJsonl(tmp_path / "p.jsonl", {}) as w, pytest.raises(ValueError, match="field 'x'"):
+        w.append({"id": "a", "x": float("-inf")})
+    assert read_jsonl(tmp_path / "p.jsonl") == []
+    assert [finite_or_none(v) for v in (float("nan"), float("inf"), 0.5, 3, None)] == [None, None, 0.5, 3, None]

@@ -10,7 +10,7 @@ from tokenskip.prompts import reference_prompt, reference_prompt_family, styled_
 Q = "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"
 INSTR = "Please reason step by step, and put your final answer within \\boxed{}."
 
-# The reference's strings, written out by hand from REFERENCE.md ("Reference-code details").
+# The reference's strings, written out by hand from the reference facts in docs/method.md.
 QWEN_05 = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + INSTR + "\n" + Q
            + "<|eot_id|>0.5<|eot_id|><|im_end|>\n<|im_start|>assistant\n")
 QWEN_10 = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + INSTR + "\n" + Q

@@ -125,9 +125,13 @@ def test_table_numbers_order_and_links(full_run):
     assert math_rows["Original"][1] == "51.5"
     # every link resolves to the right predictions file
     for line in rows + _table(md, "MATH-500"):
-        target = re.search(r"\]\(([^)]+)\)", _cells(line)[6]).group(1)
+        target = re.search(r"\]\(([^)]+)\)", _cells(line)[7]).group(1)
         assert (md_path.parent / target).is_file()
-    assert "(evaluate/gsm8k/tokenskip/ratio-0.5/predictions.jsonl)" in by_label["TokenSkip (γ=0.5)"][6]
+    assert "(evaluate/gsm8k/tokenskip/ratio-0.5/predictions.jsonl)" in by_label["TokenSkip (γ=0.5)"][7]
+    # the adapter is named per row: only TokenSkip rows were generated with it
+    assert {label: cells[6] for label, cells in by_label.items()} == {
+        label: "`run/train/adapter`" if label.startswith("TokenSkip") else "none" for label in labels}
+    assert "max new tokens: `512`" in md
 
 
 def test_compressor_section_and_report_json(full_run):
@@ -184,7 +188,7 @@ def test_evaluate_folder_as_run_dir_and_out_flag(tmp_path, capsys):
     assert printed == str(out / "report.md")
     md = (out / "report.md").read_text()
     rows = {_cells(r)[0]: _cells(r) for r in _table(md, "MATH-500")}
-    link = re.search(r"\]\(([^)]+)\)", rows["TokenSkip (γ=0.7)"][6]).group(1)
+    link = re.search(r"\]\(([^)]+)\)", rows["TokenSkip (γ=0.7)"][7]).group(1)
     assert link.startswith("../myrun/evaluate/math/tokenskip/ratio-0.7/")
     assert (out / link).is_file()
     assert not (out / "plots").exists()
@@ -237,3 +241,105 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 def test_percentile_matches_linear_interpolation():
     assert rep._percentile([0.68, 0.70, 0.71, 0.73], 95) == pytest.approx(0.727)
     assert rep._percentile([1.0], 5) == 1.0
+
+
+# ---------------------------------------------------------------- what the plots show
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Keep each plot's matplotlib figure (instead of only its PNG) so its axes can be inspected."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    kept = {}
+    monkeypatch.setattr(rep, "_save", lambda fig, path: kept.__setitem__(Path(path).name, fig))
+    yield kept
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def _boxes(texts):
+    renderer = texts[0].figure.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in texts]
+
+
+@pytest.mark.parametrize("scale, top", [(1.0, 70.0), (0.05, 10.0), (1.6, 100.0)])
+def test_accuracy_plot_axis_in_percent_and_labels_apart(tmp_path, figures, scale, top):
+    run = make_run(tmp_path, benchmarks=("gsm8k",), compress=False, loss=False)
+    rows = [r.to_dict() for r in rep.collect_rows(run / "evaluate", run)]
+    for r in rows:  # 1.6 × 62 % would pass 100 %: clamp, the axis still ends at 100
+        r["accuracy"] = min(1.0, r["accuracy"] * scale)
+    assert rep.plot_accuracy_vs_tokens(rows, tmp_path / "a.png", "t") is None
+    ax = figures["a.png"].axes[0]
+    assert ax.get_ylim() == (0.0, top)
+    assert ax.get_ylabel() == "accuracy (%)"
+    texts = [t for t in ax.texts if t.get_text().startswith("γ=")]
+    assert len(texts) == 7  # every row with a γ is labelled
+    frame = ax.get_window_extent(texts[0].figure.canvas.get_renderer())
+    boxes = _boxes(texts)
+    for i, b in enumerate(boxes):
+        assert frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1, texts[i]
+        for j in range(i):
+            assert rep._overlap(b, boxes[j]) == 0, (texts[i].get_text(), texts[j].get_text())
+
+
+def test_place_labels_separates_points_on_top_of_each_other(figures):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 1.001, 1.002, 2], [1, 1.001, 1.0, 2], "o")
+    texts = rep.place_labels(ax, [(1, 1, "γ=0.5", "k"), (1.001, 1.001, "γ=0.6", "k"),
+                                  (1.002, 1.0, "γ=0.7", "k"), (2, 2, "γ=1.0", "k")])
+    boxes = _boxes(texts)
+    assert all(rep._overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[:i])
+
+
+def test_ratio_control_x_axis_within_unit_interval_with_p5_p95_bars(tmp_path, figures):
+    run = make_run(tmp_path, benchmarks=("gsm8k",), loss=False)
+    report = rep.build_report(run, run)
+    # a prompt row whose CoTs came out longer than the original's (ActRatio 1.35)
+    report["benchmarks"]["gsm8k"][1]["act_ratio"] = 1.35
+    assert rep.plot_ratio_control(report, tmp_path / "r.png") is None
+    ax = figures["r.png"].axes[0]
+    lo, hi = ax.get_xlim()
+    assert 0.0 < lo <= 0.5 and hi == 1.0
+    assert ax.get_ylim()[1] >= 1.35  # the long prompt row stays in view
+    # the compressor's p5–p95 bars: one vertical segment per γ, from p5 to p95 of the rows
+    bars = [c for c in ax.collections if c.get_segments() and len(c.get_segments()) == 3]
+    assert len(bars) == 1
+    spans = sorted((round(s[0][1], 4), round(s[1][1], 4)) for s in bars[0].get_segments())
+    c = report["compress"]["ratios"]
+    assert spans == sorted((round(e["achieved_p05"], 4), round(e["achieved_p95"], 4)) for e in c)
+    assert all(hi_ - lo_ > 0.02 for lo_, hi_ in spans)
+
+
+def test_loss_plot_few_points_no_lr_curve_and_integer_steps(tmp_path, figures):
+    points = [{"step": s, "loss": v, "lr": lr, "epoch": None}
+              for s, v, lr in ((10, 1.2345678, 4.9e-5), (20, 1.1987654, 2.6e-5), (30, 1.1876543, 1e-6))]
+    cfg = {"lr": 5e-5, "scheduler": "cosine", "warmup_ratio": 0.1}
+    assert rep.plot_loss(points, tmp_path / "l.png", cfg) is None
+    fig = figures["l.png"]
+    assert len(fig.axes) == 1  # no learning-rate axis for 3 points
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) == [10, 20, 30]
+    assert "peak lr 5.0e-05" in ax.get_title() and "cosine" in ax.get_title()
+    fig.canvas.draw()
+    assert all(len(t.get_text()) <= 5 for t in ax.get_yticklabels())
+    many = [{"step": s, "loss": 2.0 / s, "lr": 5e-5 * (1 - s / 40), "epoch": None} for s in range(1, 31)]
+    assert rep.plot_loss(many, tmp_path / "m.png", cfg) is None
+    fig = figures["m.png"]
+    assert len(fig.axes) == 2
+    assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
+
+
+def test_cot_hist_one_panel_per_series_and_cap_marked(tmp_path, figures):
+    run = make_run(tmp_path, benchmarks=("gsm8k",), compress=False, loss=False)
+    rows = [r.to_dict() for r in rep.collect_rows(run / "evaluate", run)]
+    assert rep.plot_cot_hist(rows, run, tmp_path / "h.png", "t", 30) is None
+    axes = figures["h.png"].axes
+    assert len(axes) == 4  # Original + TokenSkip at 3 γ, each in its own panel
+    assert axes[0].get_title(loc="left").startswith("Original: n=4, median 205, 0 at the cap")
+    for ax in axes:  # a vertical line at x = 512 (max_new_tokens) in every panel
+        assert any(list(line.get_xdata()) == [512, 512] for line in ax.get_lines())
+    assert "max_new_tokens cap = 512" in axes[-1].get_xlabel()

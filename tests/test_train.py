@@ -83,14 +83,21 @@ def test_step_changes_only_lora_weights(tmp_path, smol_tokenizer):
                                                        "up_proj", "down_proj"}
 
 
-def test_resume_continues_step_count(tmp_path, smol_tokenizer, tiny_model_dir):
+def test_resume_continues_step_count(tmp_path, smol_tokenizer, tiny_model_dir, capsys):
     write_jsonl_atomic(tmp_path / "sft" / "train.jsonl", sft_rows(smol_tokenizer, 12))
     write_jsonl_atomic(tmp_path / "sft" / "validation.jsonl", sft_rows(smol_tokenizer, 2))
     out = tmp_path / "out"
     m1 = train(small_cfg(tmp_path, model=tiny_model_dir, max_steps=2, eval=True))
+    # the console: one compact line per logging step and the eval loss, no raw trainer dicts, no bars
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("step ")]
+    assert [ln.split(" · ")[0] for ln in lines] == ["step 1/2 (50%)", "step 2/2 (100%)"]
+    assert all(" · loss " in ln and " · lr " in ln for ln in lines)
+    assert "eval loss " in err and "{'loss'" not in err and "'train_runtime'" not in err and "%|" not in err
     assert m1["global_step"] == 2 and m1["resumed_from"] is None and math.isfinite(m1["eval_loss"])
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 8
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir
     assert [r["step"] for r in read_jsonl(out / "loss_log.jsonl")] == [1, 2]
     m2 = train(small_cfg(tmp_path, model=tiny_model_dir, max_steps=4))
     assert m2["global_step"] == 4 and Path(m2["resumed_from"]).name == "checkpoint-2"
@@ -143,6 +150,8 @@ def test_cli_on_packaged_model(tmp_path, smol_tokenizer):
     rc = main(["train", "--model", "smollm2-135m-instruct", "--data", str(tmp_path / "sft"), "--max-steps", "2",
                "--out", str(tmp_path / "adapter"), "--threads", "1"])
     assert rc == 0
-    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    # the name the user gave, not the absolute cache folder the GGUF alias was converted into
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] == "smollm2-135m-instruct"
     metrics = json.loads((tmp_path / "adapter" / "train_metrics.json").read_text())
     assert metrics["global_step"] == 2 and math.isfinite(metrics["train_loss"])

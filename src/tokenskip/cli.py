@@ -25,6 +25,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def build_parser(cmd: str, module=None) -> argparse.ArgumentParser:
+    """The argument parser of ``tokenskip CMD`` (common flags + the stage's own); imports the stage module
+    when ``module`` is not given."""
+    module = module or importlib.import_module(COMMANDS[cmd][0])
+    parser = argparse.ArgumentParser(prog=f"tokenskip {cmd}", description=COMMANDS[cmd][1])
+    parser.add_argument("--log-level", default=os.environ.get("TOKENSKIP_LOG_LEVEL", "INFO"),
+                        help="logging level (default: INFO)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="for scripts: print only errors (no progress bars, training lines, INFO logs or "
+                             "summary); also TOKENSKIP_QUIET=1")
+    module.add_arguments(parser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(
@@ -43,14 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     cmd = argv[0]
     if cmd not in COMMANDS:
         top.error(f"unknown command {cmd!r}; choose from {', '.join(COMMANDS)}")
+    from tokenskip import console
+
+    if "--quiet" in argv[1:] or "-q" in argv[1:]:
+        console.set_quiet(True)  # before the stage imports Hugging Face libraries, which read it at import
     module = importlib.import_module(COMMANDS[cmd][0])
-    parser = argparse.ArgumentParser(prog=f"tokenskip {cmd}", description=COMMANDS[cmd][1])
-    parser.add_argument("--log-level", default=os.environ.get("TOKENSKIP_LOG_LEVEL", "INFO"),
-                        help="logging level (default: INFO)")
-    module.add_arguments(parser)
+    parser = build_parser(cmd, module)
     args = parser.parse_args(argv[1:])
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    console.set_quiet(args.quiet or console.quiet())
+    level = "WARNING" if console.quiet() and args.log_level.upper() in ("INFO", "DEBUG") else args.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return int(module.run_cli(args) or 0)
     except (ValueError, OSError) as e:

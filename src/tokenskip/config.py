@@ -36,7 +36,9 @@ def _split_list(values, item_type):
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add one ``--flag`` per field of dataclass ``cls``.
 
-    Lists accept spaces or commas (``--ratios 0.9 0.7`` or ``--ratios 0.9,0.7``); booleans get
+    Lists accept spaces or commas (``--ratios 0.9 0.7`` or ``--ratios 0.9,0.7``), except fields with
+    ``metadata={"split": False}``, whose items are kept whole (``--stop "User:" "\\n\\n"``); a list field with
+    ``metadata={"empty_ok": True}`` also takes the flag alone, meaning an empty list; booleans get
     ``--flag`` / ``--no-flag``. Defaults are left as ``None`` in argparse so that only flags the user
     typed override a recipe.
     """
@@ -55,20 +57,23 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(tp) in (list, tuple):
-            kw["nargs"] = "+"
+            # metadata "empty_ok": the flag alone means an empty list ("--prefer-kinds" = prefer nothing)
+            kw["nargs"] = "*" if f.metadata.get("empty_ok") else "+"
             kw["metavar"] = f.name.upper().rstrip("S") if f.name.endswith("s") else f.name.upper()
             parser.add_argument(flag, **kw)
         else:
             parser.add_argument(flag, type=tp if tp in (int, float, str) else str, **kw)
 
 
-def _coerce(value: Any, tp, name: str) -> Any:
+def _coerce(value: Any, tp, name: str, split: bool = True) -> Any:
     tp, optional = _unwrap_optional(tp)
     if value is None:
         return None
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
         (item,) = typing.get_args(tp)[:1] or (str,)
+        if not split:  # items kept whole (stop strings may hold spaces and commas)
+            return [item(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
         try:
             return _split_list(value, item)
         except ValueError:
@@ -97,7 +102,8 @@ def dataclass_from_dict(cls: type[T], data: dict, where: str = "") -> T:
             ``where`` (e.g. ``"recipe.yaml: train"``) prefixes the message.
     """
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     unknown = sorted(set(data) - names)
     prefix = f"{where}: " if where else ""
     if unknown:
@@ -105,7 +111,7 @@ def dataclass_from_dict(cls: type[T], data: dict, where: str = "") -> T:
     kwargs = {}
     for k, v in data.items():
         try:
-            kwargs[k] = _coerce(v, hints[k], k)
+            kwargs[k] = _coerce(v, hints[k], k, split=fields[k].metadata.get("split", True))
         except ValueError as e:
             raise ValueError(prefix + str(e)) from None
     obj = cls(**kwargs)

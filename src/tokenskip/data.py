@@ -70,8 +70,9 @@ def last_boxed(text: str) -> str | None:
 _CALC = re.compile(r"<<[^>]*>>")
 
 
-def require_text(row: dict, key: str, path, lineno: int) -> str:
-    """``row[key]`` as a string (numbers converted). Raises :class:`DataError` naming file, line and field."""
+def require_text(row: dict, key: str, path, lineno: int, nonempty: bool = False) -> str:
+    """``row[key]`` as a string (numbers converted). Raises :class:`DataError` naming file, line and
+    field when it is missing, not a string, or (``nonempty``) empty or only whitespace."""
     if key not in row:
         raise DataError(path, lineno, key, "missing")
     v = row[key]
@@ -79,13 +80,15 @@ def require_text(row: dict, key: str, path, lineno: int) -> str:
         v = str(v)
     if not isinstance(v, str):
         raise DataError(path, lineno, key, f"expected a string, got {type(v).__name__}")
+    if nonempty and not v.strip():
+        raise DataError(path, lineno, key, "empty (expected a non-empty string)")
     return v
 
 
 def parse_gsm8k_row(row: dict, path, lineno: int, idx: int) -> Problem:
     """One OpenAI GSM8K row (``question``, ``answer`` ending in ``#### N``) as a :class:`Problem`."""
-    q = require_text(row, "question", path, lineno)
-    a = require_text(row, "answer", path, lineno)
+    q = require_text(row, "question", path, lineno, nonempty=True)
+    a = require_text(row, "answer", path, lineno, nonempty=True)
     if "####" not in a:
         raise DataError(path, lineno, "answer", "expected the GSM8K format ending in '#### <number>'")
     sol, gold = a.rsplit("####", 1)
@@ -98,12 +101,12 @@ def parse_gsm8k_row(row: dict, path, lineno: int, idx: int) -> Problem:
 
 def parse_math_row(row: dict, path, lineno: int, idx: int) -> Problem:
     """A MATH-500 row (``problem``, ``solution``, ``answer``...) or a Hendrycks MATH row (gold = last boxed)."""
-    q = require_text(row, "problem", path, lineno)
+    q = require_text(row, "problem", path, lineno, nonempty=True)
     sol = row.get("solution") or ""
     if not isinstance(sol, str):
         raise DataError(path, lineno, "solution", "expected a string")
     if "answer" in row:
-        ans = require_text(row, "answer", path, lineno)
+        ans = require_text(row, "answer", path, lineno, nonempty=True)
     else:
         ans = last_boxed(sol)
         if ans is None:
@@ -127,8 +130,8 @@ def load_jsonl_mapped(path, question: str, answer: str, solution: str | None = N
     """
     out = []
     for idx, (lineno, row) in enumerate(iter_jsonl(path)):
-        q = require_text(row, question, path, lineno)
-        a = require_text(row, answer, path, lineno)
+        q = require_text(row, question, path, lineno, nonempty=True)
+        a = require_text(row, answer, path, lineno, nonempty=True)
         sol = require_text(row, solution, path, lineno) if solution else ""
         if answer_from == "gsm8k":
             if "####" not in a:

@@ -1,6 +1,6 @@
 """Stage *evaluate*: accuracy, CoT tokens, ActRatio and latency of a method on a test split.
 
-Methods (paper §5 baselines, REFERENCE.md):
+Methods (paper §5 baselines, docs/method.md):
 
 * ``original``   — the base model as is.
 * ``prompt``     — the base model told in the instruction to cut its reasoning words by (1 − γ).
@@ -33,17 +33,18 @@ from typing import Sequence
 
 from tokenskip.backends import Generation, GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.console import say
 from tokenskip.data import load_problems
 from tokenskip.generate import GenerationConfig, data_identity, print_metrics, run_rows, write_metrics
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl, read_json, write_json_atomic
-from tokenskip.models import configure_threads
+from tokenskip.models import check_device, configure_threads
 from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, INSTRUCTION, format_ratio, prompt_reduction_instruction,
                                styled_prompt, validate_ratio, warn_default_system)
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("original", "prompt", "truncation", "tokenskip")
-#: The paper's γ grid (REFERENCE.md step 3).
+#: The paper's γ grid (docs/method.md step 3).
 PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
 #: Text appended to a truncated CoT to force an answer (the SFT targets' answer line, opened).
 FORCE_ANSWER = "\n\nThe final answer is: $\\boxed{"
@@ -61,6 +62,8 @@ class EvaluateConfig(GenerationConfig):
     ratios: list[float] | None = field(default=None, metadata={"help": "compression ratios γ to evaluate (e.g. 1.0 0.5 or 1.0,0.5)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (method tokenskip)"})
     merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF backend; same outputs, faster)"})
+    force_adapter: bool = field(default=False, metadata={
+        "help": "load an adapter whose adapter_config.json names another base model (layer shapes must still fit)"})
     marker_delimiter: str = field(default=DEFAULT_MARKER_DELIMITER, metadata={"help": "delimiter of the γ marker (must match training)"})
     answer_max_tokens: int = field(default=24, metadata={"help": "truncation: tokens allowed for the forced answer"})
     force_answer: bool = field(default=False, metadata={
@@ -79,6 +82,9 @@ class EvaluateConfig(GenerationConfig):
             raise ValueError("--method tokenskip needs --adapter DIR (the trained LoRA adapter)")
         if self.adapter and not Path(self.adapter).exists():
             raise FileNotFoundError(f"adapter folder not found: {self.adapter}")
+
+    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
+        return {**super().backend_kwargs(adapter, merge_adapter), "force_adapter": self.force_adapter}
 
     @property
     def resolved_ratios(self) -> list[float]:
@@ -130,7 +136,7 @@ def refresh_act_ratios(out: str | Path, benchmark: str) -> None:
     """(Re)compute ``act_ratio`` in every metrics.json under ``out/benchmark`` against its original run.
 
     ActRatio = mean CoT tokens of the run ÷ mean CoT tokens of ``original`` over the ids both have
-    (paper's definition; REFERENCE.md step 7). Left ``null`` when there is no original run.
+    (paper's definition; docs/method.md step 7). Left ``null`` when there is no original run.
     """
     root = Path(out) / benchmark
     orig = _read_rows(root / "original" / "predictions.jsonl")
@@ -164,8 +170,11 @@ def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = Non
     s = {"stage": "evaluate", "method": cfg.method, "ratio": ratio, "model": cfg.model,
          "adapter": adapter_hash(cfg.adapter) if cfg.adapter and cfg.method == "tokenskip" else None,
          "benchmark": cfg.benchmark, "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
-         "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt,
-         "prompt_style": cfg.prompt_style}
+         "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+    if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+        s["stop"] = cfg.stop
+    if cfg.prompt_style != "chat-template":  # likewise
+        s["prompt_style"] = cfg.prompt_style
     if cfg.method == "tokenskip":
         s["marker_delimiter"] = cfg.marker_delimiter
     if cfg.method == "truncation":
@@ -190,12 +199,13 @@ def scaled_max_new_tokens(cap: int, ratio: float) -> int:
 
 def _metrics_extra(cfg: EvaluateConfig, method: str, ratio: float | None, problems) -> dict:
     extra = {"truncation": truncation_variant(cfg)} if method == "truncation" else {}
-    if method == "tokenskip":
-        extra["max_new_tokens"] = (scaled_max_new_tokens(cfg.resolved_max_new_tokens, ratio)
-                                   if cfg.scale_max_new_tokens else cfg.resolved_max_new_tokens)
+    cap = cfg.resolved_max_new_tokens
+    if method == "tokenskip" and cfg.scale_max_new_tokens:
+        cap = scaled_max_new_tokens(cap, ratio)
     return extra | {"benchmark": cfg.benchmark, "method": method, "ratio": ratio, "model": cfg.model,
             "adapter": cfg.adapter if method == "tokenskip" else None, "dtype": cfg.dtype, "backend": cfg.backend,
-            "latency_mode": cfg.latency_mode, "settings": to_dict(cfg) | {"method": method},
+            "max_new_tokens": cap, "latency_mode": cfg.latency_mode,
+            "settings": to_dict(cfg) | {"method": method},
             "ids": [p.id for p in problems]}
 
 
@@ -212,6 +222,8 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     cfg.validate()
     if not cfg.out:
         raise ValueError("--out is required")
+    if cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
     configure_threads(cfg.threads)
     problems = load_problems(cfg.benchmark, cfg.data, cfg.split, cfg.limit, cfg.offset)
     owned: list[GenerationBackend] = []
@@ -283,7 +295,8 @@ def _run_original(cfg: EvaluateConfig, problems, base_backend) -> dict:
     prompts = [styled_prompt(b.tokenizer, p.question, None, cfg.system_prompt, style=cfg.prompt_style,
                              model=cfg.model) for p in problems]
     with ResumableJsonl(d / "predictions.jsonl", settings) as w:
-        rows = run_rows(problems, prompts, w, b, cfg.benchmark, cfg.resolved_max_new_tokens)
+        rows = run_rows(problems, prompts, w, b, cfg.benchmark, cfg.resolved_max_new_tokens,
+                        desc=f"{cfg.benchmark} original")
     m = write_metrics(d, rows, _metrics_extra(cfg, "original", None, problems))
     return m | {"_dir": str(d)}
 
@@ -291,7 +304,8 @@ def _run_original(cfg: EvaluateConfig, problems, base_backend) -> dict:
 def _run_one(cfg, problems, prompts, backend, ratio, caps, hook=None, extra_settings=None, adapter=None) -> dict:
     d = run_dir(cfg.out, cfg.benchmark, cfg.method, ratio)
     with ResumableJsonl(d / "predictions.jsonl", _settings(cfg, ratio, extra_settings)) as w:
-        rows = run_rows(problems, prompts, w, backend, cfg.benchmark, caps, adapter=adapter, row_hook=hook)
+        rows = run_rows(problems, prompts, w, backend, cfg.benchmark, caps, adapter=adapter, row_hook=hook,
+                        desc=f"{cfg.benchmark} {cfg.method} γ={format_ratio(ratio)}")
     m = write_metrics(d, rows, _metrics_extra(cfg, cfg.method, ratio, problems))
     return m | {"_dir": str(d)}
 
@@ -305,5 +319,5 @@ def run_cli(args) -> int:
     for m in run_evaluate(cfg):
         label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
         print_metrics(m, f"[{m['benchmark']}] {label}: ")
-        print(f"    -> {m['_dir']}")
+        say(f"    -> {m['_dir']}")
     return 0

@@ -24,11 +24,11 @@ from tokenskip.backends import BACKENDS, GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import Problem, canonical_benchmark, load_problems
 from tokenskip.io import SCHEMA_VERSION, ResumableJsonl, file_hash, write_json_atomic
-from tokenskip.models import DTYPES, configure_threads
+from tokenskip.models import DTYPES, check_device, configure_threads
 
 logger = logging.getLogger(__name__)
 
-#: Paper defaults for max_new_tokens (REFERENCE.md step 1).
+#: Paper defaults for max_new_tokens (docs/method.md step 1).
 DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 512, "math": 1024}
 
 
@@ -64,6 +64,10 @@ class GenerationConfig:
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory fraction"})
     max_model_len: int | None = field(default=None, metadata={
         "help": "vLLM context length in tokens (default: the model's own; Llama-3.1 would reserve 131k)"})
+    stop: list[str] = field(default_factory=list, metadata={
+        "split": False, "empty_ok": True,
+        "help": "extra stop strings (the output is cut before the first one; \\n and \\t are read as line break "
+                "and tab); decoding always stops at the model's EOS and the chat template's end of turn"})
 
     def validate(self) -> None:
         if not self.model:
@@ -77,6 +81,9 @@ class GenerationConfig:
             raise ValueError(f"--max-model-len must be >= 1, got {self.max_model_len}")
         if self.prompt_style not in ("chat-template", "reference"):
             raise ValueError(f"--prompt-style must be chat-template or reference, got {self.prompt_style!r}")
+        self.stop = [x.replace("\\n", "\n").replace("\\t", "\t") for x in self.stop]
+        if any(not x for x in self.stop):
+            raise ValueError("--stop: stop strings must not be empty")
 
     @property
     def resolved_max_new_tokens(self) -> int:
@@ -87,7 +94,7 @@ class GenerationConfig:
                     adapter=adapter, merge_adapter=merge_adapter, latency_mode=self.latency_mode,
                     tensor_parallel_size=self.tensor_parallel_size,
                     gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads,
-                    max_model_len=self.max_model_len)
+                    max_model_len=self.max_model_len, stop=tuple(self.stop))
 
 
 def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: Callable[[str], int]) -> dict:
@@ -95,7 +102,7 @@ def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: 
 
     CoT tokens are counted in the target model's tokenizer on the text before the literal
     "\\n\\nThe final answer is:" (the whole output when absent), the reference's split
-    (:func:`tokenskip.grading.split_cot`; REFERENCE.md step 7).
+    (:func:`tokenskip.grading.split_cot`; docs/method.md step 7).
     """
     from tokenskip.grading import grade
 
@@ -141,7 +148,8 @@ def summarize(rows: Sequence[dict]) -> dict:
 
 def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: ResumableJsonl, backend: GenerationBackend,
              benchmark: str, max_new_tokens: int | Sequence[int], adapter: str | None = None,
-             row_hook: Callable[[Problem, dict], dict] | None = None, chunk: int | None = None) -> list[dict]:
+             row_hook: Callable[[Problem, dict], dict] | None = None, chunk: int | None = None,
+             desc: str = "generate") -> list[dict]:
     """Generate the problems not yet in ``writer`` and append their rows as each chunk finishes.
 
     Pending prompts are sorted by length (less padding) and sent ``chunk`` at a time (default: the
@@ -156,9 +164,9 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
     todo.sort(key=lambda i: len(prompts[i]))
     # vLLM batches continuously: hand it big chunks; HF: a few batches, so a kill loses little
     chunk = chunk or (256 if getattr(backend, "name", "") == "vllm" else max(1, getattr(backend, "batch_size", 8) * 4))
-    from tqdm.auto import tqdm
+    from tokenskip.console import progress
 
-    with tqdm(total=len(todo), desc="generate", unit="sample", disable=len(todo) < 2) as bar:
+    with progress(len(todo), desc) as bar:  # the step's only bar: backends draw none
         for s in range(0, len(todo), chunk):
             idx = todo[s:s + chunk]
             gens = backend.generate([prompts[i] for i in idx], [caps[i] for i in idx], adapter=adapter)
@@ -198,6 +206,8 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
     if not cfg.out:
         raise ValueError("--out is required")
     out = Path(cfg.out)
+    if backend is None and cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
     configure_threads(cfg.threads)
     problems = load_problems(cfg.benchmark, cfg.data, cfg.split, cfg.limit, cfg.offset)
     own = backend is None
@@ -209,12 +219,16 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
                    for p in problems]
         settings = {"stage": "generate", "model": cfg.model, "benchmark": cfg.benchmark,
                     "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
-                    "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt,
-                    "prompt_style": cfg.prompt_style}
+                    "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+        if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+            settings["stop"] = cfg.stop
+        if cfg.prompt_style != "chat-template":  # likewise
+            settings["prompt_style"] = cfg.prompt_style
         with ResumableJsonl(out / "predictions.jsonl", settings) as w:
             rows = run_rows(problems, prompts, w, backend, cfg.benchmark, cfg.resolved_max_new_tokens)
         return write_metrics(out, rows, {"benchmark": cfg.benchmark, "method": "original", "ratio": None,
                                          "model": cfg.model, "dtype": cfg.dtype, "backend": cfg.backend,
+                                         "max_new_tokens": cfg.resolved_max_new_tokens,
                                          "latency_mode": cfg.latency_mode, "settings": to_dict(cfg)})
     finally:
         if own:
@@ -226,7 +240,9 @@ def print_metrics(m: dict, title: str = "") -> None:
     cot = "—" if m.get("avg_cot_tokens") is None else f"{m['avg_cot_tokens']:.1f}"
     act = m.get("act_ratio")
     lat = m.get("sample_latency_s")
-    print(f"{title}n={m['n']} accuracy={acc} avg_cot_tokens={cot}"
+    from tokenskip.console import say
+
+    say(f"{title}n={m['n']} accuracy={acc} avg_cot_tokens={cot}"
           + (f" act_ratio={act:.3f}" if act is not None else "")
           + (f" latency={lat:.2f}s/sample ({m.get('latency_mode', 'amortized')})" if lat is not None else "")
           + (f" tokens/s={m['tokens_per_s']:.1f}" if m.get("tokens_per_s") else ""))
@@ -240,7 +256,9 @@ def run_cli(args) -> int:
     cfg = dataclass_from_args(GenerationConfig, args)
     m = run_generate(cfg)
     print_metrics(m)
-    print(f"wrote {Path(cfg.out) / 'predictions.jsonl'} and metrics.json")
+    from tokenskip.console import say
+
+    say(f"wrote {Path(cfg.out) / 'predictions.jsonl'} and metrics.json")
     return 0
 
 

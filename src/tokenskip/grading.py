@@ -1,14 +1,21 @@
 """Grading: pull the final answer out of a CoT and decide whether it matches the gold answer.
 
-* Extraction (both benchmarks): the last ``\\boxed{…}`` (nested braces handled), else the text after
-  the last "The final answer is" / "the answer is" / "Final answer:", else — GSM8K only — the last
-  number in the text.
+* Extraction (both benchmarks): the last ``\\boxed{…}`` (nested braces handled; boxes written one
+  after the other, ``$\\boxed{2}$ and $\\boxed{3}$``, give ``2, 3``), else the text after the last
+  "The final answer is" / "the answer is" / "Final answer:" (one line; ``$…$`` with escaped ``\\$``
+  inside, markdown ``**bold**`` and the closing period removed), else — GSM8K only — the last number.
 * GSM8K: exact numeric equality after removing ``$``, thousands commas, ``%``, units and LaTeX
   wrappers (``18`` = ``18.0`` = ``$18`` = ``18 dollars`` = ``1,800``/``1800``; ``3/4`` = ``0.75``).
-  Unlike the reference code (which grades GSM8K with its MATH grader), a prediction equal to
-  gold/100 or gold×100 is *not* accepted: ``0.18`` ≠ ``18``.
+  From an answer statement the value is its first number, so units and explanations after it do not
+  count (``18 (9 x 2)`` → 18), unless the statement opens with a computation, which gives its result
+  (``20 - 2 = 18`` → 18). Unlike the reference code (which grades GSM8K with its MATH grader), a
+  prediction equal to gold/100 or gold×100 is *not* accepted: ``0.18`` ≠ ``18``.
 * MATH / MATH-500: symbolic equivalence with ``math-verify`` (fractions, intervals, tuples, ``x=3``
-  vs ``3``, ``\\text{}`` units, degrees).
+  vs ``3``, ``\\text{}`` units, degrees); a choice label before a value (``\\textbf{(B) }7``) may match
+  either. math-verify compares numbers at float precision (it says ``\\frac{1}{2^{98}}`` =
+  ``\\frac{1}{2^{99}}``), so when both answers are plain numbers its "equal" is checked again: exact
+  equality for rationals, 50-digit evaluation for other exact numbers, and a decimal the model wrote
+  must equal the exact value rounded to the decimals written.
 
 math-verify's own time limit uses ``signal.alarm``, which raises ``ValueError`` outside the main
 thread. Here every math-verify comparison runs in a small pool of child processes (started lazily on
@@ -82,13 +89,23 @@ def split_cot(text: str) -> str:
     return text.split(COT_SPLIT, 1)[0]
 
 
+def _find_unescaped(s: str, token: str, start: int) -> int:
+    """Index of the first ``token`` in ``s`` from ``start`` not escaped by a backslash (``\\$`` is a dollar
+    sign, not a math delimiter); -1 when there is none."""
+    i = s.find(token, start)
+    while i > 0 and s[i - 1] == "\\":
+        i = s.find(token, i + 1)
+    return i
+
+
 def _answer_after_phrase(rest: str) -> str | None:
-    """The answer written right after a "final answer is" phrase: one line, math delimiters and the
-    closing period removed (``$\\frac{1}{2}$.`` → ``\\frac{1}{2}``, ``$18`` → ``18``)."""
-    s = rest.strip().split("\n", 1)[0].strip()
+    """The answer written right after a "final answer is" phrase: one line, markdown bold, math
+    delimiters and the closing period removed (``$\\frac{1}{2}$.`` → ``\\frac{1}{2}``, ``$18`` → ``18``,
+    ``$\\$18.90$`` → ``\\$18.90``, ``**1/2**.`` → ``1/2``)."""
+    s = rest.strip().split("\n", 1)[0].replace("**", "").strip()
     for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(open_):
-            end = s.find(close, len(open_))
+            end = _find_unescaped(s, close, len(open_))
             # no closing delimiter: a currency sign ("the answer is $18.")
             s = s[len(open_): end] if end >= 0 else s[len(open_):]
             break
@@ -124,12 +141,42 @@ def _to_fraction(num: str) -> Fraction | None:
         return None
 
 
+_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
+#: What may stand between boxes that together state one answer: spaces, ``$``, commas, "and", ``\\quad``.
+_BOX_GAP = re.compile(r"(?:\s|\$|,|;|&|\band\b|\\q?quad\b|\\text\s*\{\s*(?:and|,)?\s*\})*")
+
+
+def final_boxes(text: str) -> list[str]:
+    """Contents of the boxes that state the final answer: the last ``\\boxed{…}``/``\\fbox{…}`` plus the
+    boxes right before it separated only by spaces, ``$``, commas or "and" (``$\\boxed{2}$ and
+    $\\boxed{3}$`` → ``["2", "3"]``; ``first \\boxed{5}, then \\boxed{7}`` → ``["7"]``: a later box
+    revises an earlier one). Empty boxes are skipped; ``[]`` when there is none."""
+    spans = []  # (start of "\\boxed", end after "}", content)
+    for m in _BOX_START.finditer(text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0 and text[m.end():i - 1].strip():
+            spans.append((m.start(), i, text[m.end():i - 1].strip()))
+    spans = [sp for k, sp in enumerate(spans) if not (k and sp[0] < spans[k - 1][1])]  # nested boxes: outer only
+    if not spans:
+        return []
+    group = [spans[-1]]
+    for sp in reversed(spans[:-1]):
+        if not _BOX_GAP.fullmatch(text[sp[1]:group[0][0]]):
+            break
+        group.insert(0, sp)
+    return [c for _, _, c in group]
+
+
 def extract_answer(text: str, benchmark: str) -> str | None:
     """The final answer in a model output.
 
-    Order: content of the last ``\\boxed{…}``; else the text after the last "The final answer is" /
-    "the answer is" / "Final answer:" (one line, ``$…$`` and the closing period removed); else, for
-    GSM8K only, the last number in the text.
+    Order: content of the last ``\\boxed{…}`` (several adjacent boxes joined by ``", "``, see
+    :func:`final_boxes`); else the text after the last "The final answer is" / "the answer is" /
+    "Final answer:" (one line; ``$…$``, ``**bold**`` and the closing period removed); else, for GSM8K
+    only, the last number in the text.
 
     Args:
         text: full model output (CoT + answer).
@@ -140,7 +187,10 @@ def extract_answer(text: str, benchmark: str) -> str | None:
         ValueError: unknown benchmark.
     """
     bench = canonical_benchmark(benchmark)
-    boxed = last_boxed(text)
+    boxes = final_boxes(text)
+    if boxes:
+        return ", ".join(boxes)
+    boxed = last_boxed(text)  # the brace-less "\\boxed 5" form
     if boxed:
         return boxed
     phrases = list(_FINAL_PHRASE.finditer(text))
@@ -157,9 +207,26 @@ def extract_answer(text: str, benchmark: str) -> str | None:
 # ----------------------------------------------------------------------------------------- comparison
 
 
+#: The leading arithmetic of an answer statement: numbers, operators, "=", currency and LaTeX operators.
+_LEADING_MATH = re.compile(r"(?:[\s$\d.,+\-\u2212\u2013*/\u00d7\u00f7\u00b7=\u2248():%^{}]|(?<![A-Za-z])x(?![A-Za-z])"
+                           r"|\\(?:times|cdot|div|[dt]?frac|left|right|approx|\$|%|[,;:! ]))*")
+_EQUALS = re.compile(r"=|\u2248|\\approx")
+
+
 def _gsm8k_value(answer: str) -> Fraction | None:
-    nums = _gsm8k_numbers(answer)
-    return _to_fraction(nums[-1]) if nums else None
+    """The value an answer statement gives: the result of a leading computation (``20 - 2 = 18 apples``
+    → 18), else its first number, so units and explanations after it do not count (``18 (9 x 2)`` →
+    18, ``18 dollars per day, from 9 eggs at $2 each`` → 18). A statement that does not open with a
+    number (``x = 18``, ``\\text{18 cookies}``) is read whole by the same rule."""
+    head = _LEADING_MATH.match(answer).group(0)
+    if not re.search(r"\d", head):
+        head = answer
+    parts = _EQUALS.split(head)
+    for part in reversed(parts):  # the result: the last side of the equation that holds a number
+        nums = _gsm8k_numbers(part)
+        if nums:
+            return _to_fraction(nums[0])
+    return None
 
 
 def _gsm8k_match(pred: str, gold: str) -> bool:
@@ -215,11 +282,23 @@ def answers_match(pred: str, gold: str, benchmark: str, timeout_s: float = DEFAU
         return False
     if bench == "gsm8k":
         return _gsm8k_match(pred, gold)
+    choice = _CHOICE.fullmatch(pred.strip())
+    if choice and choice.group("value").strip():  # "\\textbf{(B) }7": the label or the value may be the gold
+        label = next(g for g in choice.group("a", "b", "c") if g)
+        return any(_math_match(c, gold, timeout_s) for c in (choice.group("value").strip(), f"({label})"))
+    return _math_match(pred, gold, timeout_s)
+
+
+#: A multiple-choice label before a value: ``\\textbf{(B) }7``, ``\\text{(B)} 7``, ``(B) 7``.
+_CHOICE = re.compile(r"\s*(?:\\text(?:bf|rm)?\s*\{\s*\((?P<a>[A-E])\)\s*\}|\((?P<b>[A-E])\)|(?P<c>[A-E])\))\s*(?P<value>.*)",
+                     re.DOTALL)
+
+
+def _math_match(pred: str, gold: str, timeout_s: float) -> bool:
     fast = _math_fast(pred, gold)
     if fast is not None:
         return fast
-    result = default_pool().compare(gold, pred, timeout_s)
-    return bool(result)
+    return bool(default_pool().compare(gold, pred, timeout_s))
 
 
 def grade(prediction_text: str, gold: str, benchmark: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Grade:
@@ -241,6 +320,47 @@ def is_correct(prediction_text: str, gold: str, benchmark: str, timeout_s: float
 # ------------------------------------------------------------------------------ math-verify child pool
 
 
+#: Digits for comparing exact non-rational numbers (``\\sqrt{8}`` vs ``2\\sqrt{2}``), and their relative tolerance.
+_EXACT_DIGITS = 50
+_EXACT_REL_TOL = 1e-40
+
+
+def _numbers_agree(gold_parsed: list, pred_parsed: list, gold: str, pred: str) -> bool:
+    """Second check of a math-verify "equal" when both answers are plain numbers (runs in the child).
+
+    math-verify compares numbers after rounding to ``float_rounding=6`` digits, so ``1/2^98`` equals
+    ``1/2^99`` and ``1/2004!`` equals ``1/2006!`` there. Here: two rationals must be equal exactly;
+    other exact numbers must agree to :data:`_EXACT_DIGITS` digits; a decimal written by one side must
+    equal the other side's exact value rounded to the decimals written (``0.333333`` = ``1/3``,
+    ``0.0000001`` ≠ ``1/2^30``). Anything else (sets, intervals, equations, expressions with symbols)
+    keeps math-verify's verdict.
+    """
+    import sympy
+
+    def first_number(parsed):
+        e = next((x for x in parsed if isinstance(x, sympy.Expr)), None)
+        if e is None or not e.is_number:
+            return None
+        return e.doit()
+
+    a, b = first_number(gold_parsed), first_number(pred_parsed)
+    if a is None or b is None:
+        return True
+    if a.has(sympy.Float) or b.has(sympy.Float):
+        decimals = [m for m in (_PLAIN_DECIMAL.fullmatch(_light_latex(x)) for x in (gold, pred)) if m]
+        if not decimals:
+            return True
+        places = max(len(m.group(0).partition(".")[2]) for m in decimals)
+        exact = [sympy.Rational(_light_latex(x)) if _PLAIN_DECIMAL.fullmatch(_light_latex(x)) else e
+                 for x, e in ((gold, a), (pred, b))]
+        diff = abs(sympy.N(exact[0] - exact[1], _EXACT_DIGITS))
+        return bool(diff <= sympy.Rational(1, 2) * sympy.Rational(10) ** -places)
+    if a.is_Rational and b.is_Rational:
+        return bool(a == b)
+    diff = abs(sympy.N(a - b, _EXACT_DIGITS))
+    return bool(diff <= _EXACT_REL_TOL * max(abs(sympy.N(a, _EXACT_DIGITS)), abs(sympy.N(b, _EXACT_DIGITS))))
+
+
 def _worker_main(setup_code: str = "") -> None:  # runs in the child process
     """Child loop: read ``[gold, pred]`` JSON lines on stdin, answer ``{"ok": bool}`` lines."""
     proto = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -260,7 +380,8 @@ def _worker_main(setup_code: str = "") -> None:  # runs in the child process
             wrap = "$\\boxed{{{}}}$".format
             g = math_verify.parse(wrap(gold), parsing_timeout=None)
             p = math_verify.parse(wrap(pred), parsing_timeout=None)
-            reply = {"ok": bool(math_verify.verify(g, p, timeout_seconds=None))}
+            ok = bool(math_verify.verify(g, p, timeout_seconds=None))
+            reply = {"ok": ok and _numbers_agree(g, p, gold, pred)}
         except Exception as e:  # noqa: BLE001 - any failure of one comparison is "not equal"
             reply = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
         proto.write(json.dumps(reply) + "\n")

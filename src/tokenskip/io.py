@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -47,23 +48,72 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def finite_or_none(x: Any) -> Any:
+    """``x`` unchanged, except a NaN or ±infinity float, which becomes ``None`` (JSON ``null``).
+
+    For statistics that are undefined (a mean over zero rows, a diverged loss): JSON has no NaN, and
+    a file holding ``NaN`` is refused by strict readers, so writers here never emit it.
+    """
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def _nonfinite_path(obj: Any, where: str = "") -> str | None:
+    """Where the first NaN/infinite float sits in ``obj`` (``"ratios.0.5.mean_abs_error"``), else ``None``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(top level)"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = _nonfinite_path(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
+def dumps_strict(obj: Any, path: str | os.PathLike = "", **kwargs) -> str:
+    """``json.dumps`` that refuses NaN/infinity (``allow_nan=False``) with an error naming the field.
+
+    Raises:
+        ValueError: ``obj`` holds a non-finite float (map it first, e.g. with :func:`finite_or_none`).
+    """
+    try:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False, **kwargs)
+    except ValueError:
+        field = _nonfinite_path(obj)
+        if field is None:
+            raise
+        raise ValueError(f"{path or 'JSON output'}: field {field!r} is NaN or infinite; JSON has no such "
+                         "value (a bug: map it to null where it is computed)") from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically (see :func:`write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    """Write ``obj`` as indented JSON, atomically (see :func:`write_text_atomic`); NaN is refused
+    (see :func:`dumps_strict`)."""
+    write_text_atomic(path, dumps_strict(obj, path, indent=2, sort_keys=False) + "\n")
 
 
 def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Write all ``rows`` as JSONL, atomically."""
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    """Write all ``rows`` as JSONL, atomically; NaN is refused (see :func:`dumps_strict`)."""
+    write_text_atomic(path, "".join(dumps_strict(r, path) + "\n" for r in rows))
 
 
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file. Raises :class:`DataError` naming the file and line if it does not parse."""
     path = Path(path)
+    data = path.read_bytes()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(path, data.count(b"\n", 0, e.start) + 1, None, _not_utf8(data, e)) from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(path, e.lineno, None, f"invalid JSON ({e.msg})") from None
+
+
+def _not_utf8(data: bytes, e: UnicodeDecodeError) -> str:
+    col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    return (f"not UTF-8 text: byte 0x{data[e.start]:02x} at column {col} (Latin-1 or Windows-1252? "
+            "re-save the file as UTF-8)")
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
@@ -71,11 +121,15 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        DataError: a line is not valid JSON or not a JSON object.
+        DataError: a line is not UTF-8 text, not valid JSON or not a JSON object.
     """
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(path, lineno, None, _not_utf8(raw, e)) from None
             if not line.strip():
                 continue
             try:
@@ -177,7 +231,7 @@ class ResumableJsonl:
         k = row[self.key]
         if k in self.rows:
             raise ValueError(f"{self.path}: duplicate {self.key}={k!r}")
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._fh.write(dumps_strict(row, self.path) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self.rows[k] = row

@@ -45,6 +45,7 @@ from typing import Any, Callable
 import yaml
 
 from tokenskip.config import dataclass_from_dict, to_dict
+from tokenskip.console import duration, say
 from tokenskip.io import file_hash, fingerprint, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -314,7 +315,8 @@ class SharedBackends:
     @staticmethod
     def key(cfg) -> tuple:
         return (cfg.backend, cfg.model, cfg.dtype, cfg.device, cfg.batch_size, cfg.latency_mode,
-                cfg.tensor_parallel_size, cfg.gpu_memory_utilization, cfg.threads, cfg.max_model_len)
+                cfg.tensor_parallel_size, cfg.gpu_memory_utilization, cfg.threads, tuple(cfg.stop),
+                cfg.max_model_len)
 
     def get(self, cfg):
         from tokenskip.backends import get_backend
@@ -346,13 +348,15 @@ def _execute(p: StagePlan, run: Path) -> None:
         print_metrics(run_generate(p.configs[0]), "[generate] ")
     elif p.name == "compress":
         from tokenskip.compress.cli import run as run_compress
-        run_compress(p.configs[0])
+        from tokenskip.compress.cli import summary_lines
+        for line in summary_lines(run_compress(p.configs[0])):
+            say(f"[compress] {line}")
     elif p.name == "build_sft":
-        from tokenskip.sft import build_sft
-        build_sft(p.configs[0])
+        from tokenskip.sft import build_sft, summary_line
+        say(summary_line(build_sft(p.configs[0])))
     elif p.name == "train":
-        from tokenskip.train import train
-        train(p.configs[0])
+        from tokenskip.train import summary_line, train
+        say(summary_line(train(p.configs[0])))
     elif p.name == "evaluate":
         from tokenskip.evaluate import run_evaluate
         from tokenskip.generate import print_metrics
@@ -363,9 +367,13 @@ def _execute(p: StagePlan, run: Path) -> None:
             if cfg.method == "tokenskip" and cfg.adapter and Path(cfg.adapter).resolve() == (run / "train").resolve():
                 cfg.adapter = str(_adapter_dir(run / "train"))
             cfgs.append(cfg)
+        shown = set()  # truncation runs return the original run's metrics too: print each run once
         with SharedBackends(cfgs) as shared:
             for cfg in cfgs:
                 for m in run_evaluate(cfg, backend=shared.get(cfg)):
+                    if m["_dir"] in shown:
+                        continue
+                    shown.add(m["_dir"])
                     label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
                     print_metrics(m, f"[evaluate {m['benchmark']}] {label}: ")
     elif p.name == "report":
@@ -424,6 +432,7 @@ def run_pipeline(recipe: dict, stages: list[str] | None = None, dry_run: bool = 
             echo(f"             {mode}")
     if dry_run:
         return plans
+    t_start = time.perf_counter()
     run.mkdir(parents=True, exist_ok=True)
     mpath = run / "manifest.json"
     manifest = read_json(mpath) if mpath.exists() else {}
@@ -456,7 +465,10 @@ def run_pipeline(recipe: dict, stages: list[str] | None = None, dry_run: bool = 
         entry.update(status="done", seconds=round(time.perf_counter() - t0, 1),
                      finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_json_atomic(mpath, manifest)
-        echo(f"== stage {p.name} done in {entry['seconds']:.0f} s")
+        echo(f"== stage {p.name} done in {duration(entry['seconds'])}")
+    ran = [p.name for p in plans if p.enabled and (not stages or p.name in stages) and p.status != "done"]
+    echo(f"== {len(ran)} stage(s) run ({', '.join(ran) or 'none'}) in {duration(time.perf_counter() - t_start)}; "
+         f"{len(plans) - len(ran)} skipped")
     if (run / "report.md").exists():
         echo(f"report: {run / 'report.md'}")
     return plans
@@ -476,5 +488,6 @@ def run_cli(args) -> int:
     stages = None
     if args.stages:
         stages = [s.replace("-", "_") for a in args.stages for s in a.replace(",", " ").split()]
-    run_pipeline(recipe, stages, args.dry_run)
+    # the dry-run plan is the command's output; a real run's progress lines are silenced by --quiet
+    run_pipeline(recipe, stages, args.dry_run, echo=print if args.dry_run else say)
     return 0

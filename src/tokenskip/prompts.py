@@ -1,14 +1,16 @@
 """Model inputs, always built through the tokenizer's own chat template.
 
 User turn = instruction + newline + question (+ the compression-ratio marker when γ < 1), as in the
-paper's reference code (``../shared/REFERENCE.md`` step 1 and 4).
+paper's reference code (``docs/method.md`` step 1 and 4).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
-#: The paper's user instruction (reference code, step 1 of REFERENCE.md).
+#: The paper's user instruction (reference code, step 1 of docs/method.md).
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 #: Delimiter around γ in the ratio marker; the paper uses the same literal for every model family.
@@ -98,10 +100,89 @@ def answer_line(answer: str) -> str:
     return ANSWER_TEMPLATE.format(answer=answer)
 
 
+# ------------------------------------------------------------------ end of turn: one rule for training and decoding
+
+
+def end_of_turn(tokenizer) -> str:
+    """The text the chat template puts after an assistant message (``<|im_end|>``, ``<|eot_id|>``...).
+
+    Training appends it to every SFT completion, and decoding stops at it (:func:`stop_rule`): one
+    rule for both, so a model is never trained to end on a token decoding does not stop at (Qwen2.5
+    base/Math ship EOS ``<|endoftext|>`` while their template ends turns with ``<|im_end|>``).
+
+    Found by rendering a one-turn conversation with a sentinel answer; trailing whitespace is dropped
+    (decoding stops at the token itself). Falls back to ``tokenizer.eos_token`` when the template adds
+    nothing.
+
+    Raises:
+        ValueError: the tokenizer has neither an end-of-turn text nor an EOS token.
+    """
+    sentinel = "TOKENSKIP_SENTINEL_ANSWER"
+    eot = ""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "q"},
+                                              {"role": "assistant", "content": sentinel}], tokenize=False)
+        eot = text[text.rindex(sentinel) + len(sentinel):].rstrip()
+    eot = eot or (tokenizer.eos_token or "")
+    if not eot:
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r}: no end-of-turn or EOS token")
+    return eot
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Where greedy decoding stops.
+
+    Attributes:
+        token_ids: stop token ids (the stop token itself is not part of the output).
+        strings: stop strings (the output is cut before the first one; the cut text is not kept).
+    """
+
+    token_ids: tuple[int, ...]
+    strings: tuple[str, ...] = field(default=())
+
+
+def stop_rule(tokenizer, eos_token_id: int | Sequence[int] | None = None, extra: Iterable[str] = ()) -> StopRule:
+    """The stop rule of every backend: the model's generation-config EOS id(s) (an int, a list or
+    ``None``), the tokenizer's EOS, and the chat template's end of turn (:func:`end_of_turn`, the
+    text training appends), plus ``extra`` stop strings (``--stop``).
+
+    The end of turn is a stop id when it is one token, else a stop string (a template that ends turns
+    with plain text, e.g. ``"\n### End"``). A tokenizer without either gives only the EOS ids.
+
+    Returns:
+        :class:`StopRule` with ids in that order, without duplicates.
+    """
+    ids: list[int] = []
+    for i in ([] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id):
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    strings: list[str] = []
+    try:
+        eot = end_of_turn(tokenizer)
+    except ValueError:
+        eot = ""
+    if eot:
+        eot_ids = tokenizer(eot, add_special_tokens=False)["input_ids"]
+        if len(eot_ids) == 1:
+            if eot_ids[0] not in ids:
+                ids.append(eot_ids[0])
+        else:
+            strings.append(eot)
+    for x in extra:
+        if not isinstance(x, str) or not x:
+            raise ValueError(f"stop strings must be non-empty strings, got {x!r}")
+        if x not in strings:
+            strings.append(x)
+    return StopRule(tuple(ids), tuple(strings))
+
+
 # -- prompt styles ---------------------------------------------------------------------------------
 #: ``chat-template``: the tokenizer's own chat template (this project's default, any model family).
 #: ``reference``: the TokenSkip reference's hand-written strings for Qwen (ChatML) and Llama-3.1, byte
-#: for byte (REFERENCE.md "Reference-code details"); the paper recipes use it.
+#: for byte (the reference code; docs/method.md); the paper recipes use it.
 PROMPT_STYLES = ("chat-template", "reference")
 
 #: The reference's Qwen system turn (also what its LLaMA-Factory ``qwen`` template adds by default).

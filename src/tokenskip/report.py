@@ -5,7 +5,8 @@ Reads only other stages' output files (never their code):
 * ``evaluate/<benchmark>/original/metrics.json`` and
   ``evaluate/<benchmark>/<method>/ratio-<γ>/metrics.json`` (+ ``predictions.jsonl`` beside each);
 * ``compress/summary.json`` and ``compress/ratio-<γ>.jsonl`` (optional);
-* ``train/loss_log.jsonl`` (optional); ``manifest.json`` (optional, for the run name).
+* ``train/loss_log.jsonl`` and ``train/train_config.json`` (optional: the loss plot names the peak learning
+  rate, schedule and warmup asked for); ``manifest.json`` (optional, for the run name).
 
 ``RUN_DIR`` may also be an evaluate folder itself (``tokenskip report W/eval``).
 
@@ -78,7 +79,10 @@ class ReportRow:
         sample_latency_s: seconds per sample; ``latency_mode`` says ``amortized`` (batch wall time ÷ N)
             or ``single`` (one request at a time).
         tokens_per_s: generated tokens per second.
-        model / adapter / backend / dtype: what produced the row.
+        model / adapter / backend / dtype: what produced the row (``adapter`` is ``None`` for rows made by
+            the base model: original, prompt and truncation).
+        max_new_tokens: the generation cap in tokens (``metrics.json``'s ``max_new_tokens``, else its
+            ``settings.max_new_tokens``); ``None`` when the file does not say.
         metrics_path / predictions_path: paths relative to the report folder (``predictions_path``
             is ``None`` when the file is absent).
         predictions_rows: rows in ``predictions.jsonl`` (``None`` when absent).
@@ -99,6 +103,7 @@ class ReportRow:
     adapter: str | None = None
     backend: str | None = None
     dtype: str | None = None
+    max_new_tokens: int | None = None
     metrics_path: str = ""
     predictions_path: str | None = None
     predictions_rows: int | None = None
@@ -117,7 +122,8 @@ class ReportRow:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ReportRow":
-        return cls(**d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def _fmt_ratio(r: float) -> str:
@@ -209,6 +215,9 @@ def read_metrics_row(path: Path, benchmark: str, method: str, folder_ratio: floa
     if mode is not None and mode not in ("amortized", "single"):
         raise DataError(path, None, "latency_mode", f"expected 'amortized' or 'single', got {mode!r}")
     file_ratio = _number(path, data, "ratio")
+    settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+    cap = data.get("max_new_tokens", settings.get("max_new_tokens"))
+    cap = int(cap) if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0 else None
     if data.get("method") not in (None, method):
         notes.append(f"`{_rel(path, out_dir)}`: method {data['method']!r} differs from its folder {method!r}")
     if folder_ratio is not None and file_ratio is not None and abs(file_ratio - folder_ratio) > 1e-6:
@@ -222,7 +231,7 @@ def read_metrics_row(path: Path, benchmark: str, method: str, folder_ratio: floa
     return ReportRow(
         benchmark=benchmark, method=method, ratio=folder_ratio, n=None if n is None else int(n),
         latency_mode=mode, model=data.get("model"), adapter=data.get("adapter"),
-        backend=data.get("backend"), dtype=data.get("dtype"), truncation=data.get("truncation"),
+        backend=data.get("backend"), dtype=data.get("dtype"), max_new_tokens=cap, truncation=data.get("truncation"),
         metrics_path=_rel(path, out_dir), predictions_path=_rel(pred, out_dir) if pred_rows is not None else None,
         predictions_rows=pred_rows, **vals)
 
@@ -411,14 +420,15 @@ def render_table(rows: list[dict]) -> str:
     """The paper-style Markdown table for one benchmark's rows (already in table order).
 
     Columns: method (γ), accuracy (%, 1 decimal), avg CoT tokens (1 decimal), ActRatio (2 decimals),
-    latency (s/sample, 3 decimals; the mode goes in the header when every row shares it), n, and a
-    link to the row's ``predictions.jsonl``. Absent values are ``—``.
+    latency (s/sample, 3 decimals; the mode goes in the header when every row shares it), n, the LoRA
+    adapter the row was generated with (``none`` for base-model rows), and a link to the row's
+    ``predictions.jsonl``. Absent values are ``—``.
     """
     modes = {r["latency_mode"] for r in rows if r.get("sample_latency_s") is not None}
     shared_mode = next(iter(modes)) if len(modes) == 1 and None not in modes else None
     lat_head = f"Latency (s/sample, {shared_mode})" if shared_mode else "Latency (s/sample)"
-    lines = [f"| Method | Accuracy (%) | Avg CoT tokens | ActRatio | {lat_head} | n | Predictions |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [f"| Method | Accuracy (%) | Avg CoT tokens | ActRatio | {lat_head} | n | Adapter | Predictions |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
     for d in rows:
         r = ReportRow.from_dict(d)
         acc = None if r.accuracy is None else 100.0 * r.accuracy
@@ -427,8 +437,9 @@ def render_table(rows: list[dict]) -> str:
             lat += f" ({r.latency_mode or 'mode unknown'})"
         link = f"[predictions.jsonl]({r.predictions_path})" if r.predictions_path else MISSING
         n = MISSING if r.n is None else str(r.n)
+        adapter = f"`{r.adapter}`" if r.adapter else "none"
         lines.append(f"| {r.label} | {_fmt(acc, 1)} | {_fmt(r.avg_cot_tokens, 1)} | {_fmt(r.act_ratio, 2)} "
-                     f"| {lat} | {n} | {link} |")
+                     f"| {lat} | {n} | {adapter} | {link} |")
     return "\n".join(lines)
 
 
@@ -469,8 +480,10 @@ def render_markdown(report: dict) -> str:
         out += ["No evaluation results found.", ""]
     for bench, rows in sorted(report["benchmarks"].items(), key=lambda kv: _sort_key_benchmark(kv[0])):
         out += [f"## {BENCHMARK_LABELS.get(bench, bench)}", "",
-                f"Model: {_uniq(rows, 'model')} · adapter: {_uniq(rows, 'adapter')} · "
-                f"backend: {_uniq(rows, 'backend')} · dtype: {_uniq(rows, 'dtype')}", "",
+                f"Model: {_uniq(rows, 'model')} · backend: {_uniq(rows, 'backend')} · "
+                f"dtype: {_uniq(rows, 'dtype')} · max new tokens: {_uniq(rows, 'max_new_tokens')}. "
+                "The Adapter column names the LoRA adapter each row was generated with "
+                "(`none`: the base model).", "",
                 render_table(rows), "",
                 _image(plots, f"accuracy_vs_tokens:{bench}", f"{bench}: accuracy vs average CoT tokens"), "",
                 _image(plots, f"cot_hist:{bench}", f"{bench}: CoT length per γ"), ""]
@@ -507,52 +520,128 @@ def render_markdown(report: dict) -> str:
 _METHOD_STYLE = {"original": ("black", "*"), "prompt": ("tab:orange", "s"), "truncation": ("tab:red", "v"),
                  "tokenskip": ("tab:blue", "o")}
 
+#: Fewer logged points than this and the learning-rate curve is not drawn: a cosine schedule with warmup
+#: sampled at 3 steps is a triangle whose peak is not the peak rate asked for.
+MIN_LR_POINTS = 8
+
+
+def _save(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG and free it (one place, so tests can look at the figure instead)."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
 
 def _style(method: str) -> tuple[str, str]:
     return _METHOD_STYLE.get(method, ("tab:gray", "D"))
 
 
-def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | None:
-    """Accuracy (%) vs average CoT tokens, one line per method, points labelled by γ.
+def _overlap(a, b) -> float:
+    """Overlap area of two display-space bounding boxes (pixels²)."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
 
-    Returns ``None`` after writing ``path``, or the reason the plot was skipped.
+
+def place_labels(ax, items: list[tuple[float, float, str, str]], fontsize: float = 7.5) -> list:
+    """Annotate data points ``(x, y, text, color)`` so that labels overlap neither one another, the
+    drawn lines and markers, nor the axes frame (greedy: each label takes the first free spot of 8
+    around its point, at two distances; when none is free, the spot with the least overlap).
+    Returns the texts."""
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    taken = []
+    for line in ax.get_lines():  # markers and line segments, sampled every ~4 px
+        xy = ax.transData.transform(line.get_xydata())
+        for (x0, y0), (x1, y1) in zip(xy, xy[1:]) if line.get_linestyle() not in ("None", "none") else []:
+            k = max(1, int(math.hypot(x1 - x0, y1 - y0) / 4))
+            taken += [Bbox.from_extents(x0 + (x1 - x0) * i / k - 1.5, y0 + (y1 - y0) * i / k - 1.5,
+                                        x0 + (x1 - x0) * i / k + 1.5, y0 + (y1 - y0) * i / k + 1.5)
+                      for i in range(k + 1)]
+        taken += [Bbox.from_extents(px - 5, py - 5, px + 5, py + 5) for px, py in xy]
+    spots = [(dx * r, dy * r, ha, va) for r in (1, 2.2, 3.6, 5.0) for dx, dy, ha, va in
+             ((5, 5, "left", "bottom"), (5, -5, "left", "top"), (-5, 5, "right", "bottom"),
+              (-5, -5, "right", "top"), (0, 7, "center", "bottom"), (0, -7, "center", "top"),
+              (7, 0, "left", "center"), (-7, 0, "right", "center"))]
+    texts = []
+    for x, y, text, color in items:
+        best = None
+        for dx, dy, ha, va in spots:
+            t = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                            fontsize=fontsize, color=color)
+            box = t.get_window_extent(renderer)
+            outside = max(0.0, frame.x0 - box.x0) + max(0.0, box.x1 - frame.x1) + \
+                max(0.0, frame.y0 - box.y0) + max(0.0, box.y1 - frame.y1)
+            cost = sum(_overlap(box, o) for o in taken) + 1000.0 * outside
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, t, box)
+            else:
+                t.remove()
+            if cost == 0:
+                break
+        taken.append(best[2])
+        texts.append(best[1])
+    return texts
+
+
+def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | None:
+    """Accuracy (%, 0–100 scale) vs average CoT tokens, one line per method, points labelled by γ.
+
+    The y axis starts at 0 and ends at the next multiple of 10 above the best accuracy (+5 points of
+    room, at most 100), so a 3 % model does not look like a 90 % one. Returns ``None`` after writing
+    ``path``, or the reason the plot was skipped.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     pts = [r for r in rows if r["accuracy"] is not None and r["avg_cot_tokens"] is not None]
     if not pts:
         return "no row has both accuracy and avg_cot_tokens"
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
     by_method: dict[str, list[dict]] = {}
     for r in pts:
         by_method.setdefault(r["method"], []).append(r)
+    labels = []
     for method in sorted(by_method, key=_sort_key_method):
         group = sorted(by_method[method], key=lambda r: -(r["ratio"] or 1.0))
         color, marker = _style(method)
         xs = [r["avg_cot_tokens"] for r in group]
-        ys = [100 * r["accuracy"] for r in group]
-        ax.plot(xs, ys, marker=marker, color=color, markersize=12 if marker == "*" else 6,
-                linestyle="-" if len(group) > 1 else "none", label=METHOD_LABELS.get(method, method))
-        for r, x, y in zip(group, xs, ys):
-            if r["ratio"] is not None:
-                ax.annotate(f"γ={_fmt_ratio(r['ratio'])}", (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color=color)
-    ax.set_xlabel("average CoT tokens")
+        ys = [100.0 * r["accuracy"] for r in group]
+        ax.plot(xs, ys, marker=marker, color=color, markersize=12 if marker == "*" else 6, clip_on=False,
+                linestyle="-" if len(group) > 1 else "none", label=METHOD_LABELS.get(method, method),
+                zorder=2.5 if method == "original" else 2, alpha=0.9)  # the reference star stays visible
+        labels += [(x, y, f"γ={_fmt_ratio(r['ratio'])}", color) for r, x, y in zip(group, xs, ys)
+                   if r["ratio"] is not None]
+    top = min(100.0, 10.0 * math.ceil((max(100.0 * r["accuracy"] for r in pts) + 5.0) / 10.0))
+    ax.set_ylim(0.0, top)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10], integer=True))
+    ax.margins(x=0.15)  # room for the γ labels inside the frame
+    ax.set_xlabel("average CoT tokens per sample")
     ax.set_ylabel("accuracy (%)")
-    lo, hi = ax.get_ylim()
-    ax.set_ylim(max(lo, 0.0), max(hi, 1.0))  # accuracy is never negative; keep an all-zero run readable
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # below the frame: inside it the legend hides points (a 0 % model has all of them on the bottom edge)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    place_labels(ax, labels)
+    _save(fig, path)
     return None
 
 
 def plot_ratio_control(report: dict, path: Path) -> str | None:
-    """Achieved vs requested γ: compressor (mean, p5–p95 band of rows or ±p95 |error|), TokenSkip and
-    prompt-baseline ActRatio per benchmark, and the y = x diagonal. Returns the skip reason or ``None``."""
+    """Achieved vs requested γ: compressor (mean, with p5–p95 bars of the rows or ±p95 |error|),
+    TokenSkip and prompt-baseline ActRatio per benchmark, and the y = x diagonal.
+
+    The x axis covers the requested γ only, so it stays within (0, 1]; the y axis grows past 1 when a
+    method's CoTs came out longer than the original's. Returns the skip reason or ``None``.
+    """
     import matplotlib.pyplot as plt
 
     series = []  # (label, color, marker, xs, ys, yerr, linestyle)
@@ -563,14 +652,14 @@ def plot_ratio_control(report: dict, path: Path) -> str | None:
             xs = [e["ratio"] for e in es]
             ys = [e["mean_achieved_ratio"] for e in es]
             if all(e["achieved_p05"] is not None for e in es):
-                yerr = [[y - e["achieved_p05"] for y, e in zip(ys, es)],
-                        [e["achieved_p95"] - y for y, e in zip(ys, es)]]
-                label = "compressor (mean, p5–p95)"
+                yerr = [[max(0.0, y - e["achieved_p05"]) for y, e in zip(ys, es)],
+                        [max(0.0, e["achieved_p95"] - y) for y, e in zip(ys, es)]]
+                label = "compressor on training CoTs (mean; bars: p5–p95)"
             elif all(e["p95_abs_error"] is not None for e in es):
                 yerr = [e["p95_abs_error"] for e in es]
-                label = "compressor (mean ± p95 |error|)"
+                label = "compressor on training CoTs (mean ± p95 |error|)"
             else:
-                yerr, label = None, "compressor (mean)"
+                yerr, label = None, "compressor on training CoTs (mean)"
             series.append((label, "tab:green", "^", xs, ys, yerr, "-"))
     benches = sorted(report["benchmarks"], key=_sort_key_benchmark)
     for b, bench in enumerate(benches):
@@ -584,85 +673,137 @@ def plot_ratio_control(report: dict, path: Path) -> str | None:
                                None, ("-", "--", ":", "-.")[b % 4]))
     if not series:
         return "no compressor summary and no TokenSkip/Prompt row with an act_ratio"
-    fig, ax = plt.subplots(figsize=(5.6, 5.0))
-    vals = [v for s_ in series for v in (*s_[3], *s_[4])]
-    lo, hi = min(vals) - 0.05, max(vals) + 0.05
-    ax.plot([lo, hi], [lo, hi], color="gray", linestyle=":", label="y = x (exact control)")
+    fig, ax = plt.subplots(figsize=(6.0, 5.6))
+    gammas = [x for s_ in series for x in s_[3]]
+    x_lo = max(0.0, math.floor(10 * min(gammas) - 0.5) / 10)
+    ys_all = [y for s_ in series for y in s_[4]]
+    for s_ in series:
+        if s_[5] is not None and isinstance(s_[5][0], list):
+            ys_all += [y - d for y, d in zip(s_[4], s_[5][0])] + [y + u for y, u in zip(s_[4], s_[5][1])]
+    y_lo = max(0.0, min(x_lo, min(ys_all) - 0.05))
+    y_hi = max(1.0, max(ys_all)) + 0.05
+    ax.plot([x_lo, 1.0], [x_lo, 1.0], color="gray", linestyle=":", label="y = x (exact control)")
     for label, color, marker, xs, ys, yerr, ls in series:
         if yerr is not None:
-            ax.errorbar(xs, ys, yerr=yerr, color=color, marker=marker, linestyle=ls, capsize=3, label=label)
+            # hollow markers and thick capped bars drawn on top, so a narrow band still shows
+            ax.errorbar(xs, ys, yerr=yerr, color=color, marker=marker, markerfacecolor="white", linestyle=ls,
+                        capsize=6, elinewidth=2.0, capthick=2.0, zorder=4, clip_on=False, label=label)
         else:
-            ax.plot(xs, ys, color=color, marker=marker, linestyle=ls, label=label,
-                    markerfacecolor=color if ls == "-" else "none")
-    ax.set_xlabel("requested ratio γ")
+            ax.plot(xs, ys, color=color, marker=marker, linestyle=ls, label=label, clip_on=False,
+                    markerfacecolor=color if ls == "-" else "none", zorder=3)
+    ax.set_xlim(x_lo, 1.0)
+    ax.set_ylim(y_lo, y_hi)
+    ax.set_xlabel("requested ratio γ (kept ÷ original tokens)")
     ax.set_ylabel("achieved ratio")
     ax.set_title("Ratio control")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    # below the frame: inside it the legend hides points
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return None
 
 
 def plot_cot_hist(rows: list[dict], out_dir: Path, path: Path, title: str, bins: int) -> str | None:
-    """Histogram of per-sample CoT tokens for the original model and each TokenSkip γ (step outlines on
-    shared bins, from each row's ``predictions.jsonl``). Returns the skip reason or ``None``."""
+    """CoT length per sample for the original model and each TokenSkip γ: one panel per series on a
+    shared x axis (shared bins), with the series' median and the ``max_new_tokens`` cap marked (CoTs
+    at the cap were cut off). Read from each row's ``predictions.jsonl``. Returns the skip reason or
+    ``None``."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    groups = []
+    groups = []  # (label, tokens, cap)
     for r in rows:
         if r["method"] in ("original", "tokenskip") and r["predictions_path"]:
             toks = read_cot_tokens(out_dir / r["predictions_path"])
             if toks:
                 label = "Original" if r["method"] == "original" else f"TokenSkip γ={_fmt_ratio(r['ratio'])}"
-                groups.append((label, toks))
+                groups.append((label, toks, r.get("max_new_tokens")))
     if not groups:
         return "no cot_tokens in the predictions of the Original or TokenSkip rows"
-    lo = min(min(t) for _, t in groups)
-    hi = max(max(t) for _, t in groups)
+    caps = {c for _, _, c in groups if c}
+    lo = 0
+    hi = max([max(t) for _, t, _ in groups] + list(caps))
     edges = [lo + (hi - lo + 1) * i / bins for i in range(bins + 1)]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, axes = plt.subplots(len(groups), 1, sharex=True, squeeze=False,
+                             figsize=(6.4, 1.2 + 1.1 * len(groups)))
     cmap = plt.get_cmap("viridis")
-    for i, (label, toks) in enumerate(groups):
-        color = "black" if label == "Original" else cmap(0.85 * i / max(len(groups) - 1, 1))
-        ax.hist(toks, bins=edges, histtype="step", linewidth=1.5, color=color, label=f"{label} (n={len(toks)})")
-    ax.set_xlabel("CoT tokens per sample")
-    ax.set_ylabel("samples")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+    for i, ((label, toks, cap), ax) in enumerate(zip(groups, axes[:, 0])):
+        color = "black" if label == "Original" else cmap(0.8 * i / max(len(groups) - 1, 1))
+        ax.hist(toks, bins=edges, color=color, alpha=0.75)
+        med = sorted(toks)[len(toks) // 2]
+        ax.axvline(med, color=color, linestyle="--", linewidth=1)
+        at_cap = sum(1 for t in toks if cap and t >= cap)
+        info = f"{label}: n={len(toks)}, median {med}" + (f", {at_cap} at the cap" if cap else "")
+        ax.set_title(info, loc="left", fontsize=8)
+        if cap:
+            ax.axvline(cap, color="tab:red", linewidth=1.5)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))
+        ax.set_ylabel("samples", fontsize=8)
+        ax.grid(alpha=0.3)
+    cap_note = f"; red: max_new_tokens cap = {max(caps)}" if caps else ""
+    axes[-1, 0].set_xlabel(f"CoT tokens per sample (dashed: median{cap_note})")
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return None
 
 
-def plot_loss(points: list[dict], path: Path) -> str | None:
-    """Training loss vs step (learning rate on a second axis when logged). Returns skip reason or ``None``."""
+def _short(v: float) -> str:
+    """Short tick label: 3 significant digits, scientific notation for small/large values."""
+    return f"{v:.3g}"
+
+
+def plot_loss(points: list[dict], path: Path, train_config: dict | None = None) -> str | None:
+    """Training loss vs optimizer step (integer ticks).
+
+    The learning rate goes on a second axis only when at least :data:`MIN_LR_POINTS` points were
+    logged; otherwise, and in any case when ``train_config`` (the run's ``train_config.json``) gives
+    them, the peak rate, schedule and warmup asked for are written in the title line instead.
+    Returns the skip reason or ``None``.
+    """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     if not points:
         return "the loss log has no (step, loss) rows"
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.plot([p["step"] for p in points], [p["loss"] for p in points], color="tab:blue",
-            marker="." if len(points) < 50 else None)
-    ax.set_xlabel("step")
+            marker="o" if len(points) < 50 else None, markersize=4, label="training loss")
+    ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss", color="tab:blue")
+    if len(points) < MIN_LR_POINTS:
+        ax.set_xticks([p["step"] for p in points])  # the logged steps themselves
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _short(v)))
     lr = [(p["step"], p["lr"]) for p in points if isinstance(p["lr"], (int, float))]
-    if lr:
+    cfg = train_config or {}
+    asked = []
+    if isinstance(cfg.get("lr"), (int, float)):
+        asked.append(f"peak lr {cfg['lr']:.1e}")
+    if cfg.get("scheduler"):
+        asked.append(f"{cfg['scheduler']} schedule")
+    if isinstance(cfg.get("warmup_ratio"), (int, float)) and cfg["warmup_ratio"] > 0:
+        asked.append(f"{100 * cfg['warmup_ratio']:g} % warmup")
+    if len(lr) >= MIN_LR_POINTS:
         ax2 = ax.twinx()
         ax2.plot([s for s, _ in lr], [v for _, v in lr], color="tab:gray", linestyle="--", linewidth=1)
-        ax2.set_ylabel("learning rate", color="tab:gray")
-    ax.set_title("Training loss")
+        ax2.set_ylabel("learning rate (logged)", color="tab:gray")
+        ax2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1e}"))
+        ax2.set_ylim(bottom=0)
+    elif lr:
+        asked.append(f"too few points for an lr curve: {len(lr)}")
+    title = "Training loss"
+    ax.set_title(title + (f"\n({', '.join(asked)})" if asked else ""), fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return None
 
 
 def make_plots(report: dict, out_dir: str | os.PathLike, loss_points: list[dict] | None = None,
-               hist_bins: int = 30) -> dict[str, dict]:
+               hist_bins: int = 30, train_config: dict | None = None) -> dict[str, dict]:
     """Draw every plot into ``out_dir/plots/`` (matplotlib, Agg backend).
 
     Returns ``{key: {"path": PNG path relative to out_dir}}`` for drawn plots and
@@ -689,7 +830,8 @@ def make_plots(report: dict, out_dir: str | os.PathLike, loss_points: list[dict]
     p = plot_dir / "ratio_control.png"
     record("ratio_control", p, plot_ratio_control(report, p))
     p = plot_dir / "train_loss.png"
-    record("train_loss", p, "no train/loss_log.jsonl" if loss_points is None else plot_loss(loss_points, p))
+    record("train_loss", p, "no train/loss_log.jsonl" if loss_points is None
+           else plot_loss(loss_points, p, train_config))
     return result
 
 
@@ -712,7 +854,10 @@ def write_report(run_dir: str | os.PathLike, cfg: ReportConfig | None = None) ->
     report = build_report(run_dir, out_dir, cfg.compress_dir, cfg.loss_log)
     if cfg.plots:
         loss_path = Path(cfg.loss_log) if cfg.loss_log else run_dir / "train" / "loss_log.jsonl"
-        report["plots"] = make_plots(report, out_dir, collect_loss(loss_path), cfg.hist_bins)
+        train_cfg_path = loss_path.parent / "train_config.json"
+        train_cfg = read_json(train_cfg_path) if train_cfg_path.is_file() else None
+        report["plots"] = make_plots(report, out_dir, collect_loss(loss_path), cfg.hist_bins,
+                                     train_cfg if isinstance(train_cfg, dict) else None)
     else:
         report["plots"] = {}
     for key, p in report["plots"].items():
@@ -732,6 +877,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     cfg = dataclass_from_args(ReportConfig, args)
+    from tokenskip.console import say
+
     md = write_report(args.run_dir, cfg)
-    print(md)
+    say(str(md))
     return 0

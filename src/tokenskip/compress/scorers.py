@@ -230,7 +230,7 @@ class LLMLingua2Scorer(Scorer):
     """LLMLingua-2 word importance: mean over a word's sub-tokens of P(label 1 = keep).
 
     Any Hugging Face token-classification model works (local folder or Hub id, e.g.
-    ``microsoft/llmlingua-2-xlm-roberta-large-meetingbank``, REFERENCE.md step 3). A plain encoder
+    ``microsoft/llmlingua-2-xlm-roberta-large-meetingbank``, docs/method.md step 3). A plain encoder
     without a classification head gets a random 2-label head (mechanics only, scores meaningless).
     Texts longer than the encoder's limit are cut into chunks of whole words, preferably after a word
     that ends a sentence or a line, each of at most ``max_length`` tokens including special tokens.
