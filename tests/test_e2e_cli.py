@@ -60,3 +60,46 @@ def test_compress_train_evaluate_sequence(tmp_path):
     metrics = [json.loads(p.read_text()) for p in (W / "eval").rglob("tokenskip/*/metrics.json")]
     assert sorted(m["ratio"] for m in metrics) == [0.5, 1.0]
     assert all(m["act_ratio"] is not None and m["act_ratio"] > 0 for m in metrics)
+
+
+def test_serve_commands_of_issue_14(tmp_path):
+    """`tokenskip serve --model smollm2-135m-instruct --port P &`, then the issue's curl commands."""
+    import shutil
+    import socket
+    import time
+
+    if not shutil.which("curl"):
+        pytest.skip("curl not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENSKIP_THREADS="1")
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(TOKENSKIP + ["serve", "--model", "smollm2-135m-instruct", "--port", str(port)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def curl(*args):
+        return subprocess.run(["curl", "-s", *args], capture_output=True, text=True, timeout=300).stdout
+
+    try:
+        health = ""
+        for _ in range(300):  # bounded: 5 minutes for start-up and model load
+            health = curl(f"localhost:{port}/health")
+            if '"ready"' in health:
+                break
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            time.sleep(1)
+        assert json.loads(health)["status"] == "ready"
+        body = json.loads(curl(f"localhost:{port}/v1/chat/completions", "-H", "content-type: application/json", "-d",
+                               '{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"What is 2 + 3?"}],'
+                               '"max_tokens":32,"compression_ratio":0.5}'))
+        assert body["choices"][0]["message"]["content"] and body["choices"][0]["message"]["compression_ratio"] == 0.5
+        assert 0 < body["usage"]["completion_tokens"] <= 32 and body["usage"]["cot_tokens"] <= 32
+        code = curl("-o", "/dev/null", "-w", "%{http_code}", f"localhost:{port}/v1/chat/completions", "-H",
+                    "content-type: application/json", "-d",
+                    '{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"hi"}],"compression_ratio":1.5}')
+        assert code == "400"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()

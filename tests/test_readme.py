@@ -91,6 +91,8 @@ def check_command(words: list[str] | str, env: dict[str, str], where: str) -> No
     data and recipe exist), a make target exists, a script and its flags exist. ``VAR=value`` is recorded
     in ``env`` for later commands."""
     words = expand(shlex.split(words) if isinstance(words, str) else words, env)
+    if words and words[-1] == "&":  # a server started in the background (tokenskip serve ... &)
+        words = words[:-1]
     if len(words) == 1 and re.match(r"^\w+=", words[0]):
         name, value = words[0].split("=", 1)
         env[name] = value
@@ -117,6 +119,11 @@ def check_command(words: list[str] | str, env: dict[str, str], where: str) -> No
         i = words.index("tokenskip.cli")
         assert words[words.index("--config_file") + 1] and (REPO / words[words.index("--config_file") + 1]).is_file()
         check_tokenskip(words[i + 1:], where)
+    elif head == "curl":  # requests to a local server: loopback only
+        urls = [w for w in words[1:] if re.match(r"^(https?://)?(localhost|127\.0\.0\.1)[:/]", w)]
+        assert urls, f"{where}: curl without a loopback URL"
+    elif words[:2] == ["vllm", "serve"]:  # the upstream engine of `tokenskip serve --upstream` (not ours to check)
+        assert "--enable-lora" in words, f"{where}: vllm serve needs --enable-lora to serve an adapter"
     elif head == "pip":
         extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
         for w in words[2:]:

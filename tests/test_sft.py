@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from tokenskip.io import DataError, read_jsonl
+from tokenskip.prompt_format import PromptFormat, load_prompt_format
 from tokenskip.prompts import answer_line, build_prompt, format_ratio
 from tokenskip.sft import (PAPER_RATIOS, SFTDataConfig, Trajectory, assign_ratios, build_sft, draw_ratio,
                            split_groups)
@@ -107,6 +108,10 @@ def test_build_sft_self(tmp_path, smol_tokenizer):
             assert row["completion"] == s["cot"] + answer_line(s["answer"])
         assert row["completion"].endswith(f"$\\boxed{{{s['answer']}}}$")
     assert len(ratios_seen) >= 4
+    fmt = load_prompt_format(tmp_path / "sft")  # the prompt format travels with the data, then the adapter
+    assert fmt == PromptFormat(system_prompt=None, marker_delimiter="<|eot_id|>", ratios=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5))
+    assert fmt.messages("What is 1 + 1?", 0.5) == [{"role": "user", "content": train[0]["prompt"].split(
+        "<|im_start|>user\n")[1].split("\n", 1)[0] + "\nWhat is 1 + 1?<|eot_id|>0.5<|eot_id|>"}]
     # rerun: byte-identical output
     before = {p: (tmp_path / "sft" / p).read_bytes() for p in ("train.jsonl", "validation.jsonl", "stats.json")}
     build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), validation_share=0.25),

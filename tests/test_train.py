@@ -12,6 +12,7 @@ import torch
 
 from conftest import LLAMA3_TEMPLATE, make_tiny_llama
 from tokenskip.io import read_jsonl, write_jsonl_atomic
+from tokenskip.prompt_format import PromptFormat, load_prompt_format
 from tokenskip.prompts import answer_line, build_prompt
 from tokenskip.train import (TrainConfig, build_trainer, end_of_turn, resolve_grad_accum, tokenize_example,
                              train)
@@ -86,6 +87,7 @@ def test_step_changes_only_lora_weights(tmp_path, smol_tokenizer):
 def test_resume_continues_step_count(tmp_path, smol_tokenizer, tiny_model_dir, capsys):
     write_jsonl_atomic(tmp_path / "sft" / "train.jsonl", sft_rows(smol_tokenizer, 12))
     write_jsonl_atomic(tmp_path / "sft" / "validation.jsonl", sft_rows(smol_tokenizer, 2))
+    PromptFormat(system_prompt="Be brief.", marker_delimiter="[[G]]", ratios=(1.0, 0.5)).save(tmp_path / "sft")
     out = tmp_path / "out"
     m1 = train(small_cfg(tmp_path, model=tiny_model_dir, max_steps=2, eval=True))
     # the console: one compact line per logging step and the eval loss, no raw trainer dicts, no bars
@@ -95,6 +97,8 @@ def test_resume_continues_step_count(tmp_path, smol_tokenizer, tiny_model_dir, c
     assert all(" · loss " in ln and " · lr " in ln for ln in lines)
     assert "eval loss " in err and "{'loss'" not in err and "'train_runtime'" not in err and "%|" not in err
     assert m1["global_step"] == 2 and m1["resumed_from"] is None and math.isfinite(m1["eval_loss"])
+    assert load_prompt_format(out) == PromptFormat(system_prompt="Be brief.", marker_delimiter="[[G]]",
+                                                   ratios=(1.0, 0.5))  # copied next to the adapter
     assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 8
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir

@@ -12,11 +12,20 @@ Methods (paper §5 baselines, docs/method.md):
   decoded (``truncation: force-answer``). Needs the ``original`` run of the same questions (run first
   automatically when missing).
 * ``tokenskip``  — the LoRA adapter trained on γ-compressed CoTs, prompted with γ's marker.
+* ``budget``     — the adapter with a token budget N per question (``--budgets``): γ = N ÷ the question's
+  predicted original CoT length (``--length-model``), decoding capped at N (:mod:`tokenskip.budget`).
+
+``--backend openai --base-url URL`` sends the same prompts to an OpenAI-compatible endpoint (``tokenskip
+serve``, ``vllm serve``) instead of a local engine (:mod:`tokenskip.backends.openai`).
+
+Adapter methods build their prompts with :mod:`tokenskip.inference` in the format stored next to the
+adapter (``prompt_format.json``); ``--system-prompt`` / ``--marker-delimiter`` override it.
 
 Layout under ``--out``::
 
     <benchmark>/original/{predictions.jsonl,metrics.json}
     <benchmark>/<method>/ratio-<γ>/{predictions.jsonl,metrics.json}
+    <benchmark>/budget/budget-<N>/{predictions.jsonl,metrics.json}
 
 ``act_ratio`` = avg CoT tokens ÷ avg CoT tokens of ``original`` on the same question ids (paper's
 ActRatio); it is (re)computed for every run under ``<benchmark>/`` whenever an evaluation finishes,
@@ -29,25 +38,26 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from tokenskip.backends import Generation, GenerationBackend, get_backend
+from tokenskip.backends import GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.console import say
 from tokenskip.data import load_problems
 from tokenskip.generate import GenerationConfig, data_identity, print_metrics, run_rows, write_metrics
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl, read_json, write_json_atomic
 from tokenskip.models import check_device, configure_threads
-from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, INSTRUCTION, format_ratio, prompt_reduction_instruction,
+from tokenskip.budget import load_length_model
+from tokenskip.inference import FORCE_ANSWER  # noqa: F401 - kept importable from here (public name)
+from tokenskip.inference import BudgetEngine, Query, plan_ratio, render_prompt
+from tokenskip.prompt_format import resolve_prompt_format
+from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, build_prompt, format_ratio, prompt_reduction_instruction,
                                styled_prompt, validate_ratio, warn_default_system)
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("original", "prompt", "truncation", "tokenskip")
+METHODS = ("original", "prompt", "truncation", "tokenskip", "budget")
 #: The paper's γ grid (docs/method.md step 3).
 PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
-#: Text appended to a truncated CoT to force an answer (the SFT targets' answer line, opened).
-FORCE_ANSWER = "\n\nThe final answer is: $\\boxed{"
 
 
 @dataclass
@@ -64,7 +74,9 @@ class EvaluateConfig(GenerationConfig):
     merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF backend; same outputs, faster)"})
     force_adapter: bool = field(default=False, metadata={
         "help": "load an adapter whose adapter_config.json names another base model (layer shapes must still fit)"})
-    marker_delimiter: str = field(default=DEFAULT_MARKER_DELIMITER, metadata={"help": "delimiter of the γ marker (must match training)"})
+    marker_delimiter: str | None = field(default=None, metadata={"help": "delimiter of the γ marker (must match training; default: the adapter's prompt_format.json, else " + DEFAULT_MARKER_DELIMITER + ")"})
+    budgets: list[int] | None = field(default=None, metadata={"help": "method budget: CoT token budgets N (e.g. 64 128)"})
+    length_model: str | None = field(default=None, metadata={"help": "method budget: length model JSON ('tokenskip fit-length'), or the original run's predictions.jsonl to fit one (default: <adapter>/length_model.json)"})
     answer_max_tokens: int = field(default=24, metadata={"help": "truncation: tokens allowed for the forced answer"})
     force_answer: bool = field(default=False, metadata={
         "help": "truncation: after the cap, append '\\n\\nThe final answer is: $\\boxed{' and decode the answer "
@@ -78,8 +90,16 @@ class EvaluateConfig(GenerationConfig):
             raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
         if self.ratios is not None:
             self.ratios = [validate_ratio(r) for r in self.ratios]
-        if self.method == "tokenskip" and not self.adapter:
-            raise ValueError("--method tokenskip needs --adapter DIR (the trained LoRA adapter)")
+        if self.method in ("tokenskip", "budget") and not self.adapter:
+            raise ValueError(f"--method {self.method} needs --adapter DIR (the trained LoRA adapter)")
+        if self.method == "budget":
+            if not self.budgets or any(b < 1 for b in self.budgets):
+                raise ValueError(f"--method budget needs --budgets N [N ...], each >= 1, got {self.budgets}")
+            if not self.length_model and self.adapter and (Path(self.adapter) / "length_model.json").is_file():
+                self.length_model = str(Path(self.adapter) / "length_model.json")
+            if not self.length_model:
+                raise ValueError("--method budget needs --length-model (a 'tokenskip fit-length' JSON, or the "
+                                 "original CoTs' predictions.jsonl)")
         if self.adapter and not Path(self.adapter).exists():
             raise FileNotFoundError(f"adapter folder not found: {self.adapter}")
 
@@ -88,7 +108,7 @@ class EvaluateConfig(GenerationConfig):
 
     @property
     def resolved_ratios(self) -> list[float]:
-        if self.method == "original":
+        if self.method in ("original", "budget"):
             return []
         if self.ratios:
             return list(self.ratios)
@@ -97,35 +117,14 @@ class EvaluateConfig(GenerationConfig):
 
 def run_dir(out: str | Path, benchmark: str, method: str, ratio: float | None = None) -> Path:
     """Folder of one (benchmark, method, γ) run under ``out``."""
+    if method == "budget":
+        return Path(out) / benchmark / "budget" / f"budget-{int(ratio)}"
     base = Path(out) / benchmark / method
     return base if method == "original" else base / f"ratio-{format_ratio(ratio)}"
 
 
-class TruncatingBackend:
-    """Wraps a backend so ``generate(prompts, caps)`` applies the truncation baseline (module docstring)."""
-
-    def __init__(self, inner: GenerationBackend, answer_max_tokens: int):
-        self.inner, self.answer_max_tokens = inner, answer_max_tokens
-        self.tokenizer, self.batch_size, self.name = inner.tokenizer, inner.batch_size, inner.name
-        self.count_tokens = inner.count_tokens
-
-    def generate(self, prompts: Sequence[str], max_new_tokens, adapter=None) -> list[Generation]:
-        first = self.inner.generate(prompts, max_new_tokens)
-        need = [i for i, g in enumerate(first) if g.finish_reason != "stop"]
-        forced = self.inner.generate([prompts[i] + first[i].text + FORCE_ANSWER for i in need],
-                                     self.answer_max_tokens) if need else []
-        out = []
-        for i, g in enumerate(first):
-            if i in need:
-                f = forced[need.index(i)]
-                text = g.text + FORCE_ANSWER + f.text
-                if "}" not in f.text:
-                    text += "}"
-                out.append(Generation(text, g.num_tokens + f.num_tokens, g.latency_s + f.latency_s, g.finish_reason,
-                                      list(g.token_ids)))
-            else:
-                out.append(g)
-        return out
+#: The truncation baseline decodes as budget mode does: CoT capped, then the answer line forced (module docstring).
+TruncatingBackend = BudgetEngine
 
 
 def _read_rows(path: Path) -> dict[str, dict]:
@@ -168,14 +167,14 @@ def adapter_hash(folder: str | Path) -> str:
 
 def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = None) -> dict:
     s = {"stage": "evaluate", "method": cfg.method, "ratio": ratio, "model": cfg.model,
-         "adapter": adapter_hash(cfg.adapter) if cfg.adapter and cfg.method == "tokenskip" else None,
+         "adapter": adapter_hash(cfg.adapter) if cfg.adapter and cfg.method in ("tokenskip", "budget") else None,
          "benchmark": cfg.benchmark, "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
          "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
     if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
         s["stop"] = cfg.stop
     if cfg.prompt_style != "chat-template":  # likewise
         s["prompt_style"] = cfg.prompt_style
-    if cfg.method == "tokenskip":
+    if cfg.method in ("tokenskip", "budget"):
         s["marker_delimiter"] = cfg.marker_delimiter
     if cfg.method == "truncation":
         s["truncation"] = truncation_variant(cfg)
@@ -203,7 +202,7 @@ def _metrics_extra(cfg: EvaluateConfig, method: str, ratio: float | None, proble
     if method == "tokenskip" and cfg.scale_max_new_tokens:
         cap = scaled_max_new_tokens(cap, ratio)
     return extra | {"benchmark": cfg.benchmark, "method": method, "ratio": ratio, "model": cfg.model,
-            "adapter": cfg.adapter if method == "tokenskip" else None, "dtype": cfg.dtype, "backend": cfg.backend,
+            "adapter": cfg.adapter if method in ("tokenskip", "budget") else None, "dtype": cfg.dtype, "backend": cfg.backend,
             "max_new_tokens": cap, "latency_mode": cfg.latency_mode,
             "settings": to_dict(cfg) | {"method": method},
             "ids": [p.id for p in problems]}
@@ -224,6 +223,10 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
         raise ValueError("--out is required")
     if cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
         check_device(cfg.device)
+    fmt = resolve_prompt_format(cfg.adapter if cfg.method in ("tokenskip", "budget") else None,
+                                cfg.system_prompt, cfg.marker_delimiter)
+    cfg.system_prompt, cfg.marker_delimiter = fmt.system_prompt, fmt.marker_delimiter  # recorded in settings
+    length_model = load_length_model(cfg.length_model) if cfg.method == "budget" else None
     configure_threads(cfg.threads)
     problems = load_problems(cfg.benchmark, cfg.data, cfg.split, cfg.limit, cfg.offset)
     owned: list[GenerationBackend] = []
@@ -260,7 +263,7 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
                     return row
 
                 results.append(_run_one(cfg, problems, prompts, b, r, caps, hook, {"original": orig_fp}))
-        elif cfg.method == "tokenskip":
+        elif cfg.method in ("tokenskip", "budget"):
             if backend is not None and getattr(backend, "lora", False):
                 tb = backend   # a vLLM engine started with LoRA serves the adapter per request
             else:
@@ -268,17 +271,22 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
                                                                    merge_adapter=cfg.merge_adapter))
                 owned.append(tb)
             for r in cfg.resolved_ratios:
-                prompts = [styled_prompt(tb.tokenizer, p.question, r, cfg.system_prompt, INSTRUCTION,
-                                         cfg.marker_delimiter, style=cfg.prompt_style, model=cfg.model)
-                           for p in problems]
+                if cfg.prompt_style == "reference":
+                    prompts = [styled_prompt(tb.tokenizer, p.question, r, fmt.system_prompt, fmt.instruction,
+                                             fmt.marker_delimiter, style="reference", model=cfg.model)
+                               for p in problems]
+                else:
+                    prompts = [render_prompt(tb.tokenizer, fmt, question=p.question, ratio=r) for p in problems]
                 cap = (scaled_max_new_tokens(cfg.resolved_max_new_tokens, r) if cfg.scale_max_new_tokens
                        else cfg.resolved_max_new_tokens)
                 results.append(_run_one(cfg, problems, prompts, tb, r, cap, adapter=cfg.adapter))
+            for n in (cfg.budgets or []) if cfg.method == "budget" else []:
+                results.append(_run_budget(cfg, problems, tb, fmt, length_model, n))
     finally:
         for b in owned:
             b.close()
     refresh_act_ratios(cfg.out, cfg.benchmark)
-    if cfg.method in ("prompt", "tokenskip") and not (run_dir(cfg.out, cfg.benchmark, "original")
+    if cfg.method in ("prompt", "tokenskip", "budget") and not (run_dir(cfg.out, cfg.benchmark, "original")
                                                      / "predictions.jsonl").exists():
         logger.warning("no original run under %s: act_ratio stays null until one exists "
                        "(tokenskip evaluate --method original --out %s)", cfg.out, cfg.out)
@@ -301,6 +309,30 @@ def _run_original(cfg: EvaluateConfig, problems, base_backend) -> dict:
     return m | {"_dir": str(d)}
 
 
+def _run_budget(cfg: EvaluateConfig, problems, engine, fmt, length_model, budget: int) -> dict:
+    """Method ``budget`` at one budget N: γ per question from the length model, CoT capped at N."""
+    ratios = {p.id: plan_ratio(Query(question=p.question, max_cot_tokens=budget), fmt, length_model)
+              for p in problems}
+    prompts = [render_prompt(engine.tokenizer, fmt, question=p.question, ratio=ratios[p.id]) for p in problems]
+
+    def hook(p, row):
+        row.update(budget=budget, ratio=ratios[p.id], predicted_cot_tokens=round(length_model.predict(p.question), 1),
+                   within_budget=row["cot_tokens"] <= budget)
+        return row
+
+    d = run_dir(cfg.out, cfg.benchmark, "budget", budget)
+    extra = {"budget": budget, "length_model": length_model.weights, "answer_max_tokens": cfg.answer_max_tokens}
+    with ResumableJsonl(d / "predictions.jsonl", _settings(cfg, None, extra)) as w:
+        rows = run_rows(problems, prompts, w, BudgetEngine(engine, cfg.answer_max_tokens), cfg.benchmark,
+                        budget, adapter=cfg.adapter, row_hook=hook)
+    within = sum(bool(r["within_budget"]) for r in rows) / len(rows) if rows else None
+    m = write_metrics(d, rows, _metrics_extra(cfg, "budget", None, problems)
+                      | {"budget": budget, "within_budget": within,
+                         "mean_ratio": sum(r["ratio"] for r in rows) / len(rows) if rows else None,
+                         "length_model_metrics": length_model.metrics})
+    return m | {"_dir": str(d)}
+
+
 def _run_one(cfg, problems, prompts, backend, ratio, caps, hook=None, extra_settings=None, adapter=None) -> dict:
     d = run_dir(cfg.out, cfg.benchmark, cfg.method, ratio)
     with ResumableJsonl(d / "predictions.jsonl", _settings(cfg, ratio, extra_settings)) as w:
@@ -318,6 +350,8 @@ def run_cli(args) -> int:
     cfg = dataclass_from_args(EvaluateConfig, args)
     for m in run_evaluate(cfg):
         label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
+        if m.get("budget") is not None:
+            label += f" N={m['budget']} within_budget={100 * (m.get('within_budget') or 0):.1f}%"
         print_metrics(m, f"[{m['benchmark']}] {label}: ")
         say(f"    -> {m['_dir']}")
     return 0

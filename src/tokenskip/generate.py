@@ -64,6 +64,10 @@ class GenerationConfig:
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory fraction"})
     max_model_len: int | None = field(default=None, metadata={
         "help": "vLLM context length in tokens (default: the model's own; Llama-3.1 would reserve 131k)"})
+    base_url: str | None = field(default=None, metadata={"help": "--backend openai: the endpoint, e.g. http://127.0.0.1:8088/v1"})
+    api_model: str | None = field(default=None, metadata={"help": "--backend openai: model name sent (default: the adapter folder's name, else the first of /v1/models)"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: environment variable holding the API key"})
+    max_in_flight: int = field(default=8, metadata={"help": "--backend openai: requests in flight at once"})
     stop: list[str] = field(default_factory=list, metadata={
         "split": False, "empty_ok": True,
         "help": "extra stop strings (the output is cut before the first one; \\n and \\t are read as line break "
@@ -84,6 +88,10 @@ class GenerationConfig:
         self.stop = [x.replace("\\n", "\n").replace("\\t", "\t") for x in self.stop]
         if any(not x for x in self.stop):
             raise ValueError("--stop: stop strings must not be empty")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("--backend openai needs --base-url (e.g. http://127.0.0.1:8088/v1)")
+        if self.max_in_flight < 1:
+            raise ValueError(f"--max-in-flight must be >= 1, got {self.max_in_flight}")
 
     @property
     def resolved_max_new_tokens(self) -> int:
@@ -94,7 +102,8 @@ class GenerationConfig:
                     adapter=adapter, merge_adapter=merge_adapter, latency_mode=self.latency_mode,
                     tensor_parallel_size=self.tensor_parallel_size,
                     gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads,
-                    max_model_len=self.max_model_len, stop=tuple(self.stop))
+                    base_url=self.base_url, api_model=self.api_model, api_key_env=self.api_key_env,
+                    max_in_flight=self.max_in_flight, max_model_len=self.max_model_len, stop=tuple(self.stop))
 
 
 def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: Callable[[str], int]) -> dict:

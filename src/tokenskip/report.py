@@ -369,6 +369,39 @@ def run_name(run_dir: Path) -> str:
     return run_dir.resolve().name
 
 
+def collect_budgets(eval_dir: Path, out_dir: Path) -> dict[str, list[dict]]:
+    """Budget-mode runs (``<benchmark>/budget/budget-<N>/metrics.json``) per benchmark, by budget:
+    ``{budget, n, accuracy, avg_cot_tokens, within_budget, mean_ratio, predictions_path}``."""
+    out: dict[str, list[dict]] = {}
+    for path in sorted(Path(eval_dir).glob("*/budget/budget-*/metrics.json")):
+        benchmark = path.relative_to(eval_dir).parts[0]
+        m = re.fullmatch(r"budget-(\d+)", path.parent.name)
+        data = read_json(path)
+        if not m or not isinstance(data, dict):
+            continue
+        pred = path.with_name("predictions.jsonl")
+        out.setdefault(benchmark, []).append({
+            "budget": int(m.group(1)), **{k: data.get(k) for k in ("n", "accuracy", "avg_cot_tokens", "within_budget",
+                                                                   "mean_ratio")},
+            "predictions_path": _rel(pred, out_dir) if pred.is_file() else None})
+    for rows in out.values():
+        rows.sort(key=lambda r: r["budget"])
+    return out
+
+
+def render_budget_table(rows: list[dict]) -> str:
+    """Budget mode per budget N: accuracy (%), mean CoT tokens, share of CoTs within N (%), mean γ chosen."""
+    lines = ["| Budget N (CoT tokens) | Accuracy (%) | Mean CoT tokens | Within budget (%) | Mean γ | n | Predictions |",
+             "|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        acc = None if r["accuracy"] is None else 100.0 * r["accuracy"]
+        within = None if r["within_budget"] is None else 100.0 * r["within_budget"]
+        link = f"[predictions.jsonl]({r['predictions_path']})" if r["predictions_path"] else MISSING
+        lines.append(f"| {r['budget']} | {_fmt(acc, 1)} | {_fmt(r['avg_cot_tokens'], 1)} | {_fmt(within, 1)} "
+                     f"| {_fmt(r['mean_ratio'], 2)} | {MISSING if r['n'] is None else r['n']} | {link} |")
+    return "\n".join(lines)
+
+
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
                  compress_dir: str | os.PathLike | None = None,
                  loss_log: str | os.PathLike | None = None) -> dict:
@@ -400,7 +433,7 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
                  "first_loss": loss[0]["loss"] if loss else None, "last_loss": loss[-1]["loss"] if loss else None}
     return {"schema_version": REPORT_SCHEMA_VERSION, "name": run_name(run_dir),
             "run_dir": str(run_dir), "evaluate_dir": _rel(eval_dir, out_dir) if eval_dir != out_dir else ".",
-            "benchmarks": benchmarks, "compress": compress, "train": train, "notes": notes}
+            "benchmarks": benchmarks, "budgets": collect_budgets(eval_dir, out_dir), "compress": compress, "train": train, "notes": notes}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -487,6 +520,11 @@ def render_markdown(report: dict) -> str:
                 render_table(rows), "",
                 _image(plots, f"accuracy_vs_tokens:{bench}", f"{bench}: accuracy vs average CoT tokens"), "",
                 _image(plots, f"cot_hist:{bench}", f"{bench}: CoT length per γ"), ""]
+        if (report.get("budgets") or {}).get(bench):
+            out += ["### Token budget", "",
+                    "TokenSkip with a CoT budget N per question: γ = N ÷ predicted original CoT tokens, "
+                    "decoding capped at N (`tokenskip evaluate --method budget`).", "",
+                    render_budget_table(report["budgets"][bench]), ""]
     out += ["## Ratio control", "",
             "Requested γ against the ratio obtained: by the compressor on the training CoTs, and by the "
             "trained model and the prompt baseline at inference (ActRatio).", "",

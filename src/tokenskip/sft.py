@@ -15,7 +15,9 @@ Output (``--out OUT``, written atomically, byte-identical on a rerun):
 * ``OUT/train.jsonl``, ``OUT/validation.jsonl`` — rows ``{id, ratio, prompt, completion}``; ``prompt`` is
   the chat-templated user turn with the generation prompt (text, ready to tokenize without adding special
   tokens), ``completion`` the target text (no end-of-turn token: ``tokenskip train`` adds it);
-* ``OUT/stats.json`` — counts per γ and per split, and the resolved settings.
+* ``OUT/stats.json`` — counts per γ and per split, and the resolved settings;
+* ``OUT/prompt_format.json`` — instruction, system prompt, marker delimiter and γ set of the prompts
+  (:mod:`tokenskip.prompt_format`), copied next to the adapter by ``tokenskip train``.
 
 Example::
 
@@ -36,6 +38,7 @@ from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import require_text
 from tokenskip.io import (SCHEMA_VERSION, DataError, iter_jsonl, read_json, write_json_atomic,
                           write_jsonl_atomic)
+from tokenskip.prompt_format import PromptFormat
 from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, answer_line, format_ratio, styled_prompt,
                                validate_ratio)
 
@@ -391,6 +394,8 @@ def build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
     write_jsonl_atomic(out / "validation.jsonl", val)
     stats = {"schema_version": SCHEMA_VERSION, **stats, "config": to_dict(cfg)}
     write_json_atomic(out / "stats.json", stats)
+    PromptFormat(system_prompt=cfg.system_prompt, marker_delimiter=cfg.marker_delimiter,
+                 ratios=tuple(sorted(cfg.ratios, reverse=True))).save(out)  # train copies it next to the adapter
     logger.debug("wrote %d train / %d validation rows to %s; per γ (train): %s", len(train), len(val), out,
                 stats["per_ratio"]["train"])
     return stats

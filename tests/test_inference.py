@@ -1,0 +1,96 @@
+"""Inference core: prompts from messages or a question, γ planning, budget capping with a forced answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenskip.backends import Generation
+from tokenskip.inference import FORCE_ANSWER, Decoding, Query, answer, generate_capped, plan_ratio, render_prompt
+from tokenskip.prompt_format import PromptFormat
+from tokenskip.prompts import INSTRUCTION, build_prompt
+
+
+@pytest.mark.parametrize("ratio", [None, 1.0, 0.5, 0.75])
+def test_question_and_one_user_message_give_evaluates_prompt(smol_tokenizer, ratio):
+    fmt = PromptFormat(system_prompt="Be brief.", marker_delimiter="[[G]]")
+    want = build_prompt(smol_tokenizer, "What is 2 + 3?", ratio, "Be brief.", INSTRUCTION, "[[G]]")
+    assert render_prompt(smol_tokenizer, fmt, question="What is 2 + 3?", ratio=ratio) == want
+    assert render_prompt(smol_tokenizer, fmt, messages=[{"role": "user", "content": "What is 2 + 3?"}],
+                         ratio=ratio) == want
+
+
+def test_multi_turn_marks_only_the_last_user_turn(smol_tokenizer):
+    fmt = PromptFormat(system_prompt="Default system.")
+    msgs = [{"role": "system", "content": "Mine."}, {"role": "user", "content": "First?"},
+            {"role": "assistant", "content": "One."}, {"role": "user", "content": "Second?"}]
+    p = render_prompt(smol_tokenizer, fmt, messages=msgs, ratio=0.6)
+    assert "Default system." not in p and p.count("Mine.") == 1          # the request's system turn wins
+    assert "<|im_start|>user\nFirst?<|im_end|>" in p                      # earlier turns untouched
+    assert f"<|im_start|>user\n{INSTRUCTION}\nSecond?<|eot_id|>0.6<|eot_id|><|im_end|>" in p
+    assert msgs[3]["content"] == "Second?"                                # caller's list not modified
+    with pytest.raises(ValueError, match="no user turn"):
+        render_prompt(smol_tokenizer, fmt, messages=[{"role": "system", "content": "x"}])
+    with pytest.raises(ValueError, match="exactly one"):
+        render_prompt(smol_tokenizer, fmt, messages=msgs, question="q")
+
+
+class Fake:
+    """An engine that writes 'w w w ...' and ends its turn after ``stop_after`` tokens."""
+
+    name, batch_size, tokenizer = "fake", 4, None
+
+    def __init__(self, stop_after):
+        self.stop_after, self.calls = stop_after, []
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def generate(self, prompts, caps, **kw):
+        self.calls.append((list(prompts), list(caps), kw))
+        out = []
+        for p, c in zip(prompts, caps):
+            if p.endswith(FORCE_ANSWER):
+                out.append(Generation("7}$", 2, 0.5, "stop", [1, 2]))
+            else:
+                n = min(c, self.stop_after)
+                out.append(Generation(" ".join(["w"] * n), n, 1.0, "stop" if n < c else "length", list(range(n))))
+        return out
+
+
+def test_budget_caps_the_cot_then_forces_the_answer():
+    eng = Fake(stop_after=10)
+    gens = generate_capped(eng, ["A", "B"], [50, 50], [4, None])
+    assert eng.calls[0][1] == [4, 50] and eng.calls[1] == (["Aw w w w" + FORCE_ANSWER], [24], {})
+    assert gens[0].text == "w w w w" + FORCE_ANSWER + "7}$" and gens[0].num_tokens == 6
+    assert gens[0].finish_reason == "length" and gens[0].latency_s == 1.5
+    assert gens[1].text == " ".join(["w"] * 10) and gens[1].finish_reason == "stop"
+
+
+def test_plan_ratio():
+    fmt = PromptFormat(ratios=(1.0, 0.8, 0.6))
+
+    class LM:
+        def ratio_for(self, q, n, lo, hi):
+            return (q, n, lo, hi)
+
+    assert plan_ratio(Query(question="q"), fmt) == 1.0
+    assert plan_ratio(Query(question="q", ratio=0.7), fmt) == 0.7
+    assert plan_ratio(Query(messages=[{"role": "user", "content": "q2"}], max_cot_tokens=9), fmt, LM()) == ("q2", 9, 0.6, 1.0)
+    for q, msg in ((Query(question="q", ratio=0.5, max_cot_tokens=3), "not both"),
+                   (Query(question="q", ratio=1.2), r"\(0, 1\]"), (Query(question="q", max_cot_tokens=0), ">= 1"),
+                   (Query(question="q", max_cot_tokens=5), "length model")):
+        with pytest.raises(ValueError, match=msg):
+            plan_ratio(q, fmt, None if "length" in msg else LM())
+
+
+def test_answer_is_typed_and_stop_strings_cut(smol_tokenizer):
+    eng = Fake(stop_after=3)
+    eng.tokenizer = smol_tokenizer
+    (a,) = answer(eng, [Query(question="What is 3 + 4?", ratio=0.5, decoding=Decoding(max_tokens=8, stop=("w w",)))])
+    assert a.text == "" and a.finish_reason == "stop" and a.ratio == 0.5 and a.output_tokens == 3
+    assert a.prompt.endswith("<|eot_id|>0.5<|eot_id|><|im_end|>\n<|im_start|>assistant\n")
+    (b,) = answer(eng, [Query(question="q", max_cot_tokens=2)], length_model=type("LM", (), {
+        "ratio_for": lambda self, q, n, lo, hi: 0.5})())
+    assert b.final_answer == "7" and b.cot == "w w" and b.cot_tokens == 2 and b.max_cot_tokens == 2
+    with pytest.raises(ValueError, match="share temperature"):
+        answer(eng, [Query(question="q"), Query(question="q", decoding=Decoding(temperature=0.5))])
