@@ -79,4 +79,4 @@ def test_paper_recipes_use_the_reference_mode(name, family, tmp_path, monkeypatc
     ts = [c for c in evals if c.method == "tokenskip"]
     assert ts and all(c.scale_max_new_tokens == name.endswith("math") for c in ts)
     if name.endswith("math"):
-        assert "latex" in comp.prefer_kinds and "latex" not in comp.protect_kinds
+        assert comp.protect_kinds == ["boxed"] and "latex" in comp.prefer_kinds
