@@ -53,6 +53,10 @@ def test_gold_source_self_information(tmp_path, gsm_file, tiny_model_dir):
             assert r["scorer"] == "self-information" and r["answer_numbers_kept"] is True
             assert set(r) >= {"id", "question", "answer", "cot", "kept_tokens", "achieved_ratio", "overshoot"}
     assert summary["scorer"] == "self-information" and summary["settings"]["protect"] is True
+    from tokenskip.hardware import auto_dtype  # the scorer ran in the machine's dtype, recorded with the reason
+
+    assert summary["dtype"] == auto_dtype("cpu").dtype and summary["dtype_requested"] == "auto"
+    assert summary["dtype_reason"] == auto_dtype("cpu").reason
 
 
 def test_predictions_source_filters_and_resumes(tmp_path, smol_tokenizer):

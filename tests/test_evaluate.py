@@ -139,4 +139,13 @@ def test_generate_stage(tmp_path, tiny_model_dir):
     m = run_generate(GenerationConfig(model=tiny_model_dir, benchmark="gsm8k", data=str(need_data(GSM8K_TEST)), limit=2,
                                       max_new_tokens=5, out=str(tmp_path)))
     assert m["n"] == 2 and (tmp_path / "predictions.jsonl").exists()
-    assert read_json(tmp_path / "metrics.json")["accuracy"] == 0.0
+    metrics = read_json(tmp_path / "metrics.json")
+    assert metrics["accuracy"] == 0.0
+    # dtype auto, resolved for this machine and recorded with its reason (rules: test_hardware)
+    from tokenskip.hardware import auto_dtype
+
+    assert (metrics["dtype"], metrics["dtype_requested"], metrics["dtype_reason"]) == (
+        auto_dtype("cpu").dtype, "auto", auto_dtype("cpu").reason)
+    m32 = run_generate(GenerationConfig(model=tiny_model_dir, benchmark="gsm8k", data=str(need_data(GSM8K_TEST)),
+                                        limit=2, max_new_tokens=5, out=str(tmp_path / "fp32"), dtype="float32"))
+    assert (m32["dtype"], m32["dtype_reason"]) == ("float32", "explicit setting")

@@ -15,7 +15,7 @@ from tokenskip.io import read_jsonl, write_jsonl_atomic
 from tokenskip.prompt_format import PromptFormat, load_prompt_format
 from tokenskip.prompts import answer_line, build_prompt
 from tokenskip.train import (TrainConfig, build_trainer, end_of_turn, resolve_grad_accum, tokenize_example,
-                             train)
+                             train, train_precision, use_padding_free)
 
 
 def sft_rows(tokenizer, n=8):
@@ -59,6 +59,78 @@ def test_labels_mask_the_prompt(tmp_path, smol_tokenizer):
         assert all(x == -100 for x in labels[n:])  # padding
         assert smol_tokenizer.decode(ids[:n]) == row["prompt"] + row["completion"] + "<|im_end|>"
     assert tokenize_example(smol_tokenizer, "a", "b", "<|im_end|>")["completion_mask"][0] == 0
+
+
+def test_padding_free_batch_gives_the_padded_loss_and_gradients(tmp_path, smol_tokenizer):
+    """One row per sequence with restarting position ids = the padded batch, without the padding."""
+    rows = sft_rows(smol_tokenizer, 4)
+    rows[0]["completion"] = "a much longer completion with many more words in it " * 3 + rows[0]["completion"]
+    results = {}
+    for padding_free in (False, True):
+        cfg = small_cfg(tmp_path, per_device_batch_size=4, batch_size=4, lora_dropout=0.0,
+                        padding_free=padding_free)
+        trainer = build_trainer(make_tiny_llama(smol_tokenizer), smol_tokenizer, rows, cfg, str(tmp_path / "out"))
+        assert trainer.padding_free is padding_free
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        lengths = [len(trainer.train_dataset[i]["input_ids"]) for i in range(4)]
+        if padding_free:
+            assert tuple(batch["input_ids"].shape) == (1, sum(lengths)) and "attention_mask" not in batch
+            starts = [0] + [sum(lengths[:k]) for k in range(1, 4)]
+            assert [batch["position_ids"][0, s].item() for s in starts] == [0, 0, 0, 0]
+        else:
+            assert tuple(batch["input_ids"].shape) == (4, max(lengths))
+        torch.manual_seed(0)
+        for n, p in trainer.model.named_parameters():  # lora_B starts at 0: make the adapter matter
+            if "lora_B" in n:
+                p.data.normal_(0, 0.5)
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results[padding_free] = (loss.item(), grads)
+    (loss_pad, g_pad), (loss_free, g_free) = results[False], results[True]
+    assert loss_pad > 1.0 and loss_free == pytest.approx(loss_pad, rel=1e-5)
+    assert g_pad.keys() == g_free.keys() and len(g_pad) > 0
+    for n in g_pad:
+        assert torch.allclose(g_pad[n], g_free[n], rtol=1e-4, atol=1e-6), n
+
+
+def test_padding_free_only_where_it_is_exact(smol_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    llama = make_tiny_llama(smol_tokenizer)
+    assert use_padding_free(TrainConfig(data="d", out="o", per_device_batch_size=8), llama)
+    assert not use_padding_free(TrainConfig(data="d", out="o", per_device_batch_size=8, padding_free=False), llama)
+    assert not use_padding_free(TrainConfig(data="d", out="o", per_device_batch_size=1), llama)  # nothing to remove
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=64))  # learned absolute positions
+    assert not use_padding_free(TrainConfig(data="d", out="o", per_device_batch_size=8), gpt2)
+
+
+def test_train_precision_rules():
+    from tokenskip.hardware import cpu_flags
+
+    amx, avx2 = cpu_flags("flags : avx2 avx512_bf16 amx_bf16"), cpu_flags("flags : avx2")
+    auto = TrainConfig(data="d", out="o")
+    assert train_precision(auto, "cpu", avx2) | {"dtype_reason": ""} == {
+        "dtype": "float32", "dtype_requested": "auto", "dtype_reason": "", "weights_dtype": "float32",
+        "mixed_precision": None}
+    p = train_precision(auto, "cpu", amx)  # autocast with float32 master weights
+    assert (p["dtype"], p["weights_dtype"], p["mixed_precision"]) == ("bfloat16", "float32", "bf16")
+    assert "amx_bf16" in p["dtype_reason"]
+    p = train_precision(auto, "cuda", cuda_bf16=True)  # the paper's bf16 setting
+    assert (p["dtype"], p["weights_dtype"], p["mixed_precision"]) == ("bfloat16", "bfloat16", "bf16")
+    p = train_precision(auto, "cuda", cuda_bf16=False)
+    assert (p["dtype"], p["weights_dtype"], p["mixed_precision"]) == ("float16", "float32", "fp16")
+    # an explicit dtype wins over the machine; --bf16 forces autocast
+    p = train_precision(TrainConfig(data="d", out="o", dtype="float32"), "cpu", amx)
+    assert (p["dtype"], p["weights_dtype"], p["mixed_precision"], p["dtype_reason"]) == (
+        "float32", "float32", None, "explicit setting")
+    p = train_precision(TrainConfig(data="d", out="o", dtype="float32", bf16=True), "cpu", avx2)
+    assert (p["dtype"], p["weights_dtype"], p["mixed_precision"]) == ("bfloat16", "float32", "bf16")
+    p = train_precision(TrainConfig(data="d", out="o", dtype="bfloat16"), "cuda", cuda_bf16=True)
+    assert (p["weights_dtype"], p["mixed_precision"]) == ("bfloat16", "bf16")
+    with pytest.raises(ValueError, match="--dtype"):
+        TrainConfig(data="d", out="o", dtype="half").validate()
 
 
 def test_step_changes_only_lora_weights(tmp_path, smol_tokenizer):
@@ -111,6 +183,10 @@ def test_resume_continues_step_count(tmp_path, smol_tokenizer, tiny_model_dir, c
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in log)
     assert m2["tokens_seen"] > m1["tokens_seen"] and m2["tokens_seen_this_session"] < m2["tokens_seen"]
     assert json.loads((out / "train_config.json").read_text())["max_steps"] == 4
+    from tokenskip.hardware import auto_dtype  # the precision chosen for this CPU (rules: test_hardware)
+
+    assert m2["dtype"] == auto_dtype("cpu").dtype and m2["weights_dtype"] == "float32" and m2["dtype_reason"]
+    assert m2["peak_rss_mb"] > 50
     # a different LoRA rank must not silently reuse these checkpoints
     with pytest.raises(ValueError, match="lora_r"):
         train(small_cfg(tmp_path, model=tiny_model_dir, max_steps=6, lora_r=4))

@@ -169,7 +169,7 @@ def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = Non
     s = {"stage": "evaluate", "method": cfg.method, "ratio": ratio, "model": cfg.model,
          "adapter": adapter_hash(cfg.adapter) if cfg.adapter and cfg.method in ("tokenskip", "budget") else None,
          "benchmark": cfg.benchmark, "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
-         "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+         "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
     if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
         s["stop"] = cfg.stop
     if cfg.prompt_style != "chat-template":  # likewise
@@ -202,7 +202,8 @@ def _metrics_extra(cfg: EvaluateConfig, method: str, ratio: float | None, proble
     if method == "tokenskip" and cfg.scale_max_new_tokens:
         cap = scaled_max_new_tokens(cap, ratio)
     return extra | {"benchmark": cfg.benchmark, "method": method, "ratio": ratio, "model": cfg.model,
-            "adapter": cfg.adapter if method in ("tokenskip", "budget") else None, "dtype": cfg.dtype, "backend": cfg.backend,
+            "adapter": cfg.adapter if method in ("tokenskip", "budget") else None, **cfg.dtype_record(),
+            "backend": cfg.backend,
             "max_new_tokens": cap, "latency_mode": cfg.latency_mode,
             "settings": to_dict(cfg) | {"method": method},
             "ids": [p.id for p in problems]}

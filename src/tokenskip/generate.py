@@ -24,6 +24,7 @@ from tokenskip.backends import BACKENDS, GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.data import Problem, canonical_benchmark, load_problems
 from tokenskip.io import SCHEMA_VERSION, ResumableJsonl, file_hash, write_json_atomic
+from tokenskip.hardware import DtypeChoice, parse_threads, resolve_dtype, resolve_threads
 from tokenskip.models import DTYPES, check_device, configure_threads
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class GenerationConfig:
     """Settings of a generation/evaluation run.
 
     Defaults follow the paper's reference code where it has one (greedy decoding; max_new_tokens 512
-    for GSM8K and 1024 for MATH), and this project's CPU defaults otherwise (float32, batch 8).
+    for GSM8K and 1024 for MATH), and this project's defaults otherwise (dtype auto, batch 8).
     """
 
     model: str | None = field(default=None, metadata={"help": "target model: alias, .gguf, local folder or Hub id"})
@@ -49,7 +50,9 @@ class GenerationConfig:
     out: str | None = field(default=None, metadata={"help": "output folder"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens (default 512 GSM8K, 1024 MATH: paper)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
-    dtype: str = field(default="float32", metadata={"help": "weights dtype", "choices": list(DTYPES)})
+    dtype: str = field(default="auto", metadata={
+        "help": "weights dtype; auto = bfloat16 on AMX/AVX512-BF16 CPUs and bf16 GPUs, float16 on other GPUs, "
+                "float32 otherwise (tokenskip.hardware)", "choices": list(DTYPES)})
     device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, cuda:1...)"})
     backend: str = field(default="hf", metadata={"help": "generation engine", "choices": list(BACKENDS)})
     latency_mode: str = field(default="amortized", metadata={
@@ -59,9 +62,20 @@ class GenerationConfig:
     prompt_style: str = field(default="chat-template", metadata={
         "help": "chat-template: the tokenizer's chat template; reference: the TokenSkip reference's hand-written "
                 "Qwen/Llama-3.1 prompt strings, byte for byte (paper recipes)", "choices": ["chat-template", "reference"]})
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
+    threads: int | str | None = field(default=None, metadata={
+        "help": "torch CPU threads: N or auto (the CPUs this process may use); default $TOKENSKIP_THREADS, "
+                "else torch's choice"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (GPU)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory fraction"})
+    enforce_eager: bool = field(default=False, metadata={
+        "help": "vLLM: skip graph compilation (start-up ~20 s instead of 1-3 min on CPU; slower decoding)"})
+    prefix_caching: bool | None = field(default=None, metadata={
+        "help": "vLLM: reuse the KV cache of shared prompt prefixes (chat template + instruction); "
+                "default: vLLM's own choice"})
+    max_num_seqs: int | None = field(default=None, metadata={
+        "help": "vLLM: most sequences decoded at once (default: vLLM's)"})
+    kv_cache_space_gb: int | None = field(default=None, metadata={
+        "help": "vLLM on CPU: KV cache size in GiB (default 2)"})
     max_model_len: int | None = field(default=None, metadata={
         "help": "vLLM context length in tokens (default: the model's own; Llama-3.1 would reserve 131k)"})
     base_url: str | None = field(default=None, metadata={"help": "--backend openai: the endpoint, e.g. http://127.0.0.1:8088/v1"})
@@ -85,6 +99,7 @@ class GenerationConfig:
             raise ValueError(f"--max-model-len must be >= 1, got {self.max_model_len}")
         if self.prompt_style not in ("chat-template", "reference"):
             raise ValueError(f"--prompt-style must be chat-template or reference, got {self.prompt_style!r}")
+        self.threads = parse_threads(self.threads)
         self.stop = [x.replace("\\n", "\n").replace("\\t", "\t") for x in self.stop]
         if any(not x for x in self.stop):
             raise ValueError("--stop: stop strings must not be empty")
@@ -97,13 +112,28 @@ class GenerationConfig:
     def resolved_max_new_tokens(self) -> int:
         return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[canonical_benchmark(self.benchmark)]
 
+    def dtype_choice(self) -> DtypeChoice:
+        """The dtype this run uses (``auto`` resolved for ``device``/backend) and why."""
+        device = self.device
+        if self.backend == "vllm" and not device.startswith("cuda"):
+            device = "auto"  # vLLM picks its own platform: CUDA when there is one
+        return resolve_dtype(self.dtype, device)
+
     def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
-        return dict(model=self.model, dtype=self.dtype, device=self.device, batch_size=self.batch_size,
-                    adapter=adapter, merge_adapter=merge_adapter, latency_mode=self.latency_mode,
-                    tensor_parallel_size=self.tensor_parallel_size,
-                    gpu_memory_utilization=self.gpu_memory_utilization, threads=self.threads,
-                    base_url=self.base_url, api_model=self.api_model, api_key_env=self.api_key_env,
-                    max_in_flight=self.max_in_flight, max_model_len=self.max_model_len, stop=tuple(self.stop))
+        kw = dict(model=self.model, dtype=self.dtype_choice().dtype, device=self.device, batch_size=self.batch_size,
+                  adapter=adapter, merge_adapter=merge_adapter, latency_mode=self.latency_mode,
+                  tensor_parallel_size=self.tensor_parallel_size,
+                  gpu_memory_utilization=self.gpu_memory_utilization, threads=resolve_threads(self.threads),
+                  base_url=self.base_url, api_model=self.api_model, api_key_env=self.api_key_env,
+                  max_in_flight=self.max_in_flight, stop=tuple(self.stop), enforce_eager=self.enforce_eager)
+        optional = dict(enable_prefix_caching=self.prefix_caching, max_num_seqs=self.max_num_seqs,
+                        kv_cache_space_gb=self.kv_cache_space_gb, max_model_len=self.max_model_len)
+        return kw | {k: v for k, v in optional.items() if v is not None}
+
+    def dtype_record(self) -> dict:
+        """``dtype`` (resolved), ``dtype_requested`` and ``dtype_reason`` for ``metrics.json``."""
+        c = self.dtype_choice()
+        return {"dtype": c.dtype, "dtype_requested": self.dtype, "dtype_reason": c.reason}
 
 
 def grade_row(problem: Problem, prompt: str, gen, benchmark: str, count_tokens: Callable[[str], int]) -> dict:
@@ -228,7 +258,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
                    for p in problems]
         settings = {"stage": "generate", "model": cfg.model, "benchmark": cfg.benchmark,
                     "data": data_identity(cfg), "max_new_tokens": cfg.resolved_max_new_tokens,
-                    "dtype": cfg.dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+                    "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
         if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
             settings["stop"] = cfg.stop
         if cfg.prompt_style != "chat-template":  # likewise
@@ -236,7 +266,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
         with ResumableJsonl(out / "predictions.jsonl", settings) as w:
             rows = run_rows(problems, prompts, w, backend, cfg.benchmark, cfg.resolved_max_new_tokens)
         return write_metrics(out, rows, {"benchmark": cfg.benchmark, "method": "original", "ratio": None,
-                                         "model": cfg.model, "dtype": cfg.dtype, "backend": cfg.backend,
+                                         "model": cfg.model, **cfg.dtype_record(), "backend": cfg.backend,
                                          "max_new_tokens": cfg.resolved_max_new_tokens,
                                          "latency_mode": cfg.latency_mode, "settings": to_dict(cfg)})
     finally:

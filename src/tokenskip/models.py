@@ -114,13 +114,22 @@ def materialize(name: str) -> str:
     return str(out)
 
 
-def torch_dtype(dtype: str):
-    """Map a dtype name (``float32``, ``bfloat16``, ``float16``, ``auto``) to a torch dtype or ``"auto"``."""
+def torch_dtype(dtype: str, device: str = "cpu"):
+    """Map a dtype name (``float32``, ``bfloat16``, ``float16``, ``auto``) to a torch dtype.
+
+    ``auto`` is the machine's choice for ``device`` (:func:`tokenskip.hardware.resolve_dtype`: bfloat16
+    on AMX/AVX512-BF16 CPUs and bf16 GPUs, float16 on other GPUs, float32 otherwise).
+
+    Raises:
+        ValueError: an unknown name.
+    """
     import torch
+
+    from tokenskip.hardware import resolve_dtype
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    return "auto" if dtype == "auto" else getattr(torch, dtype)
+    return getattr(torch, resolve_dtype(dtype, device).dtype)
 
 
 def _model_names(name: str) -> set[str]:
@@ -232,13 +241,16 @@ def check_device(device: str) -> None:
         raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
 
 
-def configure_threads(threads: int | None) -> None:
-    """Set torch's intra-op threads. ``None``/0 keeps torch's default.
+def configure_threads(threads: int | str | None) -> None:
+    """Set torch's intra-op threads: an int, ``"auto"`` (the CPUs this process may use, see
+    :func:`tokenskip.hardware.resolve_threads`), or ``None`` (``$TOKENSKIP_THREADS``, else torch's default).
 
     Decoding on a shared 2-core machine collapses when two processes both use 2 threads, so the
     CLI exposes this as ``--threads`` (env ``TOKENSKIP_THREADS``).
     """
-    threads = threads or int(os.environ.get("TOKENSKIP_THREADS", "0") or 0)
+    from tokenskip.hardware import resolve_threads
+
+    threads = resolve_threads(threads)
     if threads:
         import torch
 
@@ -270,13 +282,13 @@ def load_weights(auto_cls, path: str, **kwargs):
         hf_logging.enable_progress_bar()
 
 
-def load_model(name: str, dtype: str = "float32", device: str = "cpu", adapter: str | None = None,
+def load_model(name: str, dtype: str = "auto", device: str = "cpu", adapter: str | None = None,
                merge_adapter: bool = False, force_adapter: bool = False):
     """Load ``(model, tokenizer)`` for inference, in eval mode.
 
     Args:
         name: alias (see :data:`ALIASES`), ``.gguf`` path, local folder or Hub id.
-        dtype: weights dtype; float32 is the CPU default (bfloat16 pays off on AMX CPUs from batch 8).
+        dtype: weights dtype; ``auto`` (default) = the machine's choice (see :func:`torch_dtype`).
         device: torch device string (``cpu``, ``cuda``, ``cuda:1``...).
         adapter: optional peft LoRA adapter folder applied on top.
         merge_adapter: merge the adapter into the weights (faster decoding, same outputs).
@@ -292,7 +304,7 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", adapter: 
     if adapter:
         check_adapter(adapter, name, force_adapter)
     tok = load_tokenizer(name)
-    model = load_weights(AutoModelForCausalLM, materialize(name), dtype=torch_dtype(dtype))
+    model = load_weights(AutoModelForCausalLM, materialize(name), dtype=torch_dtype(dtype, device))
     if adapter:
         from peft import PeftModel
 

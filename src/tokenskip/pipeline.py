@@ -316,7 +316,7 @@ class SharedBackends:
     def key(cfg) -> tuple:
         return (cfg.backend, cfg.model, cfg.dtype, cfg.device, cfg.batch_size, cfg.latency_mode,
                 cfg.tensor_parallel_size, cfg.gpu_memory_utilization, cfg.threads, tuple(cfg.stop),
-                cfg.max_model_len)
+                cfg.enforce_eager, cfg.prefix_caching, cfg.max_num_seqs, cfg.kv_cache_space_gb, cfg.max_model_len)
 
     def get(self, cfg):
         from tokenskip.backends import get_backend

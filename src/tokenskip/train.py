@@ -2,9 +2,21 @@
 
 Defaults are the paper's (docs/method.md step 5): LoRA rank 8, alpha 16 on all linear layers, lr 5e-5,
 3 epochs, cosine schedule, warmup 10 %, effective batch 8, cutoff 2048 tokens, loss on the response
-(completion) only. LoRA dropout 0.05 (the paper does not state it). CPU-friendly defaults: float32
-weights and no bf16 unless ``--bf16`` (on CPU that is bf16 autocast: it pays off only on CPUs with
-AMX or AVX512-BF16; on an AVX2-only CPU it is emulated and several times slower than float32).
+(completion) only. LoRA dropout 0.05 (the paper does not state it).
+
+Precision (``--dtype``, default ``auto``, see :func:`train_precision`): on a CUDA GPU with bfloat16,
+bfloat16 weights + bf16 mixed precision (the paper's setting); on a GPU without it, float32 weights +
+fp16 mixed precision; on a CPU with AMX/AVX512-BF16, float32 weights + bf16 autocast (~1.8× float32
+there); on other CPUs (AVX2-only) plain float32 — bf16 is emulated there and ~20× slower. An explicit
+``--dtype`` sets the weights (and, for bfloat16/float16 on a GPU, the matching mixed precision);
+``--bf16`` forces bf16 autocast.
+
+Memory and speed: the loss is computed by trl's fused LM head, which projects only the positions
+that have a label (the completion tokens), in tiles, so the (batch × length × vocabulary) logits are
+never built. ``--padding-free`` (default on) concatenates a batch's sequences into one row with
+``position_ids`` restarting at 0 per sequence instead of padding them: attention stays per sequence
+(transformers builds a block-diagonal mask from the position ids), so for the decoder families in
+:data:`PADDING_FREE_MODEL_TYPES` the loss is the padded batch's, without the compute spent on padding.
 
 Inputs (``--data``): the folder of ``tokenskip build-sft`` (``train.jsonl``, ``validation.jsonl`` with rows
 ``{id, ratio, prompt, completion}``). The prompt is already chat-templated text, so it is tokenized here
@@ -21,7 +33,9 @@ Outputs (``--out``):
 * ``train_config.json`` — the resolved :class:`TrainConfig` (written at the start);
 * ``loss_log.jsonl`` — one row per logging step ``{step, loss, lr, epoch, grad_norm, tokens_seen}``;
 * ``train_metrics.json`` — ``train_runtime_s``, ``train_loss``, ``global_step``, ``tokens_seen``
-  (non-padding input tokens), ``tokens_per_s``, ``eval_loss`` (on at most ``--eval-max-samples``
+  (non-padding input tokens), ``tokens_per_s``, ``dtype`` / ``dtype_reason`` / ``weights_dtype`` /
+  ``mixed_precision`` (what :func:`train_precision` chose and why), ``padding_free``,
+  ``peak_rss_mb`` (peak resident memory of the process, MiB), ``eval_loss`` (on at most ``--eval-max-samples``
   validation rows) and trainable-parameter counts;
 * ``checkpoint-<step>/`` — Trainer checkpoints (``--save-steps``); after a kill, rerunning the same
   command resumes from the last one (``--resume auto``).
@@ -34,7 +48,7 @@ Several GPUs (data parallel; the effective batch stays ``--batch-size`` = per-de
 processes, accumulation derived unless ``--grad-accum`` is given)::
 
     accelerate launch --num_processes 4 -m tokenskip.cli train --model Qwen/Qwen2.5-7B-Instruct \\
-        --data W/sft --out W/adapter --bf16 --dtype bfloat16 --per-device-batch-size 2
+        --data W/sft --out W/adapter --per-device-batch-size 2
     accelerate launch --config_file examples/accelerate/deepspeed_zero2.yaml -m tokenskip.cli train ...
     accelerate launch --config_file examples/accelerate/fsdp.yaml -m tokenskip.cli train ...
 """
@@ -51,11 +65,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.hardware import parse_threads, resolve_dtype
+from tokenskip.io import (DataError, file_hash, finite_or_none, iter_jsonl, read_json, write_json_atomic,
+                          write_jsonl_atomic)
 # the text appended to each completion: the chat template's end of turn, the same rule decoding
 # stops at (tokenskip.prompts.stop_rule); re-exported here under its old name
 from tokenskip.prompts import end_of_turn  # noqa: F401
-from tokenskip.io import (DataError, file_hash, finite_or_none, iter_jsonl, read_json, write_json_atomic,
-                          write_jsonl_atomic)
 from tokenskip.prompt_format import FILENAME as PROMPT_FORMAT
 
 logger = logging.getLogger(__name__)
@@ -65,6 +80,11 @@ ADAPTER_MARKER = "adapter_config.json"
 #: Settings that may change when resuming from a checkpoint (they do not change what the saved steps did).
 RESUMABLE_CHANGES = ("max_steps", "epochs", "save_steps", "save_total_limit", "logging_steps", "threads", "resume",
                      "eval", "eval_max_samples", "out")
+
+#: Decoder families whose attention honours packed ``position_ids`` (block-diagonal mask, RoPE positions
+#: per sequence), so padding-free batches give the padded batch's loss. Others fall back to padding.
+PADDING_FREE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2",
+                            "phi3", "olmo2", "granite")
 
 
 @dataclass
@@ -97,10 +117,15 @@ class TrainConfig:
                                                                "(paper: 0.1)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=2048, metadata={"help": "cutoff in tokens (prompt + completion; paper: 2048)"})
-    dtype: str = field(default="float32", metadata={"help": "dtype of the base weights (float32, bfloat16, "
-                                                            "float16)", "choices": ["float32", "bfloat16", "float16"]})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (paper: on). On CPU = autocast: "
+    dtype: str = field(default="auto", metadata={
+        "help": "precision: auto = bf16 mixed precision on AMX/AVX512-BF16 CPUs and bf16 GPUs (bfloat16 weights "
+                "on GPU), fp16 mixed precision on other GPUs, float32 otherwise; or the base weights' dtype",
+        "choices": ["auto", "float32", "bfloat16", "float16"]})
+    bf16: bool = field(default=False, metadata={"help": "force bf16 mixed precision (paper: on). On CPU = autocast: "
                                                         "faster only with AMX/AVX512-BF16, much slower on AVX2-only"})
+    padding_free: bool = field(default=True, metadata={
+        "help": "concatenate each batch's sequences with restarting position ids instead of padding (same loss, "
+                "no compute on padding; for the model types in PADDING_FREE_MODEL_TYPES, others pad)"})
     group_by_length: bool = field(default=False, metadata={"help": "batch sequences of similar length together "
                                                        "(less padding, faster on CPU; changes the data order)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations to save memory"})
@@ -108,8 +133,9 @@ class TrainConfig:
     save_total_limit: int = field(default=2, metadata={"help": "keep at most N checkpoints"})
     logging_steps: int = field(default=10, metadata={"help": "log the loss every N optimizer steps"})
     seed: int = field(default=42, metadata={"help": "seed of LoRA init, data order and dropout"})
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: $TOKENSKIP_THREADS "
-                                                                "or torch's default)"})
+    threads: int | str | None = field(default=None, metadata={
+        "help": "torch CPU threads: N or auto (the CPUs this process may use); default $TOKENSKIP_THREADS, "
+                "else torch's choice"})
     resume: str = field(default="auto", metadata={"help": "'auto' = continue from the last checkpoint in --out "
                                                           "if any, 'never' = start over, or a checkpoint folder"})
     eval: bool = field(default=True, metadata={"help": "compute the validation loss at the end"})
@@ -138,22 +164,29 @@ class TrainConfig:
             raise ValueError(f"train: --lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
             raise ValueError(f"train: --resume must be 'auto', 'never' or a checkpoint folder, got {self.resume!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"train: --dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        self.threads = parse_threads(self.threads)
 
 
 # ---------------------------------------------------------------- pure core
 
-def tokenize_example(tokenizer, prompt: str, completion: str, eot: str) -> dict:
+def tokenize_example(tokenizer, prompt: str, completion: str, eot: str, max_length: int | None = None) -> dict:
     """Token ids of one SFT row, with the completion mask.
 
     The prompt (already chat-templated) and the completion (+ ``eot``) are tokenized separately without
     adding special tokens — exactly what the model sees at inference (prompt ids, then generated ids).
+    ``max_length`` keeps the first ``max_length`` tokens (the cutoff; trl's own truncation does the same).
 
     Returns:
-        ``{"input_ids": [int] * (P + C), "completion_mask": [0] * P + [1] * C}``.
+        ``{"input_ids": [int] * (P + C), "completion_mask": [0] * P + [1] * C}`` (cut to ``max_length``).
     """
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     c = tokenizer(completion + eot, add_special_tokens=False)["input_ids"]
-    return {"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)}
+    ids, mask = p + c, [0] * len(p) + [1] * len(c)
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return {"input_ids": ids, "completion_mask": mask}
 
 
 def read_sft_rows(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -169,12 +202,56 @@ def read_sft_rows(path: str | Path, limit: int | None = None) -> list[dict]:
     return rows
 
 
-def tokenize_rows(tokenizer, rows: list[dict]):
+def tokenize_rows(tokenizer, rows: list[dict], max_length: int | None = None):
     """A ``datasets.Dataset`` with ``input_ids`` and ``completion_mask`` (see :func:`tokenize_example`)."""
     from datasets import Dataset
 
     eot = end_of_turn(tokenizer)
-    return Dataset.from_list([tokenize_example(tokenizer, r["prompt"], r["completion"], eot) for r in rows])
+    return Dataset.from_list([tokenize_example(tokenizer, r["prompt"], r["completion"], eot, max_length)
+                              for r in rows])
+
+
+def train_precision(cfg: TrainConfig, device: str | None = None, flags: set[str] | None = None,
+                    cuda_bf16: bool | None = None) -> dict:
+    """What ``cfg.dtype`` / ``cfg.bf16`` mean on ``device`` (default: ``cuda`` when available, else ``cpu``).
+
+    Returns:
+        ``{"dtype", "dtype_reason", "weights_dtype", "mixed_precision"}`` with ``dtype`` the compute dtype
+        (float32/bfloat16/float16), ``weights_dtype`` the base weights' dtype and ``mixed_precision``
+        ``"bf16"``, ``"fp16"`` or ``None`` (the Trainer's ``bf16``/``fp16`` flags). Rules: module docstring.
+    """
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    choice = resolve_dtype(cfg.dtype, device, flags, cuda_bf16)
+    gpu = device.startswith("cuda")
+    if cfg.dtype == "auto":
+        mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(choice.dtype)
+        # CPU autocast and fp16 loss scaling keep float32 master weights; a bf16 GPU holds bfloat16 weights
+        weights = "bfloat16" if gpu and choice.dtype == "bfloat16" else "float32"
+    else:
+        weights = choice.dtype
+        mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(choice.dtype) if gpu else None
+    if cfg.bf16:
+        mixed = "bf16"
+    compute = {"bf16": "bfloat16", "fp16": "float16"}.get(mixed, weights)
+    reason = choice.reason + (" (--bf16 forces bf16 autocast)" if cfg.bf16 and choice.dtype != "bfloat16" else "")
+    return {"dtype": compute, "dtype_requested": cfg.dtype, "dtype_reason": reason, "weights_dtype": weights,
+            "mixed_precision": mixed}
+
+
+def use_padding_free(cfg: TrainConfig, model) -> bool:
+    """Whether ``cfg.padding_free`` applies to ``model``: its ``model_type`` is in :data:`PADDING_FREE_MODEL_TYPES`
+    and a forward pass holds more than one sequence (with one there is no padding to remove)."""
+    if not cfg.padding_free or cfg.per_device_batch_size < 2:
+        return False
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in PADDING_FREE_MODEL_TYPES:
+        logger.info("padding-free batches are not known to be exact for model type %r: padding instead", model_type)
+        return False
+    return True
 
 
 def world_size() -> int:
@@ -209,10 +286,17 @@ def lora_config(cfg: TrainConfig):
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
 
 
-def sft_args(cfg: TrainConfig, output_dir: str, processes: int = 1):
-    """trl ``SFTConfig`` for ``cfg`` (trl's own defaults bf16=True, gradient checkpointing=True are overridden)."""
+def sft_args(cfg: TrainConfig, output_dir: str, processes: int = 1, padding_free: bool = False,
+             precision: dict | None = None):
+    """trl ``SFTConfig`` for ``cfg`` (trl's own defaults bf16=True, gradient checkpointing=True are overridden).
+
+    ``padding_free``: see :func:`use_padding_free` (inputs must then be cut to ``max_length`` beforehand,
+    as :func:`tokenize_rows` does). ``precision``: :func:`train_precision` (computed when ``None``).
+    """
     import torch
     from trl import SFTConfig
+
+    precision = precision or train_precision(cfg)
 
     return SFTConfig(
         output_dir=output_dir,
@@ -225,14 +309,15 @@ def sft_args(cfg: TrainConfig, output_dir: str, processes: int = 1):
         lr_scheduler_type=cfg.scheduler,
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a share of the total steps
         weight_decay=cfg.weight_decay,
-        bf16=cfg.bf16,
-        fp16=False,
+        bf16=precision["mixed_precision"] == "bf16",
+        fp16=precision["mixed_precision"] == "fp16",
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=cfg.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        max_length=cfg.max_length,
+        max_length=None if padding_free else cfg.max_length,  # padding-free: rows are cut when tokenized
         completion_only_loss=True,
         packing=False,
+        padding_free=padding_free,
         pad_to_multiple_of=None,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
@@ -261,15 +346,16 @@ def build_trainer(model, tokenizer, train_rows: list[dict], cfg: TrainConfig, ou
 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    padding_free = use_padding_free(cfg, model)
     if getattr(model, "peft_config", None) is None:
         model = get_peft_model(model, lora_config(cfg))
     from transformers.trainer_callback import PrinterCallback
 
     from tokenskip.console import trainer_callback
 
-    args = sft_args(cfg, output_dir, world_size())
-    train_ds = tokenize_rows(tokenizer, train_rows)
-    eval_ds = tokenize_rows(tokenizer, eval_rows) if eval_rows else None
+    args = sft_args(cfg, output_dir, world_size(), padding_free=padding_free)
+    train_ds = tokenize_rows(tokenizer, train_rows, cfg.max_length)
+    eval_ds = tokenize_rows(tokenizer, eval_rows, cfg.max_length) if eval_rows else None
     import datasets
 
     bars = datasets.is_progress_bar_enabled()
@@ -285,13 +371,16 @@ def build_trainer(model, tokenizer, train_rows: list[dict], cfg: TrainConfig, ou
 
 
 def load_for_training(cfg: TrainConfig):
-    """``(model, tokenizer)`` of ``cfg.model`` for training (weights in ``cfg.dtype``, not yet LoRA-wrapped)."""
+    """``(model, tokenizer)`` of ``cfg.model`` for training (weights in :func:`train_precision`'s
+    ``weights_dtype``, not yet LoRA-wrapped)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    from tokenskip.models import load_tokenizer, load_weights, materialize, torch_dtype
+    from tokenskip.models import load_tokenizer, load_weights, materialize
 
     tok = load_tokenizer(cfg.model, padding_side="right")
-    model = load_weights(AutoModelForCausalLM, materialize(cfg.model), dtype=torch_dtype(cfg.dtype))
+    weights = getattr(torch, train_precision(cfg)["weights_dtype"])
+    model = load_weights(AutoModelForCausalLM, materialize(cfg.model), dtype=weights)
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
     return model, tok
@@ -323,6 +412,17 @@ def loss_rows(log_history: list[dict]) -> list[dict]:
                                "epoch": h.get("epoch"), "grad_norm": finite_or_none(h.get("grad_norm")),
                                "tokens_seen": h.get("num_input_tokens_seen")}
     return [rows[s] for s in sorted(rows)]
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far in MiB (``ru_maxrss``), ``None`` where unsupported."""
+    try:
+        import resource
+        import sys
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def _identity(cfg: dict) -> dict:
@@ -382,13 +482,16 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     """
     import torch
 
+    from tokenskip.hardware import auto_dtype
     from tokenskip.models import configure_threads
 
     cfg.validate()
     configure_threads(cfg.threads)
-    if cfg.bf16 and not torch.cuda.is_available() and torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
-        logger.warning("--bf16 on a CPU without AVX512-BF16/AMX (%s): bf16 is emulated and was ~20x slower than "
-                       "float32 in our measurement; drop --bf16 here", torch.backends.cpu.get_cpu_capability())
+    precision = train_precision(cfg)
+    if precision["dtype"] == "bfloat16" and not torch.cuda.is_available() \
+            and auto_dtype("cpu").dtype != "bfloat16":
+        logger.warning("bfloat16 training on a CPU without AVX512-BF16/AMX: bf16 is emulated and was ~20x slower "
+                       "than float32 in our measurement; use --dtype auto (float32 here) without --bf16")
     data, out = Path(cfg.data), Path(cfg.out)
     train_path = data / "train.jsonl"
     if not train_path.is_file():
@@ -443,8 +546,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
         "trainable_share": n_train / n_all,
         "train_rows": len(train_rows),
         "bf16": cfg.bf16,
+        **precision,
+        "padding_free": bool(getattr(trainer, "padding_free", False)),
         "device": str(trainer.args.device),
         "threads": torch.get_num_threads(),
+        "peak_rss_mb": peak_rss_mb(),
     }
     if eval_rows:
         ev = trainer.evaluate()

@@ -48,7 +48,7 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, model: str | None = None, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
+    def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "cpu", batch_size: int = 8,
                  adapter: str | None = None, merge_adapter: bool = True, latency_mode: str = "amortized",
                  hf_model=None, hf_tokenizer=None, show_progress: bool = False, stop: Sequence[str] = (),
                  force_adapter: bool = False, **_ignored):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.hardware import parse_threads
 from tokenskip.io import DataError, ResumableJsonl, file_hash, iter_jsonl, write_json_atomic
 from tokenskip.prompts import format_ratio, validate_ratio
 
@@ -61,8 +62,13 @@ class CompressConfig:
                 "classifier, default microsoft/llmlingua-2-xlm-roberta-large-meetingbank)"})
     batch_size: int = field(default=8, metadata={"help": "texts (windows) per scorer forward pass"})
     seed: int = field(default=42, metadata={"help": "seed of the random scorer"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: TOKENSKIP_THREADS or torch default)"})
+    threads: int | str | None = field(default=None, metadata={
+        "help": "torch CPU threads: N or auto (the CPUs this process may use); default $TOKENSKIP_THREADS, "
+                "else torch's choice"})
     device: str = field(default="cpu", metadata={"help": "torch device of the scorer model"})
+    dtype: str = field(default="auto", metadata={
+        "help": "scorer model dtype; auto = bfloat16 on AMX/AVX512-BF16 CPUs and bf16 GPUs, float32 otherwise",
+        "choices": ["auto", "float32", "bfloat16", "float16"]})
     keep_newlines: bool = field(default=True, metadata={"help": "keep line breaks where words were dropped"})
     protect: bool = field(default=True, metadata={"help": "always keep protected spans (see --protect-kinds)"})
     # Default: the answer line's numbers, \boxed{} and LaTeX commands are always kept; other numbers and
@@ -95,6 +101,7 @@ class CompressConfig:
         from tokenskip.compress.prune import PROTECT_KINDS
         from tokenskip.compress.scorers import SCORERS
 
+        self.threads = parse_threads(self.threads)
         if not self.out:
             raise ValueError("--out is required")
         if self.cot_source == "predictions" and not self.predictions:
@@ -269,6 +276,7 @@ def run(cfg: CompressConfig) -> dict:
     from tokenskip.compress import compress_batch
     from tokenskip.compress.prune import answer_numbers_kept
     from tokenskip.compress.scorers import get_scorer
+    from tokenskip.hardware import resolve_dtype
     from tokenskip.models import check_device, configure_threads, load_tokenizer
 
     cfg.validate()
@@ -289,6 +297,7 @@ def run(cfg: CompressConfig) -> dict:
                 src.append(r)
 
     scorer_model = cfg.scorer_model or (cfg.model if cfg.scorer == "self-information" else "")
+    dtype = resolve_dtype(cfg.dtype, cfg.device)
     if cfg.compat == "reference":
         from tokenskip.compress.reference import reference_family
 
@@ -301,7 +310,8 @@ def run(cfg: CompressConfig) -> dict:
         prune_settings = {**source_settings, "scorer": cfg.scorer, "scorer_model": scorer_model,
                           "seed": cfg.seed if cfg.scorer == "random" else None, "keep_newlines": cfg.keep_newlines,
                           "protect": cfg.protect, "protect_kinds": sorted(cfg.protect_kinds) if cfg.protect else [],
-                          "prefer_kinds": sorted(cfg.prefer_kinds)}
+                          "prefer_kinds": sorted(cfg.prefer_kinds),
+                          "scorer_dtype": dtype.dtype if cfg.scorer == "self-information" else None}
     files = {g: ResumableJsonl(out / f"ratio-{format_ratio(g)}.jsonl", {**prune_settings, "ratio": g})
              for g in cfg.ratios}
     t0 = time.perf_counter()
@@ -314,13 +324,13 @@ def run(cfg: CompressConfig) -> dict:
             if cfg.scorer == "self-information":
                 from tokenskip.models import load_model
 
-                model, mtok = load_model(scorer_model, device=cfg.device)
+                model, mtok = load_model(scorer_model, dtype=cfg.dtype, device=cfg.device)
                 scorer = get_scorer("self-information", model=model, tokenizer=mtok, batch_size=cfg.batch_size,
                                     device=cfg.device)
                 scorer.model_name = scorer_model
             else:
                 scorer = get_scorer(cfg.scorer, model=scorer_model or None, seed=cfg.seed,
-                                    batch_size=cfg.batch_size, device=cfg.device)
+                                    batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype)
             from tokenskip.console import progress
 
             bar = progress(len(todo), "compress", unit="CoT")
@@ -351,6 +361,7 @@ def run(cfg: CompressConfig) -> dict:
     summary = {"scorer": cfg.scorer, "scorer_model": scorer_model, "model": cfg.model, "n_source": len(source),
                "compat": cfg.compat, "reference_family": family,
                "seconds": round(time.perf_counter() - t0, 2), "ratios": summarize(rows_by_ratio),
+               "dtype": dtype.dtype, "dtype_requested": cfg.dtype, "dtype_reason": dtype.reason,
                "settings": to_dict(cfg)}
     write_json_atomic(out / "summary.json", summary)
     warn_overshoot(summary)

@@ -128,7 +128,7 @@ class SelfInformationScorer(Scorer):
     name = "self-information"
 
     def __init__(self, model, tokenizer=None, batch_size: int = 8, max_length: int | None = None,
-                 overlap: int | None = None, device: str = "cpu", dtype: str = "float32"):
+                 overlap: int | None = None, device: str = "cpu", dtype: str = "auto"):
         if isinstance(model, str):
             from tokenskip.models import load_model
 
@@ -329,7 +329,7 @@ class LLMLingua2Scorer(Scorer):
 
 
 def get_scorer(name: str, model=None, tokenizer=None, seed: int = 42, batch_size: int = 8,
-               max_length: int | None = None, device: str = "cpu", dtype: str = "float32") -> Scorer:
+               max_length: int | None = None, device: str = "cpu", dtype: str = "auto") -> Scorer:
     """Build a scorer by name.
 
     Args:
