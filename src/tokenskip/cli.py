@@ -15,12 +15,16 @@ import sys
 
 #: subcommand -> (module, one-line help). Order = the pipeline's order.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "lab-data": ("tokenskip.lab_data", "write the CPU lab's seeded train/validation/test problems (reasoning-gym)"),
+    "warmup": ("tokenskip.warmup", "fine-tune the base model on the lab's worked solutions (LoRA)"),
+    "merge": ("tokenskip.merge", "merge a LoRA adapter into its base model (full model folder)"),
     "generate": ("tokenskip.generate", "write CoTs of the target model for a split (e.g. GSM8K train)"),
     "evaluate": ("tokenskip.evaluate", "evaluate a method (original/prompt/truncation/tokenskip/budget) on a test split"),
     "compress": ("tokenskip.compress.cli", "score token importance and prune CoTs to ratios γ"),
     "build-sft": ("tokenskip.sft", "build the γ-mixed SFT data (prompt/completion records)"),
     "train": ("tokenskip.train", "LoRA fine-tune the target model on the SFT data"),
     "run": ("tokenskip.pipeline", "run a whole recipe (YAML), resumably"),
+    "gamma-check": ("tokenskip.gamma_check", "does an adapter prefer the γ-compressed CoT when asked for γ? (losses)"),
     "report": ("tokenskip.report", "write report.md/report.json and plots for a run folder"),
     "fit-length": ("tokenskip.budget", "fit the CoT length model of budget mode on original CoTs"),
     "serve": ("tokenskip.serve", "OpenAI-compatible HTTP server for a model/adapter (γ or a token budget per request)"),

@@ -12,6 +12,10 @@ Methods (paper §5 baselines, docs/method.md):
   decoded (``truncation: force-answer``). Needs the ``original`` run of the same questions (run first
   automatically when missing).
 * ``tokenskip``  — the LoRA adapter trained on γ-compressed CoTs, prompted with γ's marker.
+* ``nocot``      — control without any CoT: the base model's turn is opened with
+  ``The final answer is: $\\boxed{`` and at most ``answer_max_tokens`` tokens are decoded (the
+  truncation baseline at a cap of 0 tokens), so CoT tokens are 0 and the accuracy says how much of
+  the task the model solves without reasoning.
 * ``budget``     — the adapter with a token budget N per question (``--budgets``): γ = N ÷ the question's
   predicted original CoT length (``--length-model``), decoding capped at N (:mod:`tokenskip.budget`).
 
@@ -24,6 +28,7 @@ adapter (``prompt_format.json``); ``--system-prompt`` / ``--marker-delimiter`` o
 Layout under ``--out``::
 
     <benchmark>/original/{predictions.jsonl,metrics.json}
+    <benchmark>/nocot/{predictions.jsonl,metrics.json}
     <benchmark>/<method>/ratio-<γ>/{predictions.jsonl,metrics.json}
     <benchmark>/budget/budget-<N>/{predictions.jsonl,metrics.json}
 
@@ -38,8 +43,9 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-from tokenskip.backends import GenerationBackend, get_backend
+from tokenskip.backends import Generation, GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.console import say
 from tokenskip.data import load_problems
@@ -47,7 +53,7 @@ from tokenskip.generate import GenerationConfig, data_identity, print_metrics, r
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl, read_json, write_json_atomic
 from tokenskip.models import check_device, configure_threads
 from tokenskip.budget import load_length_model
-from tokenskip.inference import FORCE_ANSWER  # noqa: F401 - kept importable from here (public name)
+from tokenskip.inference import FORCE_ANSWER  # also public here
 from tokenskip.inference import BudgetEngine, Query, plan_ratio, render_prompt
 from tokenskip.prompt_format import resolve_prompt_format
 from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, build_prompt, format_ratio, prompt_reduction_instruction,
@@ -55,7 +61,7 @@ from tokenskip.prompts import (DEFAULT_MARKER_DELIMITER, build_prompt, format_ra
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("original", "prompt", "truncation", "tokenskip", "budget")
+METHODS = ("original", "prompt", "truncation", "tokenskip", "budget", "nocot")
 #: The paper's γ grid (docs/method.md step 3).
 PAPER_RATIOS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
 
@@ -77,7 +83,7 @@ class EvaluateConfig(GenerationConfig):
     marker_delimiter: str | None = field(default=None, metadata={"help": "delimiter of the γ marker (must match training; default: the adapter's prompt_format.json, else " + DEFAULT_MARKER_DELIMITER + ")"})
     budgets: list[int] | None = field(default=None, metadata={"help": "method budget: CoT token budgets N (e.g. 64 128)"})
     length_model: str | None = field(default=None, metadata={"help": "method budget: length model JSON ('tokenskip fit-length'), or the original run's predictions.jsonl to fit one (default: <adapter>/length_model.json)"})
-    answer_max_tokens: int = field(default=24, metadata={"help": "truncation: tokens allowed for the forced answer"})
+    answer_max_tokens: int = field(default=24, metadata={"help": "truncation, nocot: tokens allowed for the forced answer"})
     force_answer: bool = field(default=False, metadata={
         "help": "truncation: after the cap, append '\\n\\nThe final answer is: $\\boxed{' and decode the answer "
                 "(this project's variant); default: a plain cap, as in the paper"})
@@ -108,7 +114,7 @@ class EvaluateConfig(GenerationConfig):
 
     @property
     def resolved_ratios(self) -> list[float]:
-        if self.method in ("original", "budget"):
+        if self.method in ("original", "budget", "nocot"):
             return []
         if self.ratios:
             return list(self.ratios)
@@ -120,11 +126,28 @@ def run_dir(out: str | Path, benchmark: str, method: str, ratio: float | None = 
     if method == "budget":
         return Path(out) / benchmark / "budget" / f"budget-{int(ratio)}"
     base = Path(out) / benchmark / method
-    return base if method == "original" else base / f"ratio-{format_ratio(ratio)}"
+    return base if method in ("original", "nocot") else base / f"ratio-{format_ratio(ratio)}"
 
 
 #: The truncation baseline decodes as budget mode does: CoT capped, then the answer line forced (module docstring).
 TruncatingBackend = BudgetEngine
+
+
+class ForcedAnswerBackend:
+    """Wraps a backend for the ``nocot`` control: prompts end with the opened answer line, which is put
+    back in front of each generated text (and the ``}`` closed when missing) so grading reads it as usual."""
+
+    def __init__(self, inner: GenerationBackend, opener: str):
+        self.inner, self.opener = inner, opener
+        self.tokenizer, self.batch_size, self.name = inner.tokenizer, inner.batch_size, inner.name
+        self.count_tokens = inner.count_tokens
+
+    def generate(self, prompts: Sequence[str], max_new_tokens, adapter=None) -> list[Generation]:
+        out = []
+        for g in self.inner.generate(prompts, max_new_tokens):
+            text = self.opener + g.text + ("" if "}" in g.text else "}")
+            out.append(Generation(text, g.num_tokens, g.latency_s, g.finish_reason, list(g.token_ids)))
+        return out
 
 
 def _read_rows(path: Path) -> dict[str, dict]:
@@ -180,6 +203,8 @@ def _settings(cfg: EvaluateConfig, ratio: float | None, extra: dict | None = Non
         s["truncation"] = truncation_variant(cfg)
         if cfg.force_answer:
             s["answer_max_tokens"] = cfg.answer_max_tokens
+    if cfg.method == "nocot":
+        s["answer_max_tokens"] = cfg.answer_max_tokens
     if cfg.method == "tokenskip" and cfg.scale_max_new_tokens:
         s["max_new_tokens"] = scaled_max_new_tokens(cfg.resolved_max_new_tokens, ratio)
         s["scale_max_new_tokens"] = True
@@ -264,6 +289,12 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
                     return row
 
                 results.append(_run_one(cfg, problems, prompts, b, r, caps, hook, {"original": orig_fp}))
+        elif cfg.method == "nocot":
+            b = base_backend()
+            opener = FORCE_ANSWER.lstrip()
+            prompts = [build_prompt(b.tokenizer, p.question, None, cfg.system_prompt) + opener for p in problems]
+            results.append(_run_one(cfg, problems, prompts, ForcedAnswerBackend(b, opener), None,
+                                    cfg.answer_max_tokens))
         elif cfg.method in ("tokenskip", "budget"):
             if backend is not None and getattr(backend, "lora", False):
                 tb = backend   # a vLLM engine started with LoRA serves the adapter per request
@@ -338,7 +369,7 @@ def _run_one(cfg, problems, prompts, backend, ratio, caps, hook=None, extra_sett
     d = run_dir(cfg.out, cfg.benchmark, cfg.method, ratio)
     with ResumableJsonl(d / "predictions.jsonl", _settings(cfg, ratio, extra_settings)) as w:
         rows = run_rows(problems, prompts, w, backend, cfg.benchmark, caps, adapter=adapter, row_hook=hook,
-                        desc=f"{cfg.benchmark} {cfg.method} γ={format_ratio(ratio)}")
+                        desc=f"{cfg.benchmark} {cfg.method}" + ("" if ratio is None else f" γ={format_ratio(ratio)}"))
     m = write_metrics(d, rows, _metrics_extra(cfg, cfg.method, ratio, problems))
     return m | {"_dir": str(d)}
 

@@ -1,9 +1,10 @@
 """``tokenskip run RECIPE``: the whole TokenSkip pipeline from one YAML recipe, resumably.
 
-Stages, in order: ``generate → compress → build_sft → train → evaluate → report``. Each writes into
-``<run_dir>/<name>/<stage>/``; ``manifest.json`` beside them records, per stage, the resolved
-settings, a fingerprint of settings + inputs (data file hashes, upstream fingerprints), timings and
-status.
+Stages, in order: ``generate → compress → build_sft → train → evaluate → report``, preceded in the CPU
+lab's recipes by ``lab_data → warmup → merge`` (problems, a warm-up fine-tune on their worked
+solutions, and the merged target model). Each writes into ``<run_dir>/<name>/<stage>/``;
+``manifest.json`` beside them records, per stage, the resolved settings, a fingerprint of settings +
+inputs (data file hashes, upstream fingerprints), timings and status.
 
 * A stage whose fingerprint is unchanged and whose status is ``done`` is skipped.
 * A changed stage reruns, and so does everything downstream, because downstream fingerprints
@@ -13,6 +14,12 @@ status.
 * A killed run resumes: a stage left ``running`` with the same fingerprint keeps its folder, and
   the stage's own resumability (row files, trainer checkpoints) continues where it stopped.
 
+With ``lab_data`` enabled, the ``data`` of generate/compress/build_sft defaults to its
+``train.jsonl`` and every evaluation benchmark's to its ``test.jsonl``; with ``merge`` enabled, the
+merged folder is the ``model`` of every stage after it (the top-level ``model`` is the base of the
+warm-up). When a lab stage runs, changed generate/evaluate stages start from an empty folder (their
+rows came from another target model).
+
 Recipe layout (see ``recipes/``)::
 
     name: demo                      # run folder name
@@ -20,6 +27,9 @@ Recipe layout (see ``recipes/``)::
     model: smollm2-135m-instruct    # default `model` of every stage
     threads: 2                      # default `threads` of every stage
     stages:
+      lab_data:  {...LabDataConfig fields}             # CPU lab only
+      warmup:    {...WarmupConfig fields}              # CPU lab only
+      merge:     {...MergeConfig fields}               # CPU lab only
       generate:  {enabled: false, ...GenerationConfig fields}
       compress:  {...CompressConfig fields}
       build_sft: {...SFTDataConfig fields}
@@ -50,7 +60,9 @@ from tokenskip.io import file_hash, fingerprint, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("generate", "compress", "build_sft", "train", "evaluate", "report")
+#: the CPU lab's stages (tokenskip.lab_data, tokenskip.warmup, tokenskip.merge), before the method's
+LAB_STAGES = ("lab_data", "warmup", "merge")
+STAGES = (*LAB_STAGES, "generate", "compress", "build_sft", "train", "evaluate", "report")
 #: keys at the top of a recipe that are copied into every stage that has such a field
 INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark", "prompt_style")
 
@@ -102,6 +114,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
 
 
 def _stage_cls(stage: str):
+    if stage == "lab_data":
+        from tokenskip.lab_data import LabDataConfig
+        return LabDataConfig
+    if stage == "warmup":
+        from tokenskip.warmup import WarmupConfig
+        return WarmupConfig
+    if stage == "merge":
+        from tokenskip.merge import MergeConfig
+        return MergeConfig
     if stage == "generate":
         from tokenskip.generate import GenerationConfig
         return GenerationConfig
@@ -185,6 +206,8 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
     upstream: dict[str, str] = {}
 
     def add(p: StagePlan) -> None:
+        if p.enabled and p.name not in LAB_STAGES and "merge" in upstream:
+            p.inputs = {**p.inputs, "merge": upstream["merge"]}   # the target model
         p.fingerprint = fingerprint({"settings": _without_runtime(p.settings), "inputs": p.inputs})
         prev = manifest.get("stages", {}).get(p.name)
         if not p.enabled:
@@ -204,11 +227,13 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
     def single(stage: str, folder: Path, defaults: dict, inputs: Callable[[dict], dict],
                adjust: Callable[[dict], None] | None = None) -> None:
         """A stage with one config: recipe section + inherited keys + wired paths -> plan."""
+        if stage in LAB_STAGES and stage not in recipe["stages"]:
+            return   # recipes outside the CPU lab are planned as if the lab stages did not exist
         if not _enabled(recipe, stage):
             add(StagePlan(stage, False))
             return
         cls = _stage_cls(stage)
-        sec = _with_inherited(recipe, cls, _section(recipe, stage))
+        sec = _with_inherited(target if stage not in LAB_STAGES else recipe, cls, _section(recipe, stage))
         sec.pop("enabled", None)
         for k, v in {"out": str(folder), **defaults}.items():
             sec.setdefault(k, v)
@@ -218,6 +243,19 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
         add(StagePlan(stage, True, to_dict(cfg), [cfg], inputs(sec)))
 
     gen_out, comp_out, sft_out, train_out = run / "generate", run / "compress", run / "sft", run / "train"
+    lab_out, warm_out, merge_out = run / "lab_data", run / "warmup", run / "merge"
+
+    def data_input(value: Any) -> Any:
+        # a lab split does not exist before its stage ran: identify it by that stage's fingerprint
+        if "lab_data" in upstream and isinstance(value, str) and Path(value).parent == lab_out:
+            return {"lab_data": upstream["lab_data"], "file": Path(value).name}
+        return _data_hash(value)
+
+    single("lab_data", lab_out, {}, lambda sec: {})
+    single("warmup", warm_out, {"data": str(lab_out)}, lambda sec: {"lab_data": upstream.get("lab_data")})
+    single("merge", merge_out, {"adapter": str(warm_out / "adapter")}, lambda sec: {"warmup": upstream.get("warmup")})
+    target = {**recipe, "model": str(merge_out)} if "merge" in upstream else recipe
+    lab_train = {"data": str(lab_out / "train.jsonl")} if "lab_data" in upstream else {}
 
     def wire_compress(sec: dict) -> None:
         if sec.get("cot_source") == "self":   # build_sft's name for the same thing
@@ -229,11 +267,11 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
                                   "cot_source: gold")
             sec["predictions"] = str(gen_out / "predictions.jsonl")
 
-    single("generate", gen_out, {}, lambda sec: {"data": _data_hash(sec.get("data"))})
-    single("compress", comp_out, {}, lambda sec: {"generate": upstream.get("generate"),
-                                                  "data": _data_hash(sec.get("data"))}, wire_compress)
-    single("build_sft", sft_out, {"compressed": str(comp_out)},
-           lambda sec: {"compress": upstream.get("compress"), "data": _data_hash(sec.get("data"))})
+    single("generate", gen_out, lab_train, lambda sec: {"data": data_input(sec.get("data"))})
+    single("compress", comp_out, lab_train, lambda sec: {"generate": upstream.get("generate"),
+                                                         "data": data_input(sec.get("data"))}, wire_compress)
+    single("build_sft", sft_out, {"compressed": str(comp_out), **lab_train},
+           lambda sec: {"compress": upstream.get("compress"), "data": data_input(sec.get("data"))})
     single("train", train_out, {"data": str(sft_out)}, lambda sec: {"build_sft": upstream.get("build_sft")})
 
     # evaluate: benchmarks x methods
@@ -246,7 +284,9 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
         methods = sec.pop("methods", None) or [{"method": "original"}]
         if not isinstance(benches, list) or not isinstance(methods, list):
             raise RecipeError(f"{src}: stages.evaluate.benchmarks and .methods must be lists")
-        common = _with_inherited(recipe, cls, sec)
+        common = _with_inherited(target, cls, sec)
+        if "lab_data" in upstream:
+            common.setdefault("data", str(lab_out / "test.jsonl"))
         cfgs, data_hashes = [], {}
         for b in benches:
             for m in methods:
@@ -262,7 +302,7 @@ def plan(recipe: dict) -> tuple[Path, list[StagePlan]]:
                 cfg = _build_eval(cls, d, f"{src}: stages.evaluate", needs_train)
                 cfgs.append(cfg)
                 if cfg.data:
-                    data_hashes[cfg.data] = _data_hash(cfg.data)
+                    data_hashes[cfg.data] = data_input(cfg.data)
         uses_adapter = any(c.method == "tokenskip" for c in cfgs)
         add(StagePlan("evaluate", True, {"runs": [to_dict(c) for c in cfgs]}, cfgs,
                       {"train": upstream.get("train") if uses_adapter else None, "data": data_hashes}))
@@ -343,7 +383,16 @@ class SharedBackends:
 
 
 def _execute(p: StagePlan, run: Path) -> None:
-    if p.name == "generate":
+    if p.name == "lab_data":
+        from tokenskip.lab_data import run_lab_data
+        run_lab_data(p.configs[0])
+    elif p.name == "warmup":
+        from tokenskip.warmup import run_warmup
+        run_warmup(p.configs[0])
+    elif p.name == "merge":
+        from tokenskip.merge import run_merge
+        run_merge(p.configs[0])
+    elif p.name == "generate":
         from tokenskip.generate import print_metrics, run_generate
         print_metrics(run_generate(p.configs[0]), "[generate] ")
     elif p.name == "compress":
@@ -440,13 +489,17 @@ def run_pipeline(recipe: dict, stages: list[str] | None = None, dry_run: bool = 
                      "recipe_resolved": {k: v for k, v in recipe.items() if not k.startswith("_")}})
     manifest.setdefault("stages", {})
     write_json_atomic(mpath, manifest)
+    lab_ran = False
     for p in plans:
         if not p.enabled or (stages and p.name not in stages) or p.status == "done":
             continue
         folder = run / ("sft" if p.name == "build_sft" else p.name)
         # generate/evaluate keep their folders: their row files carry their own settings fingerprints, so
-        # rows still valid (e.g. after a larger --limit, or for an unchanged method) are reused, stale ones not
-        if p.status == "changed" and folder.exists() and p.name not in ("generate", "evaluate", "report"):
+        # rows still valid (e.g. after a larger --limit, or for an unchanged method) are reused, stale ones
+        # not -- unless a lab stage just ran: the merged target has the same path but other weights
+        keep = p.name in ("generate", "evaluate", "report") and not lab_ran
+        lab_ran = lab_ran or p.name in LAB_STAGES
+        if p.status == "changed" and folder.exists() and not keep:
             logger.info("%s: settings or inputs changed; clearing %s", p.name, folder)
             shutil.rmtree(folder)
         entry = {"status": "running", "fingerprint": p.fingerprint, "settings": p.settings, "inputs": p.inputs,

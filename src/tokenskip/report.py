@@ -36,8 +36,9 @@ REPORT_SCHEMA_VERSION = 1
 MISSING = "—"
 
 #: Row order inside a benchmark table (paper Table 1 order); unknown methods come after, by name.
-METHOD_ORDER = ("original", "prompt", "truncation", "tokenskip")
-METHOD_LABELS = {"original": "Original", "prompt": "Prompt", "truncation": "Truncation", "tokenskip": "TokenSkip"}
+METHOD_ORDER = ("original", "nocot", "prompt", "truncation", "tokenskip")
+METHOD_LABELS = {"original": "Original", "nocot": "No CoT", "prompt": "Prompt", "truncation": "Truncation",
+                 "tokenskip": "TokenSkip"}
 BENCHMARK_ORDER = ("gsm8k", "math")
 BENCHMARK_LABELS = {"gsm8k": "GSM8K", "math": "MATH-500"}
 
