@@ -86,7 +86,8 @@ def split_cot(text: str) -> str:
     """
     from tokenskip.prompts import COT_SPLIT
 
-    return text.split(COT_SPLIT, 1)[0]
+    # an output that opens with the answer line (nocot) has no CoT at all
+    return ("\n\n" + text).split(COT_SPLIT, 1)[0][2:]
 
 
 def _find_unescaped(s: str, token: str, start: int) -> int:
