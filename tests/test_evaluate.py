@@ -51,8 +51,34 @@ def test_original_writes_rows_and_metrics_and_resumes(tmp_path, tiny_model_dir):
     assert all(r["num_tokens"] <= 4 for r in read_jsonl(d / "predictions.jsonl"))
 
 
-def test_truncation_caps_are_honoured_exactly(tmp_path, tiny_model_dir):
+def test_truncation_default_is_a_plain_cap(tmp_path, tiny_model_dir):
     ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="truncation", ratios=[0.5], max_new_tokens=12))
+    assert ms[1]["truncation"] == "plain-cap"
+    orig = {r["id"]: r for r in read_jsonl(run_dir(tmp_path, "gsm8k", "original") / "predictions.jsonl")}
+    rows = read_jsonl(run_dir(tmp_path, "gsm8k", "truncation", 0.5) / "predictions.jsonl")
+    assert any(orig[r["id"]]["num_tokens"] > r["cap"] for r in rows)
+    for r in rows:
+        assert r["num_tokens"] <= r["cap"] == max(1, math.ceil(0.5 * orig[r["id"]]["cot_tokens"]))
+        assert r["output_token_ids"] == orig[r["id"]]["output_token_ids"][:r["cap"]]
+        assert "The final answer is: $\\boxed{" not in r["output"]
+    from tokenskip.report import ReportRow
+
+    label = ms[1]["method_label"]  # the report's labels come from metrics.json
+    row = ReportRow(benchmark="gsm8k", method="truncation", ratio=0.5, method_label=label, truncation="force-answer")
+    assert row.label == "Truncation + forced answer (γ=0.5)"
+    assert ReportRow(benchmark="gsm8k", method="truncation", ratio=0.5, method_label=label,
+                     truncation="plain-cap").label == "Truncation (γ=0.5)"
+
+
+def test_truncation_force_answer_variant(tmp_path, tiny_model_dir):
+    ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="truncation", ratios=[0.5], max_new_tokens=12,
+                          force_answer=True))
+    assert ms[1]["truncation"] == "force-answer"
+    orig = {r["id"]: r for r in read_jsonl(run_dir(tmp_path, "gsm8k", "original") / "predictions.jsonl")}
+    rows = read_jsonl(run_dir(tmp_path, "gsm8k", "truncation", 0.5) / "predictions.jsonl")
+    forced = [r for r in rows if orig[r["id"]]["num_tokens"] > r["cap"]]
+    assert forced and all("The final answer is: $\\boxed{" in r["output"] for r in forced)
+    assert all(r["output_token_ids"] == orig[r["id"]]["output_token_ids"][:r["cap"]] for r in rows)
     assert [m["method"] for m in ms] == ["original", "truncation"]
     orig = {r["id"]: r for r in read_jsonl(run_dir(tmp_path, "gsm8k", "original") / "predictions.jsonl")}
     rows = read_jsonl(run_dir(tmp_path, "gsm8k", "truncation", 0.5) / "predictions.jsonl")
@@ -82,6 +108,20 @@ def test_tokenskip_gets_act_ratio_and_merged_equals_unmerged(tmp_path, tiny_mode
     base = read_jsonl(run_dir(tmp_path, "gsm8k", "original") / "predictions.jsonl")
     assert [r["output_token_ids"] for r in base] != [r["output_token_ids"] for r in a]  # the adapter matters
     assert "<|eot_id|>0.5<|eot_id|>" in a[0]["prompt"]
+
+
+def test_scale_max_new_tokens_caps_tokenskip_at_gamma(tmp_path, tiny_model_dir, adapter_dir):
+    from tokenskip.evaluate import scaled_max_new_tokens
+
+    assert scaled_max_new_tokens(1024, 0.5) == 512 and scaled_max_new_tokens(1024, 0.7) == 716
+    ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="tokenskip", adapter=adapter_dir, ratios=[1.0, 0.5],
+                          max_new_tokens=10, scale_max_new_tokens=True))
+    assert [m["max_new_tokens"] for m in ms] == [10, 5]
+    rows = read_jsonl(run_dir(tmp_path, "gsm8k", "tokenskip", 0.5) / "predictions.jsonl")
+    assert max(r["num_tokens"] for r in rows) == 5  # the tiny random model never stops early
+    plain = run_evaluate(cfg(tiny_model_dir, tmp_path / "p", method="tokenskip", adapter=adapter_dir, ratios=[0.5],
+                             max_new_tokens=10))
+    assert plain[0]["max_new_tokens"] == 10
 
 
 def test_prompt_method_uses_reduction_instruction(tmp_path, tiny_model_dir):

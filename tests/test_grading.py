@@ -273,12 +273,22 @@ def test_grade_record():
 
 @pytest.mark.parametrize("text,cot", [
     ("step 1\nstep 2\n\nThe final answer is: $\\boxed{4}$", "step 1\nstep 2"),
-    ("  step\n the FINAL ANSWER IS 4", "step"),
-    ("a\nThe final answer is 1. The final answer is 2", "a"),
-    ("  no marker here \n", "no marker here"),
+    # the reference's literal split: a sentence with the phrase stays in the CoT (issue 13, item 3)
+    ("9 + 9 = 18, so the final answer is 18.", "9 + 9 = 18, so the final answer is 18."),
+    ("9 + 9 = 18, so the final answer is 18.\n\nThe final answer is: $\\boxed{18}$",
+     "9 + 9 = 18, so the final answer is 18."),
+    ("  step\n the FINAL ANSWER IS 4", "  step\n the FINAL ANSWER IS 4"),
+    ("a\n\nThe final answer is: 1\n\nThe final answer is: 2", "a"),
+    ("a\nThe final answer is: 1", "a\nThe final answer is: 1"),  # one newline: not the split
+    ("  no marker here \n", "  no marker here \n"),
 ])
 def test_split_cot(text, cot):
     assert split_cot(text) == cot
+
+
+def test_lenient_extraction_kept_with_the_literal_split():
+    g = grade("9 + 9 = 18, so the final answer is 18.", "18", "gsm8k")
+    assert (g.answer, g.correct, g.cot) == ("18", True, "9 + 9 = 18, so the final answer is 18.")
 
 
 # ------------------------------------------------------------------------------------------ time limits

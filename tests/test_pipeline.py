@@ -123,7 +123,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir, mon
     assert all(s["status"] == "done" for s in read_json(run / "manifest.json")["stages"].values())
 
     # 4) changing only an evaluation setting reruns only evaluate and report
-    changed = load_recipe(write_recipe(tmp_path, tiny_model_dir, name="killed", answer_max_tokens=5))
+    changed = load_recipe(write_recipe(tmp_path, tiny_model_dir, name="killed", force_answer=True))
     statuses = {p.name: p.status for p in plan(changed)[1]}
     assert statuses == {"generate": "done", "compress": "done", "build_sft": "done", "train": "done",
                         "evaluate": "changed", "report": "changed"}
@@ -140,7 +140,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir, mon
     assert row_counts(run) == ref
     # nothing left to do; thread count is not a setting that changes results
     assert {p.status for p in plan(changed)[1] if p.enabled} == {"done"}
-    more_threads = load_recipe(write_recipe(tmp_path, tiny_model_dir, name="killed", answer_max_tokens=5),
+    more_threads = load_recipe(write_recipe(tmp_path, tiny_model_dir, name="killed", force_answer=True),
                                ["threads=2"])
     assert {p.status for p in plan(more_threads)[1] if p.enabled} == {"done"}
 

@@ -192,11 +192,30 @@ def test_resume_continues_step_count(tmp_path, smol_tokenizer, tiny_model_dir, c
         train(small_cfg(tmp_path, model=tiny_model_dir, max_steps=6, lora_r=4))
 
 
+def test_grad_accum_follows_the_world_size(caplog):
+    """Issue 13, item 2: the recipe's effective batch (8) holds on 1, 2, 4 and 8 GPUs."""
+    cfg = TrainConfig(data="d", out="o", batch_size=8, per_device_batch_size=1)
+    assert [resolve_grad_accum(cfg, n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    cfg2 = TrainConfig(data="d", out="o", batch_size=8, per_device_batch_size=2)
+    assert [resolve_grad_accum(cfg2, n) for n in (1, 2, 4)] == [4, 2, 1]
+    assert caplog.text == ""
+    # not reachable exactly: nearest accumulation, with a warning naming the effective batch
+    assert resolve_grad_accum(TrainConfig(data="d", out="o", per_device_batch_size=3)) == 3
+    assert "= 9, not --batch-size 8" in caplog.text
+    caplog.clear()
+    assert resolve_grad_accum(cfg2, 16) == 1
+    assert "= 32, not --batch-size 8" in caplog.text
+    caplog.clear()
+    # a pinned accumulation is kept, but a batch that grows with the GPUs is reported
+    pinned = TrainConfig(data="d", out="o", batch_size=8, per_device_batch_size=2, grad_accum=4)
+    assert resolve_grad_accum(pinned, 1) == 4 and caplog.text == ""
+    assert resolve_grad_accum(pinned, 2) == 4
+    assert "2 per device × 4 accumulation × 2 process(es) = 16, not --batch-size 8 (--grad-accum pinned)" in caplog.text
+
+
 def test_config_checks():
     assert resolve_grad_accum(TrainConfig(data="d", out="o")) == 8
     assert resolve_grad_accum(TrainConfig(data="d", out="o", per_device_batch_size=2), processes=2) == 2
-    with pytest.raises(ValueError, match="multiple"):
-        resolve_grad_accum(TrainConfig(data="d", out="o", per_device_batch_size=3))
     with pytest.raises(ValueError, match="--data"):
         TrainConfig(out="o").validate()
     # validate() checks values only; a checkpoint folder that does not exist is found when training starts

@@ -213,3 +213,43 @@ def test_vllm_caps_and_single_latency(prompts, vllm_backend):
     assert [g.token_ids for g in single] == [g.token_ids for g in full]
     assert all(g.latency_s > 0 for g in single)
     assert len({g.latency_s for g in single}) == 3  # timed one by one, not shared
+
+
+@pytest.fixture(scope="module")
+def penalty_model_dir(tmp_path_factory):
+    """The packaged model with ``repetition_penalty: 1.3`` in its generation config (as Qwen2.5-Instruct's 1.05)."""
+    from tokenskip.models import materialize
+
+    src = materialize(MODEL)
+    d = tmp_path_factory.mktemp("penalty")
+    for f in os.listdir(src):
+        if f != "generation_config.json":
+            os.symlink(os.path.join(src, f), d / f)
+    gc = {}
+    if os.path.exists(os.path.join(src, "generation_config.json")):
+        with open(os.path.join(src, "generation_config.json")) as fh:
+            gc = json.load(fh)
+    gc["repetition_penalty"] = 1.3
+    (d / "generation_config.json").write_text(json.dumps(gc))
+    return str(d)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_applies_the_generation_config_penalty_like_hf(prompts, penalty_model_dir, hf_outputs):
+    """Issue 13, item 1: the same decoding settings reach SamplingParams, so both engines agree."""
+    hf = get_backend("hf", model=penalty_model_dir, dtype="float32", batch_size=8, show_progress=False)
+    hf_out = hf.generate(prompts, CAP)
+    hf.close()
+    be = get_backend("vllm", model=penalty_model_dir, dtype="float32", enforce_eager=True, max_model_len=2048,
+                     show_progress=False)
+    try:
+        assert be.decoding.repetition_penalty == 1.3
+        out = be.generate(prompts, CAP)
+    finally:
+        be.close()
+    n = len(prompts)
+    assert _agree(out, hf_out) >= n - 2, [(g.text, h.text) for g, h in zip(out, hf_out)]
+    base_hf, _ = hf_outputs
+    assert n - _agree(hf_out, base_hf) >= 1  # the penalty changes what is generated

@@ -2,6 +2,10 @@
 
 Methods come from the registry in :mod:`tokenskip.methods` (paper §5: ``original``, ``prompt``,
 ``truncation``, ``tokenskip``); :func:`run_evaluate` is one loop over a method's γ, the same for all.
+``truncation`` is the paper's plain cap by default (``truncation: plain-cap`` in metrics.json) and appends the
+forced answer line with ``--force-answer`` (``truncation: force-answer``); ``--scale-max-new-tokens`` caps
+TokenSkip at ``int(max_new_tokens × γ)`` as the reference does on MATH; ``--prompt-style reference`` uses the
+reference's hand-written prompt strings (:mod:`tokenskip.prompts`).
 
 ``--backend openai --base-url URL`` sends the same prompts to an OpenAI-compatible endpoint (``tokenskip
 serve``, ``vllm serve``) instead of a local engine (:mod:`tokenskip.backends.openai`). Adapter methods build
@@ -37,6 +41,9 @@ from tokenskip.methods import Method, get_method, method_names
 from tokenskip.models import check_device, configure_threads
 from tokenskip.prompts import DEFAULT_MARKER_DELIMITER
 from tokenskip.prompts import FORCE_ANSWER  # noqa: F401 - public here too (the truncation/nocot answer line)
+from tokenskip.prompts import warn_default_system
+from tokenskip.methods.tokenskip import scaled_max_new_tokens  # noqa: F401 - public here too
+from tokenskip.methods.truncation import truncation_variant  # noqa: F401 - public here too
 from tokenskip.ratios import format_ratio, paper_grid, validate_ratios
 from tokenskip.records import Prediction, act_ratio
 from tokenskip.rollout import GenerationConfig, print_metrics, run_rows, write_metrics
@@ -67,6 +74,11 @@ class EvaluateConfig(GenerationConfig):
     budgets: list[int] | None = field(default=None, metadata={"help": "method budget: CoT token budgets N (e.g. 64 128)"})
     length_model: str | None = field(default=None, metadata={"help": "method budget: length model JSON ('tokenskip fit-length'), or the original run's predictions.jsonl to fit one (default: <adapter>/length_model.json)"})
     answer_max_tokens: int = field(default=24, metadata={"help": "truncation, nocot: tokens allowed for the forced answer"})
+    force_answer: bool = field(default=False, metadata={
+        "help": "truncation: after the cap, append '\\n\\nThe final answer is: $\\boxed{' and decode the answer "
+                "(this project's variant); default: a plain cap, as in the paper"})
+    scale_max_new_tokens: bool = field(default=False, metadata={
+        "help": "tokenskip: decode with max_new_tokens × γ, as the reference does on MATH (default: the same cap for every γ)"})
 
     def validate(self) -> None:
         """Check the values (no disk access: the adapter's existence is checked when the run starts)."""
@@ -123,6 +135,8 @@ def _settings(cfg: EvaluateConfig, method: Method, ratio: float | None, extra: d
          "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
     if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
         s["stop"] = cfg.stop
+    if cfg.prompt_style != "chat-template":  # likewise
+        s["prompt_style"] = cfg.prompt_style
     if bench.name == "custom" or cfg.grader:
         s.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
     return {**s, **extra}
@@ -208,6 +222,8 @@ def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
              original: dict[str, dict] | None = None) -> dict:
     """One run of a method (its γ, or its budget N): the method's plan, resumable generation, metrics."""
     b = backend_for(method)
+    if method.name == ORIGINAL:
+        warn_default_system(b.tokenizer, cfg.prompt_style, cfg.system_prompt, logger)
     d = method.folder(cfg.out, cfg.bench.name, key)
     ratio = method.ratio_of(key)
     plan = method.plan(b.tokenizer, problems, key, cfg, original)
@@ -240,7 +256,7 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
     def key(c):
         return (c.backend, c.model, c.dtype, c.device, c.batch_size, c.latency_mode,
                 c.tensor_parallel_size, c.gpu_memory_utilization, c.threads, tuple(c.stop),
-                c.enforce_eager, c.prefix_caching, c.max_num_seqs, c.kv_cache_space_gb)
+                c.enforce_eager, c.prefix_caching, c.max_num_seqs, c.kv_cache_space_gb, c.max_model_len)
 
     engines: dict[tuple, GenerationBackend] = {}
     results = []

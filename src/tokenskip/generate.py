@@ -38,7 +38,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
     Raises:
         ValueError: invalid settings; DataError: malformed data rows.
     """
-    from tokenskip.prompts import build_prompt
+    from tokenskip.prompts import styled_prompt, warn_default_system
 
     cfg.validate()
     if not cfg.out:
@@ -53,12 +53,16 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
     backend = backend or get_backend(cfg.backend, **cfg.backend_kwargs())
     try:
         tok = backend.tokenizer
-        prompts = [build_prompt(tok, p.question, None, cfg.system_prompt) for p in problems]
+        warn_default_system(tok, cfg.prompt_style, cfg.system_prompt, logger)
+        prompts = [styled_prompt(tok, p.question, None, cfg.system_prompt, style=cfg.prompt_style, model=cfg.model)
+                   for p in problems]
         settings = {"stage": "generate", "model": cfg.model, "benchmark": bench.name,
                     "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
                     "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
         if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
             settings["stop"] = cfg.stop
+        if cfg.prompt_style != "chat-template":  # likewise
+            settings["prompt_style"] = cfg.prompt_style
         if bench.name == "custom":  # the field names and grader decide the rows
             settings.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
         with ResumableJsonl(out / PREDICTIONS, settings) as w:

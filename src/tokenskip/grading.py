@@ -58,7 +58,6 @@ DEFAULT_MAX_WORKERS = 2
 GSM8K_REL_TOL = 1e-6
 
 _FINAL_PHRASE = re.compile(r"final\s+answer\s*:|(?:the\s+)?(?:final\s+)?answer\s+is\b\s*:?", re.IGNORECASE)
-_SPLIT_PHRASE = re.compile(re.escape(ANSWER_PHRASE), re.IGNORECASE)
 
 
 @dataclass
@@ -80,11 +79,17 @@ class Grade:
 
 
 def split_cot(text: str) -> str:
-    """The CoT part of a model output: the text before the first "The final answer is" (any case),
-    or the whole text when the phrase is absent, stripped. The paper's evaluation counts CoT tokens on
-    this part (reference code: the text before "The final answer is")."""
-    m = _SPLIT_PHRASE.search(text)
-    return (text[: m.start()] if m else text).strip()
+    """The CoT part of a model output: the text before the first literal
+    :data:`~tokenskip.prompts.COT_SPLIT` (``"\\n\\nThe final answer is:"``), or the whole text, unstripped.
+
+    This is the reference's split (``output.split("\\n\\nThe final answer is:")[0]``), so CoT token
+    counts, ActRatio and SFT targets match the paper's; a sentence such as "so the final answer is 18."
+    stays in the CoT. Answer *extraction* keeps its lenient phrase search (:func:`extract_answer`).
+    """
+    from tokenskip.prompts import COT_SPLIT
+
+    # an output that opens with the answer line (nocot) has no CoT at all
+    return ("\n\n" + text).split(COT_SPLIT, 1)[0][2:]
 
 
 def _find_unescaped(s: str, token: str, start: int) -> int:

@@ -74,9 +74,12 @@ from tokenskip.stages import get_stage
 logger = logging.getLogger(__name__)
 
 #: keys at the top of a recipe that are copied into every stage that has such a field
-INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark")
+INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark", "prompt_style")
 #: settings that change how fast a stage runs, never what it writes: left out of fingerprints
 RUNTIME_KEYS = ("threads",)
+#: Settings where the paper's (reference) setting and this project's differ; a plan prints them per stage.
+MODE_KEYS = ("prompt_style", "compat", "reference_family", "answer_line", "validation_share", "lora_dropout",
+             "batch_size", "grad_accum", "force_answer", "scale_max_new_tokens", "max_model_len")
 
 
 class RecipeError(TokenskipError, ValueError):
@@ -92,7 +95,8 @@ class Recipe:
     Attributes:
         name: run folder name; run_dir: its parent folder.
         stages: ``{stage name: section}``; each section is checked against its stage's config class.
-        model, threads, dtype, device, seed, benchmark: defaults of every stage that has such a field.
+        model, threads, dtype, device, seed, benchmark, prompt_style: defaults of every stage that has such a
+            field (``prompt_style: reference`` makes generate, build_sft and evaluate use the reference's prompts).
     """
 
     name: str = ""
@@ -104,6 +108,7 @@ class Recipe:
     device: str | None = None
     seed: int | None = None
     benchmark: str | None = None
+    prompt_style: str | None = None  # chat-template or reference (paper-exact prompts, issue 13)
 
     def validate(self) -> None:
         if not self.name:
@@ -425,6 +430,34 @@ def _execute(p: StagePlan, run: Path) -> None:
         say(f"[{p.name}] {line}")
 
 
+def mode_summary(p: StagePlan) -> str:
+    """The stage's settings among :data:`MODE_KEYS`, e.g. ``compat=reference`` (evaluate: per method)."""
+    def pick(s: dict) -> list[str]:
+        out = []
+        for k in MODE_KEYS:
+            v = s.get(k)
+            if v is None or (k == "reference_family" and s.get("compat") != "reference"):
+                continue
+            if k == "force_answer":
+                if s.get("method") == "truncation":
+                    out.append("truncation=" + ("force-answer" if v else "plain-cap"))
+            elif k == "scale_max_new_tokens":
+                if s.get("method") == "tokenskip" and v:
+                    out.append("max_new_tokens×γ")
+            elif k != "batch_size" or "lora_dropout" in s:
+                out.append(f"{k}={v}")
+        return out
+
+    if p.name != "evaluate":
+        return ", ".join(pick(p.settings))
+    parts: list[str] = []
+    for s in p.settings.get("runs", []):
+        for item in pick(s):
+            if item not in parts:
+                parts.append(item)
+    return ", ".join(parts)
+
+
 def run_pipeline(recipe: dict | Recipe, stages: list[str] | None = None, dry_run: bool = False,
                  echo: Callable[[str], None] = print) -> list[StagePlan]:
     """Run (or with ``dry_run`` only print) the recipe's plan; returns the stage plans.
@@ -449,6 +482,8 @@ def run_pipeline(recipe: dict | Recipe, stages: list[str] | None = None, dry_run
                   "resume" if p.status == "resume" else "rerun (settings or inputs changed)" if p.status == "changed"
                   else "run")
         echo(f"  {p.name:<10} {action:<34} fingerprint {p.fingerprint[:8] if p.enabled else '-'}")
+        if p.enabled and (mode := mode_summary(p)):
+            echo(f"             {mode}")
     missing = missing_inputs(run, plans)
     if missing:
         raise RecipeError(f"{src or 'recipe'}: {len(missing)} missing input(s); nothing was run\n" + "\n".join(missing))

@@ -24,6 +24,10 @@ ANSWER_TEMPLATE = "\n\n" + ANSWER_PHRASE + ": $\\boxed{{{answer}}}$"
 #: The answer line opened, appended to a truncated CoT to force an answer (truncation baseline).
 FORCE_ANSWER = "\n\n" + ANSWER_PHRASE + ": $\\boxed{"
 
+#: Where the CoT ends for counting its tokens: the reference splits every output on this literal
+#: (first occurrence; ``evaluation.py``), so "... so the final answer is 18." stays in the CoT.
+COT_SPLIT = "\n\nThe final answer is:"
+
 #: Prompt-based reduction baseline: the instruction asks to cut the reasoning's words by (1-γ).
 PROMPT_REDUCTION_TEMPLATE = (
     "Please reason step by step, but reduce the number of words in your reasoning by {percent}% "
@@ -160,3 +164,86 @@ def stop_rule(tokenizer, eos_token_id: int | Sequence[int] | None = None, extra:
         if x not in strings:
             strings.append(x)
     return StopRule(tuple(ids), tuple(strings))
+
+
+# -- prompt styles ---------------------------------------------------------------------------------
+#: ``chat-template``: the tokenizer's own chat template (this project's default, any model family).
+#: ``reference``: the TokenSkip reference's hand-written strings for Qwen (ChatML) and Llama-3.1, byte
+#: for byte (the reference code; docs/method.md); the paper recipes use it.
+PROMPT_STYLES = ("chat-template", "reference")
+
+#: The reference's Qwen system turn (also what its LLaMA-Factory ``qwen`` template adds by default).
+REFERENCE_SYSTEM = "You are a helpful assistant."
+
+
+def reference_prompt_family(model: str) -> str:
+    """``llama`` when the model name (Hub id or folder) mentions Llama, else ``qwen`` (the reference's two)."""
+    return "llama" if "llama" in str(model).lower() else "qwen"
+
+
+def reference_prompt(question: str, ratio: float | None = None, family: str = "qwen",
+                     instruction: str = INSTRUCTION, system_prompt: str | None = None, training: bool = False,
+                     marker_delimiter: str = DEFAULT_MARKER_DELIMITER) -> str:
+    """The reference's prompt string for one question (no chat template involved).
+
+    Qwen: ChatML with the system turn ``system_prompt`` (default "You are a helpful assistant."), user
+    turn = instruction + newline + question + marker. Llama-3.1: no system block (its chat template
+    would add "Cutting Knowledge Date …"), user turn = instruction + newline + question, then at
+    inference a newline before the marker (``evaluation.py``), none in training data (its
+    LLaMA-Factory input). The marker is empty for γ = 1 or ``None``.
+
+    Raises:
+        ValueError: ``ratio`` outside (0, 1], or an unknown family.
+    """
+    marker = "" if ratio is None else ratio_marker(ratio, marker_delimiter)
+    if family == "qwen":
+        system = REFERENCE_SYSTEM if system_prompt is None else system_prompt
+        return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{instruction}\n{question}{marker}"
+                f"<|im_end|>\n<|im_start|>assistant\n")
+    if family == "llama":
+        if system_prompt:
+            raise ValueError("the reference's Llama-3.1 prompt has no system turn; drop --system-prompt or "
+                             "use --prompt-style chat-template")
+        sep = "" if training else "\n"
+        return (f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{instruction}\n{question}{sep}{marker}"
+                f"<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    raise ValueError(f"unknown reference prompt family {family!r}; expected qwen or llama")
+
+
+def styled_prompt(tokenizer, question: str, ratio: float | None = None, system_prompt: str | None = None,
+                  instruction: str = INSTRUCTION, marker_delimiter: str = DEFAULT_MARKER_DELIMITER,
+                  style: str = "chat-template", model: str = "", training: bool = False) -> str:
+    """:func:`build_prompt` (style ``chat-template``) or :func:`reference_prompt` (style ``reference``,
+    family from ``model`` or else the tokenizer's name).
+
+    Raises:
+        ValueError: an unknown style, and everything :func:`build_prompt` / :func:`reference_prompt` raise.
+    """
+    if style == "chat-template":
+        return build_prompt(tokenizer, question, ratio, system_prompt, instruction, marker_delimiter)
+    if style == "reference":
+        family = reference_prompt_family(model or getattr(tokenizer, "name_or_path", ""))
+        return reference_prompt(question, ratio, family, instruction, system_prompt, training, marker_delimiter)
+    raise ValueError(f"unknown prompt style {style!r}; expected one of {list(PROMPT_STYLES)}")
+
+
+def warn_default_system(tokenizer, style: str, system_prompt: str | None, logger=None) -> str | None:
+    """A warning when no system turn is given but the chat template inserts a default one.
+
+    Qwen2.5's template silently adds "You are Qwen, created by Alibaba Cloud. You are a helpful
+    assistant." (the paper used "You are a helpful assistant."). Returns the message (also logged),
+    or ``None`` when nothing is inserted or a system turn / the reference style was chosen.
+    """
+    if style != "chat-template" or system_prompt or not getattr(tokenizer, "chat_template", None):
+        return None
+    probe = "\x00Q\x00"
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": probe}], tokenize=False,
+                                             add_generation_prompt=False)
+    head = rendered.split(probe, 1)[0]
+    if "<|im_start|>system" not in head and "system<|end_header_id|>" not in head:
+        return None
+    msg = (f"no --system-prompt: the chat template of {getattr(tokenizer, 'name_or_path', '?')} inserts its own "
+           f"default system turn; the paper used {REFERENCE_SYSTEM!r} (pass --system-prompt, or --prompt-style reference)")
+    if logger is not None:
+        logger.warning(msg)
+    return msg

@@ -198,12 +198,14 @@ class SourceCot(Record):
     """An uncompressed CoT kept for compression (``compress/source.jsonl``); ``cot_tokens`` in target tokens."""
 
     SCHEMA: ClassVar[str] = "source_cot"
+    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("output",)
 
     id: str
     question: str
     answer: str
     cot: str
     cot_tokens: int | None = None   # always written by compress; hand-made folders may leave it out
+    output: str | None = None       # the model's whole output (compress --compat reference compresses it)
 
 
 @dataclass
@@ -268,11 +270,14 @@ class RunMetrics(Record):
             (``None``: there was none, so a reader recomputes it).
         budget / within_budget / mean_ratio / length_model_metrics: budget mode only: the CoT budget N
             (tokens), the share of CoTs within it, the mean γ chosen and the length model's fit figures.
+        truncation: truncation method only: ``plain-cap`` (the paper's baseline) or ``force-answer``
+            (``--force-answer``: the answer line appended after the cap; the report labels it so).
         max_new_tokens: the resolved cap on generated tokens; ids: problem ids in the run; settings: the
             run's settings.
     """
 
     SCHEMA: ClassVar[str] = "run_metrics"
+    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("truncation",)
 
     n: int
     accuracy: float | None = None
@@ -305,6 +310,7 @@ class RunMetrics(Record):
     within_budget: float | None = None
     mean_ratio: float | None = None
     length_model_metrics: dict | None = None
+    truncation: str | None = None
     settings: dict = field(default_factory=dict)
     ids: list = field(default_factory=list)
 

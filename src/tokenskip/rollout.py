@@ -57,6 +57,9 @@ class GenerationConfig:
         "help": "amortized: batch wall time / batch size; single: each prompt decoded alone (true latency)",
         "choices": ["amortized", "single"]})
     system_prompt: str | None = field(default=None, metadata={"help": "optional system turn"})
+    prompt_style: str = field(default="chat-template", metadata={
+        "help": "chat-template: the tokenizer's chat template; reference: the TokenSkip reference's hand-written "
+                "Qwen/Llama-3.1 prompt strings, byte for byte (paper recipes)", "choices": ["chat-template", "reference"]})
     threads: int | str | None = field(default=None, metadata={
         "help": "torch CPU threads: N or auto (the CPUs this process may use); default $TOKENSKIP_THREADS, "
                 "else torch's choice"})
@@ -71,6 +74,8 @@ class GenerationConfig:
         "help": "vLLM: most sequences decoded at once (default: vLLM's)"})
     kv_cache_space_gb: int | None = field(default=None, metadata={
         "help": "vLLM on CPU: KV cache size in GiB (default 2)"})
+    max_model_len: int | None = field(default=None, metadata={
+        "help": "vLLM context length in tokens (default: the model's own; Llama-3.1 would reserve 131k)"})
     base_url: str | None = field(default=None, metadata={"help": "--backend openai: the endpoint, e.g. http://127.0.0.1:8088/v1"})
     api_model: str | None = field(default=None, metadata={"help": "--backend openai: model name sent (default: the adapter folder's name, else the first of /v1/models)"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: environment variable holding the API key"})
@@ -96,6 +101,10 @@ class GenerationConfig:
             raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"--max-model-len must be >= 1, got {self.max_model_len}")
+        if self.prompt_style not in ("chat-template", "reference"):
+            raise ValueError(f"--prompt-style must be chat-template or reference, got {self.prompt_style!r}")
         if self.offset < 0 or (self.limit is not None and self.limit < 0):
             raise ValueError("--limit and --offset must be >= 0")
         if any(not x for x in self.stop):
@@ -129,7 +138,7 @@ class GenerationConfig:
                   base_url=self.base_url, api_model=self.api_model, api_key_env=self.api_key_env,
                   max_in_flight=self.max_in_flight, stop=tuple(self.stop), enforce_eager=self.enforce_eager)
         optional = dict(enable_prefix_caching=self.prefix_caching, max_num_seqs=self.max_num_seqs,
-                        kv_cache_space_gb=self.kv_cache_space_gb)
+                        kv_cache_space_gb=self.kv_cache_space_gb, max_model_len=self.max_model_len)
         return kw | {k: v for k, v in optional.items() if v is not None}
 
     def dtype_record(self) -> dict:
@@ -152,8 +161,9 @@ def data_identity(cfg: GenerationConfig) -> str:
 def grade_row(problem: Problem, prompt: str, gen, grader: str, count_tokens: Callable[[str], int]) -> dict:
     """One predictions row (:class:`~tokenskip.records.Prediction` as JSON) from a problem and its generation.
 
-    CoT tokens are counted in the target model's tokenizer on the text before "The final answer is"
-    (the whole output when absent), as in the paper's evaluation (docs/method.md step 7).
+    CoT tokens are counted in the target model's tokenizer on the text before the literal
+    "\\n\\nThe final answer is:" (the whole output when absent), the reference's split
+    (:func:`tokenskip.grading.split_cot`; docs/method.md step 7).
 
     Args:
         grader: grader kind (``numeric`` / ``symbolic``) or a benchmark name.

@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import logging
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from tokenskip.io import SCHEMA_VERSION, DataError, iter_jsonl, read_json, write
 from tokenskip.layout import (COMPRESS_SUMMARY, SFT_STATS, SFT_TRAIN, SFT_VALIDATION, SOURCE, compressed_file,
                               compressed_ratios)
 from tokenskip.prompt_format import PromptFormat
-from tokenskip.prompts import DEFAULT_MARKER_DELIMITER, answer_line, build_prompt
+from tokenskip.prompts import DEFAULT_MARKER_DELIMITER, answer_line, styled_prompt
 from tokenskip.ratios import format_ratio, paper_grid, validate_ratios
 from tokenskip.records import CompressedCot, SFTExample, SourceCot
 
@@ -48,6 +49,9 @@ logger = logging.getLogger(__name__)
 #: The paper's ratio set (docs/method.md step 4).
 PAPER_RATIOS = paper_grid()
 COT_SOURCES = ("self", "gold", "both")
+#: When the answer line is appended to an SFT target (see :func:`completion_for`).
+ANSWER_LINE_MODES = ("always", "if-missing")
+_ENDS_WITH_ANSWER = re.compile(r"\\boxed\s*\{|^\s*####\s*\S")
 
 
 @dataclass
@@ -78,6 +82,14 @@ class SFTDataConfig:
                                                                         "'You are a helpful assistant.')"})
     marker_delimiter: str = field(default=DEFAULT_MARKER_DELIMITER,
                                   metadata={"help": "delimiter around γ in the user-turn marker"})
+    answer_line: str = field(default="if-missing", metadata={
+        "help": "when the answer line '\\n\\nThe final answer is: $\\boxed{A}$' ends a target: always (the reference: "
+                "appended even when the CoT already ends with its answer, so it appears twice) or if-missing (this "
+                "project: not appended when the CoT's last line already gives \\boxed{…} or '#### …')",
+        "choices": list(ANSWER_LINE_MODES)})
+    prompt_style: str = field(default="chat-template", metadata={
+        "help": "chat-template: the tokenizer's chat template; reference: the TokenSkip reference's training "
+                "prompt strings (Qwen ChatML / Llama-3.1 without a system block)", "choices": ["chat-template", "reference"]})
 
     def validate(self) -> None:
         """Check the values only (no disk access, no changes; ``ratios: null`` is resolved by :func:`build_sft`
@@ -90,6 +102,10 @@ class SFTDataConfig:
             validate_ratios(self.ratios, "build-sft: --ratios")
         if not 0.0 <= self.validation_share < 1.0:
             raise ValueError(f"build-sft: --validation-share must be in [0, 1), got {self.validation_share}")
+        if self.answer_line not in ANSWER_LINE_MODES:
+            raise ValueError(f"build-sft: --answer-line must be one of {ANSWER_LINE_MODES}, got {self.answer_line!r}")
+        if self.prompt_style not in ("chat-template", "reference"):
+            raise ValueError(f"build-sft: --prompt-style must be chat-template or reference, got {self.prompt_style!r}")
         if self.cot_source not in COT_SOURCES:
             raise ValueError(f"build-sft: --cot-source must be one of {COT_SOURCES}, got {self.cot_source!r}")
         if self.offset < 0 or (self.limit is not None and self.limit < 0):
@@ -162,16 +178,44 @@ def split_groups(groups: list[str], share: float, seed: int) -> set[str]:
     return set(uniq[:round(share * len(uniq))])
 
 
+def ends_with_answer(cot: str) -> bool:
+    """True when the CoT's last non-empty line already states an answer: a ``\\boxed{…}`` or ``#### …``."""
+    lines = [ln for ln in cot.strip().splitlines() if ln.strip()]
+    return bool(lines) and bool(_ENDS_WITH_ANSWER.search(lines[-1]))
+
+
+def completion_for(cot: str, answer: str, mode: str = "if-missing") -> str:
+    """The SFT target of a CoT: the stripped CoT, then :func:`tokenskip.prompts.answer_line` unless
+    ``mode`` is ``if-missing`` and the CoT already ends with its answer (:func:`ends_with_answer`).
+
+    ``always`` is the reference's choice: it keeps the model's full output (Qwen2.5-Instruct CoTs
+    usually end with ``$\\boxed{18}$``) and appends the answer line, so the answer appears twice and
+    every target ends with the same line. ``if-missing`` (this project) avoids teaching the model to
+    answer twice; targets without an answer still get the line.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    if mode not in ANSWER_LINE_MODES:
+        raise ValueError(f"answer_line must be one of {ANSWER_LINE_MODES}, got {mode!r}")
+    cot = cot.strip()
+    if mode == "if-missing" and ends_with_answer(cot):
+        return cot
+    return cot + answer_line(answer)
+
+
 def make_record(tokenizer, traj: Trajectory, ratio: float, system_prompt: str | None = None,
-                marker_delimiter: str = DEFAULT_MARKER_DELIMITER) -> dict:
+                marker_delimiter: str = DEFAULT_MARKER_DELIMITER, prompt_style: str = "chat-template",
+                model: str = "", answer_line_mode: str = "always") -> dict:
     """The SFT row ``{id, ratio, prompt, completion}`` of one trajectory at ``ratio``.
 
-    ``prompt`` = chat template of the user turn (+ γ marker when γ < 1) with the generation prompt;
-    ``completion`` = the CoT at γ + :func:`tokenskip.prompts.answer_line`.
+    ``prompt`` = chat template of the user turn (+ γ marker when γ < 1) with the generation prompt
+    (or the reference's training string, ``prompt_style="reference"``);
+    ``completion`` = the CoT at γ + :func:`tokenskip.prompts.answer_line` (see :func:`completion_for`).
     """
-    prompt = build_prompt(tokenizer, traj.question, ratio=ratio, system_prompt=system_prompt,
-                          marker_delimiter=marker_delimiter)
-    completion = traj.cots[ratio].strip() + answer_line(traj.answer)
+    prompt = styled_prompt(tokenizer, traj.question, ratio, system_prompt, marker_delimiter=marker_delimiter,
+                           style=prompt_style, model=model, training=True)
+    completion = completion_for(traj.cots[ratio], traj.answer, answer_line_mode)
     return SFTExample(traj.id, ratio, prompt, completion).to_json()
 
 
@@ -189,7 +233,8 @@ def build_records(tokenizer, trajectories: list[Trajectory], cfg: SFTDataConfig)
     held_out = split_groups([t.group for t in trajectories], cfg.validation_share, cfg.seed)
     train, val = [], []
     for t in trajectories:
-        rec = make_record(tokenizer, t, gamma[t.id], cfg.system_prompt, cfg.marker_delimiter)
+        rec = make_record(tokenizer, t, gamma[t.id], cfg.system_prompt, cfg.marker_delimiter, cfg.prompt_style,
+                          cfg.model, cfg.answer_line)
         (val if t.group in held_out else train).append(rec)
     per_ratio = {}
     for name, rows in (("train", train), ("validation", val)):
@@ -327,6 +372,9 @@ def run_build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
         from tokenskip.models import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model)
+    from tokenskip.prompts import warn_default_system
+
+    warn_default_system(tokenizer, cfg.prompt_style, cfg.system_prompt, logger)
     source, compressed = read_compressed(cfg.compressed, cfg.ratios)
     problems = None
     if cfg.cot_source in ("gold", "both"):

@@ -98,7 +98,8 @@ class TrainConfig:
     out: str = field(default="", metadata={"help": "output folder (LoRA adapter, tokenizer, logs, checkpoints)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (paper: 8)"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (paper: 16)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (not stated in the paper)"})
+    lora_dropout: float = field(default=0.0, metadata={
+        "help": "LoRA dropout (not stated in the paper; 0.0 = LLaMA-Factory's default, what the reference trained with)"})
     target_modules: str = field(default="all-linear",
                                 metadata={"help": "peft target modules: 'all-linear' (paper) or a comma list "
                                                   "like q_proj,v_proj"})
@@ -266,18 +267,20 @@ def world_size() -> int:
 
 
 def resolve_grad_accum(cfg: TrainConfig, processes: int = 1) -> int:
-    """Gradient accumulation giving the effective batch ``cfg.batch_size``.
+    """Gradient accumulation giving the effective batch ``cfg.batch_size`` on ``processes`` processes.
 
-    Raises:
-        ValueError: ``batch_size`` is not a multiple of per-device batch × processes.
+    Default: ``batch_size / (per-device batch × processes)``, so a recipe's batch (paper: 8) stays the
+    same under ``accelerate launch`` on N GPUs. When that is not a whole number, or ``--grad-accum``
+    is pinned, the effective batch per-device × accumulation × processes may differ from
+    ``batch_size``: a warning names both (the nearest whole accumulation, at least 1, is used).
     """
-    if cfg.grad_accum is not None:
-        return cfg.grad_accum
     per_step = cfg.per_device_batch_size * processes
-    if cfg.batch_size % per_step:
-        raise ValueError(f"train: --batch-size {cfg.batch_size} is not a multiple of per-device batch "
-                         f"{cfg.per_device_batch_size} × {processes} process(es); set --grad-accum")
-    return cfg.batch_size // per_step
+    accum = cfg.grad_accum if cfg.grad_accum is not None else max(1, round(cfg.batch_size / per_step))
+    if accum * per_step != cfg.batch_size:
+        logger.warning("train: effective batch = %d per device × %d accumulation × %d process(es) = %d, "
+                       "not --batch-size %d%s", cfg.per_device_batch_size, accum, processes, accum * per_step,
+                       cfg.batch_size, " (--grad-accum pinned)" if cfg.grad_accum is not None else "")
+    return accum
 
 
 def lora_config(cfg: TrainConfig):

@@ -72,6 +72,10 @@ class HFBackend:
         self.show_progress = show_progress
         self.stop = model_stop_rule(self.model, self.tokenizer, stop)
         self.stop_ids = list(self.stop.token_ids)
+        from tokenskip.backends.decoding import decoding_from_generation_config
+
+        # read once from the model's generation config; the vLLM backend applies the same settings
+        self.decoding = decoding_from_generation_config(getattr(self.model, "generation_config", None))
         self.stats = BackendStats()
 
     def count_tokens(self, text: str) -> int:
@@ -121,7 +125,8 @@ class HFBackend:
                             if temperature and temperature > 0 else
                             dict(do_sample=False, temperature=None, top_p=None, top_k=None))
                 seqs = self.model.generate(**enc, max_new_tokens=cap, num_beams=1, eos_token_id=self.stop_ids,
-                                           pad_token_id=self.tokenizer.pad_token_id, **sampling, **strings)
+                                           pad_token_id=self.tokenizer.pad_token_id, **sampling, **strings,
+                                           **self.decoding.hf_kwargs())
             dt = time.perf_counter() - t0
             new = seqs[:, enc["input_ids"].shape[1]:].tolist()
             for row, i in zip(new, idx):

@@ -277,6 +277,10 @@ class VLLMBackend:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.stop = folder_stop_rule(self.model_dir, self.tokenizer, stop)
         self.stop_ids = list(self.stop.token_ids)
+        from tokenskip.backends.decoding import read_decoding_settings
+
+        # SamplingParams built here would otherwise drop the model's repetition_penalty (HF applies it)
+        self.decoding = read_decoding_settings(self.model_dir)
         self.adapter = adapter
         self.latency_mode = latency_mode
         self.show_progress = show_progress
@@ -327,7 +331,7 @@ class VLLMBackend:
     def _run(self, token_ids: list[list[int]], caps: list[int], lora) -> tuple[list, float]:
         from vllm import SamplingParams
 
-        params = [SamplingParams(**sampling_kwargs(self.stop, c)) for c in caps]
+        params = [SamplingParams(**sampling_kwargs(self.stop, c), **self.decoding.vllm_kwargs()) for c in caps]
         requests = [{"prompt_token_ids": ids} for ids in token_ids]
         t0 = time.perf_counter()
         outs = self.llm.generate(requests, params, use_tqdm=self.show_progress and len(requests) > 1,

@@ -16,6 +16,11 @@ Outputs under ``--out``:
 
 Every row file is a :class:`~tokenskip.io.ResumableJsonl` keyed by ``id``: a killed run resumes, and
 changed settings start the file over.
+
+``--compat reference`` replaces the project's pruner by the reference's LLMLingua-2 call
+(:mod:`tokenskip.compress.reference`: γ in cl100k tokens per chunk, nothing protected, Qwen/Llama
+settings); rows keep the same fields (counts in target tokens, ``overshoot`` always false). In the
+project's mode a warning names every γ whose overshoot share exceeds 5 %.
 """
 
 from __future__ import annotations
@@ -88,6 +93,18 @@ class CompressConfig:
         "help": "span kinds ranked above all other words but dropped (lowest score first) when the budget "
                 "cannot hold them, so they never overshoot γ; e.g. --protect-kinds answer boxed latex "
                 "--prefer-kinds numbers operators; the flag alone prefers nothing"})
+    compat: str = field(default="project", metadata={
+        "help": "project: γ in target-model tokens with protected spans (this project's pruner); reference: "
+                "the TokenSkip reference's LLMLingua-2 call (γ in GPT-3.5 cl100k tokens per ≤510-token chunk, "
+                "percentile threshold, nothing protected; needs --scorer llmlingua2 and tokenskip[reference])",
+        "choices": ["project", "reference"]})
+    reference_family: str = field(default="auto", metadata={
+        "help": "--compat reference: qwen (whole output, nothing forced) or llama (text before the answer "
+                "line, force 'Step' ':', keep digits, drop consecutive); auto: llama when --model names Llama",
+        "choices": ["auto", "qwen", "llama"]})
+
+    #: Share of overshooting CoTs per γ above which a run warns (issue 13: MATH with protected LaTeX had ~50 %).
+    OVERSHOOT_WARN_SHARE = 0.05
 
     def __post_init__(self) -> None:
         self.threads = parse_threads(self.threads)  # "2" from a command line -> 2, once (validate() changes nothing)
@@ -110,6 +127,10 @@ class CompressConfig:
         bad = (set(self.protect_kinds) | set(self.prefer_kinds)) - set(PROTECT_KINDS)
         if bad:
             raise ValueError(f"unknown --protect-kinds/--prefer-kinds {sorted(bad)}; expected some of {list(PROTECT_KINDS)}")
+        if self.compat not in ("project", "reference"):
+            raise ValueError(f"--compat must be project or reference, got {self.compat!r}")
+        if self.compat == "reference" and self.scorer != "llmlingua2":
+            raise ValueError(f"--compat reference compresses with LLMLingua-2: use --scorer llmlingua2 (got {self.scorer!r})")
         if self.max_cot_tokens <= 0 or self.batch_size <= 0 or self.offset < 0 or (self.limit is not None and self.limit < 0):
             raise ValueError("max_cot_tokens and batch_size must be > 0, offset and limit >= 0")
 
@@ -170,7 +191,10 @@ def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
             if r.get("cot_tokens") is not None and int(r["cot_tokens"]) > cfg.max_cot_tokens:
                 dropped["too_long"].append(r["id"])
                 continue
-            rows.append({"id": r["id"], "question": question, "answer": str(r.get("gold", "")), "cot": r["cot"]})
+            row = {"id": r["id"], "question": question, "answer": str(r.get("gold", "")), "cot": r["cot"]}
+            if isinstance(r.get("output"), str):
+                row["output"] = r["output"]  # --compat reference compresses the model's whole output
+            rows.append(row)
     kept = []
     for r in rows:
         r["cot_tokens"] = count_tokens(tokenizer, r["cot"])
@@ -290,18 +314,29 @@ def run_compress(cfg: CompressConfig) -> dict:
 
     scorer_model = cfg.scorer_model or (cfg.model if cfg.scorer == "self-information" else "")
     dtype = resolve_dtype(cfg.dtype, cfg.device)
-    prune_settings = {**source_settings, "scorer": cfg.scorer, "scorer_model": scorer_model,
-                      "seed": cfg.seed if cfg.scorer == "random" else None, "keep_newlines": cfg.keep_newlines,
-                      "protect": cfg.protect, "protect_kinds": sorted(cfg.protect_kinds) if cfg.protect else [],
-                      "prefer_kinds": sorted(cfg.prefer_kinds),
-                      "scorer_dtype": dtype.dtype if cfg.scorer == "self-information" else None}
+    if cfg.compat == "reference":
+        from tokenskip.compress.reference import reference_family
+
+        family = reference_family(cfg.model, cfg.reference_family)
+        scorer_model = scorer_model or "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
+        prune_settings = {**source_settings, "compat": "reference", "reference_family": family,
+                          "scorer": cfg.scorer, "scorer_model": scorer_model}
+    else:
+        family = None
+        prune_settings = {**source_settings, "scorer": cfg.scorer, "scorer_model": scorer_model,
+                          "seed": cfg.seed if cfg.scorer == "random" else None, "keep_newlines": cfg.keep_newlines,
+                          "protect": cfg.protect, "protect_kinds": sorted(cfg.protect_kinds) if cfg.protect else [],
+                          "prefer_kinds": sorted(cfg.prefer_kinds),
+                          "scorer_dtype": dtype.dtype if cfg.scorer == "self-information" else None}
     files = {g: ResumableJsonl(compressed_file(out, g), {**prune_settings, "ratio": g})
              for g in cfg.ratios}
     t0 = time.perf_counter()
     try:
         todo = [r for r in source if any(r["id"] not in f.done_keys for f in files.values())]
         logger.info("%d of %d CoTs to score (%d already done)", len(todo), len(source), len(source) - len(todo))
-        if todo:
+        if todo and family is not None:
+            _run_reference(cfg, todo, files, scorer_model, family, tokenizer)
+        elif todo:
             if cfg.scorer == "self-information":
                 from tokenskip.models import load_model
 
@@ -340,11 +375,54 @@ def run_compress(cfg: CompressConfig) -> dict:
         for f in files.values():
             f.close()
     summary = {"scorer": cfg.scorer, "scorer_model": scorer_model, "model": cfg.model, "n_source": len(source),
+               "compat": cfg.compat, "reference_family": family,
                "seconds": round(time.perf_counter() - t0, 2), "ratios": summarize(rows_by_ratio),
                "dtype": dtype.dtype, "dtype_requested": cfg.dtype, "dtype_reason": dtype.reason,
                "settings": to_dict(cfg)}
     write_json_atomic(out / COMPRESS_SUMMARY, summary)
+    warn_overshoot(summary)
     return summary
+
+
+def warn_overshoot(summary: dict, limit: float = CompressConfig.OVERSHOOT_WARN_SHARE) -> list[str]:
+    """Log (and return) one warning per γ whose share of overshooting CoTs exceeds ``limit`` (0..1).
+
+    An overshoot means the protected spans alone exceeded γ, so that γ's SFT targets are longer than
+    asked; the cure is to move a kind from --protect-kinds to --prefer-kinds (e.g. LaTeX on MATH).
+    """
+    out = []
+    for g, s in summary.get("ratios", {}).items():
+        share = s.get("overshoot_share")
+        if share is not None and share == share and share > limit:
+            msg = (f"γ={g}: {share:.1%} of CoTs overshoot (protected spans alone exceed γ; mean achieved "
+                   f"{s['mean_achieved_ratio']:.3f}); consider moving kinds from --protect-kinds to --prefer-kinds")
+            logger.warning(msg)
+            out.append(msg)
+    return out
+
+
+def _run_reference(cfg: CompressConfig, todo: list[dict], files: dict, scorer_model: str, family: str,
+                   tokenizer) -> None:
+    """Compress ``todo`` rows the reference's way (see :mod:`tokenskip.compress.reference`) into ``files``."""
+    from tokenskip.compress.prune import answer_numbers_kept
+    from tokenskip.compress.reference import ReferenceCompressor, compress_reference, reference_input
+
+    comp = ReferenceCompressor(scorer_model, batch_size=cfg.batch_size, device=cfg.device)
+    step = max(64, cfg.batch_size * 8)
+    for k in range(0, len(todo), step):
+        part = todo[k:k + step]
+        texts = [reference_input(r.get("output") or r["cot"], family) for r in part]
+        for r, text, per_ratio in zip(part, texts, compress_reference(texts, cfg.ratios, comp, tokenizer, family)):
+            for res in per_ratio:
+                f = files[res.ratio]
+                if r["id"] in f.done_keys:
+                    continue
+                f.append({"id": r["id"], "question": r["question"], "answer": r["answer"], "ratio": res.ratio,
+                          "cot": res.text, "original_tokens": res.original_tokens, "kept_tokens": res.kept_tokens,
+                          "achieved_ratio": res.achieved_ratio, "scorer": res.scorer, "overshoot": False,
+                          "words_kept": res.words_kept, "words_total": res.words_total,
+                          "answer_numbers_kept": answer_numbers_kept(text, res.text)})
+        logger.info("compressed %d/%d CoTs (reference mode, %s)", min(k + step, len(todo)), len(todo), family)
 
 
 def summary_lines(summary: dict) -> list[str]:

@@ -101,10 +101,12 @@ class Method:
         return validate_ratios(requested, f"--method {self.name} --ratios") if requested else list(self.grid)
 
     def prompt(self, tokenizer, problem: "Problem", ratio: float | None, cfg) -> str:
-        """The chat-templated prompt of one problem at γ (default: the paper's instruction, no marker)."""
-        from tokenskip.prompts import build_prompt
+        """The prompt of one problem at γ (default: the paper's instruction, no marker), in ``cfg.prompt_style``
+        (the chat template, or the reference's hand-written strings)."""
+        from tokenskip.prompts import styled_prompt
 
-        return build_prompt(tokenizer, problem.question, None, cfg.system_prompt)
+        return styled_prompt(tokenizer, problem.question, None, cfg.system_prompt, style=cfg.prompt_style,
+                             model=cfg.model)
 
     def caps(self, problems: Sequence["Problem"], ratio: float | None, cfg, original: dict[str, dict] | None):
         """Token cap(s) on generation: one int, or one per problem (default: ``max_new_tokens``)."""

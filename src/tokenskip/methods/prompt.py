@@ -12,7 +12,7 @@ class PromptReduction(Method):
     color, marker = "tab:orange", "s"
 
     def prompt(self, tokenizer, problem, ratio, cfg):
-        from tokenskip.prompts import build_prompt, prompt_reduction_instruction
+        from tokenskip.prompts import prompt_reduction_instruction, styled_prompt
 
-        return build_prompt(tokenizer, problem.question, None, cfg.system_prompt,
-                            instruction=prompt_reduction_instruction(ratio))
+        return styled_prompt(tokenizer, problem.question, None, cfg.system_prompt,
+                             instruction=prompt_reduction_instruction(ratio), style=cfg.prompt_style, model=cfg.model)

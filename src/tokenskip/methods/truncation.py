@@ -1,8 +1,10 @@
 """``truncation``: the base model's CoT capped at ⌈γ × that question's original CoT tokens⌉ (paper §5 baseline).
 
-Decoding is greedy with that cap, so the kept part is exactly the original CoT's prefix. If the model
-did not end its turn within the cap, ``\\n\\nThe final answer is: $\\boxed{`` is appended and at most
-``answer_max_tokens`` more tokens are decoded; the answer is extracted from that. The prompts are the
+Decoding is greedy with that cap, so the kept part is exactly the original CoT's prefix, and nothing is
+appended: the paper's baseline (default; ``truncation: plain-cap`` in metrics.json). With ``--force-answer``,
+if the model did not end its turn within the cap, ``\\n\\nThe final answer is: $\\boxed{`` is appended and
+at most ``answer_max_tokens`` more tokens are decoded; the answer is extracted from that
+(``truncation: force-answer``; the report labels it "Truncation + forced answer"). The prompts are the
 original run's (the same paper instruction); that run is made first when missing.
 """
 
@@ -12,6 +14,11 @@ import math
 
 from tokenskip.methods import Method, register
 from tokenskip.ratios import paper_grid
+
+
+def truncation_variant(cfg) -> str:
+    """``plain-cap`` (the paper's truncation) or ``force-answer`` (``--force-answer``)."""
+    return "force-answer" if cfg.force_answer else "plain-cap"
 
 
 @register
@@ -25,7 +32,16 @@ class Truncation(Method):
         return [max(1, math.ceil(ratio * original[p.id]["cot_tokens"])) for p in problems]
 
     def settings(self, cfg) -> dict:
-        return {"answer_max_tokens": cfg.answer_max_tokens}
+        s = {"truncation": truncation_variant(cfg)}
+        if cfg.force_answer:
+            s["answer_max_tokens"] = cfg.answer_max_tokens
+        return s
+
+    def plan(self, tokenizer, problems, key, cfg, original):
+        plan = super().plan(tokenizer, problems, key, cfg, original)
+        variant = truncation_variant(cfg)
+        plan.metrics = lambda rows: {"truncation": variant}  # the report's label follows it
+        return plan
 
     def row_hook(self, ratio, caps, problems, original):
         cap_by_id = dict(zip([p.id for p in problems], caps))
@@ -38,6 +54,8 @@ class Truncation(Method):
         return hook
 
     def generate(self, backend, prompts, caps, adapter, cfg):
+        if not cfg.force_answer:  # the paper's plain cap
+            return super().generate(backend, prompts, caps, adapter, cfg)
         # the one forced-answer rule, shared with budget mode and the server (tokenskip.inference)
         from tokenskip.inference import BudgetEngine
 

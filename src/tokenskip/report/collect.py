@@ -51,6 +51,8 @@ class ReportRow:
         predictions_rows: rows in ``predictions.jsonl`` (``None`` when absent).
         method_label / method_rank / benchmark_label: display names and row order from ``metrics.json``.
         method_style: ``[color, marker]`` of the method's plots; ratio_requested: γ is asked of the model.
+        truncation: ``plain-cap`` (the paper's) or ``force-answer`` from ``metrics.json``; ``force-answer``
+            adds " + forced answer" to the label.
     """
 
     benchmark: str
@@ -77,11 +79,12 @@ class ReportRow:
     benchmark_label: str | None = None
     method_style: list | None = None
     ratio_requested: bool | None = None
+    truncation: str | None = None
 
     @property
     def label(self) -> str:
-        """Table label, e.g. ``Original``, ``TokenSkip (γ=0.5)``."""
-        name = self.method_label or self.method
+        """Table label, e.g. ``Original``, ``TokenSkip (γ=0.5)``, ``Truncation + forced answer (γ=0.5)``."""
+        name = _label(self.to_dict())
         return name if self.ratio is None else f"{name} (γ={_fmt_ratio(self.ratio)})"
 
     def to_dict(self) -> dict:
@@ -107,7 +110,10 @@ def _method_key(row: dict | ReportRow) -> tuple:
 
 
 def _label(row: dict) -> str:
-    return row.get("method_label") or row["method"]
+    """The method's display name: ``method_label`` (else the folder name), plus " + forced answer" for a
+    truncation run that appended the answer line (``truncation: force-answer``)."""
+    name = row.get("method_label") or row["method"]
+    return name + " + forced answer" if row.get("truncation") == "force-answer" else name
 
 
 def _bench_label(bench: str, rows: list[dict]) -> str:
@@ -232,7 +238,7 @@ def read_metrics_row(path: Path, benchmark: str, method: str, folder_ratio: floa
         predictions_rows=pred_rows, method_label=_text(data, "method_label"),
         method_rank=None if _number(path, data, "method_rank") is None else int(data["method_rank"]),
         benchmark_label=_text(data, "benchmark_label"), method_style=_style_of(data),
-        ratio_requested=data.get("ratio_requested") is True, **vals)
+        ratio_requested=data.get("ratio_requested") is True, truncation=_text(data, "truncation"), **vals)
 
 
 def _text(data: dict, key: str) -> str | None:
