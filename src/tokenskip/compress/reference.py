@@ -128,18 +128,11 @@ class ReferenceCompressor:
     name = "llmlingua2-reference"
 
     def __init__(self, model, tokenizer=None, encoding=None, batch_size: int = 50, device: str = "cpu"):
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from tokenskip.compress.scorers import load_token_classifier
 
-        if isinstance(model, str):
-            self.model_name = model
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-            model = AutoModelForTokenClassification.from_pretrained(model, num_labels=2)
-        else:
-            self.model_name = getattr(model, "name_or_path", None) or type(model).__name__
+        model, tokenizer, self.model_name = load_token_classifier(model, tokenizer)
         if tokenizer is None:
             raise ValueError("ReferenceCompressor needs the classifier's tokenizer")
-        if model.config.num_labels != 2:
-            raise ValueError(f"{self.model_name}: expected a 2-label token classifier, got {model.config.num_labels} labels")
         self.model, self.tokenizer, self.device = model.eval().to(device), tokenizer, device
         self.encoding = encoding if encoding is not None else cl100k_encoding()
         self.batch_size = max(1, int(batch_size))

@@ -215,6 +215,32 @@ class SelfInformationScorer(Scorer):
         return out
 
 
+def load_token_classifier(model, tokenizer=None):
+    """A 2-label token classifier (LLMLingua-2 style) and its tokenizer, from objects or a name/path.
+
+    Args:
+        model: a ``transformers`` token-classification model, or a name/path to load one from.
+        tokenizer: its tokenizer; loaded with the model when ``model`` is a name and none is given.
+
+    Returns:
+        ``(model, tokenizer, model_name)``; ``tokenizer`` may still be None when a model object came alone.
+
+    Raises:
+        ValueError: the model does not have exactly 2 labels (keep / drop).
+    """
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    if isinstance(model, str):
+        name = model
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+        model = AutoModelForTokenClassification.from_pretrained(model, num_labels=2)
+    else:
+        name = getattr(model, "name_or_path", None) or type(model).__name__
+    if model.config.num_labels != 2:
+        raise ValueError(f"{name}: expected a 2-label token classifier, got {model.config.num_labels} labels")
+    return model, tokenizer, name
+
+
 class LLMLingua2Scorer(Scorer):
     """LLMLingua-2 word importance: mean over a word's sub-tokens of P(label 1 = keep).
 
@@ -236,18 +262,9 @@ class LLMLingua2Scorer(Scorer):
 
     def __init__(self, model, tokenizer=None, batch_size: int = 8, max_length: int | None = None,
                  device: str = "cpu"):
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-        if isinstance(model, str):
-            self.model_name = model
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-            model = AutoModelForTokenClassification.from_pretrained(model, num_labels=2)
-        else:
-            self.model_name = getattr(model, "name_or_path", None) or type(model).__name__
+        model, tokenizer, self.model_name = load_token_classifier(model, tokenizer)
         if tokenizer is None or not getattr(tokenizer, "is_fast", False):
             raise ValueError("LLMLingua2Scorer needs the encoder's fast tokenizer (for word ids)")
-        if model.config.num_labels != 2:
-            raise ValueError(f"{self.model_name}: expected a 2-label token classifier, got {model.config.num_labels} labels")
         self.model, self.tokenizer, self.device = model.eval().to(device), tokenizer, device
         self.batch_size = max(1, int(batch_size))
         tok_max = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
