@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.io import write_json_atomic
+from tokenskip.layout import find_adapter  # noqa: F401  (also imported from here by users and tests)
 from tokenskip.models import DTYPES
 
 logger = logging.getLogger(__name__)
@@ -50,22 +51,6 @@ class MergeConfig:
             raise ValueError("merge: --out is required")
         if self.dtype not in DTYPES or self.dtype == "auto":
             raise ValueError(f"merge: --dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-
-
-def find_adapter(folder: str | Path) -> Path:
-    """The folder holding ``adapter_config.json``: ``folder`` itself, or its one finished adapter below it
-    (checkpoints are skipped).
-
-    Raises:
-        FileNotFoundError: no adapter under ``folder``.
-    """
-    folder = Path(folder)
-    if (folder / "adapter_config.json").is_file():
-        return folder
-    found = sorted(p.parent for p in folder.rglob("adapter_config.json") if "checkpoint-" not in str(p.parent))
-    if not found:
-        raise FileNotFoundError(f"merge: no adapter_config.json in {folder} (did training finish?)")
-    return found[0]
 
 
 def run_merge(cfg: MergeConfig) -> Path:
