@@ -176,6 +176,61 @@ def test_streaming_yields_the_same_text(client):
     assert last.choices[0].delta.compression_ratio == 0.7
 
 
+def test_streaming_sends_text_while_the_batch_decodes(server, monkeypatch):
+    """The first text chunk reaches the client while the engine is still decoding the same request: the
+    engine is held after its 3rd token until the client has seen text (30 s bound: a stream sent only after
+    decoding would never release it, and the request would fail)."""
+    state = server.server.config.app.state.tokenskip
+    real = state.engine.generate
+    seen, finished = threading.Event(), threading.Event()
+    streamed = []
+
+    def gated(prompts, caps, adapter=None, temperature=0.0, top_p=1.0, on_tokens=None):
+        n = [0]
+
+        def hook(i, ids):
+            streamed.extend(ids)
+            on_tokens(i, ids)
+            n[0] += 1
+            if n[0] == 3:
+                assert seen.wait(30), "no text reached the client while decoding"
+        try:
+            return real(prompts, caps, adapter=adapter, temperature=temperature, top_p=top_p,
+                        on_tokens=hook if on_tokens else None)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(state.engine, "generate", gated)
+    body = {**GOOD, "max_tokens": 12, "stream": True, "compression_ratio": 0.7,
+            "messages": [{"role": "user", "content": questions(3)[2]}]}
+    text, before_end = "", None
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            delta = json.loads(line[6:])["choices"][0]["delta"]
+            if delta.get("content"):
+                if before_end is None:
+                    before_end = not finished.is_set()
+                    seen.set()
+                text += delta["content"]
+    assert before_end is True
+    full = httpx.post(server.url + "/v1/chat/completions", json={**body, "stream": False}, timeout=60).json()
+    assert text == full["choices"][0]["message"]["content"]
+    assert len(streamed) == full["usage"]["completion_tokens"] > 3
+
+
+def test_stream_safe_holds_back_what_a_stop_string_may_still_cut():
+    from tokenskip.serve import stream_safe
+
+    assert stream_safe("The sum is 5 ##", ["###"]) == "The sum is 5 "
+    assert stream_safe("The sum is 5 ### more", ["###"]) == "The sum is 5 "
+    assert stream_safe("5 <|im", ["<|im_end|>", "###"]) == "5 "
+    assert stream_safe("caf\ufffd", []) == "caf"
+    assert stream_safe("no stop here", ["###"]) == "no stop here"
+
+
 GOOD = {"model": "ts-adapter", "messages": [{"role": "user", "content": "What is 2 + 3?"}], "max_tokens": 4}
 BAD = [
     ({**GOOD, "compression_ratio": 1.5}, "compression_ratio"),

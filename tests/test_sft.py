@@ -223,3 +223,32 @@ def test_default_ratios_are_what_the_compress_folder_holds(tmp_path, smol_tokeni
     late = SFTDataConfig(compressed=str(tmp_path / "later"), out=str(tmp_path / "sft2"))
     late.validate()
     assert late.ratios is None
+
+
+def test_ratios_per_cot_draws_distinct_gammas_and_keeps_questions_together(tmp_path, smol_tokenizer):
+    from tokenskip.sft import draw_ratios
+
+    # k = 1 is the paper's draw, unchanged
+    assert draw_ratios("t3", list(PAPER_RATIOS), 42, 1) == [draw_ratio("t3", list(PAPER_RATIOS), 42)]
+    two = draw_ratios("t3", list(PAPER_RATIOS), 42, 2)
+    assert len(set(two)) == 2 and set(two) <= set(PAPER_RATIOS) and two == sorted(two, reverse=True)
+    assert draw_ratios("t3", list(PAPER_RATIOS), 42, 99) == sorted(PAPER_RATIOS, reverse=True)
+
+    make_compressed(tmp_path / "c", n=20)
+    cfg = SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), validation_share=0.25,
+                        ratios_per_cot=3)
+    stats = build_sft(cfg, tokenizer=smol_tokenizer)
+    train = read_jsonl(tmp_path / "sft" / "train.jsonl")
+    val = read_jsonl(tmp_path / "sft" / "validation.jsonl")
+    assert stats["n"] == {"train": 45, "validation": 15, "total": 60}
+    ids = [r["id"] for r in train + val]
+    assert len(set(ids)) == 60
+    base = Counter(i.split("@")[0] for i in ids)
+    assert set(base.values()) == {3}
+    # the three rows of a question share its split, and carry three distinct γ
+    assert not {i.split("@")[0] for i in (r["id"] for r in train)} & {i.split("@")[0] for i in (r["id"] for r in val)}
+    for q in base:
+        gs = [r["ratio"] for r in train + val if r["id"].split("@")[0] == q]
+        assert len(set(gs)) == 3 and all(r["id"].endswith("@" + format_ratio(r["ratio"])) for r in train + val)
+    with pytest.raises(ValueError, match="ratios-per-cot"):
+        SFTDataConfig(compressed="c", out="o", ratios_per_cot=0).validate()

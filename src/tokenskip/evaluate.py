@@ -67,7 +67,7 @@ class EvaluateConfig(GenerationConfig):
     method: str = field(default=ORIGINAL, metadata={"help": "what to evaluate", "choices": list(METHODS)})
     ratios: list[float] | None = field(default=None, metadata={"help": "compression ratios γ to evaluate (e.g. 1.0 0.5 or 1.0,0.5)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (method tokenskip)"})
-    merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF backend; same outputs, faster)"})
+    merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF; vLLM on CPU, where LoRA decoding is ~2x slower): same outputs, faster"})
     force_adapter: bool = field(default=False, metadata={
         "help": "load an adapter whose adapter_config.json names another base model (layer shapes must still fit)"})
     marker_delimiter: str | None = field(default=None, metadata={"help": "delimiter of the γ marker (must match training; default: the adapter's prompt_format.json, else " + DEFAULT_MARKER_DELIMITER + ")"})
@@ -265,11 +265,12 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
         for cfg in cfgs:
             cfg.validate()
             shared = None
-            if not (cfg.backend == "hf" and cfg.method_obj.uses_adapter):
+            if not (cfg.method_obj.uses_adapter and (cfg.backend == "hf" or _merged_engine(cfg))):
                 k = key(cfg)
                 if k not in engines:
                     kwargs = cfg.backend_kwargs()
-                    adapters = [c.adapter for c in cfgs if c.method_obj.uses_adapter and key(c) == k]
+                    adapters = [c.adapter for c in cfgs if c.method_obj.uses_adapter and key(c) == k
+                                and not _merged_engine(c)]
                     kwargs.update(lora_engine_kwargs(cfg.backend, adapters))
                     engines[k] = get_backend(cfg.backend, **kwargs)
                 shared = engines[k]
@@ -283,6 +284,20 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
         for b in engines.values():
             b.close()
     return results
+
+
+def _merged_engine(cfg: EvaluateConfig) -> bool:
+    """Whether ``cfg``'s adapter gets an engine of its own with the adapter merged (HF always; vLLM on CPU,
+    where LoRA decoding runs at about half speed) rather than a LoRA request on a shared engine."""
+    if not (cfg.method_obj.uses_adapter and cfg.merge_adapter):
+        return False
+    if cfg.backend == "hf":
+        return True
+    if cfg.backend != "vllm":
+        return False
+    from tokenskip.backends.vllm import on_cpu_platform
+
+    return on_cpu_platform()
 
 
 def add_arguments(parser) -> None:

