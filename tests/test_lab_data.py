@@ -66,12 +66,13 @@ def test_leg_counting_solution_known_example():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_leg_counting_three_kinds_running_or_total_sum(seed):
+def test_leg_counting_three_kinds_adds_one_pair_per_step(seed):
     text = leg_counting_solution({"woodlouse": 3, "leech": 1, "bee": 5}, ANIMALS, random.Random(seed))
     eqs = equations(text)
     assert [e[2] for e in eqs[:3]] == [42, 0, 30]
     assert all(value == stated for _, value, stated in eqs)
     assert eqs[-1][2] == 72
+    assert "42 + 0 = 42" in text and "42 + 30 = 72" in text and "42 + 0 + 30" not in text
 
 
 def test_chain_sum_solution_steps():

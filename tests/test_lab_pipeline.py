@@ -32,7 +32,9 @@ def test_lab_recipe_wires_splits_and_the_merged_target(tmp_path):
         assert p[stage].configs[0].model == merged, stage
     for stage in ("generate", "compress", "build_sft"):
         assert p[stage].configs[0].data == str(lab / "train.jsonl"), stage
-    assert p["generate"].configs[0].offset == 800
+    assert p["generate"].configs[0].offset == 600
+    assert p["generate"].configs[0].backend == "vllm" and {c.backend for c in p["evaluate"].configs} == {"vllm"}
+    assert p["build_sft"].configs[0].ratios_per_cot == 2
     assert {c.model for c in p["evaluate"].configs} == {merged}
     assert {c.data for c in p["evaluate"].configs} == {str(lab / "test.jsonl")}
     assert {c.method for c in p["evaluate"].configs} == {"original", "nocot", "prompt", "truncation", "tokenskip"}
@@ -62,7 +64,7 @@ def test_recipes_without_lab_stages_do_not_list_them(tmp_path):
 #: the lab recipe shrunk to seconds per stage (a 2-step warm-up solves nothing, so the CoTs to compress
 #: are the gold solutions of the lab's train split instead of the target's own correct ones)
 SHRINK = [
-    "name=lab-shrunk", "threads=1",
+    "name=lab-shrunk", "threads=1", "backend=hf",
     "stages.lab_data.train=24", "stages.lab_data.validation=4", "stages.lab_data.test=6",
     "stages.warmup.limit=16", "stages.warmup.validation_limit=4", "stages.warmup.max_steps=2",
     "stages.warmup.per_device_batch_size=4", "stages.warmup.batch_size=4",

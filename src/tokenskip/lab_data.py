@@ -107,7 +107,9 @@ def _optional(rng: random.Random, redundancy: float) -> bool:
 
 def leg_counting_solution(animals: dict[str, int], legs: dict[str, int], rng: random.Random,
                           redundancy: float = 1.0) -> str:
-    """A worked solution: one ``count x legs = product`` line per kind of animal, then the sum.
+    """A worked solution: one ``count x legs = product`` line per kind of animal, then the sum (of three or
+    more groups: one addition per step, "48 + 20 = 68, then 68 + 36 = 104"; with the sum in one step the
+    warmed-up 135M target got most of its wrong answers from additions such as "48 + 20 + 36").
 
     Args:
         animals: kind -> how many (the generator's ``metadata["animals"]``, in question order).
@@ -141,13 +143,14 @@ def leg_counting_solution(animals: dict[str, int], legs: dict[str, int], rng: ra
                                  f"There are no other animals, so the total is {total}."]))
         return "\n".join(lines)
     terms = " + ".join(str(p) for p in products)
-    if len(products) > 2 and rng.random() < 0.5:
+    if len(products) > 2:  # always one addition per step: the 135M model gets "a + b + c = d" in one step wrong
         running, steps = products[0], []
         for p in products[1:]:
             steps.append(f"{running} + {p} = {running + p}")
             running += p
-        lines.append(rng.choice(["Now add the groups step by step: ", "Adding them one at a time: "])
-                     + ", then ".join(steps) + ".")
+        lines.append(rng.choice(["Now add the groups step by step: ", "Adding them one at a time: ",
+                                 "Add them up two at a time: "])
+                     + rng.choice([", then ", ", and then ", "; next, "]).join(steps) + ".")
     else:
         lines.append(rng.choice([f"Adding them up gives {terms} = {total} legs in total.",
                                  f"Now add all the legs together: {terms} = {total}.",

@@ -21,10 +21,13 @@ last chunk carries ``finish_reason``, ``final_answer``, the γ used and ``usage`
 the first token is an ordinary JSON error (500); after it, an ``error`` event ends the stream.
 
 Batching: requests go through a bounded queue; one worker thread takes up to ``--max-batch-size`` of them
-(waiting at most ``--batch-wait-ms`` for more once one arrives), groups them by model and sampling
-settings and decodes each group in one engine call (HF: padded batch; ``--backend vllm``: one vLLM
-``generate`` call, which batches continuously inside it). Requests arriving during a batch wait for the
-next one. A full queue answers 429.
+(waiting at most ``--batch-wait-ms`` for more once one arrives) and groups them by model and sampling
+settings. HF (dynamic batching): each group is decoded in one padded batch; requests arriving meanwhile
+wait for the next one. ``--backend vllm`` (continuous batching): each group is handed at once, from a
+thread pool, to vLLM's asynchronous engine (:mod:`tokenskip.backends.vllm_async`), whose scheduler adds
+every request to the running batch at its next step; ``--upstream`` likewise sends each group at once.
+``GET /health`` shows the largest group (``max_batch_seen``) and, on vLLM, the most requests in the engine
+at once (``max_in_flight``). A full queue answers 429.
 
 Errors are OpenAI-style JSON ``{"error": {"message", "type", "param", "code"}}``: 400 for an invalid body
 (γ outside (0, 1], γ and a budget together, empty ``messages``, an unknown model, ``max_tokens`` < 1, ...),
@@ -85,6 +88,8 @@ class ServeConfig:
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--upstream: environment variable with the upstream API key"})
     max_in_flight: int = field(default=16, metadata={"help": "--upstream: requests in flight to the upstream at most"})
+    enforce_eager: bool = field(default=False, metadata={"help": "--backend vllm: skip graph compilation (faster start-up)"})
+    max_model_len: int | None = field(default=None, metadata={"help": "--backend vllm: context length cap in tokens"})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level"})
 
     def validate(self) -> None:
@@ -146,6 +151,7 @@ class ServerState:
         self.jobs: queue.Queue[_Job] = queue.Queue(maxsize=cfg.max_queue)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- loading
     def start(self) -> None:
@@ -160,6 +166,9 @@ class ServerState:
             logger.exception("loading failed")
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"
             return
+        if self.cfg.upstream or getattr(self.engine, "concurrent", False):
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.cfg.max_queue,
+                                                               thread_name_prefix="tokenskip-request")
         self.status = "ready"
         logger.info("ready: models %s", self.models)
         self._work()
@@ -198,11 +207,16 @@ class ServerState:
                     logger.warning("upstream %s not ready (%s); retrying in 2 s", cfg.upstream, e)
                     self._stop.wait(2.0)
             raise RuntimeError("stopped before the upstream answered")
-        from tokenskip.backends import get_backend
+        kw = dict(model=cfg.model, dtype=cfg.dtype, device=cfg.device, batch_size=cfg.max_batch_size,
+                  adapter=cfg.adapter, merge_adapter=cfg.merge_adapter, show_progress=False, threads=cfg.threads)
+        if cfg.backend == "vllm":  # the asynchronous engine: continuous batching across requests
+            from tokenskip.backends.vllm_async import AsyncVLLMBackend
 
-        self.engine = get_backend(cfg.backend, model=cfg.model, dtype=cfg.dtype, device=cfg.device,
-                                  batch_size=cfg.max_batch_size, adapter=cfg.adapter,
-                                  merge_adapter=cfg.merge_adapter, show_progress=False, threads=cfg.threads)
+            self.engine = AsyncVLLMBackend(**kw, enforce_eager=cfg.enforce_eager, max_model_len=cfg.max_model_len)
+        else:
+            from tokenskip.backends import get_backend
+
+            self.engine = get_backend(cfg.backend, **kw)
         self.sampling = "temperature" in inspect.signature(self.engine.generate).parameters
         if self.adapter_name and (cfg.merge_adapter or cfg.backend == "vllm"):
             self.models = [self.adapter_name]
@@ -237,7 +251,10 @@ class ServerState:
             for j in batch:
                 groups.setdefault((j.kind, j.model, j.decoding.temperature, j.decoding.top_p), []).append(j)
             for jobs in groups.values():
-                self._run_group(jobs)
+                if self._pool is not None:   # an engine that batches continuously: hand the group over now
+                    self._pool.submit(self._run_group, jobs)
+                else:
+                    self._run_group(jobs)
 
     def _engine_for(self, model: str):
         """The engine for ``model``: upstream calls name it; the base model of an unmerged adapter runs with
@@ -287,6 +304,8 @@ class ServerState:
                 self.jobs.get_nowait().future.set_exception(APIError(503, "server shutting down"))
             except queue.Empty:
                 break
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         if self.engine is not None:
             self.engine.close()
 
@@ -603,6 +622,8 @@ def create_app(cfg: ServeConfig, state: ServerState | None = None):
     async def health():
         body = {"status": state.status, "models": state.models, "backend": "upstream" if cfg.upstream else cfg.backend,
                 "queued": state.jobs.qsize(), "batches": state.batches, "max_batch_seen": state.max_batch_seen}
+        if getattr(state.engine, "peak_in_flight", None) is not None:
+            body["max_in_flight"] = state.engine.peak_in_flight
         if state.error:
             body["error"] = state.error
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)

