@@ -80,3 +80,25 @@ def test_alias_and_its_cache_folder_are_one_model():
     names = _model_names("smollm2-135m-instruct")
     assert str((cache_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1").resolve()) in names
     assert not names & _model_names("Qwen/Qwen2.5-7B-Instruct")
+
+
+def test_a_model_converted_during_the_check_is_not_built_on_the_meta_device(folders, monkeypatch):
+    """The shape check builds a weightless copy on the meta device; converting the model (a GGUF alias
+    with an empty cache loads real weights) must happen outside that context (it used to fail there)."""
+    import torch
+
+    import tokenskip.models as models
+
+    a, _, _, adapter = folders
+    devices = []
+
+    def converting(name):   # what materialize does on a cache miss: load real weights
+        from transformers import AutoModelForCausalLM
+
+        devices.append(torch.empty(1).device.type)
+        AutoModelForCausalLM.from_pretrained(a)
+        return a
+
+    monkeypatch.setattr(models, "materialize", converting)
+    check_adapter(adapter, a)
+    assert devices == ["cpu"]

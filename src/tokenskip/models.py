@@ -193,8 +193,9 @@ def _adapter_misfit(adapter: str, model: str) -> str | None:
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    config = AutoConfig.from_pretrained(materialize(model))  # outside the meta context: it may convert weights
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(materialize(model)))
+        skeleton = AutoModelForCausalLM.from_config(config)
     modules = dict(skeleton.named_modules())
     with safe_open(str(weights), framework="pt") as f:
         for key in f.keys():
