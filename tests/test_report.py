@@ -164,8 +164,8 @@ def test_compressor_section_and_report_json(full_run):
 def test_plots_are_png_and_embedded(full_run):
     run, md_path, md = full_run
     data = json.loads((run / "report.json").read_text())
-    expected = {"accuracy_vs_tokens:gsm8k", "accuracy_vs_tokens:math", "cot_hist:gsm8k", "cot_hist:math",
-                "ratio_control", "train_loss"}
+    expected = {"accuracy_vs_tokens:gsm8k", "accuracy_vs_tokens:math", "accuracy_vs_act_ratio:gsm8k",
+                "accuracy_vs_act_ratio:math", "cot_hist:gsm8k", "cot_hist:math", "ratio_control", "train_loss"}
     assert set(data["plots"]) == expected
     for key, p in data["plots"].items():
         assert "path" in p, f"{key} skipped: {p}"

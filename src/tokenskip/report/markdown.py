@@ -97,6 +97,7 @@ def render_markdown(report: dict) -> str:
                 "(`none`: the base model).", "",
                 render_table(rows), "",
                 _image(plots, f"accuracy_vs_tokens:{bench}", f"{bench}: accuracy vs average CoT tokens"), "",
+                _image(plots, f"accuracy_vs_act_ratio:{bench}", f"{bench}: accuracy vs ActRatio"), "",
                 _image(plots, f"cot_hist:{bench}", f"{bench}: CoT length per γ"), ""]
         if (report.get("budgets") or {}).get(bench):
             out += ["### Token budget", "",

@@ -82,8 +82,9 @@ def place_labels(ax, items: list[tuple[float, float, str, str]], fontsize: float
     return texts
 
 
-def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | None:
-    """Accuracy (%, 0–100 scale) vs average CoT tokens, one line per method, points labelled by γ.
+def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str, x: str = "avg_cot_tokens") -> str | None:
+    """Accuracy (%, 0–100 scale) vs average CoT tokens (``x="act_ratio"``: vs ActRatio, the paper's
+    Figure 4 axes), one line per method, points labelled by γ.
 
     The y axis starts at 0 and ends at the next multiple of 10 above the best accuracy (+5 points of
     room, at most 100), so a 3 % model does not look like a 90 % one. Returns ``None`` after writing
@@ -92,9 +93,9 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | N
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    pts = [r for r in rows if r["accuracy"] is not None and r["avg_cot_tokens"] is not None]
+    pts = [r for r in rows if r["accuracy"] is not None and r.get(x) is not None]
     if not pts:
-        return "no row has both accuracy and avg_cot_tokens"
+        return f"no row has both accuracy and {x}"
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     by_method: dict[str, list[dict]] = {}
     for r in pts:
@@ -103,7 +104,7 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | N
     for method in sorted(by_method, key=lambda m: _method_key(by_method[m][0])):
         group = sorted(by_method[method], key=lambda r: -(r["ratio"] or 1.0))
         color, marker = _style(group[0])
-        xs = [r["avg_cot_tokens"] for r in group]
+        xs = [r[x] for r in group]
         ys = [100.0 * r["accuracy"] for r in group]
         ax.plot(xs, ys, marker=marker, color=color, markersize=12 if marker == "*" else 6, clip_on=False,
                 linestyle="-" if len(group) > 1 else "none", label=_label(group[0]),
@@ -114,7 +115,7 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str) -> str | N
     ax.set_ylim(0.0, top)
     ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10], integer=True))
     ax.margins(x=0.15)  # room for the γ labels inside the frame
-    ax.set_xlabel("average CoT tokens per sample")
+    ax.set_xlabel("ActRatio (CoT tokens ÷ the original's)" if x == "act_ratio" else "average CoT tokens per sample")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -302,7 +303,7 @@ def make_plots(report: dict, out_dir: str | os.PathLike, loss_points: list[dict]
 
     Returns ``{key: {"path": PNG path relative to out_dir}}`` for drawn plots and
     ``{key: {"skipped": reason}}`` for plots without data. Keys: ``accuracy_vs_tokens:<bench>``,
-    ``cot_hist:<bench>``, ``ratio_control``, ``train_loss``.
+    ``accuracy_vs_act_ratio:<bench>``, ``cot_hist:<bench>``, ``ratio_control``, ``train_loss``.
     """
     import matplotlib
 
@@ -319,6 +320,9 @@ def make_plots(report: dict, out_dir: str | os.PathLike, loss_points: list[dict]
         label = _bench_label(bench, rows)
         p = plot_dir / f"accuracy_vs_tokens_{bench}.png"
         record(f"accuracy_vs_tokens:{bench}", p, plot_accuracy_vs_tokens(rows, p, f"{label}: accuracy vs CoT length"))
+        p = plot_dir / f"accuracy_vs_act_ratio_{bench}.png"
+        record(f"accuracy_vs_act_ratio:{bench}", p,
+               plot_accuracy_vs_tokens(rows, p, f"{label}: accuracy vs ActRatio", x="act_ratio"))
         p = plot_dir / f"cot_tokens_hist_{bench}.png"
         record(f"cot_hist:{bench}", p, plot_cot_hist(rows, out_dir, p, f"{label}: CoT length per γ", hist_bins))
     p = plot_dir / "ratio_control.png"
