@@ -98,8 +98,22 @@ def test_tokenskip_gets_act_ratio_and_merged_equals_unmerged(tmp_path, tiny_mode
                               ratios=[1.0, 0.5]))
     assert [m["ratio"] for m in merged] == [1.0, 0.5]
     assert merged[0]["act_ratio"] is None  # no original run in that --out
-    ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="tokenskip", adapter=adapter_dir, ratios=[1.0, 0.5]))
+    import tokenskip.evaluate as ev
+
+    loads = []
+    real_get = ev.get_backend
+
+    def counting(name, **kw):
+        loads.append(kw.get("adapter"))
+        return real_get(name, **kw)
+
+    ev.get_backend = counting
+    try:
+        ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="tokenskip", adapter=adapter_dir, ratios=[1.0, 0.5]))
+    finally:
+        ev.get_backend = real_get
     assert all(m["act_ratio"] is not None for m in ms)
+    assert loads == [adapter_dir]   # one model load for both γ (a vLLM engine start costs ~30 s)
     unmerged = run_evaluate(cfg(tiny_model_dir, tmp_path / "b", method="tokenskip", adapter=adapter_dir,
                                 ratios=[0.5], merge_adapter=False))
     a = read_jsonl(run_dir(tmp_path / "a", "gsm8k", "tokenskip", 0.5) / "predictions.jsonl")

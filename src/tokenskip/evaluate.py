@@ -187,15 +187,18 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     bench = cfg.bench
     problems = load_problems(bench, cfg.data, cfg.split, cfg.limit, cfg.offset)
     owned: list[GenerationBackend] = []
+    with_adapter: GenerationBackend | None = None   # loaded once, for every γ of the method
 
     def backend_for(m: Method) -> GenerationBackend:
-        nonlocal backend
+        nonlocal backend, with_adapter
         if m.uses_adapter:
             if backend is not None and getattr(backend, "lora", False):
                 return backend   # a vLLM engine started with LoRA serves the adapter per request
-            b = get_backend(cfg.backend, **cfg.backend_kwargs(adapter=cfg.adapter, merge_adapter=cfg.merge_adapter))
-            owned.append(b)
-            return b
+            if with_adapter is None:
+                with_adapter = get_backend(cfg.backend, **cfg.backend_kwargs(adapter=cfg.adapter,
+                                                                               merge_adapter=cfg.merge_adapter))
+                owned.append(with_adapter)
+            return with_adapter
         if backend is None:
             backend = get_backend(cfg.backend, **cfg.backend_kwargs())
             owned.append(backend)
