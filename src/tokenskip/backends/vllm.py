@@ -387,9 +387,8 @@ class VLLMBackend:
         comp = out.outputs[0]
         return finish_generation(list(comp.token_ids), comp.finish_reason, self.stop, self.tokenizer, latency)
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
-                 adapter: str | None = None) -> list[Generation]:
-        """Greedy completions of ``prompts`` (same order); see the module docstring for the rules.
+    def _prepare(self, prompts: Sequence[str], max_new_tokens, adapter: str | None):
+        """``(caps, lora request, outputs pre-filled as empty, indices to decode)`` of one ``generate`` call.
 
         Raises:
             ValueError: caps and prompts differ in number, or an adapter the engine cannot serve.
@@ -401,6 +400,16 @@ class VLLMBackend:
         lora = self._lora_request(adapter)
         out: list[Generation] = [Generation("", 0, 0.0, "length", []) for _ in range(n)]
         todo = [i for i in range(n) if caps[i] > 0]  # vLLM rejects max_tokens=0
+        return caps, lora, out, todo
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
+                 adapter: str | None = None) -> list[Generation]:
+        """Greedy completions of ``prompts`` (same order); see the module docstring for the rules.
+
+        Raises:
+            ValueError: caps and prompts differ in number, or an adapter the engine cannot serve.
+        """
+        caps, lora, out, todo = self._prepare(prompts, max_new_tokens, adapter)
         if not todo:
             return out
         enc = [self.tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in todo]

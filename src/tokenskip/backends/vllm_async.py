@@ -94,13 +94,7 @@ class AsyncVLLMBackend(VLLMBackend):
         Raises:
             ValueError: caps and prompts differ in number, or an adapter the engine cannot serve.
         """
-        n = len(prompts)
-        caps = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
-        if len(caps) != n:
-            raise ValueError(f"{len(caps)} max_new_tokens values for {n} prompts")
-        lora = self._lora_request(adapter)
-        out: list[Generation] = [Generation("", 0, 0.0, "length", []) for _ in range(n)]
-        todo = [i for i in range(n) if caps[i] > 0]
+        caps, lora, out, todo = self._prepare(prompts, max_new_tokens, adapter)
         enc = {i: self.tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in todo}
 
         async def run_all():
