@@ -107,6 +107,11 @@ def check_command(words: list[str] | str, env: dict[str, str], where: str) -> No
     elif head in (".venv/bin/python", ".venv-vllm/bin/python"):
         if words[1:3] == ["-m", "pytest"]:
             assert all((REPO / w).exists() for w in words[3:] if not w.startswith("-")), where
+        elif words[1] == "-m":  # python -m tokenskip.<module>: the module exists in the package
+            import importlib.util
+
+            assert words[2].startswith("tokenskip.") and importlib.util.find_spec(words[2]), \
+                f"{where}: module {words[2]} not found"
         else:
             script = REPO / words[1]
             assert script.is_file(), f"{where}: {words[1]} not found"
