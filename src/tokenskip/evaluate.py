@@ -36,7 +36,7 @@ from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
 from tokenskip.console import say
 from tokenskip.data import load_problems
 from tokenskip.io import ResumableJsonl, file_hash, iter_jsonl
-from tokenskip.layout import ORIGINAL, PREDICTIONS, eval_run_dir, original_predictions
+from tokenskip.layout import ORIGINAL, PREDICTIONS, adapter_hash, eval_run_dir, original_predictions  # noqa: F401 - adapter_hash public here too
 from tokenskip.methods import Method, get_method, method_names
 from tokenskip.models import check_device, configure_threads
 from tokenskip.prompts import DEFAULT_MARKER_DELIMITER
@@ -111,14 +111,6 @@ class EvaluateConfig(GenerationConfig):
 def run_dir(out: str | Path, benchmark: str, method: str, ratio: float | None = None) -> Path:
     """Folder of one (benchmark, method, γ or budget N) run under ``out`` (:meth:`Method.folder`)."""
     return get_method(method).folder(out, benchmark, None if method == ORIGINAL else ratio)
-
-
-def adapter_hash(folder: str | Path) -> str:
-    """Hash of a peft adapter's config and weights (not of checkpoints or logs beside them)."""
-    folder = Path(folder)
-    parts = [folder / n for n in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")]
-    parts = [p for p in parts if p.exists()]
-    return "+".join(file_hash(p) for p in parts) if parts else file_hash(folder)
 
 
 def _read_predictions(path: Path) -> dict[str, dict]:

@@ -131,3 +131,14 @@ def find_adapter(train_dir: str | Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no {ADAPTER_CONFIG} under {train_dir}: did the train stage finish?")
     return found[0]
+
+
+def adapter_hash(folder: str | Path) -> str:
+    """Hash of a peft adapter's config and weights (not of checkpoints or logs beside them): what identifies
+    an adapter in evaluate's run fingerprints and in the vLLM backend's merged-model cache."""
+    from tokenskip.io import file_hash
+
+    folder = Path(folder)
+    parts = [folder / n for n in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")]
+    parts = [p for p in parts if p.exists()]
+    return "+".join(file_hash(p) for p in parts) if parts else file_hash(folder)

@@ -14,9 +14,9 @@ Built on FastAPI + uvicorn. Endpoints:
   loading or after a failed load).
 
 ``stream: true`` answers with server-sent events (``chat.completion.chunk`` objects, then ``[DONE]``). On the
-HF engine the text is sent token by token while the batch decodes (text that could still be cut by a stop
-string is held back until it cannot); engines that do not stream (``--upstream``, ``--backend vllm``) send
-it in token-sized pieces once decoding is done. Joined, the chunks always equal the non-streamed text; the
+HF and vLLM engines the text is sent token by token while the request decodes (text that could still be cut
+by a stop string is held back until it cannot); ``--upstream`` sends it in token-sized pieces once decoding
+is done. Joined, the chunks always equal the non-streamed text; the
 last chunk carries ``finish_reason``, ``final_answer``, the γ used and ``usage``. An engine failure before
 the first token is an ordinary JSON error (500); after it, an ``error`` event ends the stream.
 
@@ -511,17 +511,18 @@ class _TokenStream:
         return stream_safe(self.state.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
 
 
-def _sse_chunks(job: _Job, state: ServerState):
+def _sse_chunk_writer(job: _Job):
+    """``chunk(delta, finish=None, **extra)``: one ``chat.completion.chunk`` event of this request's stream."""
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": job.model}
 
     def chunk(delta: dict, finish=None, **extra) -> str:
         return "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
                                                            "logprobs": None}], **extra}) + "\n\n"
-    return base, chunk
+    return chunk
 
 
-def _sse_tail(job: _Job, a, state: ServerState, return_prompt: bool, sent: str, base: dict, chunk):
+def _sse_tail(job: _Job, a, state: ServerState, return_prompt: bool, sent: str, chunk):
     """The rest of the text (after ``sent``) in token-sized pieces, the closing chunk and ``[DONE]``."""
     full = _chat_response(job, a, state, return_prompt)
     if not a.text.startswith(sent):  # stream_safe holds back what could change; this would be a tokenizer quirk
@@ -538,7 +539,7 @@ def _sse_tail(job: _Job, a, state: ServerState, return_prompt: bool, sent: str, 
 async def _sse_events(stream: _TokenStream, first: list[int] | None, return_prompt: bool):
     """Server-sent events of a streamed chat answer: text deltas as tokens arrive, then :func:`_sse_tail`."""
     job, state = stream.job, stream.state
-    base, chunk = _sse_chunks(job, state)
+    chunk = _sse_chunk_writer(job)
     yield chunk({"role": "assistant", "content": ""})
     sent, ids = "", first
     while ids is not None:
@@ -555,7 +556,7 @@ async def _sse_events(stream: _TokenStream, first: list[int] | None, return_prom
         yield "data: " + json.dumps(err.body()) + "\n\n"
         yield "data: [DONE]\n\n"
         return
-    for event in _sse_tail(job, a, state, return_prompt, sent, base, chunk):
+    for event in _sse_tail(job, a, state, return_prompt, sent, chunk):
         yield event
 
 

@@ -212,8 +212,7 @@ def merged_model_dir(model: str, adapter: str) -> str:
     The folder is ``cache_dir()/merged/<hash of the adapter's weights and config>`` (written by
     :func:`tokenskip.merge.run_merge`, atomically), so a retrained adapter gets a new folder.
     """
-    from tokenskip.evaluate import adapter_hash
-    from tokenskip.layout import find_adapter
+    from tokenskip.layout import adapter_hash, find_adapter
     from tokenskip.merge import MergeConfig, run_merge
     from tokenskip.models import cache_dir
 
