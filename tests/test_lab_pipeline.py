@@ -52,6 +52,21 @@ def test_lab_recipe_wires_splits_and_the_merged_target(tmp_path):
     assert all(p2[s].fingerprint != before[s] for s in ("warmup", "merge", "generate", "evaluate", "report"))
 
 
+def test_top_level_system_prompt_reaches_every_prompt_writing_stage(tmp_path):
+    sys_turn = "You are a helpful assistant."
+    recipe = load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}", f"system_prompt={sys_turn}",
+                                      "stages.evaluate.system_prompt=Be brief."])
+    _, p = plans_by_name(recipe)
+    for stage in ("warmup", "generate", "build_sft"):
+        assert p[stage].configs[0].system_prompt == sys_turn, stage
+    assert {c.system_prompt for c in p["evaluate"].configs} == {"Be brief."}   # a stage's own setting wins
+    assert not hasattr(p["train"].configs[0], "system_prompt")   # train reads the prompts build_sft wrote
+    # the system turn changes what the warm-up trains on, so everything after it is planned anew
+    _, plain = plans_by_name(load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}", "system_prompt=Be terse."]))
+    assert plain["lab_data"].fingerprint == p["lab_data"].fingerprint
+    assert all(plain[s].fingerprint != p[s].fingerprint for s in ("warmup", "generate", "build_sft", "evaluate"))
+
+
 def test_recipes_without_lab_stages_do_not_list_them(tmp_path):
     lines = []
     recipe = load_recipe(REPO / "recipes" / "demo-smollm2-gsm8k.yaml", [f"run_dir={tmp_path}"])

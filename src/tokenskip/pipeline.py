@@ -26,7 +26,8 @@ Recipe layout (see ``recipes/``)::
     run_dir: runs                   # parent folder (default: runs)
     model: smollm2-135m-instruct    # default `model` of every stage
     threads: 2                      # default `threads` of every stage
-    dtype / device / seed / benchmark / backend  # also copied into every stage with such a field
+    dtype / device / seed / benchmark / backend / prompt_style / system_prompt  # also copied into every
+                                    # stage with such a field
     stages:
       lab_data:  {...LabDataConfig fields}             # CPU lab only
       warmup:    {...WarmupConfig fields}              # CPU lab only
@@ -74,7 +75,7 @@ from tokenskip.stages import get_stage
 logger = logging.getLogger(__name__)
 
 #: keys at the top of a recipe that are copied into every stage that has such a field
-INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark", "prompt_style", "backend")
+INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark", "prompt_style", "backend", "system_prompt")
 #: settings that change how fast a stage runs, never what it writes: left out of fingerprints
 RUNTIME_KEYS = ("threads",)
 #: Settings where the paper's (reference) setting and this project's differ; a plan prints them per stage.
@@ -95,9 +96,11 @@ class Recipe:
     Attributes:
         name: run folder name; run_dir: its parent folder.
         stages: ``{stage name: section}``; each section is checked against its stage's config class.
-        model, threads, dtype, device, seed, benchmark, prompt_style, backend: defaults of every stage that has
-            such a field (``prompt_style: reference`` makes generate, build_sft and evaluate use the reference's
-            prompts; ``backend: vllm`` makes generate and evaluate decode with vLLM).
+        model, threads, dtype, device, seed, benchmark, prompt_style, backend, system_prompt: defaults of every
+            stage that has such a field (``prompt_style: reference`` makes generate, build_sft and evaluate use the
+            reference's prompts; ``backend: vllm`` makes generate and evaluate decode with vLLM; ``system_prompt``
+            is the system turn of warmup, generate, build_sft and evaluate alike, so the target model is trained
+            and asked with the same one — the paper's Qwen runs used "You are a helpful assistant.").
     """
 
     name: str = ""
@@ -111,6 +114,7 @@ class Recipe:
     benchmark: str | None = None
     prompt_style: str | None = None  # chat-template or reference (paper-exact prompts, issue 13)
     backend: str | None = None  # hf, vllm or openai: the generation engine of generate and evaluate
+    system_prompt: str | None = None  # the system turn of every stage that writes or reads prompts
 
     def validate(self) -> None:
         if not self.name:
