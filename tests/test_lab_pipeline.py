@@ -67,6 +67,18 @@ def test_top_level_system_prompt_reaches_every_prompt_writing_stage(tmp_path):
     assert all(plain[s].fingerprint != p[s].fingerprint for s in ("warmup", "generate", "build_sft", "evaluate"))
 
 
+def test_sampled_generation_in_a_recipe_changes_only_what_it_should(tmp_path):
+    _, greedy = plans_by_name(load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}"]))
+    # greedy decoding: the sampling settings stay out of the fingerprint (runs made before them stay done)
+    assert not {"samples", "temperature", "top_p", "seed"} & set(greedy["generate"].settings)
+    _, sampled = plans_by_name(load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}", "stages.generate.samples=4",
+                                                        "stages.generate.temperature=0.7"]))
+    g = sampled["generate"].configs[0]
+    assert (g.samples, g.temperature, sampled["generate"].settings["samples"]) == (4, 0.7, 4)
+    assert sampled["warmup"].fingerprint == greedy["warmup"].fingerprint
+    assert all(sampled[s].fingerprint != greedy[s].fingerprint for s in ("generate", "compress", "train"))
+
+
 def test_recipes_without_lab_stages_do_not_list_them(tmp_path):
     lines = []
     recipe = load_recipe(REPO / "recipes" / "demo-smollm2-gsm8k.yaml", [f"run_dir={tmp_path}"])

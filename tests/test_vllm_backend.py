@@ -178,6 +178,21 @@ def test_vllm_greedy_matches_hf(prompts, hf_outputs, vllm_backend):
 @pytest.mark.slow
 @pytest.mark.vllm
 @needs_vllm
+def test_vllm_samples_at_a_temperature(prompts, vllm_backend):
+    # generate --samples: the same prompt four times at temperature 1 gives different CoTs within the cap,
+    # while temperature 0 (the default) stays greedy: the same output on every call
+    out = vllm_backend.generate([prompts[0]] * 4, CAP, temperature=1.0, top_p=0.95)
+    assert len({tuple(g.token_ids) for g in out}) > 1
+    assert all(g.num_tokens == len(g.token_ids) <= CAP for g in out)
+    assert all(not set(g.token_ids) & set(vllm_backend.stop_ids) for g in out)
+    greedy = vllm_backend.generate([prompts[0]] * 2, CAP)
+    assert greedy[0].token_ids == greedy[1].token_ids
+    assert any(g.token_ids != greedy[0].token_ids for g in out)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@needs_vllm
 def test_vllm_lora_matches_peft(prompts, hf_outputs, adapter_dir, vllm_backend):
     base_hf, lora_hf = hf_outputs
     n = len(prompts)

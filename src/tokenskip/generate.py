@@ -8,14 +8,22 @@ splits. Output folder::
                         correct, latency_s, num_tokens, finish_reason, output_token_ids), written as rows finish
     metrics.json        n, accuracy, avg/median CoT tokens, latency, throughput, settings
 
+Decoding is greedy (the paper's). ``--samples N --temperature T`` instead writes N sampled CoTs per problem
+(row ids ``<problem id>#s<k>``, :func:`tokenskip.records.sample_id`), the paper's optional way to harvest
+more correct trajectories: compress keeps every correct one, build-sft treats each as its own CoT (duplicates
+of one problem dropped) and never splits one problem's samples between train and validation.
+
 A killed run resumes (rows already written are kept, never duplicated); a run whose settings changed
 starts over (see :class:`tokenskip.io.ResumableJsonl`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from tokenskip.backends import GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
@@ -23,23 +31,65 @@ from tokenskip.data import load_problems
 from tokenskip.io import ResumableJsonl
 from tokenskip.layout import METRICS, ORIGINAL, PREDICTIONS
 from tokenskip.models import check_device, configure_threads
+from tokenskip.records import sample_id
 from tokenskip.rollout import (GenerationConfig, data_identity, grade_row, metrics_line, print_metrics, run_rows,
                                summarize, write_metrics)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GenerationConfig", "grade_row", "summarize", "run_rows", "run_generate", "data_identity",
+__all__ = ["GenerationConfig", "GenerateConfig", "grade_row", "summarize", "run_rows", "run_generate", "data_identity",
            "write_metrics", "print_metrics"]
+
+
+@dataclass
+class GenerateConfig(GenerationConfig):
+    """Settings of stage *generate*: :class:`~tokenskip.rollout.GenerationConfig` plus sampled CoTs.
+
+    ``samples`` 1 with ``temperature`` 0 is greedy decoding, one CoT per problem (the paper's default).
+    """
+
+    #: left out of a recipe's fingerprint while at their defaults (greedy runs made before them stay "done")
+    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("samples", "temperature", "top_p", "seed")
+
+    samples: int = field(default=1, metadata={
+        "help": "CoTs per problem; > 1 needs --temperature > 0 (row ids <id>#s<k>: more correct CoTs to train on)"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: greedy decoding)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: smallest token set of this probability"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (HF: torch's; vLLM: the engine's)"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.samples < 1:
+            raise ValueError(f"--samples must be >= 1, got {self.samples}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"--samples {self.samples} with --temperature 0 would write {self.samples} copies of "
+                             "the same greedy CoT; give a temperature > 0 (e.g. 0.7)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0
+
+    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
+        return super().backend_kwargs(adapter, merge_adapter) | ({"seed": self.seed} if self.sampling else {})
 
 
 def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None) -> dict:
     """Run stage *generate*: CoT for every problem of the slice, graded; returns the metrics dict.
+
+    A plain :class:`~tokenskip.rollout.GenerationConfig` is read as a :class:`GenerateConfig` with its defaults
+    (greedy, one CoT per problem). With ``samples`` N > 1 the metrics are over all N × problems rows.
 
     Raises:
         ValueError: invalid settings; DataError: malformed data rows.
     """
     from tokenskip.prompts import styled_prompt, warn_default_system
 
+    if not isinstance(cfg, GenerateConfig):
+        cfg = GenerateConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
     cfg.validate()
     if not cfg.out:
         raise ValueError("--out is required")
@@ -56,6 +106,18 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
         warn_default_system(tok, cfg.prompt_style, cfg.system_prompt, logger)
         prompts = [styled_prompt(tok, p.question, None, cfg.system_prompt, style=cfg.prompt_style, model=cfg.model)
                    for p in problems]
+        decode = None
+        if cfg.samples > 1:  # N rows per problem, ids <id>#s<k>; the prompts repeat (vLLM caches their prefix)
+            problems = [dataclasses.replace(p, id=sample_id(p.id, k)) for p in problems for k in range(cfg.samples)]
+            prompts = [q for q in prompts for _ in range(cfg.samples)]
+        if cfg.sampling:
+            if cfg.backend == "hf":
+                import torch
+
+                torch.manual_seed(cfg.seed)
+
+            def decode(ps, caps, adapter=None):
+                return backend.generate(ps, caps, adapter=adapter, temperature=cfg.temperature, top_p=cfg.top_p)
         settings = {"stage": "generate", "model": cfg.model, "benchmark": bench.name,
                     "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
                     "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
@@ -63,10 +125,13 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
             settings["stop"] = cfg.stop
         if cfg.prompt_style != "chat-template":  # likewise
             settings["prompt_style"] = cfg.prompt_style
+        if cfg.sampling:  # likewise: greedy runs keep their fingerprint
+            settings.update(samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
         if bench.name == "custom":  # the field names and grader decide the rows
             settings.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
         with ResumableJsonl(out / PREDICTIONS, settings) as w:
-            rows = run_rows(problems, prompts, w, backend, bench.grader, cfg.resolved_max_new_tokens)
+            rows = run_rows(problems, prompts, w, backend, bench.grader, cfg.resolved_max_new_tokens,
+                            generate=decode)
         return write_metrics(out, rows, {"benchmark": bench.name, "benchmark_label": bench.label,
                                          "method": ORIGINAL, "ratio": None, "grader": bench.grader,
                                          "model": cfg.model, **cfg.dtype_record(), "backend": cfg.backend,
@@ -83,11 +148,11 @@ def summary_lines(m: dict) -> list[str]:
 
 
 def add_arguments(parser) -> None:
-    add_dataclass_args(parser, GenerationConfig)
+    add_dataclass_args(parser, GenerateConfig)
 
 
 def run_generate_cli(args) -> int:
-    cfg = dataclass_from_args(GenerationConfig, args)
+    cfg = dataclass_from_args(GenerateConfig, args)
     m = run_generate(cfg)
     print_metrics(m)
     from tokenskip.console import say

@@ -192,6 +192,16 @@ def _with_inherited(recipe: Recipe, cls, sec: dict) -> dict:
     return out
 
 
+def _settings(cfg) -> dict:
+    """A config's settings for its fingerprint; fields a class lists in ``OMIT_IF_DEFAULT`` (added after runs
+    existed, e.g. generate's sampling) are left out while at their default, so those runs keep their fingerprint."""
+    out = to_dict(cfg)
+    for f in fields(cfg):
+        if f.name in getattr(cfg, "OMIT_IF_DEFAULT", ()) and out.get(f.name) == f.default:
+            out.pop(f.name, None)
+    return out
+
+
 def _build(cls, data: dict, where: str):
     try:
         return dataclass_from_dict(cls, data, where)
@@ -286,7 +296,7 @@ def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
         if adjust:
             adjust(sec)
         cfg = _build(cls, sec, f"{src}: stages.{stage}")
-        add(StagePlan(stage, True, to_dict(cfg), [cfg], inputs(sec)))
+        add(StagePlan(stage, True, _settings(cfg), [cfg], inputs(sec)))
 
     def wire_compress(sec: dict) -> None:
         if sec.get("cot_source", "self") in ("self", "predictions") and not sec.get("predictions"):

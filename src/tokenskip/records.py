@@ -159,6 +159,21 @@ class Problem(Record):
         return dataclasses.asdict(self)
 
 
+#: separator of a sampled CoT's row id: ``<problem id>#s<k>`` (``generate --samples N``, k = 0 … N-1)
+SAMPLE_SEP = "#s"
+
+
+def sample_id(problem_id: str, k: int) -> str:
+    """Row id of the ``k``-th sampled CoT of a problem (``generate --samples``): ``<problem id>#s<k>``."""
+    return f"{problem_id}{SAMPLE_SEP}{k}"
+
+
+def problem_id(row_id: str) -> str:
+    """The problem id of a row id: ``gsm8k/train/7#s2`` → ``gsm8k/train/7``; other ids unchanged."""
+    head, sep, tail = row_id.rpartition(SAMPLE_SEP)
+    return head if sep and tail.isdigit() else row_id
+
+
 @dataclass
 class Prediction(Record):
     """One graded generation (a row of ``predictions.jsonl``; the lm-eval habit: everything to trace a number).

