@@ -69,8 +69,12 @@ def test_top_level_system_prompt_reaches_every_prompt_writing_stage(tmp_path):
 
 def test_sampled_generation_in_a_recipe_changes_only_what_it_should(tmp_path):
     _, greedy = plans_by_name(load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}"]))
-    # greedy decoding: the sampling settings stay out of the fingerprint (runs made before them stay done)
+    # greedy decoding: the sampling settings stay out of the fingerprint (runs made before them stay done),
+    # even with a recipe-wide seed (the paper recipes set seed: 42)
     assert not {"samples", "temperature", "top_p", "seed"} & set(greedy["generate"].settings)
+    _, seeded = plans_by_name(load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}", "seed=42"]))
+    assert seeded["generate"].configs[0].seed == 42
+    assert seeded["generate"].fingerprint == greedy["generate"].fingerprint
     _, sampled = plans_by_name(load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}", "stages.generate.samples=4",
                                                         "stages.generate.temperature=0.7"]))
     g = sampled["generate"].configs[0]

@@ -23,7 +23,6 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from tokenskip.backends import GenerationBackend, get_backend
 from tokenskip.config import add_dataclass_args, dataclass_from_args, to_dict
@@ -48,9 +47,6 @@ class GenerateConfig(GenerationConfig):
     ``samples`` 1 with ``temperature`` 0 is greedy decoding, one CoT per problem (the paper's default).
     """
 
-    #: left out of a recipe's fingerprint while at their defaults (greedy runs made before them stay "done")
-    OMIT_IF_DEFAULT: ClassVar[tuple[str, ...]] = ("samples", "temperature", "top_p", "seed")
-
     samples: int = field(default=1, metadata={
         "help": "CoTs per problem; > 1 needs --temperature > 0 (row ids <id>#s<k>: more correct CoTs to train on)"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: greedy decoding)"})
@@ -72,6 +68,11 @@ class GenerateConfig(GenerationConfig):
     @property
     def sampling(self) -> bool:
         return self.temperature > 0
+
+    def unused_settings(self) -> tuple[str, ...]:
+        """Settings that change nothing in this run, left out of a recipe's fingerprint: the sampling ones when
+        decoding is greedy (so greedy runs made before they existed, or with a recipe-wide ``seed``, stay done)."""
+        return () if self.sampling else ("samples", "temperature", "top_p", "seed")
 
     def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
         return super().backend_kwargs(adapter, merge_adapter) | ({"seed": self.seed} if self.sampling else {})

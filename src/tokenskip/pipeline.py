@@ -193,12 +193,11 @@ def _with_inherited(recipe: Recipe, cls, sec: dict) -> dict:
 
 
 def _settings(cfg) -> dict:
-    """A config's settings for its fingerprint; fields a class lists in ``OMIT_IF_DEFAULT`` (added after runs
-    existed, e.g. generate's sampling) are left out while at their default, so those runs keep their fingerprint."""
+    """A config's settings for its fingerprint, without those its ``unused_settings()`` names (e.g. generate's
+    sampling settings under greedy decoding), so they do not re-plan runs they cannot change."""
     out = to_dict(cfg)
-    for f in fields(cfg):
-        if f.name in getattr(cfg, "OMIT_IF_DEFAULT", ()) and out.get(f.name) == f.default:
-            out.pop(f.name, None)
+    for k in getattr(cfg, "unused_settings", tuple)():
+        out.pop(k, None)
     return out
 
 
