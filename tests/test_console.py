@@ -15,12 +15,21 @@ from tokenskip.cli import main as cli_main
 def not_quiet(monkeypatch):
     """Start loud; whatever set_quiet changes in the environment is undone after the test."""
     monkeypatch.setenv("TOKENSKIP_QUIET", "0")
-    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY"):
+    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "VLLM_LOGGING_LEVEL"):
         if var in os.environ:
             monkeypatch.setenv(var, os.environ[var])
         else:
             monkeypatch.setenv(var, "")
             monkeypatch.delenv(var)
+
+
+def test_quiet_also_quiets_the_engines_own_logging(monkeypatch):
+    console.set_quiet(True)
+    assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR"      # read by vLLM when it is imported, after this
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "DEBUG")       # a level the user set is kept
+    console.set_quiet(True)
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG"
 
 
 def test_train_line_is_compact_and_complete():

@@ -27,6 +27,7 @@ def set_quiet(on: bool) -> None:
         os.environ[_ENV] = "1"
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by huggingface_hub, transformers, datasets
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # vLLM reads it at import (engine and workers)
     else:
         os.environ.pop(_ENV, None)
 
