@@ -77,6 +77,11 @@ def test_vllm_stop_logic_matches_the_shared_rule(qwen_like_tokenizer):
     kw = sampling_kwargs(rule, 64)
     assert kw["stop_token_ids"] == [ENDOFTEXT, IM_END] and kw["stop"] == ["\n\nUser:"] and kw["max_tokens"] == 64
     assert "stop" not in sampling_kwargs(stop_rule(qwen_like_tokenizer, ENDOFTEXT), 8)
+    # greedy unless a temperature > 0 is given; then nucleus top_p too (generate --samples, the server)
+    assert (kw["temperature"], "top_p" in kw) == (0.0, False)
+    hot = sampling_kwargs(rule, 64, temperature=0.7, top_p=0.9)
+    assert (hot["temperature"], hot["top_p"], hot["stop_token_ids"]) == (0.7, 0.9, [ENDOFTEXT, IM_END])
+    assert sampling_kwargs(rule, 64, temperature=0.0, top_p=0.5) == kw
     ok = qwen_like_tokenizer("OK.", add_special_tokens=False)["input_ids"]
     g = finish_generation(ok + [IM_END], "stop", rule, qwen_like_tokenizer, 0.5)  # vLLM keeps the stop token
     assert (g.text, g.token_ids, g.num_tokens, g.finish_reason) == ("OK.", ok, len(ok), "stop")

@@ -352,10 +352,11 @@ def collect_trajectories(cfg: SFTDataConfig, source: dict[str, dict], compressed
         repeats = 0
         for rid, s in source.items():
             group = problem_id(rid)  # sampled CoTs (<id>#s<k>) of one problem stay on one side of the split
-            if (group, _norm(s["cot"])) in seen:  # two samples wrote the same CoT: one row is enough
+            key = (group, _norm(s["cot"]))
+            if key in seen:  # two samples wrote the same CoT: one row is enough
                 repeats += 1
                 continue
-            seen.add((group, _norm(s["cot"])))
+            seen.add(key)
             out.append(Trajectory(rid + "#self" if suffix else rid, group, s["question"], s["answer"],
                                   {1.0: s["cot"], **versions(rid)}))
         if repeats:

@@ -176,9 +176,12 @@ def stop_token_ids(model_dir: str, tokenizer) -> list[int]:
     return list(folder_stop_rule(model_dir, tokenizer).token_ids)
 
 
-def sampling_kwargs(rule: StopRule, max_tokens: int) -> dict:
-    """Keyword arguments of vLLM's ``SamplingParams`` for greedy decoding under ``rule``."""
+def sampling_kwargs(rule: StopRule, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> dict:
+    """Keyword arguments of vLLM's ``SamplingParams`` under ``rule``: greedy decoding, or sampling at
+    ``temperature`` > 0 with nucleus ``top_p`` (both engines, sync and async, build their requests from it)."""
     kw = dict(temperature=0.0, max_tokens=max_tokens, stop_token_ids=list(rule.token_ids), skip_special_tokens=True)
+    if temperature and temperature > 0:
+        kw.update(temperature=float(temperature), top_p=float(top_p))
     if rule.strings:
         kw["stop"] = list(rule.strings)
     return kw
@@ -376,8 +379,7 @@ class VLLMBackend:
              top_p: float = 1.0) -> tuple[list, float]:
         from vllm import SamplingParams
 
-        sample = dict(temperature=float(temperature), top_p=float(top_p)) if temperature and temperature > 0 else {}
-        params = [SamplingParams(**(sampling_kwargs(self.stop, c) | sample), **self.decoding.vllm_kwargs())
+        params = [SamplingParams(**sampling_kwargs(self.stop, c, temperature, top_p), **self.decoding.vllm_kwargs())
                   for c in caps]
         requests = [{"prompt_token_ids": ids} for ids in token_ids]
         t0 = time.perf_counter()

@@ -60,10 +60,8 @@ class AsyncVLLMBackend(VLLMBackend):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        kw = {**sampling_kwargs(self.stop, cap), **self.decoding.vllm_kwargs()}
-        if temperature and temperature > 0:
-            kw.update(temperature=float(temperature), top_p=float(top_p))
-        params = SamplingParams(**kw, output_kind=RequestOutputKind.DELTA)
+        params = SamplingParams(**sampling_kwargs(self.stop, cap, temperature, top_p), **self.decoding.vllm_kwargs(),
+                                output_kind=RequestOutputKind.DELTA)
         stop_ids = set(self.stop.token_ids)
         toks: list[int] = []
         finish = None
