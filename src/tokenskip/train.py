@@ -2,7 +2,8 @@
 
 Defaults are the paper's (docs/method.md step 5): LoRA rank 8, alpha 16 on all linear layers, lr 5e-5,
 3 epochs, cosine schedule, warmup 10 %, effective batch 8, cutoff 2048 tokens, loss on the response
-(completion) only. LoRA dropout 0.05 (the paper does not state it).
+(completion) only. LoRA dropout 0.0 (the paper does not state it; LLaMA-Factory's default, which the
+reference trained with).
 
 Precision (``--dtype``, default ``auto``, see :func:`train_precision`): on a CUDA GPU with bfloat16,
 bfloat16 weights + bf16 mixed precision (the paper's setting); on a GPU without it, float32 weights +
