@@ -145,3 +145,25 @@ def test_generation_config_records_the_choice(monkeypatch):
     assert explicit.dtype_record() == {"dtype": "float32", "dtype_requested": "float32",
                                        "dtype_reason": "explicit setting"}
     assert explicit.backend_kwargs()["dtype"] == "float32"
+
+
+def test_every_stage_that_runs_the_model_defaults_to_auto():
+    """One dtype rule for every stage that loads the model to run it: `serve` once defaulted to float32 while
+    `evaluate` picked bfloat16 on an AMX CPU, so the same request got different tokens from the two."""
+    import dataclasses
+
+    from tokenskip.compress.runner import CompressConfig
+    from tokenskip.evaluate import EvaluateConfig
+    from tokenskip.generate import GenerateConfig
+    from tokenskip.merge import MergeConfig
+    from tokenskip.serve import ServeConfig
+    from tokenskip.train import TrainConfig
+    from tokenskip.warmup import WarmupConfig
+
+    def default(cls):
+        return next(f.default for f in dataclasses.fields(cls) if f.name == "dtype")
+
+    got = {c.__name__: default(c) for c in (GenerateConfig, EvaluateConfig, ServeConfig, CompressConfig,
+                                            TrainConfig, WarmupConfig)}
+    assert got == dict.fromkeys(got, "auto")
+    assert default(MergeConfig) == "float32"    # the saved weights: exact merge unless asked otherwise

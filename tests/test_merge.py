@@ -45,7 +45,8 @@ def test_merged_logits_equal_adapter_logits(tmp_path, tiny_model_dir, adapter_di
     ids = torch.tensor([smol_tokenizer("Three dogs have 3 x 4 = 12 legs.")["input_ids"]])
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter_dir).eval()
-    merged, tok = load_model(str(out))          # by path, as every stage loads a model
+    merged, tok = load_model(str(out), dtype="float32")   # by path, as every stage loads a model (auto would
+    # pick bfloat16 on an AMX CPU; the merge itself is float32, its default)
     want = logits(with_adapter, ids)
     assert torch.allclose(logits(merged, ids), want, atol=1e-4)
     assert (logits(base, ids) - want).abs().max() > 1e-2     # the adapter does change the model

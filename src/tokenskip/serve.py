@@ -83,7 +83,9 @@ class ServeConfig:
     max_queue: int = field(default=256, metadata={"help": "queued requests at most (more get 429)"})
     default_max_tokens: int = field(default=512, metadata={"help": "max_tokens when a request gives none"})
     merge_adapter: bool = field(default=False, metadata={"help": "merge the adapter into the weights (faster; then only the adapter is served)"})
-    dtype: str = field(default="float32", metadata={"help": "weights dtype", "choices": list(DTYPES)})
+    dtype: str = field(default="auto", metadata={
+        "help": "weights dtype; auto (default, as in generate and evaluate) = bfloat16 on AMX/AVX512-BF16 CPUs and "
+                "bf16 GPUs, float16 on other GPUs, float32 otherwise (tokenskip.hardware)", "choices": list(DTYPES)})
     device: str = field(default="cpu", metadata={"help": "torch device"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--upstream: environment variable with the upstream API key"})
