@@ -20,6 +20,9 @@ ALIASES: dict[str, tuple[str, str]] = {
 }
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+#: CLI help of the weights dtype of the stages that decode with the model (generate, evaluate, serve).
+WEIGHTS_DTYPE_HELP = ("weights dtype; auto = bfloat16 on AMX/AVX512-BF16 CPUs and bf16 GPUs, float16 on other GPUs, "
+                      "float32 otherwise (tokenskip.hardware)")
 
 
 @dataclass(frozen=True)

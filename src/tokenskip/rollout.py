@@ -17,7 +17,7 @@ from tokenskip.backends import BACKENDS, GenerationBackend
 from tokenskip.benchmarks import GRADERS, Benchmark, get_benchmark
 from tokenskip.hardware import DtypeChoice, parse_threads, resolve_dtype, resolve_threads
 from tokenskip.io import ResumableJsonl, file_hash, write_json_atomic
-from tokenskip.models import DTYPES
+from tokenskip.models import DTYPES, WEIGHTS_DTYPE_HELP
 from tokenskip.records import Prediction, Problem, RunMetrics
 
 logger = logging.getLogger(__name__)
@@ -48,9 +48,7 @@ class GenerationConfig:
     out: str | None = field(default=None, metadata={"help": "output folder"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens (default 512 GSM8K, 1024 MATH: paper)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
-    dtype: str = field(default="auto", metadata={
-        "help": "weights dtype; auto = bfloat16 on AMX/AVX512-BF16 CPUs and bf16 GPUs, float16 on other GPUs, "
-                "float32 otherwise (tokenskip.hardware)", "choices": list(DTYPES)})
+    dtype: str = field(default="auto", metadata={"help": WEIGHTS_DTYPE_HELP, "choices": list(DTYPES)})
     device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, cuda:1...)"})
     backend: str = field(default="hf", metadata={"help": "generation engine", "choices": list(BACKENDS)})
     latency_mode: str = field(default="amortized", metadata={

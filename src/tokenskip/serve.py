@@ -58,7 +58,7 @@ from pathlib import Path
 
 from tokenskip.config import add_dataclass_args, dataclass_from_args
 from tokenskip.inference import Decoding, Query, answer, cut_at_stop, plan_ratio
-from tokenskip.models import DTYPES
+from tokenskip.models import DTYPES, WEIGHTS_DTYPE_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,7 @@ class ServeConfig:
     max_queue: int = field(default=256, metadata={"help": "queued requests at most (more get 429)"})
     default_max_tokens: int = field(default=512, metadata={"help": "max_tokens when a request gives none"})
     merge_adapter: bool = field(default=False, metadata={"help": "merge the adapter into the weights (faster; then only the adapter is served)"})
-    dtype: str = field(default="auto", metadata={
-        "help": "weights dtype; auto (default, as in generate and evaluate) = bfloat16 on AMX/AVX512-BF16 CPUs and "
-                "bf16 GPUs, float16 on other GPUs, float32 otherwise (tokenskip.hardware)", "choices": list(DTYPES)})
+    dtype: str = field(default="auto", metadata={"help": WEIGHTS_DTYPE_HELP, "choices": list(DTYPES)})
     device: str = field(default="cpu", metadata={"help": "torch device"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--upstream: environment variable with the upstream API key"})
