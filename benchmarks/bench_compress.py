@@ -46,8 +46,8 @@ def main() -> int:
     import torch
 
     from tokenskip.compress import get_scorer, prune
-    from tokenskip.data import load_problems
-    from tokenskip.models import load_model, load_tokenizer
+    from tokenskip.task.data import load_problems
+    from tokenskip.engines.models import load_model, load_tokenizer
 
     torch.set_num_threads(args.threads)
     texts = [p.solution for p in load_problems("gsm8k", args.data, limit=args.n)]
@@ -89,7 +89,7 @@ def main() -> int:
         print(f"| {r['scorer']} | {r['batch_size'] or '-'} | {r['score_s']:.2f} | {r['words_per_s']:.0f} | "
               f"{r['tokens_per_s']:.0f} | {r['prune_ms_per_cot']:.1f} | {r['mean_abs_error']:.3f} |")
     if args.out:
-        from tokenskip.io import write_json_atomic
+        from tokenskip.contract.io import write_json_atomic
 
         write_json_atomic(args.out, rows)  # refuses NaN (an empty run's statistics)
     return 0

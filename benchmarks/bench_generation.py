@@ -7,7 +7,7 @@ Ratios are against the first configuration (HF float32, batch 32: the issue's re
 side by side in one run; the machine's CPU model and flags are printed with the table.
 
 Configurations are ``engine:dtype[:extra]``: ``hf:float32:32`` (batch 32), ``hf:auto:32`` (the
-machine's dtype, see :mod:`tokenskip.hardware`), ``vllm:auto`` (compiled, vLLM's default prefix
+machine's dtype, see :mod:`tokenskip.engines.hardware`), ``vllm:auto`` (compiled, vLLM's default prefix
 caching), ``vllm:auto:eager,prefix`` — vLLM extras, comma-separated: ``eager`` (no graph compilation),
 ``prefix`` / ``noprefix`` (prefix caching on / off), ``seqs=N`` (``max_num_seqs``), ``kv=N`` (KV
 cache GiB on CPU). A configuration whose dtype resolves to one already measured (``auto`` = float32
@@ -66,7 +66,7 @@ def parse_config(spec: str) -> dict:
 
 def resolved(cfg: dict) -> tuple:
     """What a configuration really runs once ``auto`` is resolved on this machine (to skip duplicates)."""
-    from tokenskip.hardware import resolve_dtype
+    from tokenskip.engines.hardware import resolve_dtype
 
     dtype = resolve_dtype(cfg["dtype"], "auto", log=False).dtype
     return cfg["engine"], dtype, cfg["batch_size"], tuple(sorted(cfg["vllm"].items()))
@@ -74,7 +74,7 @@ def resolved(cfg: dict) -> tuple:
 
 def run_config(cfg: dict, model: str, prompts: list[str], max_new_tokens: int, threads: int | None) -> dict:
     """Load the backend of ``cfg``, decode ``prompts`` once, close it; returns one result row."""
-    from tokenskip.backends import get_backend
+    from tokenskip.engines import get_backend
 
     kwargs = dict(model=model, dtype=cfg["dtype"], show_progress=False)
     if cfg["engine"] == "hf":
@@ -133,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
 
-    from tokenskip.data import load_problems
-    from tokenskip.hardware import machine_summary
-    from tokenskip.models import configure_threads, load_tokenizer
-    from tokenskip.prompts import build_prompt
+    from tokenskip.task.data import load_problems
+    from tokenskip.engines.hardware import machine_summary
+    from tokenskip.engines.models import configure_threads, load_tokenizer
+    from tokenskip.task.prompts import build_prompt
 
     machine = machine_summary()
     flags = " ".join(machine["cpu_flags"]) or "-"
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         rows.append(row)
         if args.out:  # after every row, so a killed run keeps what it measured
-            from tokenskip.io import write_json_atomic
+            from tokenskip.contract.io import write_json_atomic
 
             write_json_atomic(args.out, {"machine": machine, "settings": vars(args), "rows": rows})
     if not rows:

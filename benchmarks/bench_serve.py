@@ -94,10 +94,10 @@ def run_clients(url: str, questions: list[str], clients: int, seconds: float, ma
 def run_offline(model: str, adapter: str | None, questions: list[str], max_tokens: int, ratio: float,
                 batch_size: int, threads: int | None) -> dict:
     """The same questions decoded once by the HF backend (evaluate's engine), prompts from the inference core."""
-    from tokenskip.backends import get_backend
-    from tokenskip.inference import render_prompt
-    from tokenskip.models import configure_threads
-    from tokenskip.prompt_format import resolve_prompt_format
+    from tokenskip.engines import get_backend
+    from tokenskip.generation.inference import render_prompt
+    from tokenskip.engines.models import configure_threads
+    from tokenskip.task.prompt_format import resolve_prompt_format
 
     configure_threads(threads)
     fmt = resolve_prompt_format(adapter)

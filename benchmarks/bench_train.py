@@ -55,8 +55,8 @@ def parse_config(spec: str, batch_size: int = 8) -> dict:
 
 
 def train_config(spec: dict, data_dir: str, out_dir: str, args) -> "object":
-    """The :class:`tokenskip.train.TrainConfig` of one configuration (demo recipe settings)."""
-    from tokenskip.train import TrainConfig
+    """The :class:`tokenskip.stages.train.TrainConfig` of one configuration (demo recipe settings)."""
+    from tokenskip.finetune.lora import TrainConfig
 
     return TrainConfig(
         model=args.model, data=data_dir, out=out_dir, epochs=1, lr=3e-4, lora_r=8, lora_alpha=16,
@@ -69,11 +69,12 @@ def train_config(spec: dict, data_dir: str, out_dir: str, args) -> "object":
 
 def write_sft_rows(model: str, data: str, n: int, folder: Path) -> int:
     """Write ``folder/train.jsonl`` (``n`` rows, γ = 1.0, reference CoTs); returns their total tokens."""
-    from tokenskip.data import load_problems
-    from tokenskip.io import write_jsonl_atomic
-    from tokenskip.models import load_tokenizer
-    from tokenskip.sft import Trajectory, make_record
-    from tokenskip.train import end_of_turn, tokenize_example
+    from tokenskip.task.data import load_problems
+    from tokenskip.contract.io import write_jsonl_atomic
+    from tokenskip.engines.models import load_tokenizer
+    from tokenskip.finetune.sft import Trajectory, make_record
+    from tokenskip.stages.train import end_of_turn
+    from tokenskip.finetune.lora import tokenize_example
 
     tok = load_tokenizer(model, padding_side="right")
     rows = [make_record(tok, Trajectory(p.id, p.id, p.question, p.answer, {1.0: p.solution}), 1.0)
@@ -86,8 +87,8 @@ def write_sft_rows(model: str, data: str, n: int, folder: Path) -> int:
 def child(spec_json: str) -> int:
     """Train one configuration in this process and print its result as one JSON line."""
     job = json.loads(spec_json)
-    from tokenskip.io import read_jsonl
-    from tokenskip.train import train
+    from tokenskip.contract.io import read_jsonl
+    from tokenskip.finetune.lora import train
 
     args = argparse.Namespace(**job["args"])
     cfg = train_config(job["spec"], job["data_dir"], job["out_dir"], args)
@@ -109,7 +110,7 @@ def run_child(spec: dict, data_dir: str, out_dir: str, args) -> dict:
 
 def resolved_key(spec: dict) -> tuple:
     """What a configuration really runs: (layout, compute dtype) after resolving ``auto`` on this machine."""
-    from tokenskip.hardware import auto_dtype
+    from tokenskip.engines.hardware import auto_dtype
 
     dtype = auto_dtype("cpu").dtype if spec["dtype"] == "auto" else spec["dtype"]
     return spec["layout"], dtype, spec["micro"]
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return child(args.child)
     specs = [parse_config(c, args.batch_size) for c in args.configs]
 
-    from tokenskip.hardware import machine_summary
+    from tokenskip.engines.hardware import machine_summary
 
     machine = machine_summary()
     print(f"machine: {machine['cpu']}; CPU flags: {' '.join(machine['cpu_flags']) or '-'}; "
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {total_tokens / m['train_runtime_s']:.1f} tokens/s, peak RSS {m['peak_rss_mb']:.0f} MiB, "
                   f"mean loss {m['train_loss']:.4f}", flush=True)
             if args.out:  # after every run, so a killed benchmark keeps what it measured
-                from tokenskip.io import write_json_atomic
+                from tokenskip.contract.io import write_json_atomic
 
                 write_json_atomic(args.out, {"machine": machine, "settings": vars(args),
                                              "total_tokens": total_tokens, "rows": rows})

@@ -11,7 +11,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 # TOKENSKIP_CACHE is left as the user has it: tests share the converted model with CLI runs and make
-# (tokenskip.models.cache_dir), so the GGUF -> safetensors conversion (~30 s, ~517 MB) happens once.
+# (tokenskip.engines.models.cache_dir), so the GGUF -> safetensors conversion (~30 s, ~517 MB) happens once.
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -43,7 +43,7 @@ def need_data(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def smol_tokenizer():
     """The real SmolLM2-135M-Instruct tokenizer (ChatML template), from the packaged GGUF."""
-    from tokenskip.models import load_tokenizer
+    from tokenskip.engines.models import load_tokenizer
 
     try:
         return load_tokenizer("smollm2-135m-instruct")

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_tiny_llama
 from tokenskip.cli import main
-from tokenskip.models import _model_names, cache_dir, check_adapter, load_model
+from tokenskip.engines.models import _model_names, cache_dir, check_adapter, load_model
 
 
 def save_model(path, tokenizer, **kw):
@@ -59,7 +59,7 @@ def test_same_shape_other_base_needs_force(folders, caplog):
     _, _, c, adapter = folders
     with pytest.raises(ValueError, match=r"trained on '.*A', not on --model '.*C' .*--force-adapter"):
         load_model(c, adapter=adapter)
-    with caplog.at_level(logging.WARNING, logger="tokenskip.models"):
+    with caplog.at_level(logging.WARNING, logger="tokenskip.engines.models"):
         model, _ = load_model(c, adapter=adapter, force_adapter=True)
     assert model.peft_config["default"].r == 4
     assert any("--force-adapter" in r.getMessage() for r in caplog.records)
@@ -87,7 +87,7 @@ def test_a_model_converted_during_the_check_is_not_built_on_the_meta_device(fold
     with an empty cache loads real weights) must happen outside that context (it used to fail there)."""
     import torch
 
-    import tokenskip.models as models
+    import tokenskip.engines.models as models
 
     a, _, _, adapter = folders
     devices = []

@@ -1,10 +1,14 @@
-"""The rooms of the house, held apart by reading the imports (``ast``): stages talk through files.
+"""The rooms of the house, held apart by reading the imports (``ast``), stated per package.
 
-* a stage module never imports another stage module (they share the cores: rollout, records, layout...);
-* the report imports only records / layout / io / config (plus the γ helpers and the error classes
-  those rest on): it reads files, never another stage's code;
-* the pipeline never imports a generation engine (``tokenskip.backends...``) nor a stage module by name
-  (it reaches stages through the stage registry).
+Layers, lowest first; a module may import its own package and any package of a LOWER layer, never one
+of its own layer or above (so stages, lab and serving never import each other):
+
+    errors < contract < task < engines < {generation, compress, finetune} < methods
+           < {stages, lab, serving} < pipeline < cli
+
+Two narrower rules: ``pipeline`` reaches stages only through the registry (``tokenskip.stages`` itself,
+never a stage module) and imports nothing else but ``contract``/``errors``; ``stages/report`` reads files
+only (contract + errors). Lazy (function-level) imports count the same as top-level ones.
 """
 
 from __future__ import annotations
@@ -14,69 +18,113 @@ from pathlib import Path
 
 import pytest
 
-from tokenskip.stages import STAGES
-
 SRC = Path(__file__).resolve().parents[1] / "src"
-STAGE_MODULES = {s.module for s in STAGES}
+PKG = SRC / "tokenskip"
+
+LAYERS: list[set[str]] = [
+    {"errors"}, {"contract"}, {"task"}, {"engines"}, {"generation", "compress", "finetune"}, {"methods"},
+    {"stages", "lab", "serving"}, {"pipeline"}, {"cli"},
+]
+RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
 
-def module_file(name: str) -> Path:
-    p = SRC / Path(*name.split("."))
-    return p / "__init__.py" if p.is_dir() else p.with_suffix(".py")
+def all_modules() -> list[str]:
+    out = []
+    for p in sorted(PKG.rglob("*.py")):
+        parts = list(p.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out.append(".".join(parts))
+    return out
 
 
-def tokenskip_imports(name: str) -> set[str]:
-    """Every ``tokenskip.*`` module ``name`` imports, at any depth of its code (lazy imports included)."""
-    tree = ast.parse(module_file(name).read_text(encoding="utf-8"))
+def room(module: str) -> str | None:
+    """The package (room) of ``tokenskip.<room>...``; ``None`` for the package root itself."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def is_module(name: str) -> bool:
+    p = SRC.joinpath(*name.split("."))
+    return (p / "__init__.py").is_file() or p.with_suffix(".py").is_file()
+
+
+def imported(source: str) -> set[str]:
+    """Every ``tokenskip.*`` module named by an import in ``source``, at any depth (lazy imports too)."""
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names
-                      if module_file(f"{node.module}.{a.name}").exists()}
-    return {m for m in found if m == "tokenskip" or m.startswith("tokenskip.")}
+            found |= {f"{node.module}.{a.name}" for a in node.names if is_module(f"{node.module}.{a.name}")}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            found.add("<relative import>")
+    return {m for m in found if m == "<relative import>" or m == "tokenskip" or m.startswith("tokenskip.")}
 
 
-def test_every_registered_stage_module_exists():
-    assert all(module_file(m).exists() for m in STAGE_MODULES)
-    assert [s.name for s in STAGES] == ["lab_data", "warmup", "merge", "generate", "compress", "build_sft", "train",
-                                        "evaluate", "report"]
+def violations(module: str, source: str) -> list[str]:
+    """The imports of ``module`` (whose code is ``source``) that break the layer rules, one line each."""
+    own = room(module)
+    bad = []
+    for target in sorted(imported(source)):
+        if target == "<relative import>":
+            bad.append(f"{module}: relative import (write tokenskip.<package>...)")
+            continue
+        other = room(target)
+        if other is None:
+            if target == "tokenskip" and module != "tokenskip.cli":
+                bad.append(f"{module} imports the package root")
+            continue
+        if other not in RANK:
+            # `from tokenskip.stages import STAGES` names an attribute, not a package: judged by its package
+            continue
+        if own == "pipeline" and other not in ("pipeline", "contract", "errors") and target not in (
+                "tokenskip.stages", *(f"tokenskip.stages.{n}" for n in REGISTRY_NAMES)):
+            bad.append(f"{module} -> {target}: the pipeline reaches stages only through the registry")
+        elif module.startswith("tokenskip.stages.report") and other not in ("contract", "errors") and not \
+                target.startswith("tokenskip.stages.report"):
+            bad.append(f"{module} -> {target}: the report reads files only")
+        elif own != other and RANK[other] >= RANK[own]:
+            bad.append(f"{module} -> {target}: {other} is not below {own}")
+    return bad
 
 
-#: the one allowed exception: the lab's warm-up is a training run on SFT records (same config and trainer)
-ALLOWED = {"tokenskip.warmup": {"tokenskip.train", "tokenskip.sft"}}
+#: what the registry module exports (the pipeline may import these names from ``tokenskip.stages``)
+REGISTRY_NAMES = ("STAGES", "Stage", "get_stage", "NAMES", "LAB_STAGES", "BY_NAME")
 
 
-@pytest.mark.parametrize("stage", sorted(STAGE_MODULES))
-def test_no_stage_imports_another_stage(stage):
-    others = STAGE_MODULES - {stage} - ALLOWED.get(stage, set())
-    assert not tokenskip_imports(stage) & others, f"{stage} imports a stage: {tokenskip_imports(stage) & others}"
+def test_every_package_has_a_layer():
+    rooms = {room(m) for m in all_modules()} - {None}
+    assert rooms <= set(RANK), rooms - set(RANK)
+    assert {"contract", "task", "engines", "stages", "lab", "serving", "pipeline"} <= rooms
 
 
-REPORT_MODULES = ["tokenskip.report"] + [f"tokenskip.report.{p.stem}" for p in sorted((SRC / "tokenskip" / "report").glob("*.py"))
-                                         if p.stem != "__init__"]
+@pytest.mark.parametrize("module", all_modules())
+def test_module_imports_only_downward(module):
+    path = PKG.joinpath(*module.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    assert violations(module, path.read_text(encoding="utf-8")) == []
 
 
-@pytest.mark.parametrize("module", REPORT_MODULES)
-def test_report_reads_files_only(module):
-    # + the γ helpers and the error classes those rest on, the console (what the command prints) and the
-    # report's own parts (collect / markdown / plots)
-    allowed = {"tokenskip.records", "tokenskip.layout", "tokenskip.io", "tokenskip.config", "tokenskip.ratios",
-               "tokenskip.errors", "tokenskip.console", *REPORT_MODULES}
-    assert len(REPORT_MODULES) == 4  # __init__ (runner), collect, markdown, plots
-    assert tokenskip_imports(module) <= allowed, tokenskip_imports(module) - allowed
+@pytest.mark.parametrize(("module", "source", "expected"), [
+    # an upward import, top-level and lazy
+    ("tokenskip.contract.layout", "from tokenskip.stages.train import train", "stages is not below contract"),
+    ("tokenskip.engines.vllm", "def f():\n    from tokenskip.lab.merge import run_merge\n", "lab is not below engines"),
+    # sideways: stages, lab and serving never import each other
+    ("tokenskip.lab.warmup", "import tokenskip.stages.build_sft", "stages is not below lab"),
+    ("tokenskip.serving.app", "from tokenskip.stages.evaluate import run_evaluate", "stages is not below serving"),
+    # the pipeline: registry only
+    ("tokenskip.pipeline.plan", "from tokenskip.engines.models import resolve_model", "only through the registry"),
+    ("tokenskip.stages.report.collect", "from tokenskip.methods import get_method", "reads files only"),
+    ("tokenskip.task.grading", "from . import prompts", "relative import"),
+])
+def test_the_checker_catches_an_injected_import(module, source, expected):
+    found = violations(module, source)
+    assert len(found) == 1 and expected in found[0], found
 
 
-def test_pipeline_imports_no_engine_and_no_stage_by_name():
-    imports = tokenskip_imports("tokenskip.pipeline")
-    assert not {m for m in imports if m.startswith("tokenskip.backends")}
-    assert not imports & STAGE_MODULES
-
-
-def test_the_checker_sees_lazy_imports():
-    # compress imports the data loader only inside a function: the walk must see such imports, or the
-    # tests above prove nothing
-    assert "tokenskip.data" in tokenskip_imports("tokenskip.compress.runner")
-    assert "tokenskip.rollout" in tokenskip_imports("tokenskip.generate")
+def test_the_checker_accepts_downward_imports():
+    assert violations("tokenskip.stages.train", "from tokenskip.finetune.lora import train\n"
+                                                "from tokenskip.contract.layout import ADAPTER_FILE") == []
+    assert violations("tokenskip.pipeline.plan", "from tokenskip.stages import STAGES, get_stage") == []

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tokenskip.benchmarks import get_benchmark, grader_kind, names
-from tokenskip.data import load_problems
-from tokenskip.grading import extract_answer, is_correct
-from tokenskip.io import DataError
+from tokenskip.task.benchmarks import get_benchmark, grader_kind, names
+from tokenskip.task.data import load_problems
+from tokenskip.task.grading import extract_answer, is_correct
+from tokenskip.contract.io import DataError
 
 
 def test_registered_benchmarks_and_aliases():
@@ -64,7 +64,7 @@ def test_unknown_grader_is_an_error():
 
 def test_a_new_benchmark_is_one_registry_entry(tmp_path):
     # what the README's "adding a benchmark" says
-    from tokenskip import benchmarks as B
+    from tokenskip.task import benchmarks as B
 
     p = tmp_path / "svamp.jsonl"
     p.write_text(json.dumps({"ID": "chal-1", "Body": "Jack had 8 pens.", "Question": "?", "Answer": 8.0}) + "\n")

@@ -3,8 +3,8 @@ import argparse
 import pytest
 
 from tokenskip.cli import COMMANDS, main
-from tokenskip.config import add_dataclass_args, dataclass_from_args, dataclass_from_dict
-from tokenskip.evaluate import EvaluateConfig
+from tokenskip.contract.config import add_dataclass_args, dataclass_from_args, dataclass_from_dict
+from tokenskip.stages.evaluate import EvaluateConfig
 
 
 def parse(argv):
@@ -42,7 +42,7 @@ def test_bad_input_is_a_one_line_error(capsys, tmp_path):
 
 
 def test_expected_failures_of_every_kind_are_one_line(capsys, monkeypatch, tmp_path):
-    import tokenskip.evaluate as ev
+    import tokenskip.stages.evaluate as ev
     from tokenskip.errors import GradingError, MissingDependencyError
 
     data = tmp_path / "d.jsonl"
@@ -92,7 +92,7 @@ def test_custom_benchmark_from_the_command_line(tmp_path, tiny_model_dir, capsys
 def test_unusable_device_is_a_one_line_error_before_loading(capsys, tmp_path, monkeypatch, device):
     import torch
 
-    import tokenskip.models as models
+    import tokenskip.engines.models as models
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
@@ -113,7 +113,7 @@ def test_unusable_device_is_a_one_line_error_before_loading(capsys, tmp_path, mo
 def test_cuda_index_past_the_last_gpu(monkeypatch):
     import torch
 
-    from tokenskip.models import check_device
+    from tokenskip.engines.models import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -125,8 +125,8 @@ def test_cuda_index_past_the_last_gpu(monkeypatch):
 def test_stop_strings_are_kept_whole():
     import argparse
 
-    from tokenskip.config import dataclass_from_args, dataclass_from_dict
-    from tokenskip.generate import GenerationConfig, add_arguments
+    from tokenskip.contract.config import dataclass_from_args, dataclass_from_dict
+    from tokenskip.stages.generate import GenerationConfig, add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -178,7 +178,7 @@ def test_compress_cli_reference_mode(classifier_dir, cl100k, tmp_path, capsys):
 
 
 def test_compress_reference_needs_llmlingua2_scorer():
-    from tokenskip.compress.runner import CompressConfig
+    from tokenskip.stages.compress import CompressConfig
 
     cfg = CompressConfig(out="x", cot_source="gold", data="d.jsonl", compat="reference", scorer="random")
     with pytest.raises(ValueError, match="--scorer llmlingua2"):
@@ -186,7 +186,7 @@ def test_compress_reference_needs_llmlingua2_scorer():
 
 
 def test_overshoot_warning_names_the_ratio(caplog):
-    from tokenskip.compress.runner import warn_overshoot
+    from tokenskip.stages.compress import warn_overshoot
 
     summary = {"ratios": {"0.9": {"overshoot_share": 0.02, "mean_achieved_ratio": 0.9},
                           "0.5": {"overshoot_share": 0.48, "mean_achieved_ratio": 0.60}}}

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from tokenskip.cli import main
-from tokenskip.compress.runner import CompressConfig, run
-from tokenskip.io import read_json, read_jsonl
-from tokenskip.prompts import build_prompt
+from tokenskip.stages.compress import CompressConfig, run
+from tokenskip.contract.io import read_json, read_jsonl
+from tokenskip.task.prompts import build_prompt
 
 GSM_ROWS = [
     {"question": "Tom has 3 apples and buys 4 more. How many?",
@@ -53,7 +53,7 @@ def test_gold_source_self_information(tmp_path, gsm_file, tiny_model_dir):
             assert r["scorer"] == "self-information" and r["answer_numbers_kept"] is True
             assert set(r) >= {"id", "question", "answer", "cot", "kept_tokens", "achieved_ratio", "overshoot"}
     assert summary["scorer"] == "self-information" and summary["settings"]["protect"] is True
-    from tokenskip.hardware import auto_dtype  # the scorer ran in the machine's dtype, recorded with the reason
+    from tokenskip.engines.hardware import auto_dtype  # the scorer ran in the machine's dtype, recorded with the reason
 
     assert summary["dtype"] == auto_dtype("cpu").dtype and summary["dtype_requested"] == "auto"
     assert summary["dtype_reason"] == auto_dtype("cpu").reason
@@ -162,7 +162,7 @@ def test_empty_question_in_predictions_is_rejected(tmp_path):
 
 
 def test_summary_of_no_rows_is_null_not_nan():
-    from tokenskip.compress.runner import summarize
+    from tokenskip.stages.compress import summarize
 
     s = summarize({0.5: []})["0.5"]
     assert s["n"] == 0 and s["mean_achieved_ratio"] is None and s["p95_abs_error"] is None

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tokenskip import console
+from tokenskip.contract import console
 from tokenskip.cli import main as cli_main
 
 
@@ -64,10 +64,10 @@ def test_progress_is_off_when_quiet_or_trivial(monkeypatch, capsys):
 
 def test_one_bar_per_generation_step(tmp_path, tiny_model, smol_tokenizer, capsys):
     """run_rows draws the step's bar; the backend underneath draws none (no duplicated bars)."""
-    from tokenskip.backends.hf import HFBackend
-    from tokenskip.data import Problem
-    from tokenskip.generate import run_rows
-    from tokenskip.io import ResumableJsonl
+    from tokenskip.engines.hf import HFBackend
+    from tokenskip.task.data import Problem
+    from tokenskip.stages.generate import run_rows
+    from tokenskip.contract.io import ResumableJsonl
 
     backend = HFBackend(hf_model=tiny_model, hf_tokenizer=smol_tokenizer, batch_size=2)
     problems = [Problem(f"q{i}", f"What is {i} + 1?", str(i + 1)) for i in range(5)]
@@ -91,7 +91,7 @@ def test_quiet_flag_prints_nothing(tmp_path, capsys):
 
 
 def test_train_summary_line():
-    from tokenskip.train import summary_line
+    from tokenskip.stages.train import summary_line
 
     m = {"global_step": 25, "train_runtime_s": 450.2, "train_loss": 1.38123, "eval_loss": None,
          "tokens_per_s": 92.4, "trainable_params": 4_884_480, "total_params": 139_399_488,
@@ -100,7 +100,7 @@ def test_train_summary_line():
 
 
 def test_build_sft_summary_line():
-    from tokenskip.sft import summary_line
+    from tokenskip.stages.build_sft import summary_line
 
     stats = {"n": {"train": 8, "validation": 1}, "per_ratio": {"train": {"0.5": 3, "1.0": 3, "0.7": 2}}}
     assert summary_line(stats) == "build-sft: 8 train / 1 validation rows; per γ (train): 1.0 ×3, 0.7 ×2, 0.5 ×3"

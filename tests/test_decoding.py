@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tokenskip.backends import get_backend
-from tokenskip.backends.decoding import DecodingSettings, decoding_from_generation_config, read_decoding_settings
+from tokenskip.engines import get_backend
+from tokenskip.engines.decoding import DecodingSettings, decoding_from_generation_config, read_decoding_settings
 
 
 def _with_penalty(src, dst, penalty):
@@ -31,7 +31,7 @@ def test_settings_read_from_generation_config_and_mapped_for_both_engines(tiny_m
 
 
 def test_hf_backend_applies_the_penalty_of_the_generation_config(tiny_model_dir, tmp_path, smol_tokenizer):
-    from tokenskip.prompts import build_prompt
+    from tokenskip.task.prompts import build_prompt
 
     prompts = [build_prompt(smol_tokenizer, q) for q in ("What is 2 + 3?", "Name three colours of a rainbow.")]
     plain = get_backend("hf", model=str(tiny_model_dir), batch_size=2, show_progress=False)

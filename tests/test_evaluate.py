@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import GSM8K_TEST, make_tiny_llama, need_data
-from tokenskip.evaluate import EvaluateConfig, run_dir, run_evaluate
-from tokenskip.generate import GenerationConfig, run_generate
-from tokenskip.io import read_json, read_jsonl
+from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate
+from tokenskip.stages.generate import GenerationConfig, run_generate
+from tokenskip.contract.io import read_json, read_jsonl
 
 
 def cfg(model, out, **kw):
@@ -61,7 +61,7 @@ def test_truncation_default_is_a_plain_cap(tmp_path, tiny_model_dir):
         assert r["num_tokens"] <= r["cap"] == max(1, math.ceil(0.5 * orig[r["id"]]["cot_tokens"]))
         assert r["output_token_ids"] == orig[r["id"]]["output_token_ids"][:r["cap"]]
         assert "The final answer is: $\\boxed{" not in r["output"]
-    from tokenskip.report import ReportRow
+    from tokenskip.stages.report import ReportRow
 
     label = ms[1]["method_label"]  # the report's labels come from metrics.json
     row = ReportRow(benchmark="gsm8k", method="truncation", ratio=0.5, method_label=label, truncation="force-answer")
@@ -98,7 +98,7 @@ def test_tokenskip_gets_act_ratio_and_merged_equals_unmerged(tmp_path, tiny_mode
                               ratios=[1.0, 0.5]))
     assert [m["ratio"] for m in merged] == [1.0, 0.5]
     assert merged[0]["act_ratio"] is None  # no original run in that --out
-    import tokenskip.evaluate as ev
+    import tokenskip.stages.evaluate as ev
 
     loads = []
     real_get = ev.get_backend
@@ -125,7 +125,7 @@ def test_tokenskip_gets_act_ratio_and_merged_equals_unmerged(tmp_path, tiny_mode
 
 
 def test_scale_max_new_tokens_caps_tokenskip_at_gamma(tmp_path, tiny_model_dir, adapter_dir):
-    from tokenskip.evaluate import scaled_max_new_tokens
+    from tokenskip.methods.tokenskip import scaled_max_new_tokens
 
     assert scaled_max_new_tokens(1024, 0.5) == 512 and scaled_max_new_tokens(1024, 0.7) == 716
     ms = run_evaluate(cfg(tiny_model_dir, tmp_path, method="tokenskip", adapter=adapter_dir, ratios=[1.0, 0.5],
@@ -158,7 +158,7 @@ def test_generate_stage(tmp_path, tiny_model_dir):
     metrics = read_json(tmp_path / "metrics.json")
     assert metrics["accuracy"] == 0.0
     # dtype auto, resolved for this machine and recorded with its reason (rules: test_hardware)
-    from tokenskip.hardware import auto_dtype
+    from tokenskip.engines.hardware import auto_dtype
 
     assert (metrics["dtype"], metrics["dtype_requested"], metrics["dtype_reason"]) == (
         auto_dtype("cpu").dtype, "auto", auto_dtype("cpu").reason)
@@ -170,7 +170,7 @@ def test_generate_stage(tmp_path, tiny_model_dir):
 def test_a_new_method_is_one_class(tmp_path, tiny_model_dir):
     # what the README's "adding an evaluation method" says: a Method subclass, registered; nothing else changes
     from tokenskip.methods import _REGISTRY, Method, register
-    from tokenskip.prompts import build_prompt
+    from tokenskip.task.prompts import build_prompt
 
     @register
     class Direct(Method):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import DATA, GSM8K_TEST, GSM8K_TRAIN, MATH500_TEST, REPO, need_data
-from tokenskip.data import load_problems
+from tokenskip.task.data import load_problems
 
 #: (file, rows, SHA-256): the numbers data/README.md states.
 SHIPPED = [(GSM8K_TRAIN, 7473, "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"),
@@ -115,7 +115,7 @@ def test_make_torch_variables():
 
 
 def test_one_model_cache_for_cli_make_and_tests(monkeypatch, tmp_path):
-    from tokenskip.models import cache_dir
+    from tokenskip.engines.models import cache_dir
 
     monkeypatch.delenv("TOKENSKIP_CACHE", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)

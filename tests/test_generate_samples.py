@@ -9,10 +9,10 @@ import pytest
 
 from conftest import GSM8K_TEST, need_data
 from test_sft import make_compressed
-from tokenskip.generate import GenerateConfig, GenerationConfig, run_generate
-from tokenskip.io import read_json, read_jsonl
-from tokenskip.records import problem_id, sample_id
-from tokenskip.sft import SFTDataConfig, build_sft
+from tokenskip.stages.generate import GenerateConfig, GenerationConfig, run_generate
+from tokenskip.contract.io import read_json, read_jsonl
+from tokenskip.contract.records import problem_id, sample_id
+from tokenskip.stages.build_sft import SFTDataConfig, build_sft
 
 
 def gen_cfg(model, out, **kw):

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from tokenskip import hardware
-from tokenskip.hardware import (auto_dtype, cpu_flags, cpu_model_name, parse_threads, resolve_dtype,
+from tokenskip.engines import hardware
+from tokenskip.engines.hardware import (auto_dtype, cpu_flags, cpu_model_name, parse_threads, resolve_dtype,
                                 resolve_threads)
 
 EPYC_AVX2 = """processor\t: 0
@@ -84,7 +84,7 @@ def test_explicit_dtype_wins(explicit):
 
 def test_choice_is_logged_once(caplog):
     hardware._logged.clear()
-    with caplog.at_level(logging.INFO, logger="tokenskip.hardware"):
+    with caplog.at_level(logging.INFO, logger="tokenskip.engines.hardware"):
         for _ in range(3):
             resolve_dtype("auto", "cpu", cpu_flags(XEON_AMX))
         resolve_dtype("auto", "cpu", cpu_flags(EPYC_AVX2))
@@ -97,7 +97,7 @@ def test_choice_is_logged_once(caplog):
 def test_torch_dtype_resolves_auto_for_this_machine():
     import torch
 
-    from tokenskip.models import torch_dtype
+    from tokenskip.engines.models import torch_dtype
 
     expected = getattr(torch, auto_dtype("cpu").dtype)
     assert torch_dtype("auto") is expected
@@ -124,8 +124,8 @@ def test_threads(monkeypatch):
 
 
 def test_config_accepts_threads_auto():
-    from tokenskip.config import dataclass_from_dict
-    from tokenskip.generate import GenerationConfig
+    from tokenskip.contract.config import dataclass_from_dict
+    from tokenskip.stages.generate import GenerationConfig
 
     cfg = dataclass_from_dict(GenerationConfig, {"model": "m", "threads": "auto"})
     assert cfg.threads == "auto"
@@ -135,7 +135,7 @@ def test_config_accepts_threads_auto():
 
 
 def test_generation_config_records_the_choice(monkeypatch):
-    from tokenskip.generate import GenerationConfig
+    from tokenskip.stages.generate import GenerationConfig
 
     monkeypatch.setattr(hardware, "cpu_flags", lambda *a, **k: cpu_flags(XEON_AMX))
     rec = GenerationConfig(model="m").dtype_record()
@@ -152,18 +152,19 @@ def test_every_stage_that_runs_the_model_defaults_to_auto():
     `evaluate` picked bfloat16 on an AMX CPU, so the same request got different tokens from the two."""
     import dataclasses
 
-    from tokenskip.compress.runner import CompressConfig
-    from tokenskip.evaluate import EvaluateConfig
-    from tokenskip.generate import GenerateConfig
-    from tokenskip.merge import MergeConfig
-    from tokenskip.serve import ServeConfig
-    from tokenskip.train import TrainConfig
-    from tokenskip.warmup import WarmupConfig
+    from tokenskip.stages.compress import CompressConfig
+    from tokenskip.stages.evaluate import EvaluateConfig
+    from tokenskip.stages.generate import GenerateConfig
+    from tokenskip.lab.merge import MergeConfig
+    from tokenskip.serving.app import ServeConfig
+    from tokenskip.finetune.lora import TrainConfig
+    from tokenskip.lab.warmup import WarmupConfig
 
-    def default(cls):
-        return next(f.default for f in dataclasses.fields(cls) if f.name == "dtype")
+    def default(cls, name="dtype"):
+        return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
     got = {c.__name__: default(c) for c in (GenerateConfig, EvaluateConfig, ServeConfig, CompressConfig,
                                             TrainConfig, WarmupConfig)}
     assert got == dict.fromkeys(got, "auto")
-    assert default(MergeConfig) == "float32"    # the saved weights: exact merge unless asked otherwise
+    assert "dtype" not in {f.name for f in dataclasses.fields(MergeConfig)}  # a recipe's dtype: auto never reaches it
+    assert default(MergeConfig, "save_dtype") == "float32"    # the saved weights: exact merge unless asked otherwise

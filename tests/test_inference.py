@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tokenskip.backends import Generation
-from tokenskip.inference import FORCE_ANSWER, Decoding, Query, answer, generate_capped, plan_ratio, render_prompt
-from tokenskip.prompt_format import PromptFormat
-from tokenskip.prompts import INSTRUCTION, build_prompt
+from tokenskip.engines import Generation
+from tokenskip.generation.inference import FORCE_ANSWER, Decoding, Query, answer, generate_capped, plan_ratio, render_prompt
+from tokenskip.task.prompt_format import PromptFormat
+from tokenskip.task.prompts import INSTRUCTION, build_prompt
 
 
 @pytest.mark.parametrize("ratio", [None, 1.0, 0.5, 0.75])

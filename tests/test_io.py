@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tokenskip.io import (DataError, ResumableJsonl, finite_or_none, read_json, read_jsonl, write_json_atomic,
+from tokenskip.contract.io import (DataError, ResumableJsonl, finite_or_none, read_json, read_jsonl, write_json_atomic,
                          write_jsonl_atomic)
 
 

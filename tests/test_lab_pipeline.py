@@ -9,9 +9,11 @@ import pytest
 pytest.importorskip("reasoning_gym")
 
 from conftest import REPO  # noqa: E402
-from tokenskip.io import read_json, read_jsonl  # noqa: E402
-from tokenskip.lab_data import run_lab_data  # noqa: E402
-from tokenskip.pipeline import load_recipe, plan, run_pipeline  # noqa: E402
+from tokenskip.contract.io import read_json, read_jsonl  # noqa: E402
+from tokenskip.lab.data import run_lab_data  # noqa: E402
+from tokenskip.pipeline.plan import plan  # noqa: E402
+from tokenskip.pipeline.recipe import load_recipe  # noqa: E402
+from tokenskip.pipeline.run import run_pipeline  # noqa: E402
 
 LAB_RECIPE = REPO / "recipes" / "lab-smollm2-legs.yaml"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tokenskip.lab_targets import GRID, check_targets, main
+from tokenskip.cli import main as tokenskip_cli
+from tokenskip.lab.targets import GRID, check_targets
 
 
 def rows(orig=0.64, nocot=0.40, half=0.60, trunc=0.10, act=None):
@@ -41,7 +42,7 @@ def test_missing_rows_fail_and_cli_exit_status(tmp_path, capsys):
     assert ts[0].ok and not any(t.ok for t in ts[1:]) and ts[1].measured == "—"
     (tmp_path / "report.json").write_text(json.dumps({"benchmarks": {"gsm8k": rows()}}))
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"train": {"seconds": 60.0}}}))
-    assert main([str(tmp_path)]) == 0
+    assert tokenskip_cli(["lab-targets", str(tmp_path)]) == 0
     assert capsys.readouterr().out.count("PASS") == len(ts)
     (tmp_path / "report.json").write_text(json.dumps({"benchmarks": {"gsm8k": rows(trunc=0.9)}}))
-    assert main([str(tmp_path)]) == 1 and "FAIL  TokenSkip γ=0.5 beats Truncation" in capsys.readouterr().out
+    assert tokenskip_cli(["lab-targets", str(tmp_path)]) == 1 and "FAIL  TokenSkip γ=0.5 beats Truncation" in capsys.readouterr().out

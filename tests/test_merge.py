@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenskip.merge import MergeConfig, find_adapter, run_merge
+from tokenskip.contract.layout import find_adapter
+from tokenskip.lab.merge import MergeConfig, run_merge
 
 
 @pytest.fixture()
@@ -35,7 +36,7 @@ def test_merged_logits_equal_adapter_logits(tmp_path, tiny_model_dir, adapter_di
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tokenskip.models import load_model
+    from tokenskip.engines.models import load_model
 
     out = run_merge(MergeConfig(model=tiny_model_dir, adapter=str(adapter_dir.parent), out=str(tmp_path / "merged")))
     assert out == tmp_path / "merged"

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from tokenskip.backends import Generation
-from tokenskip.evaluate import EvaluateConfig, run_dir, run_evaluate
+from tokenskip.engines import Generation
+from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate
 from tokenskip.methods import get_method
-from tokenskip.grading import grade
-from tokenskip.io import read_json, read_jsonl
+from tokenskip.task.grading import grade
+from tokenskip.contract.io import read_json, read_jsonl
 
 OPENER = "The final answer is: $\\boxed{"
 

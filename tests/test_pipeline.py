@@ -7,8 +7,10 @@ import pytest
 import yaml
 
 from conftest import GSM8K_TEST, GSM8K_TRAIN, REPO, need_data
-from tokenskip.io import read_json, read_jsonl
-from tokenskip.pipeline import RecipeError, load_recipe, plan, run_pipeline
+from tokenskip.contract.io import read_json, read_jsonl
+from tokenskip.pipeline.plan import plan
+from tokenskip.pipeline.recipe import RecipeError, load_recipe
+from tokenskip.pipeline.run import run_pipeline
 
 
 class Killed(BaseException):
@@ -79,7 +81,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir, mon
 
     recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, name="killed"))
     run = tmp_path / "runs" / "killed"
-    import tokenskip.io as tio
+    import tokenskip.contract.io as tio
 
     # 1) killed during generation, after 2 rows are on disk
     orig_append = tio.ResumableJsonl.append

@@ -3,7 +3,7 @@ import copy
 import pytest
 
 from conftest import LLAMA3_TEMPLATE
-from tokenskip.prompts import (INSTRUCTION, answer_line, build_messages, build_prompt, format_ratio,
+from tokenskip.task.prompts import (INSTRUCTION, answer_line, build_messages, build_prompt, format_ratio,
                                prompt_reduction_instruction, ratio_marker)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import LLAMA3_TEMPLATE
-from tokenskip.prompts import reference_prompt, reference_prompt_family, styled_prompt, warn_default_system
+from tokenskip.task.prompts import reference_prompt, reference_prompt_family, styled_prompt, warn_default_system
 
 Q = "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"
 INSTR = "Please reason step by step, and put your final answer within \\boxed{}."

@@ -80,7 +80,7 @@ def check_tokenskip(words: list[str], where: str) -> None:
         path = (REPO / data).resolve()
         assert path.is_relative_to(REPO.resolve()) and path.is_file(), f"{where}: --data {data} is not in the repository"
     if sub == "run":
-        from tokenskip.pipeline import load_recipe
+        from tokenskip.pipeline.recipe import load_recipe
 
         assert (REPO / ns.recipe).is_file(), f"{where}: recipe {ns.recipe} not found"
         load_recipe(str(REPO / ns.recipe), ns.overrides)  # every --set applies to the recipe

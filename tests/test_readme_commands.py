@@ -12,7 +12,7 @@ import pytest
 
 from conftest import GSM8K_TRAIN, REPO, need_data
 from tokenskip.cli import main
-from tokenskip.io import read_json
+from tokenskip.contract.io import read_json
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 #: `tokenskip compress ...` in inline code or code blocks (a command may wrap over lines)
@@ -64,8 +64,8 @@ def test_documented_protect_and_prefer_forms_run(fragment, tmp_path, monkeypatch
 def test_empty_list_flags():
     import argparse
 
-    from tokenskip.compress.runner import CompressConfig, add_arguments
-    from tokenskip.config import dataclass_from_args
+    from tokenskip.stages.compress import CompressConfig, add_arguments
+    from tokenskip.contract.config import dataclass_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tokenskip import report as rep
+from tokenskip.stages import report as rep
 from tokenskip.cli import main as cli_main
-from tokenskip.io import DataError
+from tokenskip.contract.io import DataError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -253,7 +253,7 @@ def test_percentile_matches_linear_interpolation():
 
 
 def test_act_ratio_is_recomputed_when_its_original_run_changed(tmp_path):
-    from tokenskip.io import file_hash
+    from tokenskip.contract.io import file_hash
 
     run = make_run(tmp_path, benchmarks=("gsm8k",), compress=False, loss=False)
     bench = run / "evaluate" / "gsm8k"
@@ -285,7 +285,7 @@ def figures(monkeypatch):
 
     matplotlib.use("Agg")
     kept = {}
-    from tokenskip.report import plots
+    from tokenskip.stages.report import plots
 
     monkeypatch.setattr(plots, "_save", lambda fig, path: kept.__setitem__(Path(path).name, fig))
     yield kept

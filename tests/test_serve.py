@@ -18,11 +18,11 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from conftest import GSM8K_TEST, make_tiny_llama, need_data  # noqa: E402
-from tokenskip.budget import fit_length_model  # noqa: E402
-from tokenskip.evaluate import EvaluateConfig, run_dir, run_evaluate  # noqa: E402
-from tokenskip.io import read_jsonl  # noqa: E402
-from tokenskip.prompt_format import PromptFormat  # noqa: E402
-from tokenskip.serve import ServeConfig, ServerState, create_app  # noqa: E402
+from tokenskip.generation.length_model import fit_length_model  # noqa: E402
+from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate  # noqa: E402
+from tokenskip.contract.io import read_jsonl  # noqa: E402
+from tokenskip.task.prompt_format import PromptFormat  # noqa: E402
+from tokenskip.serving.app import ServeConfig, ServerState, create_app  # noqa: E402
 
 FMT = PromptFormat(system_prompt="Be brief.", marker_delimiter="[[G]]", ratios=(1.0, 0.7, 0.5))
 
@@ -222,7 +222,7 @@ def test_streaming_sends_text_while_the_batch_decodes(server, monkeypatch):
 
 
 def test_stream_safe_holds_back_what_a_stop_string_may_still_cut():
-    from tokenskip.serve import stream_safe
+    from tokenskip.serving.app import stream_safe
 
     assert stream_safe("The sum is 5 ##", ["###"]) == "The sum is 5 "
     assert stream_safe("The sum is 5 ### more", ["###"]) == "The sum is 5 "
@@ -279,7 +279,7 @@ def test_other_errors_are_json(server, client):
 
 
 def test_budget_request_picks_gamma_and_caps_the_cot(client, length_model_path):
-    from tokenskip.budget import LengthModel
+    from tokenskip.generation.length_model import LengthModel
 
     lm = LengthModel.load(length_model_path)
     q = questions(1)[0]
@@ -402,7 +402,7 @@ def test_sampling_and_stop_strings(server, client):
 
 
 def test_openai_backend_reads_the_key_from_the_named_variable(monkeypatch, smol_tokenizer):
-    from tokenskip.backends import get_backend
+    from tokenskip.engines import get_backend
 
     monkeypatch.setenv("MY_TOKENSKIP_KEY", "sk-test-123")
     b = get_backend("openai", base_url="http://127.0.0.1:9/v1", api_key_env="MY_TOKENSKIP_KEY", api_model="m",

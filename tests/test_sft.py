@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 
-from tokenskip.io import DataError, read_jsonl
-from tokenskip.prompt_format import PromptFormat, load_prompt_format
-from tokenskip.prompts import answer_line, build_prompt, format_ratio
-from tokenskip.sft import (PAPER_RATIOS, SFTDataConfig, Trajectory, assign_ratios, build_sft, draw_ratio,
-                           split_groups)
+from tokenskip.contract.io import DataError, read_jsonl
+from tokenskip.task.prompt_format import PromptFormat, load_prompt_format
+from tokenskip.task.prompts import answer_line, build_prompt, format_ratio
+from tokenskip.finetune.sft import PAPER_RATIOS, Trajectory, assign_ratios, draw_ratio, split_groups
+from tokenskip.stages.build_sft import SFTDataConfig, build_sft
 
 
 def write_jsonl(path, rows):
@@ -146,7 +146,7 @@ GSM_ROWS = [{"question": f"Tom has {i} apples and buys {i} more. How many?",
 
 
 def test_gold_source_restricts_to_compressed_ids(tmp_path, smol_tokenizer):
-    from tokenskip.data import load_problems
+    from tokenskip.task.data import load_problems
 
     data = tmp_path / "train.jsonl"
     write_jsonl(data, GSM_ROWS)
@@ -185,7 +185,7 @@ def test_cli_accepts_the_documented_flags(tmp_path, smol_tokenizer):
 
     data = tmp_path / "train.jsonl"
     write_jsonl(data, GSM_ROWS)
-    from tokenskip.data import load_problems
+    from tokenskip.task.data import load_problems
 
     problems = load_problems("gsm8k", str(data), limit=6)
     make_compressed(tmp_path / "c", ids=[p.id for p in problems], cots=[p.solution for p in problems])
@@ -212,7 +212,7 @@ def test_summary_marks_folder_as_gold(tmp_path, smol_tokenizer):
 
 
 def test_default_ratios_are_what_the_compress_folder_holds(tmp_path, smol_tokenizer):
-    from tokenskip.sft import available_ratios
+    from tokenskip.finetune.sft import available_ratios
 
     make_compressed(tmp_path / "c", n=12, ratios=(0.9, 0.7, 0.5))
     assert available_ratios(tmp_path / "c") == [1.0, 0.9, 0.7, 0.5]
@@ -226,7 +226,7 @@ def test_default_ratios_are_what_the_compress_folder_holds(tmp_path, smol_tokeni
 
 
 def test_ratios_per_cot_draws_distinct_gammas_and_keeps_questions_together(tmp_path, smol_tokenizer):
-    from tokenskip.sft import draw_ratios
+    from tokenskip.finetune.sft import draw_ratios
 
     # k = 1 is the paper's draw, unchanged
     assert draw_ratios("t3", list(PAPER_RATIOS), 42, 1) == [draw_ratio("t3", list(PAPER_RATIOS), 42)]

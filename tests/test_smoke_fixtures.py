@@ -1,5 +1,5 @@
-from tokenskip.backends.hf import HFBackend
-from tokenskip.prompts import build_prompt
+from tokenskip.engines.hf import HFBackend
+from tokenskip.task.prompts import build_prompt
 
 
 def test_batched_equals_single_greedy(smol_tokenizer, tiny_model):

@@ -1,8 +1,8 @@
 """Decoding stops where training ends a turn (issue 10, "a model that never stops").
 
-One rule (:func:`tokenskip.prompts.stop_rule`) gives every backend its stop ids and strings: the
+One rule (:func:`tokenskip.task.prompts.stop_rule`) gives every backend its stop ids and strings: the
 generation config's EOS, the tokenizer's EOS and the chat template's end of turn — the text training
-appends (:func:`tokenskip.prompts.end_of_turn`) — plus ``--stop`` strings.
+appends (:func:`tokenskip.task.prompts.end_of_turn`) — plus ``--stop`` strings.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import copy
 import pytest
 
 from conftest import LLAMA3_TEMPLATE, make_tiny_llama
-from tokenskip.backends import cut_at_stop, end_of_turn_ids
-from tokenskip.backends.hf import HFBackend
-from tokenskip.backends.vllm import finish_generation, sampling_kwargs
-from tokenskip.prompts import StopRule, build_prompt, end_of_turn, stop_rule
-from tokenskip.train import tokenize_example
+from tokenskip.engines import cut_at_stop, end_of_turn_ids
+from tokenskip.engines.hf import HFBackend
+from tokenskip.engines.vllm import finish_generation, sampling_kwargs
+from tokenskip.task.prompts import StopRule, build_prompt, end_of_turn, stop_rule
+from tokenskip.finetune.lora import tokenize_example
 
 ENDOFTEXT, IM_START, IM_END = 0, 1, 2  # SmolLM2 tokenizer ids
 

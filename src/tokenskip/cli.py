@@ -19,12 +19,13 @@ from tokenskip.stages import STAGES
 #: subcommand -> (module, one-line help). Order = the pipeline's order; ``run`` runs them all; then the
 #: commands that are not pipeline stages.
 COMMANDS: dict[str, tuple[str, str]] = {s.command: (s.module, s.help) for s in STAGES if s.name != "report"}
-COMMANDS["run"] = ("tokenskip.pipeline", "run a whole recipe (YAML), resumably")
+COMMANDS["run"] = ("tokenskip.pipeline.run", "run a whole recipe (YAML), resumably")
 COMMANDS.update({s.command: (s.module, s.help) for s in STAGES if s.name == "report"})
 COMMANDS.update({
-    "gamma-check": ("tokenskip.gamma_check", "does an adapter prefer the γ-compressed CoT when asked for γ? (losses)"),
-    "fit-length": ("tokenskip.budget", "fit the CoT length model of budget mode on original CoTs"),
-    "serve": ("tokenskip.serve", "OpenAI-compatible HTTP server for a model/adapter (γ or a token budget per request)"),
+    "gamma-check": ("tokenskip.lab.gamma_check", "does an adapter prefer the γ-compressed CoT when asked for γ? (losses)"),
+    "fit-length": ("tokenskip.generation.length_model", "fit the CoT length model of budget mode on original CoTs"),
+    "lab-targets": ("tokenskip.lab.targets", "check a CPU-lab run's report against the lab's targets (PASS/FAIL lines)"),
+    "serve": ("tokenskip.serving.app", "OpenAI-compatible HTTP server for a model/adapter (γ or a token budget per request)"),
 })
 
 #: what a user can fix: printed as one line, exit status 2 (anything else keeps its traceback)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = argv[0]
     if cmd not in COMMANDS:
         top.error(f"unknown command {cmd!r}; choose from {', '.join(COMMANDS)}")
-    from tokenskip import console
+    from tokenskip.contract import console
 
     if "--quiet" in argv[1:] or "-q" in argv[1:]:
         console.set_quiet(True)  # before the stage imports Hugging Face libraries, which read it at import

@@ -3,7 +3,7 @@
 Public API::
 
     from tokenskip.compress import compress, compress_batch, get_scorer
-    tok = tokenskip.models.load_tokenizer("smollm2-135m-instruct")
+    tok = tokenskip.engines.models.load_tokenizer("smollm2-135m-instruct")
     res = compress(cot, 0.7, "self-information", tok)      # CompressionResult
     res.text, res.achieved_ratio, res.overshoot
 
@@ -16,7 +16,7 @@ from tokenskip.compress.prune import (PROTECT_KINDS, CompressionResult, answer_n
                                       count_tokens, protected_spans, prune, rebuild)
 from tokenskip.compress.scorers import (SCORERS, LLMLingua2Scorer, RandomScorer, Scorer, SelfInformationScorer,
                                         WordScores, get_scorer, word_spans)
-from tokenskip.prompts import validate_ratio
+from tokenskip.task.prompts import validate_ratio
 
 __all__ = [
     "PROTECT_KINDS", "SCORERS", "CompressionResult", "LLMLingua2Scorer", "RandomScorer", "Scorer",

@@ -19,7 +19,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from tokenskip.compress.scorers import WordScores
-from tokenskip.prompts import validate_ratio
+from tokenskip.task.prompts import validate_ratio
 
 #: Kinds of protected spans (all on by default). ``answer`` = the numbers of the final answer line,
 #: a subset of ``numbers`` that still applies when ``numbers`` is switched off.

@@ -36,7 +36,7 @@ import string
 from dataclasses import dataclass
 
 from tokenskip.compress.prune import CompressionResult, count_tokens
-from tokenskip.prompts import COT_SPLIT, validate_ratio
+from tokenskip.task.prompts import COT_SPLIT, validate_ratio
 
 logger = logging.getLogger(__name__)
 

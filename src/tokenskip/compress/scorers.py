@@ -110,7 +110,7 @@ class SelfInformationScorer(Scorer):
 
     Args:
         model: a ``transformers`` causal LM (eval mode), or an alias/path for
-            :func:`tokenskip.models.load_model`.
+            :func:`tokenskip.engines.models.load_model`.
         tokenizer: its (fast) tokenizer; loaded with the model when ``model`` is a name.
         batch_size: windows per forward pass (padded on the right, sorted by length).
         max_length: window size in tokens; default: the model's ``max_position_embeddings``, capped at 2048.
@@ -123,7 +123,7 @@ class SelfInformationScorer(Scorer):
     def __init__(self, model, tokenizer=None, batch_size: int = 8, max_length: int | None = None,
                  overlap: int | None = None, device: str = "cpu", dtype: str = "auto"):
         if isinstance(model, str):
-            from tokenskip.models import load_model
+            from tokenskip.engines.models import load_model
 
             self.model_name = model
             model, tok = load_model(model, dtype=dtype, device=device)

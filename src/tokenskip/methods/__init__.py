@@ -5,7 +5,7 @@ registers every module in it, so adding a method is one file (see the README's d
 
     # src/tokenskip/methods/cot_free.py
     from tokenskip.methods import Method, register
-    from tokenskip.prompts import build_prompt
+    from tokenskip.task.prompts import build_prompt
 
     @register
     class NoCoT(Method):
@@ -15,7 +15,7 @@ registers every module in it, so adding a method is one file (see the README's d
             return build_prompt(tokenizer, problem.question, None, cfg.system_prompt,
                                 instruction="Answer directly within \\\\boxed{}.")
 
-``tokenskip.evaluate.run_evaluate`` is a loop over ``method.ratios(cfg)``: for each γ it builds the
+``tokenskip.stages.evaluate.run_evaluate`` is a loop over ``method.ratios(cfg)``: for each γ it builds the
 prompts, the per-question token caps and generates through :meth:`Method.generate`; the run's folder,
 rows, metrics and ActRatio are the same for every method.
 """
@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenskip.layout import eval_run_dir
-from tokenskip.ratios import format_ratio, paper_grid, validate_ratios
+from tokenskip.contract.layout import eval_run_dir
+from tokenskip.contract.ratios import format_ratio, paper_grid, validate_ratios
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tokenskip.backends import Generation, GenerationBackend
-    from tokenskip.records import Problem
+    from tokenskip.engines import Generation, GenerationBackend
+    from tokenskip.contract.records import Problem
 
 
 @dataclass
@@ -103,7 +103,7 @@ class Method:
     def prompt(self, tokenizer, problem: "Problem", ratio: float | None, cfg) -> str:
         """The prompt of one problem at γ (default: the paper's instruction, no marker), in ``cfg.prompt_style``
         (the chat template, or the reference's hand-written strings)."""
-        from tokenskip.prompts import styled_prompt
+        from tokenskip.task.prompts import styled_prompt
 
         return styled_prompt(tokenizer, problem.question, None, cfg.system_prompt, style=cfg.prompt_style,
                              model=cfg.model)

@@ -1,6 +1,6 @@
 """``budget``: the adapter with a CoT token budget N per question (``--budgets``): γ = N ÷ the question's
 predicted original CoT length (``--length-model``), decoding capped at N and the answer line forced when
-the CoT hits it (:mod:`tokenskip.budget`, :mod:`tokenskip.inference`). Runs go to ``budget/budget-<N>``.
+the CoT hits it (:mod:`tokenskip.generation.length_model`, :mod:`tokenskip.generation.inference`). Runs go to ``budget/budget-<N>``.
 """
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from tokenskip.layout import budget_run_dir
+from tokenskip.contract.layout import budget_run_dir
 from tokenskip.methods import Method, RunPlan, register
 from tokenskip.methods.tokenskip import adapter_format
 
 
 @lru_cache(maxsize=4)
 def _length_model(path: str):
-    from tokenskip.budget import load_length_model
+    from tokenskip.generation.length_model import load_length_model
 
     return load_length_model(path)
 
@@ -50,7 +50,7 @@ class Budget(Method):
         return f"budget N={key}"
 
     def plan(self, tokenizer, problems, key, cfg, original):
-        from tokenskip.inference import Query, plan_ratio, render_prompt
+        from tokenskip.generation.inference import Query, plan_ratio, render_prompt
 
         fmt = adapter_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter)
         lm = _length_model(length_model_path(cfg))
@@ -71,6 +71,6 @@ class Budget(Method):
                                    "length_model": lm.weights, "answer_max_tokens": cfg.answer_max_tokens}, metrics)
 
     def generate(self, backend, prompts, caps, adapter, cfg):
-        from tokenskip.inference import BudgetEngine
+        from tokenskip.generation.inference import BudgetEngine
 
         return BudgetEngine(backend, cfg.answer_max_tokens).generate(prompts, caps, adapter=adapter)

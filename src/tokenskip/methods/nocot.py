@@ -9,7 +9,7 @@ from tokenskip.methods import Method, register
 
 
 def _opener() -> str:
-    from tokenskip.prompts import FORCE_ANSWER
+    from tokenskip.task.prompts import FORCE_ANSWER
 
     return FORCE_ANSWER.lstrip()
 
@@ -20,7 +20,7 @@ class NoCoT(Method):
     color, marker = "tab:brown", "x"
 
     def prompt(self, tokenizer, problem, ratio, cfg):
-        from tokenskip.prompts import build_prompt
+        from tokenskip.task.prompts import build_prompt
 
         return build_prompt(tokenizer, problem.question, None, cfg.system_prompt) + _opener()
 
@@ -32,7 +32,7 @@ class NoCoT(Method):
 
     def generate(self, backend, prompts, caps, adapter, cfg):
         # the opened answer line is put back in front of each output (and the brace closed) so grading reads it
-        from tokenskip.backends import Generation
+        from tokenskip.engines import Generation
 
         return [Generation(_opener() + g.text + ("" if "}" in g.text else "}"), g.num_tokens, g.latency_s,
                            g.finish_reason, list(g.token_ids)) for g in backend.generate(prompts, caps)]

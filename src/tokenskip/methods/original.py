@@ -1,6 +1,6 @@
 """``original``: the base model as is (paper Table 1, first row)."""
 
-from tokenskip.layout import ORIGINAL
+from tokenskip.contract.layout import ORIGINAL
 from tokenskip.methods import Method, register
 
 

@@ -1,7 +1,7 @@
 """``prompt``: the base model told in its instruction to cut its reasoning words by (1 − γ) (paper §5 baseline)."""
 
 from tokenskip.methods import Method, register
-from tokenskip.ratios import paper_grid
+from tokenskip.contract.ratios import paper_grid
 
 
 @register
@@ -12,7 +12,7 @@ class PromptReduction(Method):
     color, marker = "tab:orange", "s"
 
     def prompt(self, tokenizer, problem, ratio, cfg):
-        from tokenskip.prompts import prompt_reduction_instruction, styled_prompt
+        from tokenskip.task.prompts import prompt_reduction_instruction, styled_prompt
 
         return styled_prompt(tokenizer, problem.question, None, cfg.system_prompt,
                              instruction=prompt_reduction_instruction(ratio), style=cfg.prompt_style, model=cfg.model)

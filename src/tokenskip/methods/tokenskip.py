@@ -1,6 +1,6 @@
 """``tokenskip``: the LoRA adapter trained on γ-compressed CoTs, prompted with γ's marker (paper §3).
 
-Prompts follow the format stored next to the adapter (``prompt_format.json``, :mod:`tokenskip.prompt_format`),
+Prompts follow the format stored next to the adapter (``prompt_format.json``, :mod:`tokenskip.task.prompt_format`),
 with ``--system-prompt`` / ``--marker-delimiter`` overriding it; ``--prompt-style reference`` renders that format
 with the reference's hand-written strings. ``--scale-max-new-tokens`` caps decoding at ``int(max_new_tokens × γ)``
 (the reference on MATH; ``max_new_tokens`` in the run's settings and metrics.json is that cap).
@@ -9,7 +9,7 @@ with the reference's hand-written strings. ``--scale-max-new-tokens`` caps decod
 from functools import lru_cache
 
 from tokenskip.methods import Method, register
-from tokenskip.ratios import paper_grid, validate_ratio
+from tokenskip.contract.ratios import paper_grid, validate_ratio
 
 
 def scaled_max_new_tokens(cap: int, ratio: float) -> int:
@@ -20,7 +20,7 @@ def scaled_max_new_tokens(cap: int, ratio: float) -> int:
 @lru_cache(maxsize=8)
 def adapter_format(adapter, system_prompt, marker_delimiter):
     """The adapter's prompt format with the flags that were given (read once per adapter and flags)."""
-    from tokenskip.prompt_format import resolve_prompt_format
+    from tokenskip.task.prompt_format import resolve_prompt_format
 
     return resolve_prompt_format(adapter, system_prompt, marker_delimiter)
 
@@ -34,11 +34,11 @@ class TokenSkip(Method):
     color, marker = "tab:blue", "o"
 
     def prompt(self, tokenizer, problem, ratio, cfg):
-        from tokenskip.inference import render_prompt
+        from tokenskip.generation.inference import render_prompt
 
         fmt = adapter_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter)
         if cfg.prompt_style == "reference":
-            from tokenskip.prompts import styled_prompt
+            from tokenskip.task.prompts import styled_prompt
 
             return styled_prompt(tokenizer, problem.question, ratio, fmt.system_prompt, fmt.instruction,
                                  fmt.marker_delimiter, style="reference", model=cfg.model)

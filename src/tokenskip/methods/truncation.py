@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from tokenskip.methods import Method, register
-from tokenskip.ratios import paper_grid
+from tokenskip.contract.ratios import paper_grid
 
 
 def truncation_variant(cfg) -> str:
@@ -56,7 +56,7 @@ class Truncation(Method):
     def generate(self, backend, prompts, caps, adapter, cfg):
         if not cfg.force_answer:  # the paper's plain cap
             return super().generate(backend, prompts, caps, adapter, cfg)
-        # the one forced-answer rule, shared with budget mode and the server (tokenskip.inference)
-        from tokenskip.inference import BudgetEngine
+        # the one forced-answer rule, shared with budget mode and the server (tokenskip.generation.inference)
+        from tokenskip.generation.inference import BudgetEngine
 
         return BudgetEngine(backend, cfg.answer_max_tokens).generate(prompts, caps)

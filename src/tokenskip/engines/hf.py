@@ -1,0 +1,195 @@
+"""Hugging Face transformers backend: batched greedy ``generate`` with left padding."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Sequence
+
+from tokenskip.engines import BackendStats, Generation, cut_at_stop
+from tokenskip.task.prompts import StopRule, stop_rule
+
+logger = logging.getLogger(__name__)
+
+LATENCY_MODES = ("amortized", "single")
+
+
+def model_stop_rule(model, tokenizer, extra=()) -> StopRule:
+    """Stop rule of a loaded model: its generation config's EOS id(s), the tokenizer's EOS, the chat
+    template's end of turn and ``extra`` strings (:func:`tokenskip.task.prompts.stop_rule`)."""
+    return stop_rule(tokenizer, model.generation_config.eos_token_id, extra)
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Stop ids of a loaded model (see :func:`model_stop_rule`)."""
+    return list(model_stop_rule(model, tokenizer).token_ids)
+
+
+class HFBackend:
+    """Greedy decoding with transformers ``generate``.
+
+    Prompts are sorted by length and decoded in batches of ``batch_size`` (left padding), which keeps
+    padding small; results come back in input order.
+
+    Args:
+        model: model name/path/alias (see :func:`tokenskip.engines.models.load_model`), or ``None`` when
+            ``hf_model`` and ``hf_tokenizer`` are given (tests pass tiny in-memory models).
+        dtype, device: see :func:`tokenskip.engines.models.load_model`.
+        batch_size: prompts per ``generate`` call.
+        adapter: LoRA adapter folder (peft) applied at load time.
+        merge_adapter: merge the adapter into the weights (faster; same greedy outputs).
+        latency_mode: ``amortized`` (batch wall time ÷ batch size; what the paper reports) or
+            ``single`` (each prompt decoded alone: true per-request latency, slower overall).
+        show_progress: tqdm bar over batches (off by default: the calling stage draws the one bar of its step).
+        force_adapter: load an adapter trained on another base model (see :func:`tokenskip.engines.models.check_adapter`).
+        stop: extra stop strings (``--stop``); decoding always stops at the generation config's EOS,
+            the tokenizer's EOS and the chat template's end of turn.
+    """
+
+    name = "hf"
+
+    def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "cpu", batch_size: int = 8,
+                 adapter: str | None = None, merge_adapter: bool = True, latency_mode: str = "amortized",
+                 hf_model=None, hf_tokenizer=None, show_progress: bool = False, stop: Sequence[str] = (),
+                 force_adapter: bool = False, **_ignored):
+        if latency_mode not in LATENCY_MODES:
+            raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if hf_model is not None:
+            self.model, self.tokenizer = hf_model, hf_tokenizer
+            self.tokenizer.padding_side = "left"
+            if self.tokenizer.pad_token is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+        else:
+            from tokenskip.engines.models import load_model
+
+            self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, adapter=adapter,
+                                                    merge_adapter=merge_adapter, force_adapter=force_adapter)
+        self.adapter = adapter
+        self.batch_size = 1 if latency_mode == "single" else batch_size
+        self.latency_mode = latency_mode
+        self.show_progress = show_progress
+        self.stop = model_stop_rule(self.model, self.tokenizer, stop)
+        self.stop_ids = list(self.stop.token_ids)
+        from tokenskip.engines.decoding import decoding_from_generation_config
+
+        # read once from the model's generation config; the vLLM backend applies the same settings
+        self.decoding = decoding_from_generation_config(getattr(self.model, "generation_config", None))
+        self.stats = BackendStats()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and adapter != self.adapter:
+            raise ValueError(f"this HF backend was loaded with adapter {self.adapter!r}, not {adapter!r}; "
+                             "load a new backend for another adapter")
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
+                 adapter: str | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                 on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Generation]:
+        """Completions of ``prompts`` (see :class:`~tokenskip.engines.GenerationBackend`).
+
+        ``temperature`` 0 (default) is greedy decoding; above 0 samples with that temperature and nucleus
+        ``top_p`` (the served API's sampling settings; evaluation always decodes greedily).
+        ``on_tokens(i, ids)``, when given, is called from this thread at every decoding step with the new token
+        ids of prompt ``i`` (the server streams them): stop ids and tokens past the prompt's cap are not passed,
+        so the ids passed for ``i`` are a prefix of its ``token_ids`` before stop strings are cut. An exception
+        in the callback is logged and the callback is dropped for that prompt; decoding goes on.
+        """
+        import torch
+
+        self._check_adapter(adapter)
+        n = len(prompts)
+        caps = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
+        if len(caps) != n:
+            raise ValueError(f"{len(caps)} max_new_tokens values for {n} prompts")
+        enc_lens = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        order = sorted(range(n), key=lambda i: (enc_lens[i], i))
+        out: list[Generation | None] = [None] * n
+        batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+        bar = None
+        if self.show_progress and len(batches) > 1:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="generate", unit="sample", leave=False)
+        device = next(self.model.parameters()).device
+        for idx in batches:
+            cap = max(caps[i] for i in idx)
+            if cap <= 0:
+                for i in idx:
+                    out[i] = Generation("", 0, 0.0, "length", [])
+                continue
+            enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(device)
+            t0 = time.perf_counter()
+            strings = {"stop_strings": list(self.stop.strings), "tokenizer": self.tokenizer} if self.stop.strings else {}
+            streamer = (_RowStreamer([caps[i] for i in idx], list(idx), self.stop_ids, on_tokens)
+                        if on_tokens is not None else None)
+            with torch.inference_mode():
+                sampling = (dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
+                            if temperature and temperature > 0 else
+                            dict(do_sample=False, temperature=None, top_p=None, top_k=None))
+                seqs = self.model.generate(**enc, max_new_tokens=cap, num_beams=1, eos_token_id=self.stop_ids,
+                                           pad_token_id=self.tokenizer.pad_token_id, **sampling, **strings,
+                                           **self.decoding.hf_kwargs(), **({"streamer": streamer} if streamer else {}))
+            dt = time.perf_counter() - t0
+            new = seqs[:, enc["input_ids"].shape[1]:].tolist()
+            for row, i in zip(new, idx):
+                ids, finish = [], "length"
+                for t in row:
+                    if t in self.stop_ids:
+                        finish = "stop"
+                        break
+                    ids.append(t)
+                # greedy decoding is causal: cutting a longer run at this prompt's cap equals running to the cap
+                if len(ids) > caps[i]:
+                    ids, finish = ids[:caps[i]], "length"
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                text, ids, hit = cut_at_stop(text, ids, self.stop.strings, self.tokenizer)
+                finish = "stop" if hit else finish
+                out[i] = Generation(text, len(ids), dt / len(idx), finish, ids)
+                self.stats.tokens += len(ids)
+            self.stats.seconds += dt
+            if bar:
+                bar.update(len(idx))
+        if bar:
+            bar.close()
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.model = None
+
+
+class _RowStreamer:
+    """A transformers streamer (``put``/``end``) that hands each row's new token to ``on_tokens(index, [id])``.
+
+    ``generate`` first puts the prompt ids (2-D), then one 1-D tensor of new ids per decoding step; rows that
+    ended (stop id) or reached their own cap get nothing more.
+    """
+
+    def __init__(self, caps: list[int], index: list[int], stop_ids: list[int], on_tokens):
+        self.caps, self.index, self.stop, self.on_tokens = caps, index, set(stop_ids), on_tokens
+        self.count = [0] * len(caps)
+        self.done = [c <= 0 for c in caps]
+
+    def put(self, value) -> None:
+        if value.dim() != 1:   # the prompt
+            return
+        for r, t in enumerate(value.tolist()):
+            if self.done[r]:
+                continue
+            if t in self.stop:
+                self.done[r] = True
+                continue
+            self.count[r] += 1
+            self.done[r] = self.count[r] >= self.caps[r]
+            try:
+                self.on_tokens(self.index[r], [t])
+            except Exception:  # noqa: BLE001 - a broken consumer must not stop the batch
+                logger.exception("on_tokens callback failed for prompt %d; not called again", self.index[r])
+                self.done[r] = True
+
+    def end(self) -> None:
+        pass

@@ -1,0 +1,121 @@
+"""vLLM's ``AsyncLLM`` engine behind the synchronous backend interface: continuous batching for the server.
+
+:class:`AsyncVLLMBackend` is a :class:`~tokenskip.engines.vllm.VLLMBackend` (same settings, prompt rules,
+stop rule, adapters, merged adapters on CPU, outputs) whose engine is vLLM's asynchronous ``AsyncLLM``,
+driven by an event loop in a thread of its own. ``generate`` is thread-safe and returns when *its* prompts
+are done; calls from several threads at once are submitted to the engine as they come, and vLLM's
+scheduler adds each request to the running batch at the next step (continuous batching) instead of
+waiting for the batch in flight to finish, which the offline ``LLM`` engine cannot do (one blocking
+``generate`` call at a time). ``tokenskip serve --backend vllm`` uses it, with one engine call per request.
+
+``generate(..., on_tokens=f)`` streams: ``f(i, ids)`` gets prompt ``i``'s new token ids after each engine
+step (vLLM's delta outputs), stop tokens excluded. ``temperature`` > 0 samples (with ``top_p``).
+
+Example::
+
+    be = AsyncVLLMBackend("smollm2-135m-instruct", dtype="float32", enforce_eager=True)
+    gens = be.generate(["<prompt>"], 64, on_tokens=lambda i, ids: print(i, ids))
+    be.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from typing import Callable, Sequence
+
+from tokenskip.engines import Generation
+from tokenskip.engines.vllm import VLLMBackend, finish_generation, sampling_kwargs
+
+
+class AsyncVLLMBackend(VLLMBackend):
+    """See the module docstring; constructor arguments are :class:`VLLMBackend`'s (``latency_mode`` is
+    ignored: each request's latency is its own wall time from submission to its last token)."""
+
+    name = "vllm"
+    concurrent = True   # generate() may be called from several threads at once (the server does)
+
+    def _start(self, engine_args: dict) -> None:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="tokenskip-vllm-async", daemon=True)
+        self._thread.start()
+        self._ids = itertools.count()
+        self.in_flight = 0          # requests in the engine now (peak_in_flight: the most at once)
+        self.peak_in_flight = 0
+        self._lock = threading.Lock()
+
+        async def make():
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args, disable_log_stats=True))
+
+        self.engine = asyncio.run_coroutine_threadsafe(make(), self.loop).result()
+        self.llm = self.engine  # VLLMBackend.close() looks for it
+
+    async def _one(self, i: int, ids: list[int], cap: int, lora, temperature: float, top_p: float,
+                   on_tokens: Callable[[int, list[int]], None] | None) -> Generation:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(**sampling_kwargs(self.stop, cap, temperature, top_p), **self.decoding.vllm_kwargs(),
+                                output_kind=RequestOutputKind.DELTA)
+        stop_ids = set(self.stop.token_ids)
+        toks: list[int] = []
+        finish = None
+        t0 = time.perf_counter()
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            async for out in self.engine.generate({"prompt_token_ids": ids}, params, request_id=f"ts-{next(self._ids)}",
+                                                  lora_request=lora):
+                c = out.outputs[0]
+                new = list(c.token_ids)
+                toks.extend(new)
+                finish = c.finish_reason or finish
+                shown = [t for t in new if t not in stop_ids]
+                if on_tokens is not None and shown:
+                    on_tokens(i, shown)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        return finish_generation(toks, finish, self.stop, self.tokenizer, time.perf_counter() - t0)
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int], adapter: str | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0,
+                 on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Generation]:
+        """Completions of ``prompts`` (same order); thread-safe, see the module docstring.
+
+        Raises:
+            ValueError: caps and prompts differ in number, or an adapter the engine cannot serve.
+        """
+        caps, lora, out, todo = self._prepare(prompts, max_new_tokens, adapter)
+        enc = {i: self.tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in todo}
+
+        async def run_all():
+            return await asyncio.gather(*(self._one(i, enc[i], caps[i], lora, temperature, top_p, on_tokens)
+                                          for i in todo))
+
+        t0 = time.perf_counter()
+        results = asyncio.run_coroutine_threadsafe(run_all(), self.loop).result()
+        for i, g in zip(todo, results):
+            out[i] = g
+            self.stats.tokens += g.num_tokens
+        self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    def close(self) -> None:
+        """Stop the engine, then its event loop thread."""
+        engine, self.engine, self.llm = getattr(self, "engine", None), None, None
+        if engine is not None:
+            try:
+                engine.shutdown()
+            except Exception:  # noqa: BLE001 - a dead engine must not hide the caller's own error
+                pass
+        loop = getattr(self, "loop", None)
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(timeout=10)

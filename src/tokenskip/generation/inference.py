@@ -1,0 +1,257 @@
+"""Inference core: (messages or question, γ or token budget, decoding settings) -> a typed :class:`Answer`.
+
+``tokenskip evaluate`` (methods ``tokenskip`` and ``budget``) and ``tokenskip serve`` both build their
+prompts and parse their answers here, so a served answer and an evaluated row of the same question and γ
+come from the same prompt string.
+
+Prompt: the chat template of the request's messages, where the **last user turn** becomes
+``instruction + "\\n" + content + γ marker`` (the SFT format, :class:`tokenskip.task.prompt_format.PromptFormat`),
+and the format's system turn is added when the request has none. A plain ``question`` is the one-turn
+case, identical to ``tokenskip.task.prompts.build_prompt``.
+
+γ: given (``ratio``), or chosen from a token budget N (``max_cot_tokens``) with a
+:class:`tokenskip.generation.length_model.LengthModel`; with a budget, decoding is capped at N and a CoT still running at N
+gets the answer line forced (``FORCE_ANSWER``, at most ``answer_max_tokens`` more tokens), as in the
+truncation baseline (paper §5).
+
+Engines: any :class:`tokenskip.engines.GenerationBackend` (``hf``, ``vllm``, ``openai``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from tokenskip.engines import Generation
+from tokenskip.task.grading import extract_answer, split_cot
+from tokenskip.task.prompt_format import PromptFormat
+from tokenskip.task.prompts import ratio_marker, validate_ratio
+
+#: Text appended to a CoT cut at its budget to force an answer (the SFT targets' answer line, opened).
+from tokenskip.task.prompts import FORCE_ANSWER  # noqa: E402,F401 - the answer line opened (one definition)
+#: Tokens allowed for a forced answer (evaluate's ``--answer-max-tokens`` default).
+ANSWER_MAX_TOKENS = 24
+
+
+@dataclass
+class Decoding:
+    """Decoding settings of one request.
+
+    Attributes:
+        max_tokens: cap on generated tokens (answer included).
+        temperature: 0 = greedy (the paper's evaluation); > 0 samples (HF and OpenAI engines).
+        top_p: nucleus sampling mass (used when ``temperature`` > 0).
+        stop: strings that end the answer (cut after decoding; the answer's finish reason becomes ``stop``).
+    """
+
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Query:
+    """One request: ``messages`` (chat turns) or ``question``, and at most one of ``ratio`` / ``max_cot_tokens``."""
+
+    messages: list[dict] | None = None
+    question: str | None = None
+    ratio: float | None = None
+    max_cot_tokens: int | None = None
+    decoding: Decoding = field(default_factory=Decoding)
+
+
+@dataclass
+class Answer:
+    """A typed answer.
+
+    Attributes:
+        text: the whole generated text (CoT + answer line).
+        cot: the CoT part (text before "The final answer is"; :func:`tokenskip.task.grading.split_cot`).
+        final_answer: extracted answer (last ``\\boxed{}`` or "answer is" phrase), ``None`` when absent.
+        cot_tokens: tokens of ``cot`` in the model's tokenizer.
+        output_tokens: generated tokens (stop token excluded; forced answer tokens included).
+        finish_reason: ``stop`` (end of turn or a stop string) or ``length`` (hit ``max_tokens``).
+        latency_s: seconds of engine time for this answer (amortised over its batch).
+        ratio: the γ used (1.0 when none was asked); budget: the γ chosen from the budget.
+        prompt: the exact prompt string sent to the engine.
+        max_cot_tokens: the budget, if any.
+        token_ids: generated token ids (as reported by the engine).
+    """
+
+    text: str
+    cot: str
+    final_answer: str | None
+    cot_tokens: int
+    output_tokens: int
+    finish_reason: str
+    latency_s: float
+    ratio: float
+    prompt: str
+    max_cot_tokens: int | None = None
+    token_ids: list[int] = field(default_factory=list)
+
+
+def question_of(messages: Sequence[dict]) -> str:
+    """Content of the last user turn (what the γ marker and the length model apply to).
+
+    Raises:
+        ValueError: no messages, a turn without a string ``role``/``content``, or no user turn.
+    """
+    if not messages:
+        raise ValueError("messages must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f"messages[{i}] must be an object with string 'role' and 'content'")
+    users = [m for m in messages if m["role"] == "user"]
+    if not users:
+        raise ValueError("messages has no user turn")
+    return users[-1]["content"]
+
+
+def render_prompt(tokenizer, fmt: PromptFormat, messages: Sequence[dict] | None = None,
+                  question: str | None = None, ratio: float | None = None) -> str:
+    """The prompt string for ``messages`` (or one ``question``) at γ = ``ratio`` (module docstring).
+
+    Raises:
+        ValueError: both/neither of messages and question, bad messages, γ outside (0, 1], or a tokenizer
+            without a chat template.
+    """
+    if (messages is None) == (question is None):
+        raise ValueError("give exactly one of messages or question")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template")
+    if question is not None:
+        msgs = fmt.messages(question, ratio)
+    else:
+        question_of(messages)
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        content = f"{fmt.instruction}\n{msgs[last_user]['content']}"
+        if ratio is not None:
+            content += ratio_marker(ratio, fmt.marker_delimiter)
+        msgs[last_user]["content"] = content
+        if fmt.system_prompt and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": fmt.system_prompt})
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def plan_ratio(query: Query, fmt: PromptFormat, length_model=None) -> float:
+    """The γ of a query: its ``ratio``, or the budget's γ from ``length_model``, or 1.0.
+
+    Raises:
+        ValueError: both γ and a budget, γ outside (0, 1], a budget < 1, or a budget without a length model.
+    """
+    if query.ratio is not None and query.max_cot_tokens is not None:
+        raise ValueError("give compression_ratio or max_cot_tokens, not both")
+    if query.max_cot_tokens is not None:
+        if isinstance(query.max_cot_tokens, bool) or not isinstance(query.max_cot_tokens, int) \
+                or query.max_cot_tokens < 1:
+            raise ValueError(f"max_cot_tokens must be an integer >= 1, got {query.max_cot_tokens!r}")
+        if length_model is None:
+            raise ValueError("max_cot_tokens needs a length model (serve/evaluate --length-model)")
+        q = query.question if query.question is not None else question_of(query.messages or [])
+        return length_model.ratio_for(q, query.max_cot_tokens, fmt.min_ratio, max(fmt.ratios))
+    return 1.0 if query.ratio is None else validate_ratio(query.ratio)
+
+
+def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_caps: Sequence[int | None],
+                    answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None, **sampling) -> list[Generation]:
+    """Generations of ``prompts``; where ``cot_caps[i]`` is set, decode at most that many tokens and, if the
+    turn did not end, force the answer line (:data:`FORCE_ANSWER` + at most ``answer_max_tokens`` tokens).
+
+    ``caps`` bound the rest. A forced answer adds its tokens to ``num_tokens`` and its time to ``latency_s``;
+    ``token_ids`` keep the first pass's ids only (greedy: the prefix of the uncapped run). Extra keyword arguments (``temperature``, ``top_p``) go to the engine only when
+    sampling (greedy engines such as vLLM's need none). ``on_tokens(i, ids)`` is handed to the first pass of an
+    engine that streams (its ``generate`` takes ``on_tokens``, see :func:`streams_tokens`); others ignore it.
+    """
+    kw = dict(sampling) if sampling.get("temperature") else {}
+    if on_tokens is not None and streams_tokens(engine):
+        kw["on_tokens"] = on_tokens
+    first_caps = [min(c, b) if b is not None else c for c, b in zip(caps, cot_caps)]
+    first = engine.generate(list(prompts), first_caps, **kw)
+    kw.pop("on_tokens", None)
+    need = [i for i, g in enumerate(first) if cot_caps[i] is not None and g.finish_reason != "stop"]
+    if not need:
+        return first
+    forced = engine.generate([prompts[i] + first[i].text + FORCE_ANSWER for i in need],
+                             [answer_max_tokens] * len(need), **kw)
+    out = list(first)
+    for i, f in zip(need, forced):
+        g = first[i]
+        text = g.text + FORCE_ANSWER + f.text + ("" if "}" in f.text else "}")
+        # token_ids stay the CoT's own (decoded) ids: the forced line was not generated after them
+        out[i] = Generation(text, g.num_tokens + f.num_tokens, g.latency_s + f.latency_s, g.finish_reason,
+                            list(g.token_ids))
+    return out
+
+
+def streams_tokens(engine) -> bool:
+    """Whether ``engine.generate`` takes an ``on_tokens`` callback (streams tokens while decoding)."""
+    import inspect
+
+    try:
+        return "on_tokens" in inspect.signature(engine.generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class BudgetEngine:
+    """An engine whose ``generate(prompts, caps)`` treats each cap as a CoT budget (see :func:`generate_capped`);
+    evaluate's budget method runs its rows through it."""
+
+    def __init__(self, inner, answer_max_tokens: int = ANSWER_MAX_TOKENS):
+        self.inner, self.answer_max_tokens = inner, answer_max_tokens
+        self.tokenizer, self.batch_size, self.name = inner.tokenizer, inner.batch_size, inner.name
+        self.count_tokens = inner.count_tokens
+
+    def generate(self, prompts, max_new_tokens, adapter=None) -> list[Generation]:
+        caps = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        return generate_capped(self.inner, prompts, caps, caps, self.answer_max_tokens)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
+    """``text`` up to the first occurrence of any ``stop`` string, or ``None`` when none occurs."""
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return text[:min(cuts)] if cuts else None
+
+
+def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, length_model=None,
+           answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None) -> list[Answer]:
+    """Answer a batch of queries with one engine call (two with forced answers), in order.
+
+    ``on_tokens(i, ids)``: called with query ``i``'s new token ids while decoding, when the engine streams
+    (:func:`generate_capped`).
+
+    All queries of a batch must share ``temperature`` and ``top_p`` (the server groups them so).
+
+    Raises:
+        ValueError: an invalid query (see :func:`render_prompt`, :func:`plan_ratio`) or mixed sampling settings.
+    """
+    fmt = fmt or PromptFormat()
+    if not queries:
+        return []
+    samp = {(q.decoding.temperature, q.decoding.top_p) for q in queries}
+    if len(samp) > 1:
+        raise ValueError("one batch must share temperature and top_p")
+    ratios = [plan_ratio(q, fmt, length_model) for q in queries]
+    prompts = [render_prompt(engine.tokenizer, fmt, q.messages, q.question, r) for q, r in zip(queries, ratios)]
+    temperature, top_p = next(iter(samp))
+    t0 = time.perf_counter()
+    gens = generate_capped(engine, prompts, [q.decoding.max_tokens for q in queries],
+                           [q.max_cot_tokens for q in queries], answer_max_tokens, on_tokens=on_tokens,
+                           temperature=temperature, top_p=top_p)
+    wall = time.perf_counter() - t0
+    out = []
+    for q, r, p, g in zip(queries, ratios, prompts, gens):
+        text, finish = g.text, g.finish_reason
+        cut = cut_at_stop(text, q.decoding.stop)
+        if cut is not None:
+            text, finish = cut, "stop"
+        cot = split_cot(text)
+        out.append(Answer(text=text, cot=cot, final_answer=extract_answer(text, "math"),
+                          cot_tokens=engine.count_tokens(cot), output_tokens=g.num_tokens, finish_reason=finish,
+                          latency_s=g.latency_s or wall / len(queries), ratio=r, prompt=p,
+                          max_cot_tokens=q.max_cot_tokens, token_ids=list(g.token_ids)))
+    return out

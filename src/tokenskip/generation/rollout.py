@@ -1,0 +1,267 @@
+"""The rollout core shared by *generate* and *evaluate*: prompts in, graded prediction rows and metrics out.
+
+Both stages build prompts, then call :func:`run_rows` (generate the problems not yet on disk, grade each
+output, append :class:`~tokenskip.contract.records.Prediction` rows to a resumable file) and :func:`write_metrics`
+(summary -> ``metrics.json``). Neither stage imports the other; both import this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tokenskip.engines import BACKENDS, GenerationBackend
+from tokenskip.task.benchmarks import GRADERS, Benchmark, get_benchmark
+from tokenskip.engines.hardware import DtypeChoice, parse_threads, resolve_dtype, resolve_threads
+from tokenskip.contract.io import ResumableJsonl, file_hash, write_json_atomic
+from tokenskip.engines.models import DTYPES, WEIGHTS_DTYPE_HELP
+from tokenskip.contract.records import Prediction, Problem, RunMetrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationConfig:
+    """Settings of a generation/evaluation run.
+
+    Defaults follow the paper's reference code where it has one (greedy decoding; max_new_tokens 512
+    for GSM8K and 1024 for MATH, from the benchmark registry), and this project's defaults otherwise
+    (dtype auto, batch 8).
+    """
+
+    model: str | None = field(default=None, metadata={"help": "target model: alias, .gguf, local folder or Hub id"})
+    benchmark: str = field(default="gsm8k", metadata={
+        "help": "gsm8k, math (alias math500), math-train, or custom (any JSONL: see --question-field, "
+                "--answer-field, --grader)"})
+    data: str | None = field(default=None, metadata={"help": "local JSONL file or Hub dataset id (default: the benchmark's Hub id)"})
+    question_field: str | None = field(default=None, metadata={"help": "custom benchmark: field of the question (default: question)"})
+    answer_field: str | None = field(default=None, metadata={"help": "custom benchmark: field of the gold answer (default: answer)"})
+    grader: str | None = field(default=None, metadata={
+        "help": "grader kind: numeric (numbers, as GSM8K) or symbolic (LaTeX via math-verify, as MATH); "
+                "required for custom, default: the benchmark's", "choices": list(GRADERS)})
+    split: str | None = field(default=None, metadata={"help": "Hub split (train/test); ignored for local files"})
+    limit: int | None = field(default=None, metadata={"help": "at most this many problems"})
+    offset: int = field(default=0, metadata={"help": "skip this many problems first"})
+    out: str | None = field(default=None, metadata={"help": "output folder"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens (default 512 GSM8K, 1024 MATH: paper)"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
+    dtype: str = field(default="auto", metadata={"help": WEIGHTS_DTYPE_HELP, "choices": list(DTYPES)})
+    device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, cuda:1...)"})
+    backend: str = field(default="hf", metadata={"help": "generation engine", "choices": list(BACKENDS)})
+    latency_mode: str = field(default="amortized", metadata={
+        "help": "amortized: batch wall time / batch size; single: each prompt decoded alone (true latency)",
+        "choices": ["amortized", "single"]})
+    system_prompt: str | None = field(default=None, metadata={"help": "optional system turn"})
+    prompt_style: str = field(default="chat-template", metadata={
+        "help": "chat-template: the tokenizer's chat template; reference: the TokenSkip reference's hand-written "
+                "Qwen/Llama-3.1 prompt strings, byte for byte (paper recipes)", "choices": ["chat-template", "reference"]})
+    threads: int | str | None = field(default=None, metadata={
+        "help": "torch CPU threads: N or auto (the CPUs this process may use); default $TOKENSKIP_THREADS, "
+                "else torch's choice"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (GPU)"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory fraction"})
+    enforce_eager: bool = field(default=False, metadata={
+        "help": "vLLM: skip graph compilation (start-up ~20 s instead of 1-3 min on CPU; slower decoding)"})
+    prefix_caching: bool | None = field(default=None, metadata={
+        "help": "vLLM: reuse the KV cache of shared prompt prefixes (chat template + instruction); "
+                "default: vLLM's own choice"})
+    max_num_seqs: int | None = field(default=None, metadata={
+        "help": "vLLM: most sequences decoded at once (default: vLLM's)"})
+    kv_cache_space_gb: int | None = field(default=None, metadata={
+        "help": "vLLM on CPU: KV cache size in GiB (default 2)"})
+    max_model_len: int | None = field(default=None, metadata={
+        "help": "vLLM context length in tokens (default: the model's own; Llama-3.1 would reserve 131k)"})
+    base_url: str | None = field(default=None, metadata={"help": "--backend openai: the endpoint, e.g. http://127.0.0.1:8088/v1"})
+    api_model: str | None = field(default=None, metadata={"help": "--backend openai: model name sent (default: the adapter folder's name, else the first of /v1/models)"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: environment variable holding the API key"})
+    max_in_flight: int = field(default=8, metadata={"help": "--backend openai: requests in flight at once"})
+    stop: list[str] = field(default_factory=list, metadata={
+        "split": False, "empty_ok": True,
+        "help": "extra stop strings (the output is cut before the first one; \\n and \\t are read as line break "
+                "and tab); decoding always stops at the model's EOS and the chat template's end of turn"})
+
+    def __post_init__(self) -> None:
+        # the escapes typed on a command line, read once at construction (validate() changes nothing)
+        self.stop = [x.replace("\\n", "\n").replace("\\t", "\t") for x in self.stop]
+        self.threads = parse_threads(self.threads)  # "2" from a command line -> 2
+
+    def validate(self) -> None:
+        """Check the values (no disk access, no changes). Raises ``ValueError`` naming the setting."""
+        if not self.model:
+            raise ValueError("--model is required")
+        self.bench  # unknown benchmark / grader / misplaced field settings
+        if self.benchmark.lower() == "custom" and not self.data:
+            raise ValueError("--benchmark custom needs --data FILE.jsonl")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"--max-model-len must be >= 1, got {self.max_model_len}")
+        if self.prompt_style not in ("chat-template", "reference"):
+            raise ValueError(f"--prompt-style must be chat-template or reference, got {self.prompt_style!r}")
+        if self.offset < 0 or (self.limit is not None and self.limit < 0):
+            raise ValueError("--limit and --offset must be >= 0")
+        if any(not x for x in self.stop):
+            raise ValueError("--stop: stop strings must not be empty")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("--backend openai needs --base-url (e.g. http://127.0.0.1:8088/v1)")
+        if self.max_in_flight < 1:
+            raise ValueError(f"--max-in-flight must be >= 1, got {self.max_in_flight}")
+
+    @property
+    def bench(self) -> Benchmark:
+        """The :class:`~tokenskip.task.benchmarks.Benchmark` these settings name. Raises ``ValueError``."""
+        return get_benchmark(self.benchmark, self.question_field, self.answer_field, self.grader)
+
+    @property
+    def resolved_max_new_tokens(self) -> int:
+        return self.max_new_tokens or self.bench.max_new_tokens
+
+    def dtype_choice(self) -> DtypeChoice:
+        """The dtype this run uses (``auto`` resolved for ``device``/backend) and why."""
+        device = self.device
+        if self.backend == "vllm" and not device.startswith("cuda"):
+            device = "auto"  # vLLM picks its own platform: CUDA when there is one
+        return resolve_dtype(self.dtype, device)
+
+    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
+        kw = dict(model=self.model, dtype=self.dtype_choice().dtype, device=self.device, batch_size=self.batch_size,
+                  adapter=adapter, merge_adapter=merge_adapter, latency_mode=self.latency_mode,
+                  tensor_parallel_size=self.tensor_parallel_size,
+                  gpu_memory_utilization=self.gpu_memory_utilization, threads=resolve_threads(self.threads),
+                  base_url=self.base_url, api_model=self.api_model, api_key_env=self.api_key_env,
+                  max_in_flight=self.max_in_flight, stop=tuple(self.stop), enforce_eager=self.enforce_eager)
+        optional = dict(enable_prefix_caching=self.prefix_caching, max_num_seqs=self.max_num_seqs,
+                        kv_cache_space_gb=self.kv_cache_space_gb, max_model_len=self.max_model_len)
+        return kw | {k: v for k, v in optional.items() if v is not None}
+
+    def dtype_record(self) -> dict:
+        """``dtype`` (resolved), ``dtype_requested`` and ``dtype_reason`` for ``metrics.json``."""
+        c = self.dtype_choice()
+        return {"dtype": c.dtype, "dtype_requested": self.dtype, "dtype_reason": c.reason}
+
+    def data_identity(self) -> str:
+        """What identifies the data source in a settings fingerprint: a local file's hash, else the Hub id."""
+        if self.data and Path(self.data).is_file():
+            return file_hash(self.data)
+        return f"{self.data or 'hub'}:{self.split}"
+
+
+def data_identity(cfg: GenerationConfig) -> str:
+    """See :meth:`GenerationConfig.data_identity`."""
+    return cfg.data_identity()
+
+
+def grade_row(problem: Problem, prompt: str, gen, grader: str, count_tokens: Callable[[str], int]) -> dict:
+    """One predictions row (:class:`~tokenskip.contract.records.Prediction` as JSON) from a problem and its generation.
+
+    CoT tokens are counted in the target model's tokenizer on the text before the literal
+    "\\n\\nThe final answer is:" (the whole output when absent), the reference's split
+    (:func:`tokenskip.task.grading.split_cot`; docs/method.md step 7).
+
+    Args:
+        grader: grader kind (``numeric`` / ``symbolic``) or a benchmark name.
+    """
+    from tokenskip.task.grading import grade
+
+    g = grade(gen.text, problem.answer, grader)
+    return Prediction(
+        id=problem.id, question=problem.question, prompt=prompt, output=gen.text, cot=g.cot,
+        cot_tokens=count_tokens(g.cot), pred=g.answer, gold=problem.answer, correct=bool(g.correct),
+        latency_s=round(gen.latency_s, 6), num_tokens=gen.num_tokens, finish_reason=gen.finish_reason,
+        output_token_ids=list(gen.token_ids)).to_json()
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Aggregate metrics of predictions rows: accuracy (0..1), CoT tokens (mean, median), latency (s/sample),
+    throughput (generated tokens ÷ generation seconds)."""
+    n = len(rows)
+    if n == 0:
+        return {"n": 0, "accuracy": None, "avg_cot_tokens": None, "median_cot_tokens": None,
+                "avg_output_tokens": None, "sample_latency_s": None, "tokens_per_s": None}
+    cot = [r["cot_tokens"] for r in rows]
+    lat = sum(r["latency_s"] for r in rows)
+    toks = sum(r.get("num_tokens", 0) for r in rows)
+    return {
+        "n": n,
+        "accuracy": sum(bool(r["correct"]) for r in rows) / n,
+        "avg_cot_tokens": sum(cot) / n,
+        "median_cot_tokens": statistics.median(cot),
+        "avg_output_tokens": toks / n,
+        "sample_latency_s": lat / n,
+        "tokens_per_s": toks / lat if lat > 0 else None,
+    }
+
+
+def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: ResumableJsonl, backend: GenerationBackend,
+             grader: str, max_new_tokens: int | Sequence[int], adapter: str | None = None,
+             row_hook: Callable[[Problem, dict], dict] | None = None, chunk: int | None = None,
+             generate: Callable | None = None, desc: str = "generate") -> list[dict]:
+    """Generate the problems not yet in ``writer`` and append their rows as each chunk finishes.
+
+    Pending prompts are sorted by length (less padding) and sent ``chunk`` at a time (default: the
+    backend's batch size × 4 for HF, 256 for vLLM); rows are written as soon as their chunk is done, so a kill loses at
+    most one chunk of work. Returns all rows for ``problems`` (in input order).
+
+    Args:
+        grader: grader kind or benchmark name (see :func:`grade_row`).
+        max_new_tokens: one cap (tokens) for all, or one per problem.
+        row_hook: ``(problem, row) -> row`` applied before a row is written (e.g. extra fields).
+        generate: ``(prompts, caps, adapter=...) -> [Generation]`` (an evaluation method's decoding);
+            default ``backend.generate``.
+        desc: label of the progress bar.
+    """
+    generate = generate or backend.generate
+    caps = [max_new_tokens] * len(problems) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    todo = [i for i, p in enumerate(problems) if p.id not in writer.done_keys]
+    if todo:
+        logger.info("%d of %d problems to generate (%d already done)", len(todo), len(problems),
+                    len(problems) - len(todo))
+    todo.sort(key=lambda i: len(prompts[i]))
+    # vLLM batches continuously: hand it big chunks; HF: a few batches, so a kill loses little
+    chunk = chunk or (256 if getattr(backend, "name", "") == "vllm" else max(1, getattr(backend, "batch_size", 8) * 4))
+    from tokenskip.contract.console import progress
+
+    with progress(len(todo), desc) as bar:  # the step's only bar: backends draw none
+        for s in range(0, len(todo), chunk):
+            idx = todo[s:s + chunk]
+            gens = generate([prompts[i] for i in idx], [caps[i] for i in idx], adapter=adapter)
+            for i, g in zip(idx, gens):
+                row = grade_row(problems[i], prompts[i], g, grader, backend.count_tokens)
+                if row_hook:
+                    row = row_hook(problems[i], row)
+                writer.append(row)
+            bar.update(len(idx))
+    writer.reorder(p.id for p in problems)
+    return [writer.rows[p.id] for p in problems]
+
+
+def write_metrics(out_dir: Path, rows: Sequence[dict], extra: dict) -> dict:
+    """Write ``metrics.json`` (:class:`~tokenskip.contract.records.RunMetrics`: summary of ``rows`` plus ``extra``)
+    atomically and return it as a dict."""
+    m = RunMetrics.from_json({**summarize(rows), **extra}, Path(out_dir) / "metrics.json").to_json()
+    write_json_atomic(Path(out_dir) / "metrics.json", m)
+    return m
+
+
+def print_metrics(m: dict, title: str = "") -> None:
+    """Print :func:`metrics_line` (part of a command's summary; silent under ``--quiet``)."""
+    from tokenskip.contract.console import say
+
+    say(metrics_line(m, title))
+
+
+def metrics_line(m: dict, title: str = "") -> str:
+    """One console line for a metrics dict: n, accuracy, CoT tokens, ActRatio, latency, throughput."""
+    acc = "—" if m.get("accuracy") is None else f"{100 * m['accuracy']:.1f}%"
+    cot = "—" if m.get("avg_cot_tokens") is None else f"{m['avg_cot_tokens']:.1f}"
+    act = m.get("act_ratio")
+    lat = m.get("sample_latency_s")
+    return (f"{title}n={m['n']} accuracy={acc} avg_cot_tokens={cot}"
+            + (f" act_ratio={act:.3f}" if act is not None else "")
+            + (f" latency={lat:.2f}s/sample ({m.get('latency_mode', 'amortized')})" if lat is not None else "")
+            + (f" tokens/s={m['tokens_per_s']:.1f}" if m.get("tokens_per_s") else ""))

@@ -1,0 +1,163 @@
+"""A recipe: the YAML file of a run, read and checked (unknown keys are errors), and the rules that
+turn its top-level keys and stage sections into each stage's config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tokenskip.contract.config import dataclass_from_dict, to_dict
+from tokenskip.contract.io import file_hash
+from tokenskip.errors import TokenskipError
+from tokenskip.stages import NAMES as STAGES
+
+logger = logging.getLogger(__name__)
+
+#: keys at the top of a recipe that are copied into every stage that has such a field
+INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark", "prompt_style", "backend", "system_prompt")
+#: settings that change how fast a stage runs, never what it writes: left out of fingerprints
+RUNTIME_KEYS = ("threads",)
+#: Settings where the paper's (reference) setting and this project's differ; a plan prints them per stage.
+MODE_KEYS = ("prompt_style", "compat", "reference_family", "answer_line", "validation_share", "lora_dropout",
+             "batch_size", "grad_accum", "force_answer", "scale_max_new_tokens", "max_model_len")
+
+
+class RecipeError(TokenskipError, ValueError):
+    """A recipe that cannot be used; the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------- the recipe
+
+@dataclass
+class Recipe:
+    """The top level of a recipe (see the module docstring); every other key is an error.
+
+    Attributes:
+        name: run folder name; run_dir: its parent folder.
+        stages: ``{stage name: section}``; each section is checked against its stage's config class.
+        model, threads, dtype, device, seed, benchmark, prompt_style, backend, system_prompt: defaults of every
+            stage that has such a field (``prompt_style: reference`` makes generate, build_sft and evaluate use the
+            reference's prompts; ``backend: vllm`` makes generate and evaluate decode with vLLM; ``system_prompt``
+            is the system turn of warmup, generate, build_sft and evaluate alike, so the target model is trained
+            and asked with the same one — the paper's Qwen runs used "You are a helpful assistant.").
+    """
+
+    name: str = ""
+    stages: dict = field(default_factory=dict)
+    run_dir: str = "runs"
+    model: str | None = None
+    threads: int | str | None = None  # N or auto (tokenskip.engines.hardware)
+    dtype: str | None = None
+    device: str | None = None
+    seed: int | None = None
+    benchmark: str | None = None
+    prompt_style: str | None = None  # chat-template or reference (paper-exact prompts, issue 13)
+    backend: str | None = None  # hf, vllm or openai: the generation engine of generate and evaluate
+    system_prompt: str | None = None  # the system turn of every stage that writes or reads prompts
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ValueError("missing 'name'")
+        if not isinstance(self.stages, dict) or not self.stages:
+            raise ValueError("missing 'stages' mapping")
+        unknown = set(self.stages) - set(STAGES)
+        if unknown:
+            raise ValueError(f"unknown stage(s) {sorted(unknown)}; valid: {list(STAGES)}")
+        for name, sec in self.stages.items():
+            if sec is not None and not isinstance(sec, dict):
+                raise ValueError(f"stages.{name}: expected a mapping of settings, got {sec!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Recipe":
+        """Check and build a recipe from its YAML mapping (keys starting with ``_`` are the loader's).
+
+        Raises:
+            RecipeError: an unknown top-level key (named), a value of the wrong type, no name or stages.
+        """
+        src = data.get("_path", "recipe")
+        try:
+            return dataclass_from_dict(cls, {k: v for k, v in data.items() if not k.startswith("_")},
+                                       f"{src}: top level")
+        except (TypeError, ValueError) as e:
+            msg = str(e)
+            raise RecipeError(msg if msg.startswith(str(src)) else f"{src}: {msg}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read a YAML recipe and apply ``--set key.sub=value`` overrides (values parsed as YAML).
+
+    Returns the recipe mapping (checked by :meth:`Recipe.from_dict`), with ``_path`` added.
+
+    Raises:
+        RecipeError: unreadable YAML, an unknown top-level key, missing ``name``/``stages``, unknown
+            stage, bad override.
+    """
+    path = Path(path)
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level")
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise RecipeError(f"--set {ov!r}: expected key.path=value")
+        key, value = ov.split("=", 1)
+        node = recipe
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {key}: {p!r} is not a mapping")
+        node[parts[-1]] = yaml.safe_load(value)
+    recipe["_path"] = str(path)
+    Recipe.from_dict(recipe)
+    return recipe
+
+
+def stage_section(recipe: Recipe, stage: str) -> dict:
+    sec = recipe.stages.get(stage)
+    return {} if sec is None else dict(sec)
+
+
+def stage_enabled(recipe: Recipe, stage: str) -> bool:
+    return stage in recipe.stages and stage_section(recipe, stage).get("enabled", True) is not False
+
+
+def with_inherited(recipe: Recipe, cls, sec: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    out = {k: getattr(recipe, k) for k in INHERITED if getattr(recipe, k) is not None and k in names}
+    out.update(sec)
+    return out
+
+
+def settings_of(cfg) -> dict:
+    """A config's settings for its fingerprint, without those its ``unused_settings()`` names (e.g. generate's
+    sampling settings under greedy decoding), so they do not re-plan runs they cannot change."""
+    out = to_dict(cfg)
+    for k in getattr(cfg, "unused_settings", tuple)():
+        out.pop(k, None)
+    return out
+
+
+def build_config(cls, data: dict, where: str):
+    try:
+        return dataclass_from_dict(cls, data, where)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(str(e)) from None
+
+
+def without_runtime(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: without_runtime(v) for k, v in obj.items() if k not in RUNTIME_KEYS}
+    if isinstance(obj, list):
+        return [without_runtime(v) for v in obj]
+    return obj
+
+
+def data_hash(value: Any) -> str | None:
+    return file_hash(value) if isinstance(value, str) and Path(value).is_file() else None

@@ -1,0 +1,314 @@
+"""Stage *evaluate*: accuracy, CoT tokens, ActRatio and latency of a method on a test split.
+
+Methods come from the registry in :mod:`tokenskip.methods` (paper §5: ``original``, ``prompt``,
+``truncation``, ``tokenskip``); :func:`run_evaluate` is one loop over a method's γ, the same for all.
+``truncation`` is the paper's plain cap by default (``truncation: plain-cap`` in metrics.json) and appends the
+forced answer line with ``--force-answer`` (``truncation: force-answer``); ``--scale-max-new-tokens`` caps
+TokenSkip at ``int(max_new_tokens × γ)`` as the reference does on MATH; ``--prompt-style reference`` uses the
+reference's hand-written prompt strings (:mod:`tokenskip.task.prompts`).
+
+``--backend openai --base-url URL`` sends the same prompts to an OpenAI-compatible endpoint (``tokenskip
+serve``, ``vllm serve``) instead of a local engine (:mod:`tokenskip.engines.openai`). Adapter methods build
+their prompts in the format stored next to the adapter (``prompt_format.json``); ``--system-prompt`` /
+``--marker-delimiter`` override it.
+
+Layout under ``--out`` (:mod:`tokenskip.contract.layout`)::
+
+    <benchmark>/original/{predictions.jsonl,metrics.json}
+    <benchmark>/<method>/ratio-<γ>/{predictions.jsonl,metrics.json}
+    <benchmark>/budget/budget-<N>/{predictions.jsonl,metrics.json}
+
+``act_ratio`` = CoT tokens ÷ CoT tokens of ``original`` on the same question ids (paper's ActRatio), from
+the original run present in ``--out`` when this run's metrics are written; ``act_ratio_original`` records
+which original (a hash of its predictions), so the report recomputes it when that run changed or
+appeared later. An evaluation never rewrites another run's files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenskip.engines import GenerationBackend, get_backend
+from tokenskip.contract.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.contract.console import say
+from tokenskip.task.data import load_problems
+from tokenskip.contract.io import ResumableJsonl, file_hash, iter_jsonl
+from tokenskip.contract.layout import ORIGINAL, PREDICTIONS, adapter_hash, eval_run_dir, original_predictions
+from tokenskip.methods import Method, get_method, method_names
+from tokenskip.engines.models import check_device, configure_threads
+from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER
+from tokenskip.task.prompts import warn_default_system
+from tokenskip.contract.ratios import format_ratio, paper_grid, validate_ratios
+from tokenskip.contract.records import Prediction, act_ratio
+from tokenskip.generation.rollout import GenerationConfig, print_metrics, run_rows, write_metrics
+
+logger = logging.getLogger(__name__)
+
+#: Method names (from the registry), kept for callers that list them.
+METHODS = tuple(method_names())
+#: The paper's γ grid (docs/method.md step 3).
+PAPER_RATIOS = paper_grid()
+
+
+@dataclass
+class EvaluateConfig(GenerationConfig):
+    """Evaluation settings: every :class:`~tokenskip.generation.rollout.GenerationConfig` field plus the method.
+
+    Defaults differing from the parent: none. ``ratios`` defaults to the method's γ grid (the paper's:
+    1.0…0.5 for tokenskip, 0.9…0.5 for prompt/truncation).
+    """
+
+    method: str = field(default=ORIGINAL, metadata={"help": "what to evaluate", "choices": list(METHODS)})
+    ratios: list[float] | None = field(default=None, metadata={"help": "compression ratios γ to evaluate (e.g. 1.0 0.5 or 1.0,0.5)"})
+    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (method tokenskip)"})
+    merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF; vLLM on CPU, where LoRA decoding is ~2x slower): same outputs, faster"})
+    force_adapter: bool = field(default=False, metadata={
+        "help": "load an adapter whose adapter_config.json names another base model (layer shapes must still fit)"})
+    marker_delimiter: str | None = field(default=None, metadata={"help": "delimiter of the γ marker (must match training; default: the adapter's prompt_format.json, else " + DEFAULT_MARKER_DELIMITER + ")"})
+    budgets: list[int] | None = field(default=None, metadata={"help": "method budget: CoT token budgets N (e.g. 64 128)"})
+    length_model: str | None = field(default=None, metadata={"help": "method budget: length model JSON ('tokenskip fit-length'), or the original run's predictions.jsonl to fit one (default: <adapter>/length_model.json)"})
+    answer_max_tokens: int = field(default=24, metadata={"help": "truncation, nocot: tokens allowed for the forced answer"})
+    force_answer: bool = field(default=False, metadata={
+        "help": "truncation: after the cap, append '\\n\\nThe final answer is: $\\boxed{' and decode the answer "
+                "(this project's variant); default: a plain cap, as in the paper"})
+    scale_max_new_tokens: bool = field(default=False, metadata={
+        "help": "tokenskip: decode with max_new_tokens × γ, as the reference does on MATH (default: the same cap for every γ)"})
+
+    def validate(self) -> None:
+        """Check the values (no disk access: the adapter's existence is checked when the run starts)."""
+        super().validate()
+        m = get_method(self.method)
+        if self.ratios is not None:
+            validate_ratios(self.ratios, "--ratios")
+        if m.uses_adapter and not self.adapter:
+            raise ValueError(f"--method {m.name} needs --adapter DIR (the trained LoRA adapter)")
+        if m.name == "budget" and (not self.budgets or any(b < 1 for b in self.budgets)):
+            raise ValueError(f"--method budget needs --budgets N [N ...], each >= 1, got {self.budgets}")
+
+    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
+        return {**super().backend_kwargs(adapter, merge_adapter), "force_adapter": self.force_adapter}
+
+    def input_fields(self) -> tuple[str, ...]:
+        """The path settings this config reads (for the pipeline's input check)."""
+        return ("data", "adapter") if self.method_obj.uses_adapter else ("data",)
+
+    @property
+    def method_obj(self) -> Method:
+        return get_method(self.method)
+
+    @property
+    def resolved_ratios(self) -> list[float]:
+        m = self.method_obj
+        return [r for r in (m.ratio_of(k) for k in m.runs(self)) if r is not None]
+
+
+def run_dir(out: str | Path, benchmark: str, method: str, ratio: float | None = None) -> Path:
+    """Folder of one (benchmark, method, γ or budget N) run under ``out`` (:meth:`Method.folder`)."""
+    return get_method(method).folder(out, benchmark, None if method == ORIGINAL else ratio)
+
+
+def _read_predictions(path: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in (Prediction.from_json(row, path, n).to_json() for n, row in iter_jsonl(path))} \
+        if path.exists() else {}
+
+
+def _settings(cfg: EvaluateConfig, method: Method, ratio: float | None, extra: dict) -> dict:
+    """What decides a run's rows (its ``predictions.state.json`` fingerprint)."""
+    bench = cfg.bench
+    s = {"stage": "evaluate", "method": method.name, "ratio": ratio, "model": cfg.model,
+         "adapter": adapter_hash(cfg.adapter) if method.uses_adapter else None,
+         "benchmark": bench.name, "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
+         "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+    if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+        s["stop"] = cfg.stop
+    if cfg.prompt_style != "chat-template":  # likewise
+        s["prompt_style"] = cfg.prompt_style
+    if bench.name == "custom" or cfg.grader:
+        s.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
+    return {**s, **extra}
+
+
+def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, problems, rows, more=None) -> dict:
+    bench = cfg.bench
+    orig_path = original_predictions(Path(cfg.out) / bench.name)
+    act, act_n, orig_hash = None, 0, None
+    if orig_path.exists():
+        orig = _read_predictions(orig_path)
+        act, act_n = act_ratio({r["id"]: r["cot_tokens"] for r in rows}, {k: r["cot_tokens"] for k, r in orig.items()})
+        orig_hash = file_hash(orig_path)
+    return {"benchmark": bench.name, "benchmark_label": bench.label, "method": method.name,
+            "method_label": method.label, "method_rank": method.rank, "method_style": [method.color, method.marker],
+            "ratio_requested": method.ratio_requested, "ratio": ratio, "grader": bench.grader,
+            "act_ratio": act, "act_ratio_n": act_n, "act_ratio_original": orig_hash,
+            "model": cfg.model, "adapter": cfg.adapter if method.uses_adapter else None, **cfg.dtype_record(),
+            "backend": cfg.backend, "max_new_tokens": cfg.resolved_max_new_tokens, "latency_mode": cfg.latency_mode,
+            "settings": to_dict(cfg) | {"method": method.name}, "ids": [p.id for p in problems],
+            **(more(rows) if more else {})}
+
+
+def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) -> list[dict]:
+    """Evaluate ``cfg.method`` at each of its γ; returns one metrics dict per run (see module docstring).
+
+    ``backend`` (optional) is used for base-model methods; a method with an adapter loads its own backend,
+    unless ``backend`` is a vLLM engine started with LoRA enabled (``enable_lora=True``), which then
+    serves the adapter per request. A method that needs the original run gets it first (reused when on disk).
+
+    Raises:
+        ValueError / FileNotFoundError: invalid settings, missing adapter or data.
+    """
+    cfg.validate()
+    if not cfg.out:
+        raise ValueError("--out is required")
+    method = get_method(cfg.method)
+    if method.uses_adapter and not Path(cfg.adapter).exists():
+        raise FileNotFoundError(f"adapter folder not found: {cfg.adapter}")
+    if cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
+    if method.uses_adapter:  # the adapter's stored prompt format, recorded in the settings (not in the caller's cfg)
+        from tokenskip.methods.tokenskip import adapter_format
+
+        fmt = adapter_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter)
+        cfg = dataclasses.replace(cfg, system_prompt=fmt.system_prompt, marker_delimiter=fmt.marker_delimiter)
+    configure_threads(cfg.threads)
+    bench = cfg.bench
+    problems = load_problems(bench, cfg.data, cfg.split, cfg.limit, cfg.offset)
+    owned: list[GenerationBackend] = []
+    with_adapter: GenerationBackend | None = None   # loaded once, for every γ of the method
+
+    def backend_for(m: Method) -> GenerationBackend:
+        nonlocal backend, with_adapter
+        if m.uses_adapter:
+            if backend is not None and getattr(backend, "lora", False):
+                return backend   # a vLLM engine started with LoRA serves the adapter per request
+            if with_adapter is None:
+                with_adapter = get_backend(cfg.backend, **cfg.backend_kwargs(adapter=cfg.adapter,
+                                                                               merge_adapter=cfg.merge_adapter))
+                owned.append(with_adapter)
+            return with_adapter
+        if backend is None:
+            backend = get_backend(cfg.backend, **cfg.backend_kwargs())
+            owned.append(backend)
+        return backend
+
+    results = []
+    try:
+        original = None
+        if method.needs_original:
+            results.append(_run_one(cfg, get_method(ORIGINAL), None, problems, backend_for))
+            original = _read_predictions(original_predictions(Path(cfg.out) / bench.name))
+        for key in method.runs(cfg):
+            results.append(_run_one(cfg, method, key, problems, backend_for, original))
+    finally:
+        for b in owned:
+            b.close()
+    if method.name != ORIGINAL and not original_predictions(Path(cfg.out) / bench.name).exists():
+        logger.warning("no original run under %s: act_ratio stays null until one exists "
+                       "(tokenskip evaluate --method original --out %s); the report fills it in", cfg.out, cfg.out)
+    return results
+
+
+def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
+             original: dict[str, dict] | None = None) -> dict:
+    """One run of a method (its γ, or its budget N): the method's plan, resumable generation, metrics."""
+    b = backend_for(method)
+    if method.name == ORIGINAL:
+        warn_default_system(b.tokenizer, cfg.prompt_style, cfg.system_prompt, logger)
+    d = method.folder(cfg.out, cfg.bench.name, key)
+    ratio = method.ratio_of(key)
+    plan = method.plan(b.tokenizer, problems, key, cfg, original)
+    adapter = cfg.adapter if method.uses_adapter else None
+    settings = _settings(cfg, method, ratio, plan.settings)
+    if original is not None:  # rows depend on which original run they cut
+        from tokenskip.contract.io import read_json
+
+        settings["original"] = read_json(eval_run_dir(cfg.out, cfg.bench.name, ORIGINAL)
+                                         / "predictions.state.json")["fingerprint"]
+
+    with ResumableJsonl(d / PREDICTIONS, settings) as w:
+        rows = run_rows(problems, plan.prompts, w, b, cfg.bench.grader, plan.caps, adapter=adapter,
+                        row_hook=plan.row_hook,
+                        generate=lambda ps, cs, adapter=None: method.generate(b, ps, cs, adapter, cfg),
+                        desc=f"{cfg.bench.name} {method.describe(key)}")
+    m = write_metrics(d, rows, _metrics_extra(cfg, method, ratio, problems, rows, plan.metrics))
+    return m | {"_dir": str(d)}
+
+
+def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
+    """Run several evaluations sharing loaded models (the pipeline's evaluate stage); returns all metrics.
+
+    HF: the base model is shared by every method without an adapter (adapter methods load theirs,
+    merged). vLLM: one engine, started with LoRA enabled when any run needs an adapter, serves every
+    method, so the engine (minutes for a 7B model) starts once.
+    """
+    from tokenskip.engines import lora_engine_kwargs
+
+    def key(c):
+        return (c.backend, c.model, c.dtype, c.device, c.batch_size, c.latency_mode,
+                c.tensor_parallel_size, c.gpu_memory_utilization, c.threads, tuple(c.stop),
+                c.enforce_eager, c.prefix_caching, c.max_num_seqs, c.kv_cache_space_gb, c.max_model_len)
+
+    engines: dict[tuple, GenerationBackend] = {}
+    results = []
+    shown = set()  # truncation runs return the original run's metrics too: print each run once
+    try:
+        for cfg in cfgs:
+            cfg.validate()
+            shared = None
+            if not (cfg.method_obj.uses_adapter and (cfg.backend == "hf" or _merged_engine(cfg))):
+                k = key(cfg)
+                if k not in engines:
+                    kwargs = cfg.backend_kwargs()
+                    adapters = [c.adapter for c in cfgs if c.method_obj.uses_adapter and key(c) == k
+                                and not _merged_engine(c)]
+                    kwargs.update(lora_engine_kwargs(cfg.backend, adapters))
+                    engines[k] = get_backend(cfg.backend, **kwargs)
+                shared = engines[k]
+            for m in run_evaluate(cfg, backend=shared):
+                results.append(m)
+                if m["_dir"] in shown:
+                    continue
+                shown.add(m["_dir"])
+                print_metrics(m, f"[evaluate {m['benchmark']}] {_label(m)}: ")
+    finally:
+        for b in engines.values():
+            b.close()
+    return results
+
+
+def _merged_engine(cfg: EvaluateConfig) -> bool:
+    """Whether ``cfg``'s adapter gets an engine of its own with the adapter merged (HF always; vLLM on CPU,
+    where LoRA decoding runs at about half speed) rather than a LoRA request on a shared engine."""
+    if not (cfg.method_obj.uses_adapter and cfg.merge_adapter):
+        return False
+    if cfg.backend == "hf":
+        return True
+    if cfg.backend != "vllm":
+        return False
+    from tokenskip.engines.vllm import on_cpu_platform
+
+    return on_cpu_platform()
+
+
+def add_arguments(parser) -> None:
+    add_dataclass_args(parser, EvaluateConfig)
+
+
+def _label(m: dict) -> str:
+    label = m["method"] + ("" if m.get("ratio") is None else f" γ={format_ratio(m['ratio'])}")
+    if m.get("budget") is not None:
+        label += f" N={m['budget']} within_budget={100 * (m.get('within_budget') or 0):.1f}%"
+    return label
+
+
+def run_evaluate_cli(args) -> int:
+    cfg = dataclass_from_args(EvaluateConfig, args)
+    for m in run_evaluate(cfg):
+        print_metrics(m, f"[{m['benchmark']}] {_label(m)}: ")
+        say(f"    -> {m['_dir']}")
+    return 0
+
+
+run_cli = run_evaluate_cli

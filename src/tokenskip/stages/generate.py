@@ -1,0 +1,165 @@
+"""Stage *generate*: the target model writes a CoT for every problem of a split, graded as it goes.
+
+``tokenskip generate`` produces the self-generated trajectories that later stages compress (e.g. on
+GSM8K train); ``tokenskip evaluate`` shares the same rollout core (:mod:`tokenskip.generation.rollout`) on test
+splits. Output folder::
+
+    predictions.jsonl   one Prediction row per problem (id, prompt, output, cot, cot_tokens, pred, gold,
+                        correct, latency_s, num_tokens, finish_reason, output_token_ids), written as rows finish
+    metrics.json        n, accuracy, avg/median CoT tokens, latency, throughput, settings
+
+Decoding is greedy (the paper's). ``--samples N --temperature T`` instead writes N sampled CoTs per problem
+(row ids ``<problem id>#s<k>``, :func:`tokenskip.contract.records.sample_id`), the paper's optional way to harvest
+more correct trajectories: compress keeps every correct one, build-sft treats each as its own CoT (duplicates
+of one problem dropped) and never splits one problem's samples between train and validation.
+
+A killed run resumes (rows already written are kept, never duplicated); a run whose settings changed
+starts over (see :class:`tokenskip.contract.io.ResumableJsonl`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenskip.engines import GenerationBackend, get_backend
+from tokenskip.contract.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.task.data import load_problems
+from tokenskip.contract.io import ResumableJsonl
+from tokenskip.contract.layout import METRICS, ORIGINAL, PREDICTIONS
+from tokenskip.engines.models import check_device, configure_threads
+from tokenskip.contract.records import sample_id
+from tokenskip.generation.rollout import (GenerationConfig, data_identity, grade_row, metrics_line, print_metrics, run_rows,
+                               summarize, write_metrics)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GenerationConfig", "GenerateConfig", "grade_row", "summarize", "run_rows", "run_generate", "data_identity",
+           "write_metrics", "print_metrics"]
+
+
+@dataclass
+class GenerateConfig(GenerationConfig):
+    """Settings of stage *generate*: :class:`~tokenskip.generation.rollout.GenerationConfig` plus sampled CoTs.
+
+    ``samples`` 1 with ``temperature`` 0 is greedy decoding, one CoT per problem (the paper's default).
+    """
+
+    samples: int = field(default=1, metadata={
+        "help": "CoTs per problem; > 1 needs --temperature > 0 (row ids <id>#s<k>: more correct CoTs to train on)"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: greedy decoding)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: smallest token set of this probability"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (HF: torch's; vLLM: the engine's)"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.samples < 1:
+            raise ValueError(f"--samples must be >= 1, got {self.samples}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"--samples {self.samples} with --temperature 0 would write {self.samples} copies of "
+                             "the same greedy CoT; give a temperature > 0 (e.g. 0.7)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0
+
+    def unused_settings(self) -> tuple[str, ...]:
+        """Settings that change nothing in this run, left out of a recipe's fingerprint: the sampling ones when
+        decoding is greedy (so greedy runs made before they existed, or with a recipe-wide ``seed``, stay done)."""
+        return () if self.sampling else ("samples", "temperature", "top_p", "seed")
+
+    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
+        return super().backend_kwargs(adapter, merge_adapter) | ({"seed": self.seed} if self.sampling else {})
+
+
+def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None) -> dict:
+    """Run stage *generate*: CoT for every problem of the slice, graded; returns the metrics dict.
+
+    A plain :class:`~tokenskip.generation.rollout.GenerationConfig` is read as a :class:`GenerateConfig` with its defaults
+    (greedy, one CoT per problem). With ``samples`` N > 1 the metrics are over all N × problems rows.
+
+    Raises:
+        ValueError: invalid settings; DataError: malformed data rows.
+    """
+    from tokenskip.task.prompts import styled_prompt, warn_default_system
+
+    if not isinstance(cfg, GenerateConfig):
+        cfg = GenerateConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    cfg.validate()
+    if not cfg.out:
+        raise ValueError("--out is required")
+    out = Path(cfg.out)
+    if backend is None and cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
+        check_device(cfg.device)
+    configure_threads(cfg.threads)
+    bench = cfg.bench
+    problems = load_problems(bench, cfg.data, cfg.split, cfg.limit, cfg.offset)
+    own = backend is None
+    backend = backend or get_backend(cfg.backend, **cfg.backend_kwargs())
+    try:
+        tok = backend.tokenizer
+        warn_default_system(tok, cfg.prompt_style, cfg.system_prompt, logger)
+        prompts = [styled_prompt(tok, p.question, None, cfg.system_prompt, style=cfg.prompt_style, model=cfg.model)
+                   for p in problems]
+        decode = None
+        if cfg.samples > 1:  # N rows per problem, ids <id>#s<k>; the prompts repeat (vLLM caches their prefix)
+            problems = [dataclasses.replace(p, id=sample_id(p.id, k)) for p in problems for k in range(cfg.samples)]
+            prompts = [q for q in prompts for _ in range(cfg.samples)]
+        if cfg.sampling:
+            if cfg.backend == "hf":
+                import torch
+
+                torch.manual_seed(cfg.seed)
+
+            def decode(ps, caps, adapter=None):
+                return backend.generate(ps, caps, adapter=adapter, temperature=cfg.temperature, top_p=cfg.top_p)
+        settings = {"stage": "generate", "model": cfg.model, "benchmark": bench.name,
+                    "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
+                    "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+        if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+            settings["stop"] = cfg.stop
+        if cfg.prompt_style != "chat-template":  # likewise
+            settings["prompt_style"] = cfg.prompt_style
+        if cfg.sampling:  # likewise: greedy runs keep their fingerprint
+            settings.update(samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+        if bench.name == "custom":  # the field names and grader decide the rows
+            settings.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
+        with ResumableJsonl(out / PREDICTIONS, settings) as w:
+            rows = run_rows(problems, prompts, w, backend, bench.grader, cfg.resolved_max_new_tokens,
+                            generate=decode)
+        return write_metrics(out, rows, {"benchmark": bench.name, "benchmark_label": bench.label,
+                                         "method": ORIGINAL, "ratio": None, "grader": bench.grader,
+                                         "model": cfg.model, **cfg.dtype_record(), "backend": cfg.backend,
+                                         "max_new_tokens": cfg.resolved_max_new_tokens,
+                                         "latency_mode": cfg.latency_mode, "settings": to_dict(cfg)})
+    finally:
+        if own:
+            backend.close()
+
+
+def summary_lines(m: dict) -> list[str]:
+    """The stage's summary for the pipeline: one metrics line."""
+    return [metrics_line(m)]
+
+
+def add_arguments(parser) -> None:
+    add_dataclass_args(parser, GenerateConfig)
+
+
+def run_generate_cli(args) -> int:
+    cfg = dataclass_from_args(GenerateConfig, args)
+    m = run_generate(cfg)
+    print_metrics(m)
+    from tokenskip.contract.console import say
+
+    say(f"wrote {Path(cfg.out) / PREDICTIONS} and {METRICS}")
+    return 0
+
+
+run_cli = run_generate_cli
