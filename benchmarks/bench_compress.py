@@ -46,8 +46,8 @@ def main() -> int:
     import torch
 
     from tokenskip.compress import get_scorer, prune
-    from tokenskip.task.data import load_problems
     from tokenskip.engines.models import load_model, load_tokenizer
+    from tokenskip.task.data import load_problems
 
     torch.set_num_threads(args.threads)
     texts = [p.solution for p in load_problems("gsm8k", args.data, limit=args.n)]
@@ -83,7 +83,7 @@ def main() -> int:
                          "prune_ms_per_cot": 1000 * prune_s / len(texts), "mean_abs_error": err})
             print(f"  done {name} batch {bs or '-'}", flush=True)
 
-    print(f"\n| scorer | batch | score s | words/s | tokens/s | prune ms/CoT (5 γ) | mean abs err |")
+    print("\n| scorer | batch | score s | words/s | tokens/s | prune ms/CoT (5 γ) | mean abs err |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['scorer']} | {r['batch_size'] or '-'} | {r['score_s']:.2f} | {r['words_per_s']:.0f} | "

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
-import json
 import time
 from pathlib import Path
 
@@ -133,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
 
-    from tokenskip.task.data import load_problems
     from tokenskip.engines.hardware import machine_summary
     from tokenskip.engines.models import configure_threads, load_tokenizer
+    from tokenskip.task.data import load_problems
     from tokenskip.task.prompts import build_prompt
 
     machine = machine_summary()

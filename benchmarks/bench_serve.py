@@ -95,8 +95,8 @@ def run_offline(model: str, adapter: str | None, questions: list[str], max_token
                 batch_size: int, threads: int | None) -> dict:
     """The same questions decoded once by the HF backend (evaluate's engine), prompts from the inference core."""
     from tokenskip.engines import get_backend
-    from tokenskip.generation.inference import render_prompt
     from tokenskip.engines.models import configure_threads
+    from tokenskip.generation.inference import render_prompt
     from tokenskip.task.prompt_format import resolve_prompt_format
 
     configure_threads(threads)

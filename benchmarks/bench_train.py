@@ -56,7 +56,7 @@ def parse_config(spec: str, batch_size: int = 8) -> dict:
 
 def train_config(spec: dict, data_dir: str, out_dir: str, args) -> "object":
     """The :class:`tokenskip.stages.train.TrainConfig` of one configuration (demo recipe settings)."""
-    from tokenskip.finetune.lora import TrainConfig
+    from tokenskip.finetune.train_config import TrainConfig
 
     return TrainConfig(
         model=args.model, data=data_dir, out=out_dir, epochs=1, lr=3e-4, lora_r=8, lora_alpha=16,
@@ -69,12 +69,12 @@ def train_config(spec: dict, data_dir: str, out_dir: str, args) -> "object":
 
 def write_sft_rows(model: str, data: str, n: int, folder: Path) -> int:
     """Write ``folder/train.jsonl`` (``n`` rows, γ = 1.0, reference CoTs); returns their total tokens."""
-    from tokenskip.task.data import load_problems
     from tokenskip.contract.io import write_jsonl_atomic
     from tokenskip.engines.models import load_tokenizer
     from tokenskip.finetune.sft import Trajectory, make_record
+    from tokenskip.finetune.sft_rows import tokenize_example
     from tokenskip.stages.train import end_of_turn
-    from tokenskip.finetune.lora import tokenize_example
+    from tokenskip.task.data import load_problems
 
     tok = load_tokenizer(model, padding_side="right")
     rows = [make_record(tok, Trajectory(p.id, p.id, p.question, p.answer, {1.0: p.solution}), 1.0)

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from tokenskip.contract.io import DataError
 from tokenskip.task.benchmarks import get_benchmark, grader_kind, names
 from tokenskip.task.data import load_problems
 from tokenskip.task.grading import extract_answer, is_correct
-from tokenskip.contract.io import DataError
 
 
 def test_registered_benchmarks_and_aliases():

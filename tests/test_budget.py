@@ -8,10 +8,16 @@ import math
 import pytest
 
 from conftest import GSM8K_TEST, need_data
-from tokenskip.generation.length_model import LengthModel, fit_length_model, load_length_model, question_features, read_cot_rows
 from tokenskip.cli import main
-from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate
 from tokenskip.contract.io import DataError, read_json, read_jsonl, write_jsonl_atomic
+from tokenskip.generation.length_model import (
+    LengthModel,
+    fit_length_model,
+    load_length_model,
+    question_features,
+    read_cot_rows,
+)
+from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate
 from tokenskip.stages.report import write_report
 
 

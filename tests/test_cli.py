@@ -123,13 +123,11 @@ def test_cuda_index_past_the_last_gpu(monkeypatch):
 
 
 def test_stop_strings_are_kept_whole():
-    import argparse
-
+    from tokenskip.cli import build_parser
     from tokenskip.contract.config import dataclass_from_args, dataclass_from_dict
-    from tokenskip.stages.generate import GenerationConfig, add_arguments
+    from tokenskip.stages.generate import GenerationConfig
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    parser = build_parser("generate")
     cfg = dataclass_from_args(GenerationConfig, parser.parse_args(
         ["--model", "m", "--stop", "\\n\\nUser:", "Question, next:"]))
     assert cfg.stop == ["\n\nUser:", "Question, next:"]

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import minilm_dir
-from tokenskip.compress import (CompressionResult, LLMLingua2Scorer, RandomScorer, SelfInformationScorer,
-                                WordScores, answer_numbers, answer_numbers_kept, compress, compress_batch,
-                                count_tokens, get_scorer, protected_spans, prune, rebuild, word_spans)
+from tokenskip.compress import (
+    CompressionResult,
+    LLMLingua2Scorer,
+    RandomScorer,
+    SelfInformationScorer,
+    WordScores,
+    answer_numbers,
+    answer_numbers_kept,
+    compress,
+    compress_batch,
+    count_tokens,
+    get_scorer,
+    protected_spans,
+    prune,
+    rebuild,
+    word_spans,
+)
 
 COT = ("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n"
        "So the answer is \\boxed{72}.")

@@ -11,9 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import GSM8K_TRAIN, need_data, minilm_dir
-from tokenskip.compress.reference import (REFERENCE_FAMILIES, ReferenceCompressor, compress_reference,
-                                          reference_family, reference_input)
+from conftest import GSM8K_TRAIN, minilm_dir, need_data
+from tokenskip.compress.reference import (
+    REFERENCE_FAMILIES,
+    ReferenceCompressor,
+    compress_reference,
+    reference_family,
+    reference_input,
+)
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tokenskip.cli import main
-from tokenskip.stages.compress import CompressConfig, run
 from tokenskip.contract.io import read_json, read_jsonl
+from tokenskip.stages.compress import CompressConfig, run_compress
 from tokenskip.task.prompts import build_prompt
 
 GSM_ROWS = [
@@ -75,19 +75,19 @@ def test_predictions_source_filters_and_resumes(tmp_path, smol_tokenizer):
     preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.6],
                          model="smollm2-135m-instruct")
-    s1 = run(cfg)
+    s1 = run_compress(cfg)
     src = read_jsonl(tmp_path / "o" / "source.jsonl")
     assert [r["id"] for r in src] == ["a", "d"]
     assert src[1]["question"] == "How much is 6 / 2?"  # no question field: cut out of the chat prompt
     first = read_jsonl(tmp_path / "o" / "ratio-0.6.jsonl")
     # rerun, under the old name of the same source: nothing rescored, nothing duplicated, same rows
-    s2 = run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.6],
+    s2 = run_compress(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.6],
                             model="smollm2-135m-instruct", cot_source="predictions"))
     assert not (tmp_path / "o" / "ratio-0.6.stale").exists()
     assert read_jsonl(tmp_path / "o" / "ratio-0.6.jsonl") == first
     assert s1["ratios"] == s2["ratios"] and s2["ratios"]["0.6"]["n"] == 2
     # a changed seed is a changed setting: the file starts over
-    run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.6], seed=1,
+    run_compress(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.6], seed=1,
                        model="smollm2-135m-instruct"))
     assert (tmp_path / "o" / "ratio-0.6.stale").exists()
     assert len(read_jsonl(tmp_path / "o" / "ratio-0.6.jsonl")) == 2
@@ -111,17 +111,17 @@ def test_predictions_questions_joined_from_data(tmp_path, gsm_file):
     rows = [{"id": "gsm8k/train/1", "prompt": "templated", "output": "...", "cot": "12 * 5 = 60 eggs.",
              "cot_tokens": 9, "pred": "60", "gold": "60", "correct": True}]
     preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), data=str(gsm_file), scorer="random",
+    run_compress(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), data=str(gsm_file), scorer="random",
                        ratios=[0.5]))
     assert read_jsonl(tmp_path / "o" / "source.jsonl")[0]["question"] == GSM_ROWS[1]["question"]
     rows[0]["id"] = "nope"
     preds.write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(ValueError, match=r"predictions.jsonl, line 1: field 'id'"):
-        run(CompressConfig(out=str(tmp_path / "o2"), predictions=str(preds), data=str(gsm_file), scorer="random",
+        run_compress(CompressConfig(out=str(tmp_path / "o2"), predictions=str(preds), data=str(gsm_file), scorer="random",
                            ratios=[0.5]))
     preds.write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(ValueError, match="field 'question'"):
-        run(CompressConfig(out=str(tmp_path / "o3"), predictions=str(preds), scorer="random", ratios=[0.5]))
+        run_compress(CompressConfig(out=str(tmp_path / "o3"), predictions=str(preds), scorer="random", ratios=[0.5]))
 
 
 def test_no_cot_survives_the_filter_is_a_one_line_error(tmp_path, capsys):
@@ -144,7 +144,7 @@ def test_every_drop_reason_is_counted(tmp_path):
             {"id": "empty", "question": "q", "cot": "  ", "correct": True}]
     preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError) as e:
-        run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.5],
+        run_compress(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.5],
                            max_cot_tokens=20))
     msg = str(e.value)
     assert "read 4 row(s)" in msg
@@ -158,11 +158,11 @@ def test_empty_question_in_predictions_is_rejected(tmp_path):
     preds.write_text('{"id":"a","question":"q","cot":"2 + 2 = 4","correct":true}\n'
                      '{"id":"b","question":" ","cot":"2 + 2 = 4","correct":true}\n')
     with pytest.raises(ValueError, match=r"p\.jsonl, line 2: field 'question': empty"):
-        run(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.5]))
+        run_compress(CompressConfig(out=str(tmp_path / "o"), predictions=str(preds), scorer="random", ratios=[0.5]))
 
 
 def test_summary_of_no_rows_is_null_not_nan():
-    from tokenskip.stages.compress import summarize
+    from tokenskip.compress.stats import summarize
 
     s = summarize({0.5: []})["0.5"]
     assert s["n"] == 0 and s["mean_achieved_ratio"] is None and s["p95_abs_error"] is None

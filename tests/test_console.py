@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from tokenskip.contract import console
 from tokenskip.cli import main as cli_main
+from tokenskip.contract import console
 
 
 @pytest.fixture(autouse=True)
@@ -64,10 +64,10 @@ def test_progress_is_off_when_quiet_or_trivial(monkeypatch, capsys):
 
 def test_one_bar_per_generation_step(tmp_path, tiny_model, smol_tokenizer, capsys):
     """run_rows draws the step's bar; the backend underneath draws none (no duplicated bars)."""
-    from tokenskip.engines.hf import HFBackend
-    from tokenskip.task.data import Problem
-    from tokenskip.stages.generate import run_rows
     from tokenskip.contract.io import ResumableJsonl
+    from tokenskip.engines.hf import HFBackend
+    from tokenskip.stages.generate import run_rows
+    from tokenskip.task.data import Problem
 
     backend = HFBackend(hf_model=tiny_model, hf_tokenizer=smol_tokenizer, batch_size=2)
     problems = [Problem(f"q{i}", f"What is {i} + 1?", str(i + 1)) for i in range(5)]

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from conftest import GSM8K_TEST, MATH500_TEST, need_data
-from tokenskip.task.data import last_boxed, load_jsonl_mapped, load_problems
 from tokenskip.contract.io import DataError
+from tokenskip.task.data import last_boxed, load_jsonl_mapped, load_problems
 
 
 def write(tmp_path, rows, name="d.jsonl"):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tokenskip.engines import get_backend
 from tokenskip.engines.decoding import DecodingSettings, decoding_from_generation_config, read_decoding_settings
 

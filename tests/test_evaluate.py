@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from conftest import GSM8K_TEST, make_tiny_llama, need_data
+from conftest import GSM8K_TEST, need_data
+from tokenskip.contract.io import read_json, read_jsonl
 from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate
 from tokenskip.stages.generate import GenerationConfig, run_generate
-from tokenskip.contract.io import read_json, read_jsonl
 
 
 def cfg(model, out, **kw):
@@ -114,7 +114,7 @@ def test_tokenskip_gets_act_ratio_and_merged_equals_unmerged(tmp_path, tiny_mode
         ev.get_backend = real_get
     assert all(m["act_ratio"] is not None for m in ms)
     assert loads == [adapter_dir]   # one model load for both γ (a vLLM engine start costs ~30 s)
-    unmerged = run_evaluate(cfg(tiny_model_dir, tmp_path / "b", method="tokenskip", adapter=adapter_dir,
+    run_evaluate(cfg(tiny_model_dir, tmp_path / "b", method="tokenskip", adapter=adapter_dir,
                                 ratios=[0.5], merge_adapter=False))
     a = read_jsonl(run_dir(tmp_path / "a", "gsm8k", "tokenskip", 0.5) / "predictions.jsonl")
     b = read_jsonl(run_dir(tmp_path / "b", "gsm8k", "tokenskip", 0.5) / "predictions.jsonl")

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from tokenskip.lab.gamma_check import GammaCheckConfig, completion_nll, run_gamma_check, summarize_pairs
 from tokenskip.contract.io import write_jsonl_atomic
+from tokenskip.finetune.sft_rows import tokenize_example
+from tokenskip.lab.gamma_check import GammaCheckConfig, completion_nll, run_gamma_check, summarize_pairs
 from tokenskip.task.prompts import build_prompt, end_of_turn
-from tokenskip.finetune.lora import tokenize_example
 
 
 def test_summary_of_hand_made_pairs():

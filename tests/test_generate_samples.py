@@ -9,10 +9,10 @@ import pytest
 
 from conftest import GSM8K_TEST, need_data
 from test_sft import make_compressed
-from tokenskip.stages.generate import GenerateConfig, GenerationConfig, run_generate
 from tokenskip.contract.io import read_json, read_jsonl
 from tokenskip.contract.records import problem_id, sample_id
-from tokenskip.stages.build_sft import SFTDataConfig, build_sft
+from tokenskip.stages.build_sft import SFTDataConfig, run_build_sft
+from tokenskip.stages.generate import GenerateConfig, GenerationConfig, run_generate
 
 
 def gen_cfg(model, out, **kw):
@@ -83,7 +83,7 @@ def test_build_sft_keeps_a_problems_samples_together_and_drops_repeats(tmp_path,
             cots.append(f"Step {q} first. Then  {q} + {q} = {2 * q}." if k in (0, 2) else f"Add {q} twice: {2 * q}.")
     make_compressed(tmp_path / "c", ids=ids, cots=[c.replace("  ", " ") if i % 3 == 2 else c
                                                    for i, c in enumerate(cots)])
-    stats = build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"),
+    stats = run_build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"),
                                     validation_share=0.25), tokenizer=smol_tokenizer)
     train = read_jsonl(tmp_path / "sft" / "train.jsonl")
     val = read_jsonl(tmp_path / "sft" / "validation.jsonl")

@@ -9,15 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tokenskip.task import grading
+from tokenskip.task import verifier
 from tokenskip.task.grading import (
-    VerifierPool,
     answers_match,
     extract_answer,
     grade,
     is_correct,
     split_cot,
 )
+from tokenskip.task.verifier import VerifierPool
 
 # (prediction, gold): must match
 GSM8K_MATCH = [
@@ -303,7 +303,7 @@ def _timed(fn, *args, **kwargs):
 
 def test_timeout_in_a_thread_with_pathological_input(caplog):
     assert answers_match("0.5", "\\frac{1}{4}+\\frac{1}{4}", "math")  # starts the child outside the timing
-    with caplog.at_level(logging.WARNING, logger="tokenskip.task.grading"), ThreadPoolExecutor(1) as ex:
+    with caplog.at_level(logging.WARNING, logger="tokenskip.task.verifier"), ThreadPoolExecutor(1) as ex:
         result, took = ex.submit(_timed, answers_match, PATHOLOGICAL, "1", "math", timeout_s=1.0).result(timeout=60)
     assert result is False
     assert took < 15.0  # 1 s limit + possibly a child restart on a busy 2-core machine; unlimited, it runs for minutes
@@ -316,7 +316,7 @@ def test_timeout_with_slow_verifier_from_threads(caplog):
     slow = "import time\nmath_verify.verify = lambda *a, **k: time.sleep(60)"
     pool = VerifierPool(max_workers=2, setup_code=slow)
     try:
-        with caplog.at_level(logging.WARNING, logger="tokenskip.task.grading"), ThreadPoolExecutor(2) as ex:
+        with caplog.at_level(logging.WARNING, logger="tokenskip.task.verifier"), ThreadPoolExecutor(2) as ex:
             futs = [ex.submit(_timed, pool.compare, "\\frac12", "0.5", 1.0) for _ in range(2)]
             results = [f.result(timeout=120) for f in futs]
     finally:
@@ -329,7 +329,7 @@ def test_timeout_with_slow_verifier_from_threads(caplog):
 
 def test_is_correct_false_on_timeout_via_default_pool(monkeypatch):
     slow_pool = VerifierPool(max_workers=1, setup_code="import time\nmath_verify.parse = lambda *a, **k: time.sleep(60)")
-    monkeypatch.setattr(grading, "_default_pool", slow_pool)
+    monkeypatch.setattr(verifier, "_default_pool", slow_pool)
     try:
         t0 = time.monotonic()
         done = threading.Event()

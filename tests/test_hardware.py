@@ -8,8 +8,14 @@ import os
 import pytest
 
 from tokenskip.engines import hardware
-from tokenskip.engines.hardware import (auto_dtype, cpu_flags, cpu_model_name, parse_threads, resolve_dtype,
-                                resolve_threads)
+from tokenskip.engines.hardware import (
+    auto_dtype,
+    cpu_flags,
+    cpu_model_name,
+    parse_threads,
+    resolve_dtype,
+    resolve_threads,
+)
 
 EPYC_AVX2 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -152,13 +158,13 @@ def test_every_stage_that_runs_the_model_defaults_to_auto():
     `evaluate` picked bfloat16 on an AMX CPU, so the same request got different tokens from the two."""
     import dataclasses
 
+    from tokenskip.finetune.train_config import TrainConfig
+    from tokenskip.lab.merge import MergeConfig
+    from tokenskip.lab.warmup import WarmupConfig
+    from tokenskip.serving.app import ServeConfig
     from tokenskip.stages.compress import CompressConfig
     from tokenskip.stages.evaluate import EvaluateConfig
     from tokenskip.stages.generate import GenerateConfig
-    from tokenskip.lab.merge import MergeConfig
-    from tokenskip.serving.app import ServeConfig
-    from tokenskip.finetune.lora import TrainConfig
-    from tokenskip.lab.warmup import WarmupConfig
 
     def default(cls, name="dtype"):
         return next(f.default for f in dataclasses.fields(cls) if f.name == name)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from tokenskip.engines import Generation
-from tokenskip.generation.inference import FORCE_ANSWER, Decoding, Query, answer, generate_capped, plan_ratio, render_prompt
+from tokenskip.generation.inference import (
+    FORCE_ANSWER,
+    Decoding,
+    Query,
+    answer,
+    generate_capped,
+    plan_ratio,
+    render_prompt,
+)
 from tokenskip.task.prompt_format import PromptFormat
 from tokenskip.task.prompts import INSTRUCTION, build_prompt
 

@@ -2,8 +2,15 @@ import json
 
 import pytest
 
-from tokenskip.contract.io import (DataError, ResumableJsonl, finite_or_none, read_json, read_jsonl, write_json_atomic,
-                         write_jsonl_atomic)
+from tokenskip.contract.io import (
+    DataError,
+    ResumableJsonl,
+    finite_or_none,
+    read_json,
+    read_jsonl,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 
 def test_resume_keeps_rows_and_refuses_duplicates(tmp_path):

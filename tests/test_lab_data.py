@@ -11,11 +11,17 @@ pytest.importorskip("reasoning_gym")
 
 from reasoning_gym.arithmetic.leg_counting import ANIMALS  # noqa: E402
 
+from tokenskip.contract.io import read_json, read_jsonl  # noqa: E402
+from tokenskip.lab.data import (  # noqa: E402
+    TASKS,
+    LabDataConfig,
+    chain_sum_solution,
+    leg_counting_solution,
+    make_splits,
+    run_lab_data,
+)
 from tokenskip.task.data import load_problems  # noqa: E402
 from tokenskip.task.grading import is_correct  # noqa: E402
-from tokenskip.contract.io import read_json, read_jsonl  # noqa: E402
-from tokenskip.lab.data import (LabDataConfig, TASKS, chain_sum_solution, leg_counting_solution,  # noqa: E402
-                                make_splits, run_lab_data)
 from tokenskip.task.prompts import answer_line  # noqa: E402
 
 EQUATION = re.compile(r"(-?\d+(?: [x+\-] -?\d+)+) = (-?\d+)")

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from tokenskip.engines import Generation
-from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate
-from tokenskip.methods import get_method
-from tokenskip.task.grading import grade
 from tokenskip.contract.io import read_json, read_jsonl
+from tokenskip.engines import Generation
+from tokenskip.methods import get_method
+from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate
+from tokenskip.task.grading import grade
 
 OPENER = "The final answer is: $\\boxed{"
 

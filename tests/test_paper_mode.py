@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tokenskip.task.prompts import answer_line
-from tokenskip.stages.build_sft import SFTDataConfig
 from tokenskip.finetune.sft import completion_for, ends_with_answer
+from tokenskip.stages.build_sft import SFTDataConfig
+from tokenskip.task.prompts import answer_line
 
 QWEN_COT = "Natalia sold 48 / 2 = 24 clips in May.\nSo she sold 48 + 24 = 72 clips.\nThe answer is $\\boxed{72}$."
 
@@ -37,8 +37,8 @@ def test_answer_line_per_mode():
 
 
 def test_small_defaults():
+    from tokenskip.finetune.train_config import TrainConfig, lora_config
     from tokenskip.stages.evaluate import EvaluateConfig
-    from tokenskip.finetune.lora import TrainConfig, lora_config
 
     assert TrainConfig().lora_dropout == 0.0
     assert lora_config(TrainConfig(data="d", out="o")).lora_dropout == 0.0
@@ -57,9 +57,9 @@ PAPER_RECIPES = {"qwen2.5-7b-instruct-gsm8k": "qwen", "qwen2.5-7b-instruct-math"
 @pytest.mark.parametrize("name,family", sorted(PAPER_RECIPES.items()))
 def test_paper_recipes_use_the_reference_mode(name, family, tmp_path, monkeypatch):
     from conftest import REPO
+    from tokenskip.finetune.train_config import resolve_grad_accum
     from tokenskip.pipeline.recipe import load_recipe
     from tokenskip.pipeline.run import run_pipeline
-    from tokenskip.finetune.lora import resolve_grad_accum
 
     monkeypatch.chdir(tmp_path)
     # the paper's inputs (Hub models, MATH's train file) are not here: the dry run's input check, tested in

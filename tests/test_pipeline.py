@@ -1,6 +1,5 @@
 """The whole pipeline on a tiny random model: plan, skip, rerun what changed, resume after a kill."""
 
-import json
 from pathlib import Path
 
 import pytest

@@ -3,8 +3,15 @@ import copy
 import pytest
 
 from conftest import LLAMA3_TEMPLATE
-from tokenskip.task.prompts import (INSTRUCTION, answer_line, build_messages, build_prompt, format_ratio,
-                               prompt_reduction_instruction, ratio_marker)
+from tokenskip.task.prompts import (
+    INSTRUCTION,
+    answer_line,
+    build_messages,
+    build_prompt,
+    format_ratio,
+    prompt_reduction_instruction,
+    ratio_marker,
+)
 
 
 @pytest.fixture()

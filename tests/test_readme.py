@@ -1,5 +1,6 @@
-"""The README's commands stay true: every documented command parses (fast), the step-by-step block runs
-at tiny sizes (slow), and the demo recipe's plan prints."""
+"""The README's and docs/*.md's commands stay true: every documented command parses (fast), the step-by-step
+block runs at tiny sizes (slow), and the demo recipe's plan prints; every link of the README and the docs
+resolves in a clone (no link into the git-ignored ``runs/``), and no page documents ``python -m tokenskip.…``."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 from conftest import REPO
 from tokenskip.cli import COMMANDS, build_parser
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
+#: The README and every page under docs/ (the lab's copied reports included), by path relative to the repository.
+DOCS = {p.relative_to(REPO).as_posix(): p.read_text(encoding="utf-8")
+        for p in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]}
 TOKENSKIP_BIN = (".venv/bin/tokenskip", ".venv-vllm/bin/tokenskip", "tokenskip")
 
 
@@ -107,11 +111,9 @@ def check_command(words: list[str] | str, env: dict[str, str], where: str) -> No
     elif head in (".venv/bin/python", ".venv-vllm/bin/python"):
         if words[1:3] == ["-m", "pytest"]:
             assert all((REPO / w).exists() for w in words[3:] if not w.startswith("-")), where
-        elif words[1] == "-m":  # python -m tokenskip.<module>: the module exists in the package
-            import importlib.util
-
-            assert words[2].startswith("tokenskip.") and importlib.util.find_spec(words[2]), \
-                f"{where}: module {words[2]} not found"
+        elif words[1] == "-m":  # every entry point is a `tokenskip` subcommand: no `python -m tokenskip.<module>`
+            raise AssertionError(f"{where}: `python -m {words[2]}` is documented; document the `tokenskip` "
+                                 f"subcommand instead (tokenskip lab-targets, ...)")
         else:
             script = REPO / words[1]
             assert script.is_file(), f"{where}: {words[1]} not found"
@@ -139,22 +141,147 @@ def check_command(words: list[str] | str, env: dict[str, str], where: str) -> No
 
 
 def test_every_documented_command_parses():
-    blocks = shell_blocks(README)
-    assert len(blocks) >= 5
-    n = 0
-    for b, block in enumerate(blocks):
-        env: dict[str, str] = {}
-        for cmd in block_commands(block):
-            check_command(cmd, env, f"README block {b + 1}: {shlex.join(cmd)[:70]}")
+    """Every command of the README and of docs/**/*.md, in blocks and inline."""
+    assert shell_blocks(README), "the README lost its command block"
+    n_blocks = n = 0
+    for doc, text in DOCS.items():
+        blocks = shell_blocks(text)
+        n_blocks += len(blocks)
+        for b, block in enumerate(blocks):
+            env: dict[str, str] = {}
+            for cmd in block_commands(block):
+                check_command(cmd, env, f"{doc} block {b + 1}: {shlex.join(cmd)[:70]}")
+                n += 1
+        for cmd in inline_commands(text):
+            words = shlex.split(cmd)
+            if words[0] == "accelerate":
+                check_command(cmd, {}, f"{doc} inline: {cmd[:60]}")
+            else:
+                check_tokenskip(words[1:], f"{doc} inline: {cmd[:60]}")
             n += 1
-    for cmd in inline_commands(README):
-        words = shlex.split(cmd)
-        if words[0] == "accelerate":
-            check_command(cmd, {}, f"README inline: {cmd[:60]}")
-        else:
-            check_tokenskip(words[1:], f"README inline: {cmd[:60]}")
-        n += 1
-    assert n >= 25  # the README documents at least this many commands; fewer means the parsing broke
+    assert n_blocks >= 5
+    assert n >= 25  # the docs document at least this many commands; fewer means the parsing broke
+
+
+def test_readme_is_short_and_opens_with_the_two_commands():
+    lines = README.splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move detail to docs/*.md"
+    demo = ("make demo    # fresh machine: set up .venv, run the whole TokenSkip pipeline offline on a 2-core CPU, "
+            "write the report")
+    assert lines[:4] == ["```", demo, "make test    # fresh machine: set up .venv, run the test suite", "```"]
+
+
+#: ``python -m tokenskip...`` / ``python3 -m tokenskip`` / ``.venv/bin/python -m tokenskip.cli`` in any form.
+PYTHON_M_TOKENSKIP = re.compile(r"python[\w.\-/]*\s+-m\s+tokenskip\b")
+
+
+def test_no_doc_uses_python_m_tokenskip():
+    """Every user-facing entry point is a `tokenskip` subcommand; the docs say so everywhere, prose included."""
+    offenders = [f"{doc}:{i}: {line.strip()[:100]}" for doc, text in DOCS.items()
+                 for i, line in enumerate(text.splitlines(), 1) if PYTHON_M_TOKENSKIP.search(line)]
+    assert not offenders, "documented `python -m tokenskip...` (use `tokenskip <command>`):\n" + "\n".join(offenders)
+
+
+def markdown_links(text: str) -> list[str]:
+    """Targets of ``[text](target)`` and ``![alt](target)`` outside code (fenced blocks and code spans)."""
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    prose = re.sub(r"`[^`\n]+`", "code", prose)
+    return [m.group(1) for m in re.finditer(r"\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", prose)]
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to ``-``, ``-1`` on repeats."""
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    seen: dict[str, int] = {}
+    out = set()
+    for m in re.finditer(r"^#{1,6}\s+(.*?)\s*#*\s*$", prose, re.M):
+        slug = re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-")
+        out.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+def link_problems(doc: str, text: str) -> list[str]:
+    """What is wrong with the links of one page (``doc`` relative to the repository): a target outside the
+    repository, under ``runs/``, missing, git-ignored, or an anchor its page does not have."""
+    problems = []
+    base = (REPO / doc).parent
+    for target in markdown_links(text):
+        if re.match(r"^[a-z][\w+.\-]*:", target):  # https:, mailto:
+            continue
+        path_part, _, anchor = target.partition("#")
+        path = (base / path_part).resolve() if path_part else (REPO / doc).resolve()
+        rel = path.relative_to(REPO.resolve()).as_posix() if path.is_relative_to(REPO.resolve()) else None
+        if rel is None:
+            problems.append(f"{doc}: {target} points outside the repository")
+        elif rel == "runs" or rel.startswith("runs/"):
+            problems.append(f"{doc}: {target} points into the git-ignored runs/ (dead in a clone)")
+        elif not path.exists():
+            problems.append(f"{doc}: {target} does not exist")
+        elif subprocess.run(["git", "check-ignore", "-q", rel], cwd=REPO, check=False).returncode == 0:
+            problems.append(f"{doc}: {target} is git-ignored (not in a clone)")
+        elif anchor and path.suffix == ".md" and anchor not in heading_anchors(
+                text if not path_part else path.read_text(encoding="utf-8")):
+            problems.append(f"{doc}: {target}: no heading #{anchor} in {rel}")
+    return problems
+
+
+def test_every_link_resolves_in_a_clone():
+    """The README, docs/**/*.md, the CHANGELOG and data/README.md."""
+    pages = {**DOCS, **{f: (REPO / f).read_text(encoding="utf-8") for f in ("CHANGELOG.md", "data/README.md")}}
+    n = sum(len(markdown_links(text)) for text in pages.values())
+    assert n >= 20  # the README and docs link each other; fewer means the link parsing broke
+    problems = [p for doc, text in pages.items() for p in link_problems(doc, text)]
+    assert not problems, "\n".join(problems)
+
+
+def test_link_checker_finds_bad_links():
+    page = ("[ok](docs/usage.md) [img](docs/img/ratio_control.png) [web](https://example.org/x) [top](#stages)\n"
+            "[run](runs/demo/report.md) [gone](docs/nothere.md) [anchor](docs/usage.md#no-such-heading)\n"
+            "`[in code](runs/x.jsonl)`\n\n## Stages\n")
+    problems = link_problems("README.md", page)
+    assert len(problems) == 3, problems
+    assert "runs/" in problems[0] and "does not exist" in problems[1] and "no heading" in problems[2]
+    assert heading_anchors("## The offline demo (`make demo`)\n## A\n## A\n") == \
+        {"the-offline-demo-make-demo", "a", "a-1"}
+    assert PYTHON_M_TOKENSKIP.search("`.venv-vllm/bin/python -m tokenskip.lab.targets runs/x`")
+    assert not PYTHON_M_TOKENSKIP.search(".venv/bin/python -m pytest tests/test_grading.py -q")
+
+
+PKG = REPO / "src" / "tokenskip"
+
+
+def path_problems(doc: str, text: str) -> list[str]:
+    """Source paths and module names a page names in code spans that do not exist: ``pkg/module.py`` (relative
+    to the repository or to ``src/tokenskip/``) and ``tokenskip.pkg.module[.attribute]``."""
+    problems = []
+    packages = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    for span in re.findall(r"`([^`\n]+)`", text):
+        for word in span.split():
+            word = word.strip("(),;:")
+            if re.fullmatch(r"(\w+/)+\w+\.py", word):
+                head = word.split("/")[0]
+                if head in packages | {"src", "tests", "benchmarks"} and not (REPO / word).is_file() \
+                        and not (PKG / word).is_file():
+                    problems.append(f"{doc}: {word} does not exist")
+            elif re.fullmatch(r"tokenskip(\.\w+)+", word):
+                parts = word.split(".")
+                known = [i for i in range(1, len(parts) + 1)
+                         if (PKG.parent.joinpath(*parts[:i]).with_suffix(".py")).is_file()
+                         or (PKG.parent.joinpath(*parts[:i]) / "__init__.py").is_file()]
+                if max(known, default=0) < len(parts) - 1:  # at most one trailing attribute (a function, a class)
+                    problems.append(f"{doc}: module {word} does not exist")
+    return problems
+
+
+def test_every_named_module_exists():
+    """The package map, the stage table and the docs name modules that exist (after a move, they follow)."""
+    n = sum(len(re.findall(r"\w\.py`|`tokenskip\.\w", text)) for text in DOCS.values())
+    assert n >= 40
+    problems = [p for doc, text in DOCS.items() for p in path_problems(doc, text)]
+    assert not problems, "\n".join(problems)
+    assert path_problems("t", "`compress/prune.py` `tokenskip.task.prompts.stop_rule` `tests/test_io.py`") == []
+    assert len(path_problems("t", "`compress/runner.py` `tokenskip.budget.fit` `tokenskip.backends.vllm`")) == 3
 
 
 def test_block_parsing_helpers(tmp_path):
@@ -169,6 +296,9 @@ def test_block_parsing_helpers(tmp_path):
                                     "--limit", "2"]
     with pytest.raises(AssertionError, match="does not parse"):
         check_command("tokenskip compress --split train --out x", {}, "t")
+    with pytest.raises(AssertionError, match="tokenskip. subcommand instead"):
+        check_command(".venv/bin/python -m tokenskip.lab.targets runs/x", {}, "t")
+    check_command(".venv-vllm/bin/tokenskip lab-targets runs/lab-smollm2-legs", {}, "t")
     outside = tmp_path / "test.jsonl"  # a data file that exists, but beside the clone, not in it
     outside.write_text("{}\n")
     with pytest.raises(AssertionError, match="not in the repository"):
@@ -190,16 +320,17 @@ def test_demo_dry_run_prints_the_plan():
         assert re.search(rf"^  {stage} ", r.stdout, re.M), r.stdout
 
 
-#: README sizes -> tiny sizes; each must occur in the block, so a README change shows up here.
+#: The step-by-step block's sizes -> tiny sizes; each must occur in the block, so a README change shows up here.
 TINY = [("--limit 20", "--limit 2"), ("--limit 40", "--limit 6"), ("--max-steps 20", "--max-steps 1"),
         ("--ratios 0.9 0.7 0.5", "--ratios 0.7 0.5"), ("--out W/eval", "--max-new-tokens 12 --out W/eval")]
 
 
 @pytest.mark.slow
 def test_step_by_step_block_runs_at_tiny_sizes(tmp_path):
-    (block,) = [b for b in shell_blocks(README) if b.startswith("T=.venv/bin/tokenskip")]
+    # wherever the step-by-step block lives (docs/usage.md today), exactly one page has it
+    (block,) = [b for text in DOCS.values() for b in shell_blocks(text) if b.startswith("T=.venv/bin/tokenskip")]
     for big, tiny in TINY:
-        assert big in block, f"README step-by-step block no longer contains {big!r}: update TINY"
+        assert big in block, f"the step-by-step block no longer contains {big!r}: update TINY"
         block = block.replace(big, tiny)
     # a folder with what the block expects from the project root: data/ and .venv/bin/tokenskip
     (tmp_path / "data").symlink_to(REPO / "data")

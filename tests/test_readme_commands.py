@@ -1,4 +1,4 @@
-"""The README's documented ``tokenskip compress`` forms parse and run (issue 10: ``--prefer-kinds`` with no
+"""The README's and docs' documented ``tokenskip compress`` forms parse and run (issue 10: ``--prefer-kinds`` with no
 value was documented but rejected by argparse). Each documented command runs on 3 CoTs with the random
 scorer (appended flags win), so the test is fast; what it checks is that the documented flags work."""
 
@@ -14,7 +14,8 @@ from conftest import GSM8K_TRAIN, REPO, need_data
 from tokenskip.cli import main
 from tokenskip.contract.io import read_json
 
-README = (REPO / "README.md").read_text(encoding="utf-8")
+#: The README and docs/**/*.md (where the step-by-step commands and the results moved), one text.
+README = "\n\n".join(p.read_text(encoding="utf-8") for p in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))])
 #: `tokenskip compress ...` in inline code or code blocks (a command may wrap over lines)
 COMMANDS = [" ".join(m.split()) for m in re.findall(r"(?:\.venv/bin/)?tokenskip compress ([^`\n]*(?:\n[^`\n]+)*)", README)]
 #: flag fragments documented for compress (`--protect-kinds ... --prefer-kinds`)
@@ -62,13 +63,11 @@ def test_documented_protect_and_prefer_forms_run(fragment, tmp_path, monkeypatch
 
 
 def test_empty_list_flags():
-    import argparse
-
-    from tokenskip.stages.compress import CompressConfig, add_arguments
+    from tokenskip.cli import build_parser
     from tokenskip.contract.config import dataclass_from_args
+    from tokenskip.stages.compress import CompressConfig
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    parser = build_parser("compress")
     cfg = dataclass_from_args(CompressConfig, parser.parse_args(
         ["--out", "o", "--predictions", "p", "--prefer-kinds", "--protect-kinds"]))
     assert (cfg.prefer_kinds, cfg.protect_kinds) == ([], [])

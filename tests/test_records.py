@@ -7,10 +7,17 @@ import json
 import pytest
 
 from tokenskip.contract.io import DataError
-from tokenskip.contract.layout import (compressed_file, compressed_ratios, eval_run_dir, eval_runs, find_adapter,
-                              ratio_from_name, ratio_name)
+from tokenskip.contract.layout import (
+    compressed_file,
+    compressed_ratios,
+    eval_run_dir,
+    eval_runs,
+    find_adapter,
+    ratio_from_name,
+    ratio_name,
+)
 from tokenskip.contract.ratios import PAPER_RATIOS, format_ratio, paper_grid, parse_ratio, validate_ratios
-from tokenskip.contract.records import (CompressedCot, Prediction, Problem, RunMetrics, SFTExample, SourceCot, act_ratio)
+from tokenskip.contract.records import CompressedCot, Prediction, Problem, RunMetrics, SFTExample, SourceCot, act_ratio
 
 PRED = dict(id="q1", question="What is 2 + 3?", prompt="<p>", output="2 + 3 = 5. The final answer is 5.",
             cot="2 + 3 = 5.", cot_tokens=7, pred="5", gold="5", correct=True, latency_s=0.25, num_tokens=12,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tokenskip.stages import report as rep
 from tokenskip.cli import main as cli_main
 from tokenskip.contract.io import DataError
+from tokenskip.stages import report as rep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -18,11 +18,12 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from conftest import GSM8K_TEST, make_tiny_llama, need_data  # noqa: E402
-from tokenskip.generation.length_model import fit_length_model  # noqa: E402
-from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate  # noqa: E402
 from tokenskip.contract.io import read_jsonl  # noqa: E402
+from tokenskip.generation.length_model import fit_length_model  # noqa: E402
+from tokenskip.serving.app import ServeConfig, create_app  # noqa: E402
+from tokenskip.serving.worker import ServerState  # noqa: E402
+from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate  # noqa: E402
 from tokenskip.task.prompt_format import PromptFormat  # noqa: E402
-from tokenskip.serving.app import ServeConfig, ServerState, create_app  # noqa: E402
 
 FMT = PromptFormat(system_prompt="Be brief.", marker_delimiter="[[G]]", ratios=(1.0, 0.7, 0.5))
 
@@ -222,7 +223,7 @@ def test_streaming_sends_text_while_the_batch_decodes(server, monkeypatch):
 
 
 def test_stream_safe_holds_back_what_a_stop_string_may_still_cut():
-    from tokenskip.serving.app import stream_safe
+    from tokenskip.serving.streaming import stream_safe
 
     assert stream_safe("The sum is 5 ##", ["###"]) == "The sum is 5 "
     assert stream_safe("The sum is 5 ### more", ["###"]) == "The sum is 5 "

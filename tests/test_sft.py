@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 
 from tokenskip.contract.io import DataError, read_jsonl
+from tokenskip.finetune.sft import PAPER_RATIOS, Trajectory, assign_ratios, draw_ratio, split_groups
+from tokenskip.stages.build_sft import SFTDataConfig, run_build_sft
 from tokenskip.task.prompt_format import PromptFormat, load_prompt_format
 from tokenskip.task.prompts import answer_line, build_prompt, format_ratio
-from tokenskip.finetune.sft import PAPER_RATIOS, Trajectory, assign_ratios, draw_ratio, split_groups
-from tokenskip.stages.build_sft import SFTDataConfig, build_sft
 
 
 def write_jsonl(path, rows):
@@ -85,7 +85,7 @@ def test_validation_split_share_and_seed():
 def test_build_sft_self(tmp_path, smol_tokenizer):
     src = make_compressed(tmp_path / "c", n=40)
     cfg = SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), validation_share=0.25)
-    stats = build_sft(cfg, tokenizer=smol_tokenizer)
+    stats = run_build_sft(cfg, tokenizer=smol_tokenizer)
     train = read_jsonl(tmp_path / "sft" / "train.jsonl")
     val = read_jsonl(tmp_path / "sft" / "validation.jsonl")
     assert (len(train), len(val)) == (30, 10)
@@ -114,7 +114,7 @@ def test_build_sft_self(tmp_path, smol_tokenizer):
         "<|im_start|>user\n")[1].split("\n", 1)[0] + "\nWhat is 1 + 1?<|eot_id|>0.5<|eot_id|>"}]
     # rerun: byte-identical output
     before = {p: (tmp_path / "sft" / p).read_bytes() for p in ("train.jsonl", "validation.jsonl", "stats.json")}
-    build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), validation_share=0.25),
+    run_build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), validation_share=0.25),
               tokenizer=smol_tokenizer)
     assert before == {p: (tmp_path / "sft" / p).read_bytes() for p in before}
 
@@ -123,9 +123,9 @@ def test_missing_ratio_file_is_a_clear_error(tmp_path, smol_tokenizer):
     make_compressed(tmp_path / "c", n=4, ratios=(0.5,))
     cfg = SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), ratios=PAPER_RATIOS)
     with pytest.raises(FileNotFoundError, match=r"γ = 0\.9, 0\.8, 0\.7, 0\.6.*ratio-0\.5\.jsonl"):
-        build_sft(cfg, tokenizer=smol_tokenizer)
+        run_build_sft(cfg, tokenizer=smol_tokenizer)
     # only the γ that exist (+1.0) can be drawn
-    stats = build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), ratios=[1.0, 0.5],
+    stats = run_build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), ratios=[1.0, 0.5],
                                     validation_share=0.0), tokenizer=smol_tokenizer)
     assert set(stats["per_ratio"]["train"]) == {"1.0", "0.5"}
 
@@ -137,7 +137,7 @@ def test_bad_row_names_file_line_field(tmp_path, smol_tokenizer):
     del rows[1]["cot"]
     write_jsonl(p, rows)
     with pytest.raises(DataError, match=r"ratio-0\.5\.jsonl, line 2: field 'cot'"):
-        build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "o"), ratios=[1.0, 0.5]),
+        run_build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "o"), ratios=[1.0, 0.5]),
                   tokenizer=smol_tokenizer)
 
 
@@ -155,7 +155,7 @@ def test_gold_source_restricts_to_compressed_ids(tmp_path, smol_tokenizer):
     make_compressed(tmp_path / "c", ids=[p.id for p in problems[:5]], cots=[p.solution for p in problems[:5]])
     cfg = SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), cot_source="gold",
                         benchmark="gsm8k", data=str(data), validation_share=0.0)
-    build_sft(cfg, tokenizer=smol_tokenizer)
+    run_build_sft(cfg, tokenizer=smol_tokenizer)
     rows = read_jsonl(tmp_path / "sft" / "train.jsonl")
     assert [r["id"] for r in rows] == [p.id for p in problems[:5]]
     for r, p in zip(rows, problems):
@@ -167,7 +167,7 @@ def test_gold_source_restricts_to_compressed_ids(tmp_path, smol_tokenizer):
     make_compressed(tmp_path / "s", ids=[p.id for p in problems])  # self-generated CoTs
     both = SFTDataConfig(compressed=str(tmp_path / "s"), out=str(tmp_path / "both"), cot_source="both",
                          benchmark="gsm8k", data=str(data), validation_share=0.25)
-    build_sft(both, tokenizer=smol_tokenizer)
+    run_build_sft(both, tokenizer=smol_tokenizer)
     tr = read_jsonl(tmp_path / "both" / "train.jsonl")
     va = read_jsonl(tmp_path / "both" / "validation.jsonl")
     assert len(tr) + len(va) == 16 and len(va) == 4
@@ -176,7 +176,7 @@ def test_gold_source_restricts_to_compressed_ids(tmp_path, smol_tokenizer):
 
     # gold with a folder of self-generated CoTs and γ < 1 requested: no compressed gold exists
     with pytest.raises(ValueError, match="not built from the gold solutions"):
-        build_sft(SFTDataConfig(compressed=str(tmp_path / "s"), out=str(tmp_path / "g2"), cot_source="gold",
+        run_build_sft(SFTDataConfig(compressed=str(tmp_path / "s"), out=str(tmp_path / "g2"), cot_source="gold",
                                 benchmark="gsm8k", data=str(data)), tokenizer=smol_tokenizer)
 
 
@@ -205,7 +205,7 @@ def test_summary_marks_folder_as_gold(tmp_path, smol_tokenizer):
     write_jsonl(data, GSM_ROWS)
     make_compressed(tmp_path / "c", ids=[f"gsm8k/train/{i}" for i in range(4)], ratios=(0.5,))
     (tmp_path / "c" / "summary.json").write_text(json.dumps({"settings": {"cot_source": "gold"}}))
-    stats = build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "o"), cot_source="gold",
+    stats = run_build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "o"), cot_source="gold",
                                     data=str(data), ratios=[1.0, 0.5], validation_share=0.0),
                       tokenizer=smol_tokenizer)
     assert stats["n"]["total"] == 4 and stats["per_ratio"]["train"]["0.5"] > 0
@@ -217,7 +217,7 @@ def test_default_ratios_are_what_the_compress_folder_holds(tmp_path, smol_tokeni
     make_compressed(tmp_path / "c", n=12, ratios=(0.9, 0.7, 0.5))
     assert available_ratios(tmp_path / "c") == [1.0, 0.9, 0.7, 0.5]
     cfg = SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), validation_share=0.0)
-    stats = build_sft(cfg, tokenizer=smol_tokenizer)
+    stats = run_build_sft(cfg, tokenizer=smol_tokenizer)
     assert set(stats["per_ratio"]["train"]) == {"1.0", "0.9", "0.7", "0.5"}
     # planned before the folder exists (pipeline): left unresolved, then resolved when run
     late = SFTDataConfig(compressed=str(tmp_path / "later"), out=str(tmp_path / "sft2"))
@@ -237,7 +237,7 @@ def test_ratios_per_cot_draws_distinct_gammas_and_keeps_questions_together(tmp_p
     make_compressed(tmp_path / "c", n=20)
     cfg = SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), validation_share=0.25,
                         ratios_per_cot=3)
-    stats = build_sft(cfg, tokenizer=smol_tokenizer)
+    stats = run_build_sft(cfg, tokenizer=smol_tokenizer)
     train = read_jsonl(tmp_path / "sft" / "train.jsonl")
     val = read_jsonl(tmp_path / "sft" / "validation.jsonl")
     assert stats["n"] == {"train": 45, "validation": 15, "total": 60}

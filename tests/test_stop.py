@@ -15,8 +15,8 @@ from conftest import LLAMA3_TEMPLATE, make_tiny_llama
 from tokenskip.engines import cut_at_stop, end_of_turn_ids
 from tokenskip.engines.hf import HFBackend
 from tokenskip.engines.vllm import finish_generation, sampling_kwargs
+from tokenskip.finetune.sft_rows import tokenize_example
 from tokenskip.task.prompts import StopRule, build_prompt, end_of_turn, stop_rule
-from tokenskip.finetune.lora import tokenize_example
 
 ENDOFTEXT, IM_START, IM_END = 0, 1, 2  # SmolLM2 tokenizer ids
 

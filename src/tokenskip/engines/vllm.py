@@ -52,12 +52,12 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Sequence
 
-from tokenskip.engines import BackendStats, Generation, cut_at_stop
+from tokenskip.engines import BackendStats, Capabilities, Generation, cut_at_stop
+from tokenskip.engines.vllm_platform import merged_model_dir, on_cpu_platform, set_env_defaults
 from tokenskip.task.prompts import StopRule, stop_rule
 
 logger = logging.getLogger(__name__)
@@ -67,72 +67,6 @@ LATENCY_MODES = ("amortized", "single")
 #: LoRA ranks vLLM's engine accepts for ``max_lora_rank`` (vLLM ``LoRAConfig``); an adapter's ``r``
 #: is rounded up to the next one.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-#: Default GiB of CPU KV cache (measured enough for 32 concurrent GSM8K requests on the 135M model).
-DEFAULT_KVCACHE_GB = 2
-
-
-def _id_list(cpus: list[int]) -> str:
-    """``[0]`` -> ``"0"``, ``[0, 1, 2]`` -> ``"0-2"``, ``[0, 1, 3]`` -> ``"0,1,3"`` (forms vLLM parses)."""
-    if len(cpus) > 1 and cpus == list(range(cpus[0], cpus[-1] + 1)):
-        return f"{cpus[0]}-{cpus[-1]}"
-    return ",".join(str(c) for c in cpus)
-
-
-def cpu_bind_spec(threads: int | None = None, cpus: Sequence[int] | None = None, ranks: int = 1) -> str:
-    """``VLLM_CPU_OMP_THREADS_BIND`` value binding to ``cpus`` (default: this process's affinity).
-
-    Args:
-        threads: use only the first ``threads`` CPUs (``None``/0: all of them).
-        cpus: CPU ids to choose from (tests pass these; default ``os.sched_getaffinity(0)``).
-        ranks: tensor-parallel workers; the CPUs are split into that many equal consecutive groups,
-            joined by ``|`` (vLLM requires exactly one group per local rank).
-
-    Returns:
-        e.g. ``"0-1"``, ``"0"``, ``"0,1,3"``, or ``"0-3|4-7"`` for 2 ranks.
-
-    Raises:
-        ValueError: fewer CPUs than ranks.
-    """
-    if cpus is None:
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    cpus = sorted(cpus)
-    if threads:
-        cpus = cpus[:threads]
-    if len(cpus) < max(ranks, 1):
-        raise ValueError(f"{len(cpus)} CPUs to bind vLLM's OpenMP threads to, need at least one per rank ({ranks})")
-    per = len(cpus) // ranks
-    return "|".join(_id_list(cpus[r * per:(r + 1) * per]) for r in range(ranks))
-
-
-def set_env_defaults(threads: int | None = None, kv_cache_space_gb: float | None = None,
-                     tensor_parallel_size: int = 1) -> dict[str, str]:
-    """Set the vLLM environment defaults listed in the module docstring; returns what was set.
-
-    Values already in the environment win, except ``VLLM_CPU_KVCACHE_SPACE`` when
-    ``kv_cache_space_gb`` is given explicitly (whole GiB; ``ValueError`` otherwise). Must run before the engine starts (the engine's child
-    process inherits the environment).
-    """
-    from tokenskip.engines.models import cache_dir
-
-    threads = threads or int(os.environ.get("TOKENSKIP_THREADS", "0") or 0) or None
-    wanted = {
-        "VLLM_CPU_OMP_THREADS_BIND": cpu_bind_spec(threads, ranks=tensor_parallel_size),
-        "VLLM_CPU_KVCACHE_SPACE": str(DEFAULT_KVCACHE_GB),
-        "VLLM_CACHE_ROOT": str(cache_dir() / "vllm"),
-    }
-    done = {}
-    for key, value in wanted.items():
-        if key not in os.environ:
-            os.environ[key] = done[key] = value
-    if kv_cache_space_gb is not None:
-        # vLLM's CPU platform parses this variable with int(): whole GiB only
-        if kv_cache_space_gb != int(kv_cache_space_gb) or kv_cache_space_gb < 1:
-            raise ValueError(f"kv_cache_space_gb must be a whole number of GiB >= 1 "
-                             f"(vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer), got {kv_cache_space_gb}")
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = done["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_space_gb))
-    return done
-
 
 def adapter_rank(adapter: str) -> int:
     """LoRA rank ``r`` of a peft adapter folder (from ``adapter_config.json``).
@@ -200,36 +134,6 @@ def finish_generation(ids: list[int], finish_reason: str | None, rule: StopRule,
     return Generation(text, len(ids), latency, "stop" if hit else finish, ids)
 
 
-def on_cpu_platform() -> bool:
-    """Whether vLLM runs on its CPU platform (vllm-cpu) here."""
-    try:
-        from vllm.platforms import current_platform
-    except ImportError:  # pragma: no cover - depends on the environment
-        return False
-    return bool(current_platform.is_cpu())
-
-
-def merged_model_dir(model: str, adapter: str) -> str:
-    """A full model folder of ``adapter`` merged into ``model``, made once and cached.
-
-    The folder is ``cache_dir()/merged/<hash of the adapter's weights and config>`` (written by
-    :func:`tokenskip.engines.merge.merge_adapter`, atomically), so a retrained adapter gets a new folder.
-    """
-    from tokenskip.contract.layout import adapter_hash, find_adapter
-    from tokenskip.engines.merge import merge_adapter
-    from tokenskip.engines.models import cache_dir
-
-    import hashlib
-
-    folder = find_adapter(adapter)
-    key = hashlib.sha256(f"{model}|{adapter_hash(folder)}".encode()).hexdigest()[:16]
-    out = cache_dir() / "merged" / key
-    if not (out / "config.json").is_file():
-        logger.info("merging %s into %s for vLLM on CPU -> %s", folder, model, out)
-        merge_adapter(model, folder, out, record={"model": model, "adapter": str(folder)})
-    return str(out)
-
-
 class VLLMBackend:
     """Greedy decoding with vLLM's offline ``LLM`` engine (one engine per backend instance).
 
@@ -246,7 +150,7 @@ class VLLMBackend:
         merge_adapter: on the CPU platform (vllm-cpu), serve ``adapter`` merged into a full model folder
             (made once with :mod:`tokenskip.engines.merge`, cached under ``cache_dir()/merged``) on an engine without
             LoRA: vllm-cpu decodes with LoRA at about half the speed (81 vs 179 tok/s measured, 135M,
-            float32, README "Generation engines"). On GPUs adapters are always served unmerged.
+            float32, docs/results.md "Generation engines"). On GPUs adapters are always served unmerged.
         latency_mode: ``amortized`` (one call for all prompts; wall time ÷ n per sample) or ``single``
             (prompts one at a time; true per-request latency).
         show_progress: vLLM's progress bar (off by default: the calling stage draws the one bar of its step).
@@ -287,7 +191,7 @@ class VLLMBackend:
                  enable_prefix_caching: bool | None = None, max_num_batched_tokens: int | None = None, **_ignored):
         if latency_mode not in LATENCY_MODES:
             raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
-        from tokenskip.engines.models import DTYPES, load_tokenizer, materialize
+        from tokenskip.engines.models import DTYPES, load_tokenizer
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -305,16 +209,7 @@ class VLLMBackend:
                               f"'tokenskip[vllm-cpu]' on CPU (then scripts/install_vllm_cpu.sh) ({e})") from e
 
         self.model_name, self.force_adapter = model, force_adapter
-        if adapter:  # before the engine starts: a wrong base fails in seconds, with one line
-            from tokenskip.engines.models import check_adapter
-
-            check_adapter(adapter, model, force_adapter)
-        self.merged_adapter = None
-        if adapter and merge_adapter and not enable_lora and on_cpu_platform():
-            self.model_dir = merged_model_dir(model, adapter)
-            self.merged_adapter, adapter = str(Path(adapter).resolve()), None
-        else:
-            self.model_dir = materialize(model)
+        adapter = self._place_model(model, adapter, merge_adapter and not enable_lora, force_adapter)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.stop = folder_stop_rule(self.model_dir, self.tokenizer, stop)
         self.stop_ids = list(self.stop.token_ids)
@@ -338,6 +233,28 @@ class VLLMBackend:
         engine_args.update({k: v for k, v in optional.items() if v is not None})
         if self.lora:
             engine_args.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=1)
+        self._launch(engine_args)
+
+    def _place_model(self, model: str, adapter: str | None, merge: bool, force_adapter: bool) -> str | None:
+        """Set ``model_dir`` (and ``merged_adapter``) and return the adapter still to serve per request.
+
+        An adapter is checked against its base first (a wrong base fails in seconds, with one line). On the
+        CPU platform with ``merge``, the engine serves the adapter merged into a cached full model folder
+        (:func:`tokenskip.engines.vllm_platform.merged_model_dir`) and runs without LoRA.
+        """
+        from tokenskip.engines.models import check_adapter, materialize
+
+        if adapter:
+            check_adapter(adapter, model, force_adapter)
+        self.merged_adapter = None
+        if adapter and merge and on_cpu_platform():
+            self.model_dir = merged_model_dir(model, adapter)
+            self.merged_adapter = str(Path(adapter).resolve())
+            return None
+        self.model_dir = materialize(model)
+        return adapter
+
+    def _launch(self, engine_args: dict) -> None:
         logger.info("starting vLLM engine: %s", engine_args)
         t0 = time.perf_counter()
         self._start(engine_args)
@@ -349,6 +266,13 @@ class VLLMBackend:
         from vllm import LLM
 
         self.llm = LLM(**engine_args)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Adapters per request when started with LoRA; sampling; no streaming (the offline engine returns
+        whole completions: :class:`~tokenskip.engines.vllm_async.AsyncVLLMBackend` streams)."""
+        return Capabilities(adapters_per_request=self.lora, streaming=False, sampling=True, concurrent=False,
+                            chunk_size=256, dtype=self.dtype)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

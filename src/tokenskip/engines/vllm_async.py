@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from tokenskip.engines import Generation
+from tokenskip.engines import Capabilities, Generation
 from tokenskip.engines.vllm import VLLMBackend, finish_generation, sampling_kwargs
 
 
@@ -35,7 +35,6 @@ class AsyncVLLMBackend(VLLMBackend):
     ignored: each request's latency is its own wall time from submission to its last token)."""
 
     name = "vllm"
-    concurrent = True   # generate() may be called from several threads at once (the server does)
 
     def _start(self, engine_args: dict) -> None:
         from vllm import AsyncEngineArgs
@@ -83,6 +82,13 @@ class AsyncVLLMBackend(VLLMBackend):
             with self._lock:
                 self.in_flight -= 1
         return finish_generation(toks, finish, self.stop, self.tokenizer, time.perf_counter() - t0)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The offline engine's, plus token streaming and concurrent callers (requests join the running batch)."""
+        base = super().capabilities
+        return Capabilities(adapters_per_request=base.adapters_per_request, streaming=True, sampling=True,
+                            concurrent=True, chunk_size=base.chunk_size, dtype=base.dtype)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int], adapter: str | None = None,
                  temperature: float = 0.0, top_p: float = 1.0,

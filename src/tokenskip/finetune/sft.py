@@ -3,23 +3,25 @@ records and the reader of a compressed folder. The stage runner is :mod:`tokensk
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args, to_dict
-from tokenskip.contract.io import SCHEMA_VERSION, DataError, iter_jsonl, read_json, write_json_atomic, write_jsonl_atomic
-from tokenskip.contract.layout import (COMPRESS_SUMMARY, SFT_STATS, SFT_TRAIN, SFT_VALIDATION, SOURCE, compressed_file,
-                              compressed_ratios)
-from tokenskip.task.prompt_format import PromptFormat
+from tokenskip.contract.io import (
+    DataError,
+    iter_jsonl,
+)
+from tokenskip.contract.layout import (
+    SOURCE,
+    compressed_file,
+    compressed_ratios,
+)
+from tokenskip.contract.ratios import format_ratio, paper_grid
+from tokenskip.contract.records import CompressedCot, SFTExample, SourceCot
 from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER, answer_line, styled_prompt
-from tokenskip.contract.ratios import format_ratio, paper_grid, validate_ratios
-from tokenskip.contract.records import CompressedCot, SFTExample, SourceCot, problem_id
 
 logger = logging.getLogger(__name__)
 

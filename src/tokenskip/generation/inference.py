@@ -26,10 +26,14 @@ from typing import Sequence
 from tokenskip.engines import Generation
 from tokenskip.task.grading import extract_answer, split_cot
 from tokenskip.task.prompt_format import PromptFormat
-from tokenskip.task.prompts import ratio_marker, validate_ratio
 
 #: Text appended to a CoT cut at its budget to force an answer (the SFT targets' answer line, opened).
-from tokenskip.task.prompts import FORCE_ANSWER  # noqa: E402,F401 - the answer line opened (one definition)
+from tokenskip.task.prompts import (
+    FORCE_ANSWER,  # noqa: E402,F401 - the answer line opened (one definition)
+    ratio_marker,
+    validate_ratio,
+)
+
 #: Tokens allowed for a forced answer (evaluate's ``--answer-max-tokens`` default).
 ANSWER_MAX_TOKENS = 24
 
@@ -164,10 +168,10 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     ``caps`` bound the rest. A forced answer adds its tokens to ``num_tokens`` and its time to ``latency_s``;
     ``token_ids`` keep the first pass's ids only (greedy: the prefix of the uncapped run). Extra keyword arguments (``temperature``, ``top_p``) go to the engine only when
     sampling (greedy engines such as vLLM's need none). ``on_tokens(i, ids)`` is handed to the first pass of an
-    engine that streams (its ``generate`` takes ``on_tokens``, see :func:`streams_tokens`); others ignore it.
+    engine that streams (``engine.capabilities.streaming``); others ignore it.
     """
     kw = dict(sampling) if sampling.get("temperature") else {}
-    if on_tokens is not None and streams_tokens(engine):
+    if on_tokens is not None and engine.capabilities.streaming:
         kw["on_tokens"] = on_tokens
     first_caps = [min(c, b) if b is not None else c for c, b in zip(caps, cot_caps)]
     first = engine.generate(list(prompts), first_caps, **kw)
@@ -187,24 +191,16 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     return out
 
 
-def streams_tokens(engine) -> bool:
-    """Whether ``engine.generate`` takes an ``on_tokens`` callback (streams tokens while decoding)."""
-    import inspect
-
-    try:
-        return "on_tokens" in inspect.signature(engine.generate).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-class BudgetEngine:
-    """An engine whose ``generate(prompts, caps)`` treats each cap as a CoT budget (see :func:`generate_capped`);
-    evaluate's budget method runs its rows through it."""
+class ForcedAnswerEngine:
+    """An engine whose ``generate(prompts, caps)`` treats each cap as a CoT cap and forces the answer line
+    after a cut CoT (see :func:`generate_capped`); evaluate's budget and truncation methods run their rows
+    through it."""
 
     def __init__(self, inner, answer_max_tokens: int = ANSWER_MAX_TOKENS):
         self.inner, self.answer_max_tokens = inner, answer_max_tokens
         self.tokenizer, self.batch_size, self.name = inner.tokenizer, inner.batch_size, inner.name
         self.count_tokens = inner.count_tokens
+        self.capabilities = inner.capabilities
 
     def generate(self, prompts, max_new_tokens, adapter=None) -> list[Generation]:
         caps = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)

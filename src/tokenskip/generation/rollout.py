@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tokenskip.engines import BACKENDS, GenerationBackend
-from tokenskip.task.benchmarks import GRADERS, Benchmark, get_benchmark
-from tokenskip.engines.hardware import DtypeChoice, parse_threads, resolve_dtype, resolve_threads
 from tokenskip.contract.io import ResumableJsonl, file_hash, write_json_atomic
-from tokenskip.engines.models import DTYPES, WEIGHTS_DTYPE_HELP
 from tokenskip.contract.records import Prediction, Problem, RunMetrics
+from tokenskip.engines import BACKENDS, GenerationBackend, engine_spec
+from tokenskip.engines.hardware import DtypeChoice, parse_threads, resolve_dtype, resolve_threads
+from tokenskip.engines.models import DTYPES, WEIGHTS_DTYPE_HELP
+from tokenskip.task.benchmarks import GRADERS, Benchmark, get_benchmark
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +107,8 @@ class GenerationConfig:
             raise ValueError("--limit and --offset must be >= 0")
         if any(not x for x in self.stop):
             raise ValueError("--stop: stop strings must not be empty")
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("--backend openai needs --base-url (e.g. http://127.0.0.1:8088/v1)")
+        if engine_spec(self.backend).needs_base_url and not self.base_url:
+            raise ValueError(f"--backend {self.backend} needs --base-url (e.g. http://127.0.0.1:8088/v1)")
         if self.max_in_flight < 1:
             raise ValueError(f"--max-in-flight must be >= 1, got {self.max_in_flight}")
 
@@ -123,10 +123,7 @@ class GenerationConfig:
 
     def dtype_choice(self) -> DtypeChoice:
         """The dtype this run uses (``auto`` resolved for ``device``/backend) and why."""
-        device = self.device
-        if self.backend == "vllm" and not device.startswith("cuda"):
-            device = "auto"  # vLLM picks its own platform: CUDA when there is one
-        return resolve_dtype(self.dtype, device)
+        return resolve_dtype(self.dtype, engine_spec(self.backend).dtype_device(self.device))
 
     def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
         kw = dict(model=self.model, dtype=self.dtype_choice().dtype, device=self.device, batch_size=self.batch_size,
@@ -222,8 +219,7 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
         logger.info("%d of %d problems to generate (%d already done)", len(todo), len(problems),
                     len(problems) - len(todo))
     todo.sort(key=lambda i: len(prompts[i]))
-    # vLLM batches continuously: hand it big chunks; HF: a few batches, so a kill loses little
-    chunk = chunk or (256 if getattr(backend, "name", "") == "vllm" else max(1, getattr(backend, "batch_size", 8) * 4))
+    chunk = chunk or backend.capabilities.chunk_size
     from tokenskip.contract.console import progress
 
     with progress(len(todo), desc) as bar:  # the step's only bar: backends draw none

@@ -31,7 +31,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 from collections import Counter
@@ -39,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.contract.config import to_dict
 from tokenskip.contract.io import SCHEMA_VERSION, write_json_atomic, write_jsonl_atomic
 
 logger = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ REASONING_GYM_VERSION = "0.1.25"           # the pinned version of the `lab` ext
 
 @dataclass
 class LabDataConfig:
-    """Settings of ``tokenskip lab-data``. Defaults: the task of the lab probe (README "TokenSkip on this CPU (lab)")."""
+    """Settings of ``tokenskip lab-data``. Defaults: the task of the lab probe (docs/lab.md)."""
 
     out: str = field(default="", metadata={"help": "output folder (train/validation/test.jsonl, summary.json)"})
     tasks: list[str] = field(default_factory=lambda: ["leg_counting"], metadata={
@@ -298,11 +297,6 @@ def _installed_version() -> str:
     return version("reasoning-gym")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_args(parser, LabDataConfig)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    summary = run_lab_data(dataclass_from_args(LabDataConfig, args))
-    print(f"lab-data: {summary['n']} -> {args.out or ''}")
-    return 0
+def show(cfg: LabDataConfig, summary) -> None:
+    """What ``tokenskip lab-data`` prints."""
+    print(f"lab-data: {summary['n']} -> {cfg.out}")

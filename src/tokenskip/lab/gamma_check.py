@@ -4,7 +4,7 @@ A cheap test of γ conditioning, run before (or instead of) a full evaluation: f
 folder, the teacher-forced loss of the compressed and of the full version of each CoT is measured
 under the prompt with the γ marker and under the prompt without it. An adapter that follows γ gives
 the compressed CoT the lower loss under the γ prompt and the full one under the plain prompt; the
-lab probe's adapter (README "TokenSkip on this CPU (lab)") learned the compressed style but its marker barely
+lab probe's adapter (docs/lab.md) learned the compressed style but its marker barely
 moved the choice, and greedy decoding then wrote the full CoT at every γ.
 
 Loss = mean negative log-likelihood per completion token, in nats (completion = CoT + the answer line
@@ -60,7 +60,7 @@ def completion_nll(model, tokenizer, prompt: str, completion: str, eot: str) -> 
     """Mean NLL (nats per token) of ``completion + eot`` after ``prompt``, teacher-forced."""
     import torch
 
-    from tokenskip.finetune.lora import tokenize_example
+    from tokenskip.finetune.sft_rows import tokenize_example
 
     ex = tokenize_example(tokenizer, prompt, completion, eot)
     ids = torch.tensor([ex["input_ids"]])

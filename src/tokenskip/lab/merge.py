@@ -16,11 +16,10 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.contract.config import to_dict
 from tokenskip.engines.merge import SAVE_DTYPES, merge_adapter
 
 
@@ -59,11 +58,6 @@ def run_merge(cfg: MergeConfig) -> Path:
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_args(parser, MergeConfig)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    out = run_merge(dataclass_from_args(MergeConfig, args))
-    print(f"merged model: {out}")
-    return 0
+def show(cfg: MergeConfig, summary) -> None:
+    """What ``tokenskip merge`` prints."""
+    print(f"merged model: {summary}")

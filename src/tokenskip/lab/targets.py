@@ -1,4 +1,4 @@
-"""The CPU lab's targets (README "TokenSkip on this CPU (lab)"), checked against a run's ``report.json``.
+"""The CPU lab's targets (docs/lab.md), checked against a run's ``report.json``.
 
 ``tokenskip lab-targets runs/lab-smollm2-legs`` prints one line per target with the measured
 value and whether it holds; the exit status is 0 only when all hold. Everything is read from the run's
@@ -50,7 +50,7 @@ def check_targets(rows: list[dict], stage_seconds: dict[str, float] | None = Non
             (γ or ``None``), ``accuracy`` (fraction) and ``act_ratio``.
         stage_seconds: stage -> seconds from ``manifest.json`` (the wall-time target; set-up not included).
     Returns:
-        One :class:`Target` per target, in the README's order; a missing row fails its target.
+        One :class:`Target` per target, in the order of docs/lab.md; a missing row fails its target.
     """
     out: list[Target] = []
     orig, nocot = _find(rows, "original", None), _find(rows, "nocot", None)

@@ -1,7 +1,7 @@
 """Stage *warmup*: fine-tune the base model on the lab's worked solutions, so it can solve the lab task.
 
 TokenSkip needs a target model that solves its task and writes its own CoTs; the packaged 135M
-model solves none of the lab's questions zero-shot (0/20 in the lab probe, README "TokenSkip on this CPU (lab)"). This stage
+model solves none of the lab's questions zero-shot (0/20 in the lab probe, docs/lab.md). This stage
 is ordinary supervised fine-tuning on the gold solutions written by ``tokenskip lab-data``: no γ
 marker, every row at γ = 1.0, the completion ending in the project's answer line — the same rows
 ``tokenskip build-sft`` writes, so :func:`tokenskip.stages.train.train` runs unchanged. ``tokenskip merge``
@@ -20,18 +20,17 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args, to_dict
-from tokenskip.task.data import load_problems
+from tokenskip.contract.config import to_dict
 from tokenskip.contract.io import SCHEMA_VERSION, write_json_atomic, write_jsonl_atomic
-from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER
 from tokenskip.finetune.sft import Trajectory, make_record
-from tokenskip.finetune.lora import TrainConfig
+from tokenskip.finetune.train_config import TrainConfig
+from tokenskip.task.data import load_problems
+from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +107,3 @@ def run_warmup(cfg: WarmupConfig, tokenizer=None) -> dict:
     from tokenskip.finetune.lora import train
 
     return train(train_config(cfg))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_args(parser, WarmupConfig)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    run_warmup(dataclass_from_args(WarmupConfig, args))
-    return 0

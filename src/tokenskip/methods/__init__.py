@@ -1,7 +1,7 @@
 """Evaluation methods registry: what ``tokenskip evaluate --method NAME`` runs.
 
 A method is a :class:`Method` subclass in its own module of this package; importing the package
-registers every module in it, so adding a method is one file (see the README's development section)::
+registers every module in it, so adding a method is one file (see docs/development.md)::
 
     # src/tokenskip/methods/cot_free.py
     from tokenskip.methods import Method, register
@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
-
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 from tokenskip.contract.layout import eval_run_dir
 from tokenskip.contract.ratios import format_ratio, paper_grid, validate_ratios
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tokenskip.engines import Generation, GenerationBackend
     from tokenskip.contract.records import Problem
+    from tokenskip.engines import Generation, GenerationBackend
 
 
 @dataclass

@@ -71,6 +71,6 @@ class Budget(Method):
                                    "length_model": lm.weights, "answer_max_tokens": cfg.answer_max_tokens}, metrics)
 
     def generate(self, backend, prompts, caps, adapter, cfg):
-        from tokenskip.generation.inference import BudgetEngine
+        from tokenskip.generation.inference import ForcedAnswerEngine
 
-        return BudgetEngine(backend, cfg.answer_max_tokens).generate(prompts, caps, adapter=adapter)
+        return ForcedAnswerEngine(backend, cfg.answer_max_tokens).generate(prompts, caps, adapter=adapter)

@@ -1,7 +1,7 @@
 """``prompt``: the base model told in its instruction to cut its reasoning words by (1 − γ) (paper §5 baseline)."""
 
-from tokenskip.methods import Method, register
 from tokenskip.contract.ratios import paper_grid
+from tokenskip.methods import Method, register
 
 
 @register

@@ -8,8 +8,8 @@ with the reference's hand-written strings. ``--scale-max-new-tokens`` caps decod
 
 from functools import lru_cache
 
-from tokenskip.methods import Method, register
 from tokenskip.contract.ratios import paper_grid, validate_ratio
+from tokenskip.methods import Method, register
 
 
 def scaled_max_new_tokens(cap: int, ratio: float) -> int:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from tokenskip.methods import Method, register
 from tokenskip.contract.ratios import paper_grid
+from tokenskip.methods import Method, register
 
 
 def truncation_variant(cfg) -> str:
@@ -57,6 +57,6 @@ class Truncation(Method):
         if not cfg.force_answer:  # the paper's plain cap
             return super().generate(backend, prompts, caps, adapter, cfg)
         # the one forced-answer rule, shared with budget mode and the server (tokenskip.generation.inference)
-        from tokenskip.generation.inference import BudgetEngine
+        from tokenskip.generation.inference import ForcedAnswerEngine
 
-        return BudgetEngine(backend, cfg.answer_max_tokens).generate(prompts, caps)
+        return ForcedAnswerEngine(backend, cfg.answer_max_tokens).generate(prompts, caps)

@@ -18,14 +18,13 @@ from tokenskip.pipeline.recipe import (
     RecipeError,
     build_config,
     data_hash,
+    settings_of,
     stage_enabled,
     stage_section,
-    settings_of,
     with_inherited,
     without_runtime,
 )
-from tokenskip.stages import LAB_STAGES, get_stage
-from tokenskip.stages import NAMES as STAGES
+from tokenskip.stages import LAB_STAGES, STAGES, Stage, get_stage
 
 logger = logging.getLogger(__name__)
 
@@ -42,129 +41,143 @@ class StagePlan:
     status: str = "new"     # new | done | changed | resume | disabled
 
 
-def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
-    """Resolve every stage of ``recipe`` into configs + fingerprints; nothing is run or written.
+class _Planner:
+    """The state of one :func:`plan` call: the recipe, the manifest on disk, and what is planned so far."""
 
-    Fingerprints cover the settings as the recipe gives them (plus code defaults) and the inputs (data
-    file hashes, upstream fingerprints); nothing that an earlier stage's output on disk would change.
+    def __init__(self, recipe: dict | Recipe):
+        self.src = recipe.get("_path", "recipe") if isinstance(recipe, dict) else "recipe"
+        self.recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
+        self.target = self.recipe          # the recipe as later stages see it (model = the lab's merged target)
+        self.run = Path(self.recipe.run_dir) / self.recipe.name
+        self.manifest = read_json(self.run / MANIFEST) if (self.run / MANIFEST).exists() else {"stages": {}}
+        self.out = {s.name: self.run / s.folder for s in STAGES}
+        self.upstream: dict[str, str] = {}    # enabled stage -> its fingerprint
+        self.plans: list[StagePlan] = []
 
-    Raises:
-        RecipeError: unknown keys or bad values at the top level or in a stage section (names the
-            recipe, the section and the key).
-    """
-    src = recipe.get("_path", "recipe") if isinstance(recipe, dict) else "recipe"
-    recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
-    run = Path(recipe.run_dir) / recipe.name
-    manifest = read_json(run / MANIFEST) if (run / MANIFEST).exists() else {"stages": {}}
-    plans: list[StagePlan] = []
-    upstream: dict[str, str] = {}
-    out = {name: run / get_stage(name).folder for name in STAGES}
-
-    def add(p: StagePlan) -> None:
-        if p.enabled and p.name not in LAB_STAGES and "merge" in upstream:
-            p.inputs = {**p.inputs, "merge": upstream["merge"]}   # the target model
+    def add(self, p: StagePlan) -> None:
+        """Fingerprint ``p`` (settings + inputs), give it its status against the manifest, append it."""
+        if p.enabled and p.name not in LAB_STAGES and any(s.makes_model for s in STAGES if s.name in self.upstream):
+            maker = next(s.name for s in STAGES if s.makes_model and s.name in self.upstream)
+            p.inputs = {**p.inputs, maker: self.upstream[maker]}   # the target model
         p.fingerprint = fingerprint({"settings": without_runtime(p.settings), "inputs": p.inputs})
-        prev = manifest.get("stages", {}).get(p.name)
+        prev = self.manifest.get("stages", {}).get(p.name)
         if not p.enabled:
             p.status = "disabled"
         elif prev is None:
             p.status = "new"
         elif prev.get("fingerprint") != p.fingerprint:
             p.status = "changed"
-        elif prev.get("status") == "done":
-            p.status = "done"
         else:
-            p.status = "resume"
+            p.status = "done" if prev.get("status") == "done" else "resume"
         if p.enabled:
-            upstream[p.name] = p.fingerprint
-        plans.append(p)
+            self.upstream[p.name] = p.fingerprint
+        self.plans.append(p)
 
-    def single(stage: str, defaults: dict, inputs: Callable[[dict], dict],
-               adjust: Callable[[dict], None] | None = None) -> None:
-        """A stage with one config: recipe section + inherited keys + wired paths -> plan."""
-        if stage in LAB_STAGES and stage not in recipe.stages:
-            return   # recipes outside the CPU lab are planned as if the lab stages did not exist
-        if not stage_enabled(recipe, stage):
-            add(StagePlan(stage, False))
-            return
-        cls = get_stage(stage).config_cls
-        sec = with_inherited(recipe if stage in LAB_STAGES else target, cls, stage_section(recipe, stage))
-        sec.pop("enabled", None)
-        for k, v in {"out": str(out[stage]), **defaults}.items():
-            sec.setdefault(k, v)
-        if adjust:
-            adjust(sec)
-        cfg = build_config(cls, sec, f"{src}: stages.{stage}")
-        add(StagePlan(stage, True, settings_of(cfg), [cfg], inputs(sec)))
-
-    def wire_compress(sec: dict) -> None:
-        if sec.get("cot_source", "self") in ("self", "predictions") and not sec.get("predictions"):
-            if "generate" not in upstream:
-                raise RecipeError(f"{src}: stages.compress uses self-generated CoTs (cot_source: self) but "
-                                  "the generate stage is disabled; enable it, set compress.predictions, or use "
-                                  "cot_source: gold")
-            sec["predictions"] = str(out["generate"] / PREDICTIONS)
-
-    def data_input(value: Any) -> Any:
-        # a lab split does not exist before its stage ran: identify it by that stage's fingerprint
-        if "lab_data" in upstream and isinstance(value, str) and Path(value).parent == out["lab_data"]:
-            return {"lab_data": upstream["lab_data"], "file": Path(value).name}
+    def data_input(self, value: Any) -> Any:
+        """How a data reference enters a fingerprint: a lab split (not on disk before its stage ran) by that
+        stage's fingerprint, a file by its hash."""
+        lab = self.out["lab_data"]
+        if "lab_data" in self.upstream and isinstance(value, str) and Path(value).parent == lab:
+            return {"lab_data": self.upstream["lab_data"], "file": Path(value).name}
         return data_hash(value)
 
-    target = recipe
-    single("lab_data", {}, lambda sec: {})
-    single("warmup", {"data": str(out["lab_data"])}, lambda sec: {"lab_data": upstream.get("lab_data")})
-    single("merge", {"adapter": str(out["warmup"] / "adapter")}, lambda sec: {"warmup": upstream.get("warmup")})
-    target = dataclasses.replace(recipe, model=str(out["merge"])) if "merge" in upstream else recipe
-    lab_train = {"data": str(out["lab_data"] / "train.jsonl")} if "lab_data" in upstream else {}
+    def wired(self, stage: Stage, sec: dict) -> None:
+        """Fill the paths the recipe left unset: ``out``, then the stage's wires (registry)."""
+        sec.setdefault("out", str(self.out[stage.name]))
+        for w in stage.wires:
+            if not w.only_if_planned or w.stage in self.upstream:
+                sec.setdefault(w.field, str(self.out[w.stage] / w.path) if w.path else str(self.out[w.stage]))
 
-    single("generate", lab_train, lambda sec: {"data": data_input(sec.get("data"))})
-    single("compress", lab_train, lambda sec: {"generate": upstream.get("generate"), "data": data_input(sec.get("data"))},
-           wire_compress)
-    single("build_sft", {"compressed": str(out["compress"]), **lab_train},
-           lambda sec: {"compress": upstream.get("compress"), "data": data_input(sec.get("data"))})
-    single("train", {"data": str(out["build_sft"])}, lambda sec: {"build_sft": upstream.get("build_sft")})
-
-    # evaluate: benchmarks x methods
-    if stage_enabled(recipe, "evaluate"):
-        cls = get_stage("evaluate").config_cls
-        sec = stage_section(recipe, "evaluate")
+    def section(self, stage: Stage) -> dict:
+        sec = stage_section(self.recipe, stage.name)
         sec.pop("enabled", None)
+        return sec
+
+    def inputs(self, stage: Stage, sec: dict) -> dict:
+        found = {name: self.upstream.get(name) for name in stage.inputs}
+        if stage.data_input:
+            found["data"] = self.data_input(sec.get("data"))
+        return found
+
+    def single(self, stage: Stage) -> StagePlan:
+        """A stage with one config: recipe section + inherited keys + wired paths."""
+        cls = stage.config_cls
+        sec = with_inherited(self.recipe if stage.lab else self.target, cls, self.section(stage))
+        self.wired(stage, sec)
+        if stage.name in ADJUST:
+            ADJUST[stage.name](self, sec)
+        cfg = build_config(cls, sec, f"{self.src}: stages.{stage.name}")
+        return StagePlan(stage.name, True, settings_of(cfg), [cfg], self.inputs(stage, sec))
+
+    def grid(self, stage: Stage) -> StagePlan:
+        """The evaluate stage: one config per (benchmark, method) of the recipe."""
+        cls, sec, where = stage.config_cls, self.section(stage), f"{self.src}: stages.{stage.name}"
         benches = sec.pop("benchmarks", None) or [{}]
         methods = sec.pop("methods", None) or [{"method": ORIGINAL}]
         if not isinstance(benches, list) or not isinstance(methods, list):
-            raise RecipeError(f"{src}: stages.evaluate.benchmarks and .methods must be lists")
-        common = with_inherited(target, cls, sec)
-        if "lab_data" in upstream:
-            common.setdefault("data", str(out["lab_data"] / "test.jsonl"))
+            raise RecipeError(f"{where}.benchmarks and .methods must be lists")
+        common = with_inherited(self.target, cls, sec)
+        self.wired(stage, common)
         cfgs, data_hashes = [], {}
-        for b in benches:
-            for m in methods:
-                d = {**common, **b, **m}
-                d.setdefault("out", str(out["evaluate"]))
-                if stage_registry.method_uses_adapter(d.get("method", ORIGINAL)) and not d.get("adapter"):
-                    if "train" not in upstream:
-                        raise RecipeError(f"{src}: stages.evaluate has method {d['method']} but no adapter: enable "
-                                          "the train stage or set the method's adapter path")
-                    d["adapter"] = str(out["train"])  # the adapter folder is found in it when evaluate runs
-                cfg = build_config(cls, d, f"{src}: stages.evaluate")
-                cfgs.append(cfg)
-                if cfg.data:
-                    data_hashes[cfg.data] = data_input(cfg.data)
+        for d in ({**common, **b, **m} for b in benches for m in methods):
+            if stage_registry.method_uses_adapter(d.get("method", ORIGINAL)) and not d.get("adapter"):
+                if "train" not in self.upstream:
+                    raise RecipeError(f"{where} has method {d['method']} but no adapter: enable "
+                                      "the train stage or set the method's adapter path")
+                d["adapter"] = str(self.out["train"])  # the adapter folder is found in it when evaluate runs
+            cfg = build_config(cls, d, where)
+            cfgs.append(cfg)
+            if cfg.data:
+                data_hashes[cfg.data] = self.data_input(cfg.data)
         uses_adapter = any(c.method_obj.uses_adapter for c in cfgs)
-        add(StagePlan("evaluate", True, {"runs": [to_dict(c) for c in cfgs]}, cfgs,
-                      {"train": upstream.get("train") if uses_adapter else None, "data": data_hashes}))
-    else:
-        add(StagePlan("evaluate", False))
+        return StagePlan(stage.name, True, {"runs": [to_dict(c) for c in cfgs]}, cfgs,
+                         {"train": self.upstream.get("train") if uses_adapter else None, "data": data_hashes})
 
-    if stage_enabled(recipe, "report"):
-        sec = stage_section(recipe, "report")
-        sec.pop("enabled", None)
-        cfg = build_config(get_stage("report").config_cls, {"run_dir": str(run), **sec}, f"{src}: stages.report")
-        add(StagePlan("report", True, sec, [cfg], {k: v for k, v in upstream.items()}))
-    else:
-        add(StagePlan("report", False))
-    return run, plans
+    def report(self, stage: Stage) -> StagePlan:
+        """The report: reads the whole run folder, so every upstream fingerprint is its input."""
+        sec = self.section(stage)
+        cfg = build_config(stage.config_cls, {"run_dir": str(self.run), **sec}, f"{self.src}: stages.{stage.name}")
+        return StagePlan(stage.name, True, sec, [cfg], dict(self.upstream))
+
+
+def _wire_predictions(planner: _Planner, sec: dict) -> None:
+    """compress on the target's own CoTs reads the generate stage's predictions."""
+    if sec.get("cot_source", "self") in ("self", "predictions") and not sec.get("predictions"):
+        if "generate" not in planner.upstream:
+            raise RecipeError(f"{planner.src}: stages.compress uses self-generated CoTs (cot_source: self) but "
+                              "the generate stage is disabled; enable it, set compress.predictions, or use "
+                              "cot_source: gold")
+        sec["predictions"] = str(planner.out["generate"] / PREDICTIONS)
+
+
+#: stage-specific wiring beyond the registry's path wires
+ADJUST: dict[str, Callable[[_Planner, dict], None]] = {"compress": _wire_predictions}
+
+
+def plan(recipe: dict | Recipe) -> tuple[Path, list[StagePlan]]:
+    """Resolve every stage of ``recipe`` into configs + fingerprints; nothing is run or written.
+
+    Stages come from the registry (:data:`tokenskip.stages.STAGES`), in order; each is planned by its
+    shape (one config, the evaluate grid, the report) with the paths its wires name. Fingerprints cover the
+    settings as the recipe gives them (plus code defaults) and the inputs (data file hashes, upstream
+    fingerprints); nothing that an earlier stage's output on disk would change.
+
+    Raises:
+        RecipeError: unknown keys or bad values at the top level or in a stage section (names the
+            recipe, the section and the key).
+    """
+    planner = _Planner(recipe)
+    shapes = {"single": planner.single, "grid": planner.grid, "report": planner.report}
+    for stage in STAGES:
+        if stage.lab and stage.name not in planner.recipe.stages:
+            continue   # recipes outside the CPU lab are planned as if the lab stages did not exist
+        if not stage_enabled(planner.recipe, stage.name):
+            planner.add(StagePlan(stage.name, False))
+            continue
+        planner.add(shapes[stage.shape](stage))
+        if stage.makes_model:
+            planner.target = dataclasses.replace(planner.recipe, model=str(planner.out[stage.name]))
+    return planner.run, planner.plans
 
 
 # --------------------------------------------------------------------------- inputs

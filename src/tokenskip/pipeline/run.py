@@ -13,7 +13,7 @@ from typing import Callable
 from tokenskip.contract.config import to_dict
 from tokenskip.contract.console import duration, say
 from tokenskip.contract.io import read_json, write_json_atomic
-from tokenskip.contract.layout import MANIFEST, find_adapter
+from tokenskip.contract.layout import MANIFEST, REPORT_MD, find_adapter
 from tokenskip.pipeline.plan import StagePlan, missing_inputs, plan
 from tokenskip.pipeline.recipe import MODE_KEYS, Recipe, RecipeError, load_recipe
 from tokenskip.stages import NAMES as STAGES
@@ -68,6 +68,54 @@ def mode_summary(p: StagePlan) -> str:
     return ", ".join(parts)
 
 
+def _action(p: StagePlan, selected: bool) -> str:
+    """What a run does with plan ``p`` (the dry-run line)."""
+    if not p.enabled:
+        return "skip (disabled)"
+    if not selected:
+        return "skip (not selected)"
+    return {"done": "skip (done, unchanged)", "resume": "resume",
+            "changed": "rerun (settings or inputs changed)"}.get(p.status, "run")
+
+
+def _print_plan(run: Path, plans: list[StagePlan], stages: list[str] | None, echo: Callable[[str], None]) -> None:
+    echo(f"run folder: {run}")
+    for p in plans:
+        action = _action(p, p.enabled and (not stages or p.name in stages))
+        echo(f"  {p.name:<10} {action:<34} fingerprint {p.fingerprint[:8] if p.enabled else '-'}")
+        if p.enabled and (mode := mode_summary(p)):
+            echo(f"             {mode}")
+
+
+def _run_stage(p: StagePlan, run: Path, manifest: dict, mpath: Path, keep: bool, echo: Callable[[str], None]) -> None:
+    """Run one stage, recording it in the manifest (``running`` → ``done``/``failed``, seconds) atomically.
+
+    ``keep``: a changed stage keeps its folder (row files that carry their own settings fingerprints are
+    reused where still valid); otherwise a changed stage starts from an empty folder. The report writes into
+    the run folder itself (folder ``""``), which is never cleared.
+    """
+    folder = run / get_stage(p.name).folder
+    if p.status == "changed" and get_stage(p.name).folder and folder.exists() and not keep:
+        logger.info("%s: settings or inputs changed; clearing %s", p.name, folder)
+        shutil.rmtree(folder)
+    entry = {"status": "running", "fingerprint": p.fingerprint, "settings": p.settings, "inputs": p.inputs,
+             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    manifest["stages"][p.name] = entry
+    write_json_atomic(mpath, manifest)
+    echo(f"== stage {p.name}")
+    t0 = time.perf_counter()
+    try:
+        _execute(p, run)
+    except BaseException:
+        entry["status"] = "failed"
+        entry["seconds"] = round(time.perf_counter() - t0, 1)
+        write_json_atomic(mpath, manifest)
+        raise
+    entry.update(status="done", seconds=round(time.perf_counter() - t0, 1), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json_atomic(mpath, manifest)
+    echo(f"== stage {p.name} done in {duration(entry['seconds'])}")
+
+
 def run_pipeline(recipe: dict | Recipe, stages: list[str] | None = None, dry_run: bool = False,
                  echo: Callable[[str], None] = print) -> list[StagePlan]:
     """Run (or with ``dry_run`` only print) the recipe's plan; returns the stage plans.
@@ -80,20 +128,9 @@ def run_pipeline(recipe: dict | Recipe, stages: list[str] | None = None, dry_run
     src = recipe.get("_path") if isinstance(recipe, dict) else None
     recipe_obj = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
     run, plans = plan(recipe)
-    if stages:
-        bad = set(stages) - set(STAGES)
-        if bad:
-            raise RecipeError(f"--stages: unknown {sorted(bad)}; valid: {list(STAGES)}")
-    echo(f"run folder: {run}")
-    for p in plans:
-        selected = p.enabled and (not stages or p.name in stages)
-        action = ("skip (disabled)" if not p.enabled else "skip (not selected)" if not selected else
-                  "skip (done, unchanged)" if p.status == "done" else
-                  "resume" if p.status == "resume" else "rerun (settings or inputs changed)" if p.status == "changed"
-                  else "run")
-        echo(f"  {p.name:<10} {action:<34} fingerprint {p.fingerprint[:8] if p.enabled else '-'}")
-        if p.enabled and (mode := mode_summary(p)):
-            echo(f"             {mode}")
+    if stages and (bad := set(stages) - set(STAGES)):
+        raise RecipeError(f"--stages: unknown {sorted(bad)}; valid: {list(STAGES)}")
+    _print_plan(run, plans, stages, echo)
     missing = missing_inputs(run, plans)
     if missing:
         raise RecipeError(f"{src or 'recipe'}: {len(missing)} missing input(s); nothing was run\n" + "\n".join(missing))
@@ -107,43 +144,17 @@ def run_pipeline(recipe: dict | Recipe, stages: list[str] | None = None, dry_run
                      "recipe_resolved": {k: v for k, v in to_dict(recipe_obj).items()}})
     manifest.setdefault("stages", {})
     write_json_atomic(mpath, manifest)
+    todo = [p for p in plans if p.enabled and (not stages or p.name in stages) and p.status != "done"]
     lab_ran = False
-    for p in plans:
-        if not p.enabled or (stages and p.name not in stages) or p.status == "done":
-            continue
+    for p in todo:
         stage = get_stage(p.name)
-        folder = run / stage.folder
-        # stages whose row files carry their own settings fingerprints keep their folders, so rows still
-        # valid (e.g. after a larger --limit, or for an unchanged method) are reused, stale ones not --
-        # unless a lab stage just ran: the merged target has the same path but other weights. The report
-        # writes into the run folder itself (folder ""), which is never cleared.
-        keep = stage.keeps_rows and not lab_ran
+        # unless a lab stage just ran: the merged target has the same path but other weights
+        _run_stage(p, run, manifest, mpath, stage.keeps_rows and not lab_ran, echo)
         lab_ran = lab_ran or stage.lab
-        if p.status == "changed" and stage.folder and folder.exists() and not keep:
-            logger.info("%s: settings or inputs changed; clearing %s", p.name, folder)
-            shutil.rmtree(folder)
-        entry = {"status": "running", "fingerprint": p.fingerprint, "settings": p.settings, "inputs": p.inputs,
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        manifest["stages"][p.name] = entry
-        write_json_atomic(mpath, manifest)
-        echo(f"== stage {p.name}")
-        t0 = time.perf_counter()
-        try:
-            _execute(p, run)
-        except BaseException:
-            entry["status"] = "failed"
-            entry["seconds"] = round(time.perf_counter() - t0, 1)
-            write_json_atomic(mpath, manifest)
-            raise
-        entry.update(status="done", seconds=round(time.perf_counter() - t0, 1),
-                     finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        write_json_atomic(mpath, manifest)
-        echo(f"== stage {p.name} done in {duration(entry['seconds'])}")
-    ran = [p.name for p in plans if p.enabled and (not stages or p.name in stages) and p.status != "done"]
-    echo(f"== {len(ran)} stage(s) run ({', '.join(ran) or 'none'}) in {duration(time.perf_counter() - t_start)}; "
-         f"{len(plans) - len(ran)} skipped")
-    if (run / "report.md").exists():
-        echo(f"report: {run / 'report.md'}")
+    echo(f"== {len(todo)} stage(s) run ({', '.join(p.name for p in todo) or 'none'}) in "
+         f"{duration(time.perf_counter() - t_start)}; {len(plans) - len(todo)} skipped")
+    if (run / REPORT_MD).exists():
+        echo(f"report: {run / REPORT_MD}")
     return plans
 
 

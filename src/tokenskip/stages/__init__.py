@@ -1,7 +1,9 @@
 """Stage registry: the one list of pipeline stages, iterated by ``cli.py`` and the pipeline.
 
 Each :class:`Stage` names its recipe key, its command, its module (which holds the config class, the
-runner ``run_<stage>(cfg)``, ``add_arguments(parser)`` and ``run_cli(args)``) and its folder under a run.
+runner ``run_<stage>(cfg)`` and optionally ``show(cfg, result)``, what its command prints), its folder under a
+run and how the pipeline wires it to the stages before it. ``tokenskip <command>`` is derived from the config
+class (one flag per field, :func:`tokenskip.contract.config.add_dataclass_args`).
 Modules are imported only when a stage is used, so ``tokenskip --help`` stays fast and a missing optional
 engine breaks no other command. Order = the pipeline's order.
 """
@@ -14,13 +16,33 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class Wire:
+    """A config path the pipeline fills from an upstream stage's folder when the recipe leaves it unset.
+
+    Attributes:
+        field: the config field (``data``, ``adapter``, ``compressed``...).
+        stage: the upstream stage whose folder it points into.
+        path: the file or folder under that stage's folder (``""``: the folder itself).
+        only_if_planned: fill it only when ``stage`` is enabled in the plan (the lab's splits: a recipe
+            without the lab keeps its own data); otherwise always (a missing folder is then reported by the
+            input check before anything runs).
+    """
+
+    field: str
+    stage: str
+    path: str = ""
+    only_if_planned: bool = False
+
+
+@dataclass(frozen=True)
 class Stage:
-    """One pipeline stage.
+    """One pipeline stage: what it is, where it writes, and how the pipeline wires it.
 
     Attributes:
         name: recipe key (``stages.<name>``) and manifest key.
         command: ``tokenskip <command>``.
-        module: module holding ``config``, ``runner``, ``add_arguments`` and ``run_cli``.
+        module: module holding ``config``, ``runner``, ``add_arguments``, ``run_cli`` and (optionally)
+            ``summary_lines(result) -> list[str]``, the lines the pipeline prints after the stage.
         config: config dataclass name in ``module``.
         runner: ``run_<stage>`` function name in ``module`` (takes the config; the evaluate stage's
             pipeline runner takes the list of its configs).
@@ -29,6 +51,13 @@ class Stage:
         keeps_rows: its row files carry their own settings fingerprints, so a changed stage keeps its
             folder and reuses the rows still valid (others start from an empty folder).
         lab: a CPU-lab stage, planned only in recipes that name it (other recipes' plans are unchanged).
+        wires: paths filled from upstream folders (only from stages in the plan).
+        inputs: upstream stages whose fingerprints enter this stage's fingerprint.
+        data_input: the ``data`` field's file (hash, or the lab split's stage) enters the fingerprint.
+        makes_model: its folder is the model of every later non-lab stage (the lab's merged target).
+        shape: ``single`` (one config), ``grid`` (evaluate: benchmarks × methods) or ``report``.
+        cli_runner: the function ``tokenskip <command>`` runs on the one config it builds (default: ``runner``);
+            the module may define ``show(cfg, result)`` to print what the command reports.
     """
 
     name: str
@@ -40,6 +69,12 @@ class Stage:
     help: str
     keeps_rows: bool = False
     lab: bool = False
+    wires: tuple[Wire, ...] = ()
+    inputs: tuple[str, ...] = ()
+    data_input: bool = False
+    makes_model: bool = False
+    shape: str = "single"
+    cli_runner: str = ""
 
     def load(self):
         return importlib.import_module(self.module)
@@ -52,26 +87,41 @@ class Stage:
     def run(self):
         return getattr(self.load(), self.runner)
 
+    @property
+    def run_one(self):
+        """The function the stage's command runs on its one config."""
+        return getattr(self.load(), self.cli_runner or self.runner)
+
+
+#: the lab's training split, the default ``data`` of the stages that read training questions
+_LAB_TRAIN = Wire("data", "lab_data", "train.jsonl", only_if_planned=True)
 
 STAGES: tuple[Stage, ...] = (
     Stage("lab_data", "lab-data", "tokenskip.lab.data", "LabDataConfig", "run_lab_data", "lab_data",
           "write the CPU lab's seeded train/validation/test problems (reasoning-gym)", lab=True),
     Stage("warmup", "warmup", "tokenskip.lab.warmup", "WarmupConfig", "run_warmup", "warmup",
-          "fine-tune the base model on the lab's worked solutions (LoRA)", lab=True),
+          "fine-tune the base model on the lab's worked solutions (LoRA)", lab=True,
+          wires=(Wire("data", "lab_data"),), inputs=("lab_data",)),
     Stage("merge", "merge", "tokenskip.lab.merge", "MergeConfig", "run_merge", "merge",
-          "merge a LoRA adapter into its base model (full model folder)", lab=True),
+          "merge a LoRA adapter into its base model (full model folder)", lab=True,
+          wires=(Wire("adapter", "warmup", "adapter"),), inputs=("warmup",), makes_model=True),
     Stage("generate", "generate", "tokenskip.stages.generate", "GenerateConfig", "run_generate", "generate",
-          "write CoTs of the target model for a split (e.g. GSM8K train)", keeps_rows=True),
+          "write CoTs of the target model for a split (e.g. GSM8K train)", keeps_rows=True,
+          wires=(_LAB_TRAIN,), data_input=True),
     Stage("compress", "compress", "tokenskip.stages.compress", "CompressConfig", "run_compress", "compress",
-          "score token importance and prune CoTs to ratios γ"),
+          "score token importance and prune CoTs to ratios γ", wires=(_LAB_TRAIN,), inputs=("generate",),
+          data_input=True),
     Stage("build_sft", "build-sft", "tokenskip.stages.build_sft", "SFTDataConfig", "run_build_sft", "sft",
-          "build the γ-mixed SFT data (prompt/completion records)"),
+          "build the γ-mixed SFT data (prompt/completion records)",
+          wires=(Wire("compressed", "compress"), _LAB_TRAIN), inputs=("compress",), data_input=True),
     Stage("train", "train", "tokenskip.stages.train", "TrainConfig", "run_train", "train",
-          "LoRA fine-tune the target model on the SFT data"),
+          "LoRA fine-tune the target model on the SFT data", wires=(Wire("data", "build_sft"),), inputs=("build_sft",)),
     Stage("evaluate", "evaluate", "tokenskip.stages.evaluate", "EvaluateConfig", "run_evaluations", "evaluate",
-          "evaluate a method (original/prompt/truncation/tokenskip/budget) on a test split", keeps_rows=True),
+          "evaluate a method (original/prompt/truncation/tokenskip/budget) on a test split", keeps_rows=True,
+          cli_runner="run_evaluate",
+          wires=(Wire("data", "lab_data", "test.jsonl", only_if_planned=True),), shape="grid"),
     Stage("report", "report", "tokenskip.stages.report", "ReportConfig", "run_report", "",
-          "write report.md/report.json and plots for a run folder", keeps_rows=True),
+          "write report.md/report.json and plots for a run folder", keeps_rows=True, shape="report"),
 )
 
 BY_NAME = {s.name: s for s in STAGES}

@@ -26,27 +26,30 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import random
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args, to_dict
-from tokenskip.contract.io import SCHEMA_VERSION, DataError, iter_jsonl, read_json, write_json_atomic, write_jsonl_atomic
-from tokenskip.contract.layout import (COMPRESS_SUMMARY, SFT_STATS, SFT_TRAIN, SFT_VALIDATION, SOURCE, compressed_file,
-                              compressed_ratios)
+from tokenskip.contract.config import to_dict
+from tokenskip.contract.io import SCHEMA_VERSION, read_json, write_json_atomic, write_jsonl_atomic
+from tokenskip.contract.layout import COMPRESS_SUMMARY, SFT_STATS, SFT_TRAIN, SFT_VALIDATION
+from tokenskip.contract.ratios import validate_ratios
+from tokenskip.contract.records import problem_id
+from tokenskip.finetune.sft import (
+    ANSWER_LINE_MODES,
+    COT_SOURCES,
+    Trajectory,
+    _norm,
+    available_ratios,
+    build_records,
+    read_compressed,
+)
 from tokenskip.task.prompt_format import PromptFormat
-from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER, answer_line, styled_prompt
-from tokenskip.contract.ratios import format_ratio, paper_grid, validate_ratios
-from tokenskip.contract.records import CompressedCot, SFTExample, SourceCot, problem_id
-
-from tokenskip.finetune.sft import (ANSWER_LINE_MODES, COT_SOURCES, PAPER_RATIOS, Trajectory, _norm, assign_ratio_sets, assign_ratios, available_ratios, build_records, completion_for, draw_ratio, draw_ratios, ends_with_answer, make_record, read_compressed, split_groups)
+from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class SFTDataConfig:
@@ -150,33 +153,50 @@ def collect_trajectories(cfg: SFTDataConfig, source: dict[str, dict], compressed
         if repeats:
             logger.info("%d sampled CoT(s) repeat another CoT of the same problem; each kept once", repeats)
     if cfg.cot_source in ("gold", "both"):
-        if problems is None:
-            raise ValueError("build-sft: --cot-source gold/both needs the dataset (--benchmark, --data)")
-        usable = [p for p in problems if p.solution.strip()]
-        if len(usable) < len(problems):
-            logger.warning("%d problem(s) have no reference solution; skipped", len(problems) - len(usable))
-        from_gold = {p.id for p in usable if p.id in source
-                     and (folder_source == "gold" or _norm(source[p.id]["cot"]) == _norm(p.solution))}
-        wants_compressed = any(r < 1.0 for r in cfg.ratios)
-        if from_gold:
-            if len(from_gold) < len(usable):
-                logger.info("gold: keeping the %d of %d problems present in %s", len(from_gold), len(usable),
-                            cfg.compressed)
-            usable = [p for p in usable if p.id in from_gold]
-        elif wants_compressed and cfg.cot_source == "gold":
-            raise ValueError(
-                f"build-sft: {cfg.compressed} was not built from the gold solutions of {cfg.data or cfg.benchmark} "
-                "(no source.jsonl CoT equals a reference solution), so there is no compressed version of them; "
-                "use --cot-source self, compress the gold solutions, or --ratios 1.0")
-        elif wants_compressed:
-            logger.warning("both: %s holds no compressed gold solutions; gold trajectories get γ = 1.0 only",
-                           cfg.compressed)
+        usable, from_gold = _gold_problems(cfg, source, problems, folder_source)
         for p in usable:
             out.append(Trajectory(p.id + "#gold" if suffix else p.id, p.id, p.question, p.answer,
                                   {1.0: p.solution, **(versions(p.id) if p.id in from_gold else {})}))
     if not out:
         raise ValueError(f"build-sft: no trajectories (source {cfg.cot_source!r}, folder {cfg.compressed})")
     return out
+
+
+def _gold_problems(cfg: SFTDataConfig, source: dict[str, dict], problems,
+                   folder_source: str | None) -> tuple[list, set[str]]:
+    """The problems whose reference solutions become trajectories, and the ids among them whose
+    ``source.jsonl`` CoT is that solution (so the folder's compressed rows of that id prune it).
+
+    Problems without a solution are skipped (a warning). When the folder holds gold solutions, only its
+    ids are kept; when it holds none, gold wanting some γ < 1 is an error and both a warning (see
+    :func:`collect_trajectories`).
+
+    Raises:
+        ValueError: ``problems`` is ``None``, or ``--cot-source gold`` asks for γ < 1 of a folder not built
+            from the gold solutions.
+    """
+    if problems is None:
+        raise ValueError("build-sft: --cot-source gold/both needs the dataset (--benchmark, --data)")
+    usable = [p for p in problems if p.solution.strip()]
+    if len(usable) < len(problems):
+        logger.warning("%d problem(s) have no reference solution; skipped", len(problems) - len(usable))
+    from_gold = {p.id for p in usable if p.id in source
+                 and (folder_source == "gold" or _norm(source[p.id]["cot"]) == _norm(p.solution))}
+    wants_compressed = any(r < 1.0 for r in cfg.ratios)
+    if from_gold:
+        if len(from_gold) < len(usable):
+            logger.info("gold: keeping the %d of %d problems present in %s", len(from_gold), len(usable),
+                        cfg.compressed)
+        usable = [p for p in usable if p.id in from_gold]
+    elif wants_compressed and cfg.cot_source == "gold":
+        raise ValueError(
+            f"build-sft: {cfg.compressed} was not built from the gold solutions of {cfg.data or cfg.benchmark} "
+            "(no source.jsonl CoT equals a reference solution), so there is no compressed version of them; "
+            "use --cot-source self, compress the gold solutions, or --ratios 1.0")
+    elif wants_compressed:
+        logger.warning("both: %s holds no compressed gold solutions; gold trajectories get γ = 1.0 only",
+                       cfg.compressed)
+    return usable, from_gold
 
 
 # ---------------------------------------------------------------- runner
@@ -223,10 +243,6 @@ def run_build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
     return stats
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_args(parser, SFTDataConfig)
-
-
 def summary_line(stats: dict) -> str:
     """``build-sft: 200 train / 0 validation rows; per γ (train): 1.0 ×34, 0.9 ×31, ...``."""
     per = stats["per_ratio"]["train"]
@@ -240,16 +256,9 @@ def summary_lines(stats: dict) -> list[str]:
     return [summary_line(stats).removeprefix("build-sft: ")]
 
 
-def run_build_sft_cli(args: argparse.Namespace) -> int:
+def show(cfg: SFTDataConfig, stats: dict) -> None:
+    """What ``tokenskip build-sft`` prints: the row counts per γ and the file written."""
     from tokenskip.contract.console import say
 
-    cfg = dataclass_from_args(SFTDataConfig, args)
-    stats = run_build_sft(cfg)
     say(summary_line(stats))
     say(f"wrote {Path(cfg.out) / SFT_TRAIN}")
-    return 0
-
-
-#: the name users and docs know
-build_sft = run_build_sft
-run_cli = run_build_sft_cli

@@ -25,19 +25,20 @@ project's mode a warning names every γ whose overshoot share exceeds 5 %.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args, to_dict
-from tokenskip.engines.hardware import parse_threads
+from tokenskip.compress import PROTECT_KINDS, SCORERS, answer_numbers_kept, compress_batch, count_tokens, get_scorer
+from tokenskip.compress.stats import summarize
+from tokenskip.contract.config import to_dict
+from tokenskip.contract.console import progress
 from tokenskip.contract.io import DataError, ResumableJsonl, file_hash, iter_jsonl, write_json_atomic
 from tokenskip.contract.layout import COMPRESS_SUMMARY, SOURCE, compressed_file
-from tokenskip.contract.ratios import format_ratio, paper_grid, validate_ratios
+from tokenskip.contract.ratios import paper_grid, validate_ratios
 from tokenskip.contract.records import CompressedCot, SourceCot
+from tokenskip.engines.hardware import parse_threads
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +111,6 @@ class CompressConfig:
         self.threads = parse_threads(self.threads)  # "2" from a command line -> 2, once (validate() changes nothing)
 
     def validate(self) -> None:
-        from tokenskip.compress.prune import PROTECT_KINDS
-        from tokenskip.compress.scorers import SCORERS
-
         if not self.out:
             raise ValueError("--out is required")
         if self.from_predictions and not self.predictions:
@@ -144,10 +142,6 @@ class CompressConfig:
         return self.cot_source in ("self", "predictions")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_args(parser, CompressConfig)
-
-
 def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
     """The CoTs to compress as ``source.jsonl`` rows (``id, question, answer, cot, cot_tokens``).
 
@@ -162,39 +156,15 @@ def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
             (the message says how many rows were read and how many were dropped for each reason: a
             model that answers every training question wrong leaves nothing to train on).
     """
-    from tokenskip.compress.prune import count_tokens
-
-    rows, dropped = [], {"incorrect": [], "too_long": [], "empty": []}  # reason -> ids
+    dropped = {"incorrect": [], "too_long": [], "empty": []}  # reason -> ids
     if cfg.cot_source == "gold":
         from tokenskip.task.data import load_problems
 
-        for p in load_problems(cfg.benchmark, cfg.data, split="train", limit=cfg.limit, offset=cfg.offset):
-            rows.append({"id": p.id, "question": p.question, "answer": p.answer, "cot": p.solution})
+        rows = [{"id": p.id, "question": p.question, "answer": p.answer, "cot": p.solution}
+                for p in load_problems(cfg.benchmark, cfg.data, split="train", limit=cfg.limit, offset=cfg.offset)]
         n_read = len(rows)
     else:
-        n_read = 0
-        for lineno, r in iter_jsonl(cfg.predictions):
-            n_read += 1
-            for key in ("id", "cot", "correct"):
-                if key not in r:
-                    raise DataError(cfg.predictions, lineno, key, "missing (expected generate's predictions.jsonl)")
-            if not isinstance(r["cot"], str):
-                raise DataError(cfg.predictions, lineno, "cot", "expected a string")
-            if r["correct"] is not True:
-                dropped["incorrect"].append(r["id"])
-                continue
-            question = r.get("question")
-            if question is None:
-                question = _question_of(r, lineno, cfg, tokenizer)
-            elif not isinstance(question, str) or not question.strip():
-                raise DataError(cfg.predictions, lineno, "question", "empty or not a string (expected the question text)")
-            if r.get("cot_tokens") is not None and int(r["cot_tokens"]) > cfg.max_cot_tokens:
-                dropped["too_long"].append(r["id"])
-                continue
-            row = {"id": r["id"], "question": question, "answer": str(r.get("gold", "")), "cot": r["cot"]}
-            if isinstance(r.get("output"), str):
-                row["output"] = r["output"]  # --compat reference compresses the model's whole output
-            rows.append(row)
+        rows, n_read = _prediction_rows(cfg, tokenizer, dropped)
     kept = []
     for r in rows:
         r["cot_tokens"] = count_tokens(tokenizer, r["cot"])
@@ -213,6 +183,41 @@ def load_source(cfg: CompressConfig, tokenizer) -> list[dict]:
                         f"{why or 'none'}")
     logger.info("%d of %d rows to compress (dropped: %s)", len(kept), n_read, why or "none")
     return kept
+
+
+def _prediction_rows(cfg: CompressConfig, tokenizer, dropped: dict[str, list]) -> tuple[list[dict], int]:
+    """The correct rows of ``cfg.predictions`` whose own ``cot_tokens`` (when given) is within
+    ``max_cot_tokens``, as source rows without ``cot_tokens`` (see :func:`load_source`), and the number of
+    rows read. The ids of the rows left out are added to ``dropped`` (reason -> ids).
+
+    Raises:
+        DataError: a row lacks ``id``/``cot``/``correct``, or its ``cot`` or ``question`` is not a
+            non-empty string (names file, line, field).
+    """
+    rows, n_read = [], 0
+    for lineno, r in iter_jsonl(cfg.predictions):
+        n_read += 1
+        for key in ("id", "cot", "correct"):
+            if key not in r:
+                raise DataError(cfg.predictions, lineno, key, "missing (expected generate's predictions.jsonl)")
+        if not isinstance(r["cot"], str):
+            raise DataError(cfg.predictions, lineno, "cot", "expected a string")
+        if r["correct"] is not True:
+            dropped["incorrect"].append(r["id"])
+            continue
+        question = r.get("question")
+        if question is None:
+            question = _question_of(r, lineno, cfg, tokenizer)
+        elif not isinstance(question, str) or not question.strip():
+            raise DataError(cfg.predictions, lineno, "question", "empty or not a string (expected the question text)")
+        if r.get("cot_tokens") is not None and int(r["cot_tokens"]) > cfg.max_cot_tokens:
+            dropped["too_long"].append(r["id"])
+            continue
+        row = {"id": r["id"], "question": question, "answer": str(r.get("gold", "")), "cot": r["cot"]}
+        if isinstance(r.get("output"), str):
+            row["output"] = r["output"]  # --compat reference compresses the model's whole output
+        rows.append(row)
+    return rows, n_read
 
 
 def drop_reasons(dropped: dict[str, list], max_cot_tokens: int) -> str:
@@ -256,42 +261,44 @@ def _question_of(row: dict, lineno: int, cfg: CompressConfig, tokenizer) -> str:
                     "pass --data (the dataset generate read) to join questions by id")
 
 
-def _p95(xs: list[float]) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[min(len(s) - 1, math.ceil(0.95 * len(s)) - 1)]
+def _write_source(cfg: CompressConfig, out: Path, source: list[dict]) -> dict:
+    """Append the ``source`` rows not yet in ``out/source.jsonl`` (a file written with other settings
+    starts over); returns those settings, the fingerprint that every ``ratio-<γ>.jsonl`` extends."""
+    input_file = cfg.predictions if cfg.from_predictions else cfg.data
+    settings = {"cot_source": "predictions" if cfg.from_predictions else cfg.cot_source, "input": input_file,
+                "input_hash": file_hash(input_file) if Path(input_file).exists() else None,
+                "benchmark": cfg.benchmark, "limit": cfg.limit, "offset": cfg.offset,
+                "max_cot_tokens": cfg.max_cot_tokens, "model": cfg.model}
+    with ResumableJsonl(out / SOURCE, settings) as src:
+        for r in source:
+            if r["id"] not in src.done_keys:
+                src.append(r)
+    return settings
 
 
-def summarize(rows_by_ratio: dict[float, list[dict]]) -> dict:
-    """Per-γ statistics of the achieved ratios (see the module docstring for the keys); a statistic
-    over zero rows is ``None`` (JSON ``null``), never NaN."""
-    out = {}
-    for g, rows in rows_by_ratio.items():
-        errs = [abs(r["achieved_ratio"] - g) for r in rows]
-        n = len(rows)
+def _prune_settings(cfg: CompressConfig, source_settings: dict, scorer_dtype: str) -> tuple[str, str | None, dict]:
+    """``(scorer model, reference family, settings of the ratio files)``. The scorer model defaults to
+    ``--model`` for self-information, and under ``--compat reference`` to LLMLingua-2's meetingbank model;
+    the family (:func:`~tokenskip.compress.reference.reference_family`) is ``None`` in the project's mode.
+    ``scorer_dtype`` is the resolved dtype of ``--dtype`` (recorded for the self-information scorer only)."""
+    scorer_model = cfg.scorer_model or (cfg.model if cfg.scorer == "self-information" else "")
+    if cfg.compat == "reference":
+        from tokenskip.compress.reference import reference_family
 
-        def mean(values):
-            return sum(values) / n if n else None
-
-        out[format_ratio(g)] = {
-            "n": n,
-            "mean_achieved_ratio": mean([r["achieved_ratio"] for r in rows]),
-            "mean_abs_error": mean(errs),
-            "p95_abs_error": _p95(errs),
-            "overshoot_share": mean([bool(r["overshoot"]) for r in rows]),
-            "answer_numbers_kept_share": mean([bool(r["answer_numbers_kept"]) for r in rows]),
-            "mean_original_tokens": mean([r["original_tokens"] for r in rows]),
-            "mean_kept_tokens": mean([r["kept_tokens"] for r in rows]),
-        }
-    return out
+        family = reference_family(cfg.model, cfg.reference_family)
+        scorer_model = scorer_model or "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
+        return scorer_model, family, {**source_settings, "compat": "reference", "reference_family": family,
+                                      "scorer": cfg.scorer, "scorer_model": scorer_model}
+    return scorer_model, None, {
+        **source_settings, "scorer": cfg.scorer, "scorer_model": scorer_model,
+        "seed": cfg.seed if cfg.scorer == "random" else None, "keep_newlines": cfg.keep_newlines,
+        "protect": cfg.protect, "protect_kinds": sorted(cfg.protect_kinds) if cfg.protect else [],
+        "prefer_kinds": sorted(cfg.prefer_kinds),
+        "scorer_dtype": scorer_dtype if cfg.scorer == "self-information" else None}
 
 
 def run_compress(cfg: CompressConfig) -> dict:
     """Compress every source CoT to every γ under ``cfg.out``; return the summary (also written)."""
-    from tokenskip.compress import compress_batch
-    from tokenskip.compress.prune import answer_numbers_kept
-    from tokenskip.compress.scorers import get_scorer
     from tokenskip.engines.hardware import resolve_dtype
     from tokenskip.engines.models import check_device, configure_threads, load_tokenizer
 
@@ -302,32 +309,9 @@ def run_compress(cfg: CompressConfig) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     source = load_source(cfg, tokenizer)  # raises before anything is written when no CoT is left
     out.mkdir(parents=True, exist_ok=True)
-    input_file = cfg.predictions if cfg.from_predictions else cfg.data
-    source_settings = {"cot_source": "predictions" if cfg.from_predictions else cfg.cot_source, "input": input_file,
-                       "input_hash": file_hash(input_file) if Path(input_file).exists() else None,
-                       "benchmark": cfg.benchmark, "limit": cfg.limit, "offset": cfg.offset,
-                       "max_cot_tokens": cfg.max_cot_tokens, "model": cfg.model}
-    with ResumableJsonl(out / SOURCE, source_settings) as src:
-        for r in source:
-            if r["id"] not in src.done_keys:
-                src.append(r)
-
-    scorer_model = cfg.scorer_model or (cfg.model if cfg.scorer == "self-information" else "")
+    source_settings = _write_source(cfg, out, source)
     dtype = resolve_dtype(cfg.dtype, cfg.device)
-    if cfg.compat == "reference":
-        from tokenskip.compress.reference import reference_family
-
-        family = reference_family(cfg.model, cfg.reference_family)
-        scorer_model = scorer_model or "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
-        prune_settings = {**source_settings, "compat": "reference", "reference_family": family,
-                          "scorer": cfg.scorer, "scorer_model": scorer_model}
-    else:
-        family = None
-        prune_settings = {**source_settings, "scorer": cfg.scorer, "scorer_model": scorer_model,
-                          "seed": cfg.seed if cfg.scorer == "random" else None, "keep_newlines": cfg.keep_newlines,
-                          "protect": cfg.protect, "protect_kinds": sorted(cfg.protect_kinds) if cfg.protect else [],
-                          "prefer_kinds": sorted(cfg.prefer_kinds),
-                          "scorer_dtype": dtype.dtype if cfg.scorer == "self-information" else None}
+    scorer_model, family, prune_settings = _prune_settings(cfg, source_settings, dtype.dtype)
     files = {g: ResumableJsonl(compressed_file(out, g), {**prune_settings, "ratio": g})
              for g in cfg.ratios}
     t0 = time.perf_counter()
@@ -337,38 +321,7 @@ def run_compress(cfg: CompressConfig) -> dict:
         if todo and family is not None:
             _run_reference(cfg, todo, files, scorer_model, family, tokenizer)
         elif todo:
-            if cfg.scorer == "self-information":
-                from tokenskip.engines.models import load_model
-
-                model, mtok = load_model(scorer_model, dtype=cfg.dtype, device=cfg.device)
-                scorer = get_scorer("self-information", model=model, tokenizer=mtok, batch_size=cfg.batch_size,
-                                    device=cfg.device)
-                scorer.model_name = scorer_model
-            else:
-                scorer = get_scorer(cfg.scorer, model=scorer_model or None, seed=cfg.seed,
-                                    batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype)
-            from tokenskip.contract.console import progress
-
-            bar = progress(len(todo), "compress", unit="CoT")
-            step = max(64, cfg.batch_size * 8)
-            for k in range(0, len(todo), step):
-                part = todo[k:k + step]
-                results = compress_batch([r["cot"] for r in part], cfg.ratios, scorer, tokenizer,
-                                         protect=cfg.protect, protect_kinds=cfg.protect_kinds,
-                                         keep_newlines=cfg.keep_newlines, prefer_kinds=cfg.prefer_kinds)
-                for r, per_ratio in zip(part, results):
-                    for res in per_ratio:
-                        f = files[res.ratio]
-                        if r["id"] in f.done_keys:
-                            continue
-                        f.append(CompressedCot(
-                            id=r["id"], question=r["question"], answer=r["answer"], ratio=res.ratio, cot=res.text,
-                            original_tokens=res.original_tokens, kept_tokens=res.kept_tokens,
-                            achieved_ratio=res.achieved_ratio, scorer=res.scorer, overshoot=res.overshoot,
-                            words_kept=res.words_kept, words_total=res.words_total,
-                            answer_numbers_kept=answer_numbers_kept(r["cot"], res.text)).to_json())
-                bar.update(len(part))
-            bar.close()
+            _run_project(cfg, todo, files, scorer_model, tokenizer)
         ids = [r["id"] for r in source]
         rows_by_ratio = {g: [files[g].rows[i] for i in ids if i in files[g].rows] for g in cfg.ratios}
     finally:
@@ -401,10 +354,44 @@ def warn_overshoot(summary: dict, limit: float = CompressConfig.OVERSHOOT_WARN_S
     return out
 
 
+def _run_project(cfg: CompressConfig, todo: list[dict], files: dict, scorer_model: str, tokenizer) -> None:
+    """Compress ``todo`` rows with this project's scorer and pruner (:func:`tokenskip.compress.compress_batch`)
+    into ``files`` (γ -> :class:`~tokenskip.contract.io.ResumableJsonl`), batch by batch, with a progress bar."""
+    if cfg.scorer == "self-information":
+        from tokenskip.engines.models import load_model
+
+        model, mtok = load_model(scorer_model, dtype=cfg.dtype, device=cfg.device)
+        scorer = get_scorer("self-information", model=model, tokenizer=mtok, batch_size=cfg.batch_size,
+                            device=cfg.device)
+        scorer.model_name = scorer_model
+    else:
+        scorer = get_scorer(cfg.scorer, model=scorer_model or None, seed=cfg.seed,
+                            batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype)
+    bar = progress(len(todo), "compress", unit="CoT")
+    step = max(64, cfg.batch_size * 8)
+    for k in range(0, len(todo), step):
+        part = todo[k:k + step]
+        results = compress_batch([r["cot"] for r in part], cfg.ratios, scorer, tokenizer,
+                                 protect=cfg.protect, protect_kinds=cfg.protect_kinds,
+                                 keep_newlines=cfg.keep_newlines, prefer_kinds=cfg.prefer_kinds)
+        for r, per_ratio in zip(part, results):
+            for res in per_ratio:
+                f = files[res.ratio]
+                if r["id"] in f.done_keys:
+                    continue
+                f.append(CompressedCot(
+                    id=r["id"], question=r["question"], answer=r["answer"], ratio=res.ratio, cot=res.text,
+                    original_tokens=res.original_tokens, kept_tokens=res.kept_tokens,
+                    achieved_ratio=res.achieved_ratio, scorer=res.scorer, overshoot=res.overshoot,
+                    words_kept=res.words_kept, words_total=res.words_total,
+                    answer_numbers_kept=answer_numbers_kept(r["cot"], res.text)).to_json())
+        bar.update(len(part))
+    bar.close()
+
+
 def _run_reference(cfg: CompressConfig, todo: list[dict], files: dict, scorer_model: str, family: str,
                    tokenizer) -> None:
     """Compress ``todo`` rows the reference's way (see :mod:`tokenskip.compress.reference`) into ``files``."""
-    from tokenskip.compress.prune import answer_numbers_kept
     from tokenskip.compress.reference import ReferenceCompressor, compress_reference, reference_input
 
     comp = ReferenceCompressor(scorer_model, batch_size=cfg.batch_size, device=cfg.device)
@@ -437,16 +424,10 @@ def summary_lines(summary: dict) -> list[str]:
             f"answer numbers kept={fmt(s['answer_numbers_kept_share'], '.1%')}" for g, s in summary["ratios"].items()]
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def show(cfg: CompressConfig, summary: dict) -> None:
+    """What ``tokenskip compress`` prints: the summary lines and the file written."""
     from tokenskip.contract.console import say
 
-    cfg = dataclass_from_args(CompressConfig, args)
-    summary = run_compress(cfg)
     for line in summary_lines(summary):
         say(line)
     say(f"wrote {Path(cfg.out) / COMPRESS_SUMMARY}")
-    return 0
-
-
-#: earlier name of :func:`run_compress`
-run = run_compress

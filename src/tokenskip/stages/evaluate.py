@@ -31,19 +31,18 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenskip.engines import GenerationBackend, get_backend
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args, to_dict
+from tokenskip.contract.config import to_dict
 from tokenskip.contract.console import say
-from tokenskip.task.data import load_problems
 from tokenskip.contract.io import ResumableJsonl, file_hash, iter_jsonl
 from tokenskip.contract.layout import ORIGINAL, PREDICTIONS, adapter_hash, eval_run_dir, original_predictions
-from tokenskip.methods import Method, get_method, method_names
-from tokenskip.engines.models import check_device, configure_threads
-from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER
-from tokenskip.task.prompts import warn_default_system
 from tokenskip.contract.ratios import format_ratio, paper_grid, validate_ratios
 from tokenskip.contract.records import Prediction, act_ratio
+from tokenskip.engines import GenerationBackend, engine_spec, get_backend
+from tokenskip.engines.models import configure_threads
 from tokenskip.generation.rollout import GenerationConfig, print_metrics, run_rows, write_metrics
+from tokenskip.methods import Method, get_method, method_names
+from tokenskip.task.data import load_problems
+from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER, warn_default_system
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +164,7 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     method = get_method(cfg.method)
     if method.uses_adapter and not Path(cfg.adapter).exists():
         raise FileNotFoundError(f"adapter folder not found: {cfg.adapter}")
-    if cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
-        check_device(cfg.device)
+    engine_spec(cfg.backend).check_settings(cfg.device, cfg.base_url)  # before data and model load
     if method.uses_adapter:  # the adapter's stored prompt format, recorded in the settings (not in the caller's cfg)
         from tokenskip.methods.tokenskip import adapter_format
 
@@ -181,8 +179,8 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     def backend_for(m: Method) -> GenerationBackend:
         nonlocal backend, with_adapter
         if m.uses_adapter:
-            if backend is not None and getattr(backend, "lora", False):
-                return backend   # a vLLM engine started with LoRA serves the adapter per request
+            if backend is not None and backend.capabilities.adapters_per_request:
+                return backend   # an engine started with LoRA serves the adapter per request
             if with_adapter is None:
                 with_adapter = get_backend(cfg.backend, **cfg.backend_kwargs(adapter=cfg.adapter,
                                                                                merge_adapter=cfg.merge_adapter))
@@ -243,8 +241,6 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
     merged). vLLM: one engine, started with LoRA enabled when any run needs an adapter, serves every
     method, so the engine (minutes for a 7B model) starts once.
     """
-    from tokenskip.engines import lora_engine_kwargs
-
     def key(c):
         return (c.backend, c.model, c.dtype, c.device, c.batch_size, c.latency_mode,
                 c.tensor_parallel_size, c.gpu_memory_utilization, c.threads, tuple(c.stop),
@@ -257,13 +253,13 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
         for cfg in cfgs:
             cfg.validate()
             shared = None
-            if not (cfg.method_obj.uses_adapter and (cfg.backend == "hf" or _merged_engine(cfg))):
+            if not _merged_engine(cfg):
                 k = key(cfg)
                 if k not in engines:
                     kwargs = cfg.backend_kwargs()
                     adapters = [c.adapter for c in cfgs if c.method_obj.uses_adapter and key(c) == k
                                 and not _merged_engine(c)]
-                    kwargs.update(lora_engine_kwargs(cfg.backend, adapters))
+                    kwargs.update(engine_spec(cfg.backend).lora_kwargs(adapters))
                     engines[k] = get_backend(cfg.backend, **kwargs)
                 shared = engines[k]
             for m in run_evaluate(cfg, backend=shared):
@@ -279,21 +275,9 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
 
 
 def _merged_engine(cfg: EvaluateConfig) -> bool:
-    """Whether ``cfg``'s adapter gets an engine of its own with the adapter merged (HF always; vLLM on CPU,
-    where LoRA decoding runs at about half speed) rather than a LoRA request on a shared engine."""
-    if not (cfg.method_obj.uses_adapter and cfg.merge_adapter):
-        return False
-    if cfg.backend == "hf":
-        return True
-    if cfg.backend != "vllm":
-        return False
-    from tokenskip.engines.vllm import on_cpu_platform
-
-    return on_cpu_platform()
-
-
-def add_arguments(parser) -> None:
-    add_dataclass_args(parser, EvaluateConfig)
+    """Whether ``cfg``'s adapter gets an engine of its own, loaded with the adapter (the engine's rule:
+    :meth:`tokenskip.engines.EngineSpec.merges_adapter`), rather than a LoRA request on a shared engine."""
+    return cfg.method_obj.uses_adapter and engine_spec(cfg.backend).merges_adapter(cfg.merge_adapter)
 
 
 def _label(m: dict) -> str:
@@ -303,12 +287,8 @@ def _label(m: dict) -> str:
     return label
 
 
-def run_evaluate_cli(args) -> int:
-    cfg = dataclass_from_args(EvaluateConfig, args)
-    for m in run_evaluate(cfg):
+def show(cfg: EvaluateConfig, results: list[dict]) -> None:
+    """What ``tokenskip evaluate`` prints: one metrics line per run and its folder."""
+    for m in results:
         print_metrics(m, f"[{m['benchmark']}] {_label(m)}: ")
         say(f"    -> {m['_dir']}")
-    return 0
-
-
-run_cli = run_evaluate_cli

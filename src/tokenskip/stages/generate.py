@@ -24,15 +24,23 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenskip.engines import GenerationBackend, get_backend
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args, to_dict
-from tokenskip.task.data import load_problems
+from tokenskip.contract.config import to_dict
 from tokenskip.contract.io import ResumableJsonl
 from tokenskip.contract.layout import METRICS, ORIGINAL, PREDICTIONS
-from tokenskip.engines.models import check_device, configure_threads
 from tokenskip.contract.records import sample_id
-from tokenskip.generation.rollout import (GenerationConfig, data_identity, grade_row, metrics_line, print_metrics, run_rows,
-                               summarize, write_metrics)
+from tokenskip.engines import GenerationBackend, get_backend
+from tokenskip.engines.models import check_device, configure_threads
+from tokenskip.generation.rollout import (
+    GenerationConfig,
+    data_identity,
+    grade_row,
+    metrics_line,
+    print_metrics,
+    run_rows,
+    summarize,
+    write_metrics,
+)
+from tokenskip.task.data import load_problems
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +86,25 @@ class GenerateConfig(GenerationConfig):
         return super().backend_kwargs(adapter, merge_adapter) | ({"seed": self.seed} if self.sampling else {})
 
 
+def _row_settings(cfg: GenerateConfig) -> dict:
+    """The settings that decide a ``predictions.jsonl`` row (its :class:`~tokenskip.contract.io.ResumableJsonl`
+    fingerprint: rows written under other settings are not reused). Settings added after the first runs
+    enter only when set away from their default, so earlier runs keep their fingerprint."""
+    bench = cfg.bench
+    settings = {"stage": "generate", "model": cfg.model, "benchmark": bench.name,
+                "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
+                "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
+    if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+        settings["stop"] = cfg.stop
+    if cfg.prompt_style != "chat-template":  # likewise
+        settings["prompt_style"] = cfg.prompt_style
+    if cfg.sampling:  # likewise: greedy runs keep their fingerprint
+        settings.update(samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+    if bench.name == "custom":  # the field names and grader decide the rows
+        settings.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
+    return settings
+
+
 def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None) -> dict:
     """Run stage *generate*: CoT for every problem of the slice, graded; returns the metrics dict.
 
@@ -119,18 +146,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
 
             def decode(ps, caps, adapter=None):
                 return backend.generate(ps, caps, adapter=adapter, temperature=cfg.temperature, top_p=cfg.top_p)
-        settings = {"stage": "generate", "model": cfg.model, "benchmark": bench.name,
-                    "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
-                    "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
-        if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
-            settings["stop"] = cfg.stop
-        if cfg.prompt_style != "chat-template":  # likewise
-            settings["prompt_style"] = cfg.prompt_style
-        if cfg.sampling:  # likewise: greedy runs keep their fingerprint
-            settings.update(samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
-        if bench.name == "custom":  # the field names and grader decide the rows
-            settings.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
-        with ResumableJsonl(out / PREDICTIONS, settings) as w:
+        with ResumableJsonl(out / PREDICTIONS, _row_settings(cfg)) as w:
             rows = run_rows(problems, prompts, w, backend, bench.grader, cfg.resolved_max_new_tokens,
                             generate=decode)
         return write_metrics(out, rows, {"benchmark": bench.name, "benchmark_label": bench.label,
@@ -148,18 +164,9 @@ def summary_lines(m: dict) -> list[str]:
     return [metrics_line(m)]
 
 
-def add_arguments(parser) -> None:
-    add_dataclass_args(parser, GenerateConfig)
-
-
-def run_generate_cli(args) -> int:
-    cfg = dataclass_from_args(GenerateConfig, args)
-    m = run_generate(cfg)
-    print_metrics(m)
+def show(cfg: GenerateConfig, metrics: dict) -> None:
+    """What ``tokenskip generate`` prints: the metrics line and the files written."""
     from tokenskip.contract.console import say
 
+    print_metrics(metrics)
     say(f"wrote {Path(cfg.out) / PREDICTIONS} and {METRICS}")
-    return 0
-
-
-run_cli = run_generate_cli

@@ -1,6 +1,7 @@
 """Stage *train*: LoRA fine-tuning of the target model on the SFT data (paper step 5).
 
-The trainer, its config and defaults live in :mod:`tokenskip.finetune.lora`; this module is the command
+The trainer lives in :mod:`tokenskip.finetune.lora`, its config and defaults in
+:mod:`tokenskip.finetune.train_config`; this module is the command
 and the pipeline runner.
 
 Example::
@@ -10,14 +11,8 @@ Example::
 
 from __future__ import annotations
 
-import argparse
-
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args
-from tokenskip.finetune.lora import TrainConfig, train
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_args(parser, TrainConfig)
+from tokenskip.finetune.lora import train
+from tokenskip.finetune.train_config import TrainConfig
 
 
 def summary_line(metrics: dict) -> str:
@@ -39,14 +34,12 @@ def summary_lines(metrics: dict) -> list[str]:
     return [summary_line(metrics)]
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def show(cfg: TrainConfig, metrics: dict) -> None:
+    """What ``tokenskip train`` prints: the summary line and the adapter folder."""
     from tokenskip.contract.console import say
 
-    cfg = dataclass_from_args(TrainConfig, args)
-    metrics = train(cfg)
     say(summary_line(metrics))
     say(f"adapter: {cfg.out}")
-    return 0
 
 
 def run_train(cfg: TrainConfig) -> dict:

@@ -10,7 +10,7 @@ Grader kinds (:mod:`tokenskip.task.grading`):
 * ``numeric``  — the last number / boxed value, compared as a number (GSM8K);
 * ``symbolic`` — LaTeX answers compared with math-verify (MATH).
 
-Adding a benchmark is one :func:`register` call (see the README's development section)::
+Adding a benchmark is one :func:`register` call (see docs/development.md)::
 
     register(Benchmark("svamp", "SVAMP", grader="numeric", max_new_tokens=512,
                        parse_row=mapped_parser("Body", "Answer")))

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenskip.task.benchmarks import (Benchmark, get_benchmark, last_boxed, mapped_parser, parse_gsm8k_row,
-                                  parse_math_row)
 from tokenskip.contract.io import DataError, iter_jsonl
 from tokenskip.contract.records import Problem, require_text
+from tokenskip.task.benchmarks import (
+    Benchmark,
+    get_benchmark,
+    last_boxed,
+    mapped_parser,
+    parse_gsm8k_row,
+    parse_math_row,
+)
 
 __all__ = ["Problem", "load_problems", "load_jsonl_mapped", "looks_like_path", "require_text", "last_boxed",
            "parse_gsm8k_row", "parse_math_row", "canonical_benchmark"]

@@ -26,21 +26,38 @@ can be traced to the samples behind it.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args
 from tokenskip.contract.io import read_json, write_json_atomic, write_text_atomic
 from tokenskip.contract.layout import LOSS_LOG, TRAIN_CONFIG
-from tokenskip.stages.report.collect import (MISSING, REPORT_SCHEMA_VERSION, ReportRow, _percentile, build_report,
-                                      collect_budgets, collect_compress, collect_loss, collect_rows,
-                                      find_evaluate_dir, read_cot_tokens, read_metrics_row, sort_rows)
+from tokenskip.stages.report.collect import (
+    MISSING,
+    REPORT_SCHEMA_VERSION,
+    ReportRow,
+    _percentile,
+    build_report,
+    collect_budgets,
+    collect_compress,
+    collect_loss,
+    collect_rows,
+    find_evaluate_dir,
+    read_cot_tokens,
+    read_metrics_row,
+    sort_rows,
+)
 from tokenskip.stages.report.markdown import render_budget_table, render_compress_table, render_markdown, render_table
-from tokenskip.stages.report.plots import (_overlap, make_plots, place_labels, plot_accuracy_vs_tokens, plot_cot_hist,
-                                    plot_loss, plot_ratio_control)
+from tokenskip.stages.report.plots import (
+    _overlap,
+    make_plots,
+    place_labels,
+    plot_accuracy_vs_tokens,
+    plot_cot_hist,
+    plot_loss,
+    plot_ratio_control,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +73,8 @@ class ReportConfig:
     """Settings of ``tokenskip report`` (on the command line the run folder is the positional ``RUN_DIR``;
     a pipeline sets ``run_dir`` to its run folder)."""
 
-    run_dir: str = field(default="", metadata={"help": "run folder (with evaluate/, compress/, train/) or an "
+    run_dir: str = field(default="", metadata={"positional": True,
+                                               "help": "run folder (with evaluate/, compress/, train/) or an "
                                                         "evaluate folder itself"})
     out: str | None = field(default=None, metadata={
         "help": "folder for report.md, report.json and plots/ (default: RUN_DIR)"})
@@ -110,14 +128,8 @@ def run_report(cfg: ReportConfig) -> Path:
     return write_report(cfg.run_dir, cfg)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR",
-                        help="run folder (with evaluate/, compress/, train/) or an evaluate folder itself")
-    add_dataclass_args(parser, ReportConfig, skip=("run_dir",))
-
-
-def run_cli(args: argparse.Namespace) -> int:
+def show(cfg: ReportConfig, path) -> None:
+    """What ``tokenskip report`` prints: the path of report.md."""
     from tokenskip.contract.console import say
 
-    say(str(run_report(dataclass_from_args(ReportConfig, args))))
-    return 0
+    say(str(path))

@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from tokenskip.contract.io import DataError, file_hash, iter_jsonl, read_json
-from tokenskip.contract.layout import (LOSS_LOG, MANIFEST, METRICS, PREDICTIONS, budget_runs, compressed_file, eval_runs,
-                              original_predictions, ratio_from_name)
+from tokenskip.contract.layout import (
+    LOSS_LOG,
+    MANIFEST,
+    METRICS,
+    PREDICTIONS,
+    budget_runs,
+    compressed_file,
+    eval_runs,
+    original_predictions,
+    ratio_from_name,
+)
 from tokenskip.contract.ratios import format_ratio
 from tokenskip.contract.records import act_ratio
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tokenskip.stages.report.collect import MISSING, ReportRow, _bench_label, _fmt_ratio
 
+
 def _fmt(v: float | int | None, digits: int) -> str:
     return MISSING if v is None else f"{v:.{digits}f}"
 

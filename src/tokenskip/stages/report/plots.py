@@ -127,15 +127,12 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str, x: str = "
     return None
 
 
-def plot_ratio_control(report: dict, path: Path) -> str | None:
-    """Achieved vs requested γ: compressor (mean, with p5–p95 bars of the rows or ±p95 |error|),
-    TokenSkip and prompt-baseline ActRatio per benchmark, and the y = x diagonal.
-
-    The x axis covers the requested γ only, so it stays within (0, 1]; the y axis grows past 1 when a
-    method's CoTs came out longer than the original's. Returns the skip reason or ``None``.
+def _ratio_control_series(report: dict) -> list[tuple]:
+    """The series of :func:`plot_ratio_control`, each ``(label, color, marker, xs, ys, yerr, linestyle)`` with
+    ``xs`` the requested γ: the compressor's mean achieved ratio on the training CoTs (``yerr``: the
+    p5–p95 band of its rows as ``[below, above]``, else ±p95 |error|, else ``None``), then per benchmark
+    the ActRatio of each method that was asked for γ (``yerr`` ``None``; one line style per benchmark).
     """
-    import matplotlib.pyplot as plt
-
     series = []  # (label, color, marker, xs, ys, yerr, linestyle)
     comp = report.get("compress")
     if comp:
@@ -165,6 +162,19 @@ def plot_ratio_control(report: dict, path: Path) -> str | None:
                 series.append((f"{_label(g[0])} ActRatio ({_bench_label(bench, report['benchmarks'][bench])})",
                                color, marker, [r["ratio"] for r in g], [r["act_ratio"] for r in g],
                                None, ("-", "--", ":", "-.")[b % 4]))
+    return series
+
+
+def plot_ratio_control(report: dict, path: Path) -> str | None:
+    """Achieved vs requested γ: compressor (mean, with p5–p95 bars of the rows or ±p95 |error|),
+    TokenSkip and prompt-baseline ActRatio per benchmark, and the y = x diagonal.
+
+    The x axis covers the requested γ only, so it stays within (0, 1]; the y axis grows past 1 when a
+    method's CoTs came out longer than the original's. Returns the skip reason or ``None``.
+    """
+    import matplotlib.pyplot as plt
+
+    series = _ratio_control_series(report)
     if not series:
         return "no compressor summary and no row of a method asked for γ (TokenSkip, Prompt) with an act_ratio"
     fig, ax = plt.subplots(figsize=(6.0, 5.6))

@@ -1,0 +1,209 @@
+"""The wire side of ``tokenskip serve``: request bodies parsed and checked into :class:`Job`\\ s, OpenAI-style
+errors (:class:`APIError`) and the JSON response shapes of the chat and completions endpoints.
+
+Nothing here touches the engine: a body becomes a job (or a 400 naming the offending field), and a finished
+job's result becomes the response body.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tokenskip.generation.inference import Decoding, Query, cut_at_stop, plan_ratio
+
+if TYPE_CHECKING:  # annotations only: the worker imports this module
+    from tokenskip.serving.worker import ServerState
+
+
+class APIError(Exception):
+    """An error answered as OpenAI-style JSON with HTTP ``status``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type_ or {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error",
+                              503: "service_unavailable"}.get(status, "server_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Job:
+    """One request for the engine worker (:class:`tokenskip.serving.worker.ServerState`)."""
+
+    kind: str                      # "chat" (a Query) or "raw" (prompt + cap)
+    model: str
+    query: Query | None = None
+    prompt: str | None = None
+    decoding: Decoding = field(default_factory=Decoding)
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    on_tokens: object = None       # streaming: called from the engine thread with each step's new token ids
+
+
+# ------------------------------------------------------------------------------------------- request parsing
+
+def _number(body: dict, name: str, default, lo: float, hi: float, lo_open: bool = False):
+    v = body.get(name, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+            or (v <= lo if lo_open else v < lo) or v > hi:
+        rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        raise APIError(400, f"'{name}' must be a number in {rng}, got {v!r}", name)
+    return float(v)
+
+
+def _int(body: dict, name: str, default: int | None, lo: int = 1) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise APIError(400, f"'{name}' must be an integer >= {lo}, got {v!r}", name)
+    return v
+
+
+def _stop(body: dict) -> tuple[str, ...]:
+    s = body.get("stop")
+    if s is None:
+        return ()
+    if isinstance(s, str):
+        s = [s]
+    if not isinstance(s, list) or len(s) > 4 or not all(isinstance(x, str) and x for x in s):
+        raise APIError(400, "'stop' must be a non-empty string or a list of at most 4 of them", "stop")
+    return tuple(s)
+
+
+def _content(m, i: int) -> str:
+    c = m.get("content")
+    if isinstance(c, list):  # content parts: keep the text ones
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in c):
+            raise APIError(400, f"messages[{i}].content: only text parts are supported", "messages")
+        c = "".join(p["text"] for p in c)
+    if not isinstance(c, str):
+        raise APIError(400, f"messages[{i}].content must be a string", "messages")
+    return c
+
+
+def _messages(body: dict) -> list[dict]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise APIError(400, "'messages' must be a non-empty list", "messages")
+    messages = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
+            raise APIError(400, f"messages[{i}].role must be one of system, user, assistant", "messages")
+        role = "system" if m["role"] == "developer" else m["role"]
+        messages.append({"role": role, "content": _content(m, i)})
+    if not any(m["role"] == "user" for m in messages):
+        raise APIError(400, "'messages' needs at least one user turn", "messages")
+    return messages
+
+
+def _decoding(body: dict, max_tokens: int, state: ServerState) -> Decoding:
+    dec = Decoding(max_tokens=max_tokens, temperature=_number(body, "temperature", 0.0, 0.0, 2.0),
+                   top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), stop=_stop(body))
+    if dec.temperature > 0 and not state.sampling:
+        raise APIError(400, f"this server's {state.cfg.backend} engine decodes greedily only: use temperature 0",
+                       "temperature")
+    return dec
+
+
+def _model(body: dict, state: ServerState) -> str:
+    model = body.get("model")
+    if model is None:
+        return state.models[0]
+    if model not in state.models:
+        raise APIError(400, f"model {model!r} is not served here; available: {state.models}", "model",
+                       "model_not_found")
+    return model
+
+
+def parse_chat(body, state: ServerState) -> tuple[Job, bool, bool]:
+    """``(job, stream, return_prompt)`` of a chat completions body.
+
+    Raises:
+        APIError: 400 with the offending field as ``param``.
+    """
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    model = _model(body, state)
+    messages = _messages(body)
+    if _int(body, "n", 1) != 1:
+        raise APIError(400, "only n = 1 is supported", "n")
+    max_tokens = _int(body, "max_tokens", None) or _int(body, "max_completion_tokens", None) \
+        or state.cfg.default_max_tokens
+    dec = _decoding(body, max_tokens, state)
+    ratio = body.get("compression_ratio")
+    if ratio is not None:
+        ratio = _number(body, "compression_ratio", None, 0.0, 1.0, lo_open=True)
+    budget = _int(body, "max_cot_tokens", None)
+    if ratio is not None and budget is not None:
+        raise APIError(400, "give 'compression_ratio' or 'max_cot_tokens', not both", "compression_ratio")
+    if budget is not None and state.length_model is None:
+        raise APIError(400, "'max_cot_tokens' needs a length model: start the server with --length-model",
+                       "max_cot_tokens")
+    for name in ("stream", "return_prompt"):
+        if body.get(name) is not None and not isinstance(body[name], bool):
+            raise APIError(400, f"'{name}' must be a boolean", name)
+    query = Query(messages=messages, ratio=ratio, max_cot_tokens=budget, decoding=dec)
+    try:
+        plan_ratio(query, state.fmt, state.length_model)
+    except ValueError as e:
+        raise APIError(400, str(e)) from None
+    return Job("chat", model, query=query, decoding=dec), bool(body.get("stream")), bool(body.get("return_prompt"))
+
+
+def parse_completion(body, state: ServerState) -> Job:
+    """The job of a raw-prompt completions body (one prompt)."""
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    model = _model(body, state)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise APIError(400, "'prompt' must be one non-empty string", "prompt")
+    if _int(body, "n", 1) != 1:
+        raise APIError(400, "only n = 1 is supported", "n")
+    if body.get("stream"):
+        raise APIError(400, "stream is not supported on /v1/completions", "stream")
+    dec = _decoding(body, _int(body, "max_tokens", 16), state)
+    return Job("raw", model, prompt=prompt, decoding=dec)
+
+
+# ------------------------------------------------------------------------------------------- responses
+
+def chat_response(job: Job, a, state: ServerState, return_prompt: bool) -> dict:
+    """The ``chat.completion`` body of answer ``a`` (:class:`tokenskip.generation.inference.Answer`)."""
+    prompt_tokens = state.count_tokens(a.prompt)
+    msg = {"role": "assistant", "content": a.text, "final_answer": a.final_answer, "compression_ratio": a.ratio}
+    if a.max_cot_tokens is not None:
+        msg["max_cot_tokens"] = a.max_cot_tokens
+    if return_prompt:
+        msg["prompt"] = a.prompt
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": job.model, "choices": [{"index": 0, "message": msg, "finish_reason": a.finish_reason,
+                                             "logprobs": None}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": a.output_tokens,
+                      "total_tokens": prompt_tokens + a.output_tokens, "cot_tokens": a.cot_tokens}}
+
+
+def completion_response(job: Job, g, state: ServerState) -> dict:
+    """The ``text_completion`` body of generation ``g`` (:class:`tokenskip.engines.Generation`), cut at the
+    request's stop strings."""
+    text, finish = g.text, g.finish_reason
+    cut = cut_at_stop(text, job.decoding.stop)
+    if cut is not None:
+        text, finish = cut, "stop"
+    prompt_tokens = state.count_tokens(job.prompt)
+    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": job.model, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": g.num_tokens,
+                      "total_tokens": prompt_tokens + g.num_tokens}}

@@ -1,0 +1,229 @@
+"""The engine side of ``tokenskip serve``: :class:`ServerState` loads the engine in a background thread (through
+:func:`tokenskip.engines.get_backend`, like every stage) and runs the batching worker.
+
+Requests (:class:`~tokenskip.serving.protocol.Job`) go through a bounded queue; the worker takes up to
+``max_batch_size`` of them (waiting at most ``batch_wait_ms`` for more once one arrived), groups them by
+model and sampling settings, and decodes each group in one engine call. An engine whose capabilities say
+``concurrent`` (vLLM's asynchronous engine: continuous batching; the ``--upstream`` proxy's endpoint) gets each
+group at once from a thread pool; any other engine decodes the groups one after the other in the worker thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import copy
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokenskip.engines import get_backend
+from tokenskip.engines.models import configure_threads
+from tokenskip.generation.inference import answer
+from tokenskip.generation.length_model import load_length_model
+from tokenskip.serving.protocol import APIError, Job
+from tokenskip.task.prompt_format import resolve_prompt_format
+
+if TYPE_CHECKING:  # annotations only: the app module imports this one
+    from tokenskip.serving.app import ServeConfig
+
+logger = logging.getLogger(__name__)
+
+#: ``serve --backend`` choices and the factory's engine for each (:func:`tokenskip.engines.get_backend`):
+#: vLLM is served by its asynchronous form, whose scheduler adds each request to the running batch.
+SERVED_ENGINES = {"hf": "hf", "vllm": "vllm-async"}
+#: the engine that ``--upstream`` proxies through (any OpenAI-compatible endpoint)
+UPSTREAM_ENGINE = "openai"
+
+
+def adapter_switch(engine):
+    """``disable_adapter`` of the engine's model when it runs its adapter unmerged (a peft model): the base
+    model is then served too, under that context. ``None`` when the adapter is merged into the weights or
+    applied by the engine itself."""
+    return getattr(getattr(engine, "model", None), "disable_adapter", None)
+
+
+class ServerState:
+    """What the app serves: the engine (loaded in a background thread), names, format, length model, queue."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.status, self.error = "loading", None
+        self.engine = self.fmt = self.length_model = None
+        self.routes: dict = {}  # --upstream: one engine per upstream model (each sends its model's name)
+        self.tokenizer = None  # the request side's own copy: the engine thread's tokenizer is not shared
+        self.base_name = cfg.served_model_name or cfg.model
+        self.adapter_name = (cfg.adapter_name or Path(cfg.adapter).name) if cfg.adapter else None
+        self.models: list[str] = []
+        self.sampling = True
+        self.batches, self.max_batch_seen = 0, 0   # engine batches run, and the largest (shown on /health)
+        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=cfg.max_queue)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # -- loading
+    def start(self) -> None:
+        t = threading.Thread(target=self._load_then_work, name="tokenskip-engine", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _load_then_work(self) -> None:
+        try:
+            self._load()
+        except Exception as e:  # the server stays up and says why on /health and every request
+            logger.exception("loading failed")
+            self.status, self.error = "failed", f"{type(e).__name__}: {e}"
+            return
+        if self.engine.capabilities.concurrent:
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.cfg.max_queue,
+                                                               thread_name_prefix="tokenskip-request")
+        self.status = "ready"
+        logger.info("ready: models %s", self.models)
+        self._work()
+
+    def _load(self) -> None:
+        self._load_engine()
+        # Rust tokenizers are not thread-safe (a padded batch call in the engine thread and a plain call here
+        # at the same time return unpadded ids), so the event loop counts and splits with a copy.
+        self.tokenizer = copy.deepcopy(self.engine.tokenizer)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` (request side, no special tokens added)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _load_engine(self) -> None:
+        cfg = self.cfg
+        configure_threads(cfg.threads)
+        self.fmt = resolve_prompt_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter)
+        lm = cfg.length_model or (str(Path(cfg.adapter) / "length_model.json")
+                                  if cfg.adapter and (Path(cfg.adapter) / "length_model.json").is_file() else None)
+        self.length_model = load_length_model(lm) if lm else None
+        if cfg.upstream:
+            self._connect_upstream()
+        else:
+            self._load_local()
+        self.sampling = self.engine.capabilities.sampling
+
+    def _load_local(self) -> None:
+        """The engine of ``--backend`` with the weights (and the adapter) loaded here."""
+        cfg = self.cfg
+        kw = dict(model=cfg.model, dtype=cfg.dtype, device=cfg.device, batch_size=cfg.max_batch_size,
+                  adapter=cfg.adapter, merge_adapter=cfg.merge_adapter, show_progress=False, threads=cfg.threads)
+        # engine options given on the command line (the help names the engine that reads them)
+        kw.update({k: v for k, v in (("enforce_eager", cfg.enforce_eager), ("max_model_len", cfg.max_model_len))
+                   if v})
+        self.engine = get_backend(SERVED_ENGINES[cfg.backend], **kw)
+        if self.adapter_name and adapter_switch(self.engine) is None:  # adapter merged or always applied
+            self.models = [self.adapter_name]
+        else:
+            self.models = [self.base_name] + ([self.adapter_name] if self.adapter_name else [])
+
+    def _connect_upstream(self) -> None:
+        """``--upstream``: the upstream's models, each served through an engine that sends its name."""
+        cfg = self.cfg
+        kw = dict(model=cfg.model, base_url=cfg.upstream, api_key_env=cfg.api_key_env,
+                  max_in_flight=cfg.max_in_flight)
+        self.engine = get_backend(UPSTREAM_ENGINE, **kw, api_model="-")  # a name given: nothing asked yet
+        self.models = self._upstream_models()
+        self.routes = {m: get_backend(UPSTREAM_ENGINE, **kw, api_model=m, tokenizer=self.engine.tokenizer)
+                       for m in self.models}
+
+    def _upstream_models(self) -> list[str]:
+        while not self._stop.is_set():  # 503 until the upstream answers
+            try:
+                return [m.id for m in self.engine.client.models.list()]
+            except Exception as e:  # noqa: BLE001 - any connection error: retry
+                logger.warning("upstream %s not ready (%s); retrying in 2 s", self.cfg.upstream, e)
+                self._stop.wait(2.0)
+        raise RuntimeError("stopped before the upstream answered")
+
+    # -- the worker
+    def submit(self, job: Job) -> concurrent.futures.Future:
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise APIError(429, f"server busy: {self.cfg.max_queue} requests queued; retry later") from None
+        return job.future
+
+    def _next_batch(self) -> list[Job]:
+        """Up to ``max_batch_size`` queued jobs, waiting ``batch_wait_ms`` for more once one arrived."""
+        try:
+            first = self.jobs.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch, deadline = [first], time.monotonic() + self.cfg.batch_wait_ms / 1000.0
+        while len(batch) < self.cfg.max_batch_size:
+            left = deadline - time.monotonic()
+            try:
+                batch.append(self.jobs.get(timeout=left) if left > 0 else self.jobs.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            batch = self._next_batch()
+            if not batch:
+                continue
+            self.batches += 1
+            self.max_batch_seen = max(self.max_batch_seen, len(batch))
+            groups: dict[tuple, list[Job]] = {}
+            for j in batch:
+                groups.setdefault((j.kind, j.model, j.decoding.temperature, j.decoding.top_p), []).append(j)
+            for jobs in groups.values():
+                if self._pool is not None:   # an engine that batches continuously: hand the group over now
+                    self._pool.submit(self._run_group, jobs)
+                else:
+                    self._run_group(jobs)
+
+    def _engine_for(self, model: str):
+        """``(engine, context)`` for ``model``: upstream models have their own engine; the base model of an
+        unmerged adapter runs with the adapter disabled."""
+        eng = self.routes.get(model, self.engine)
+        switch = adapter_switch(eng)
+        if self.adapter_name and model == self.base_name and switch is not None:
+            return eng, switch()
+        return eng, contextlib.nullcontext()
+
+    def _run_group(self, jobs: list[Job]) -> None:
+        try:
+            eng, ctx = self._engine_for(jobs[0].model)
+            with ctx:
+                if jobs[0].kind == "chat":
+                    streaming = [j.on_tokens for j in jobs]
+                    hook = None
+                    if any(streaming):
+                        def hook(i, ids, streaming=streaming):
+                            if streaming[i] is not None:
+                                streaming[i](ids)
+                    results = answer(eng, [j.query for j in jobs], self.fmt, self.length_model, on_tokens=hook)
+                else:
+                    kw = ({"temperature": jobs[0].decoding.temperature, "top_p": jobs[0].decoding.top_p}
+                          if jobs[0].decoding.temperature else {})
+                    results = eng.generate([j.prompt for j in jobs], [j.decoding.max_tokens for j in jobs], **kw)
+            for j, r in zip(jobs, results):
+                j.future.set_result(r)
+        except Exception as e:  # noqa: BLE001 - reported to each request as a 500; the worker goes on
+            logger.exception("engine failure on a batch of %d", len(jobs))
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(e)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+        while True:
+            try:
+                self.jobs.get_nowait().future.set_exception(APIError(503, "server shutting down"))
+            except queue.Empty:
+                break
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for engine in [*self.routes.values(), self.engine]:
+            if engine is not None:
+                engine.close()
