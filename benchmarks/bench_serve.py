@@ -25,15 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolation percentile (q in [0, 100]); ``None`` for no values."""
-    if not values:
-        return None
-    v = sorted(values)
-    k = (len(v) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+from tokenskip.contract.stats import percentile
 
 
 def load_questions(path: str, n: int) -> list[str]:

@@ -119,7 +119,8 @@ def resolved_key(spec: dict) -> tuple:
 def table(rows: list[dict], total_tokens: int) -> str:
     """Markdown table, ratios against the first row."""
     ref = rows[0]
-    lines = ["| config (layout:dtype:micro-batch) | dtype (resolved) | steps | seconds | tokens/s | × first | peak RSS (MiB) | "
+    lines = ["| config (layout:dtype:micro-batch) | dtype (resolved) | steps | seconds | tokens/s | × first | peak RSS "
+             "(MiB) | "
              "first / last logged loss | mean train loss |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_tiny_llama
 from tokenskip.cli import main
-from tokenskip.engines.models import _model_names, cache_dir, check_adapter, load_model
+from tokenskip.engines.models import cache_dir, check_adapter, load_model, model_names
 
 
 def save_model(path, tokenizer, **kw):
@@ -50,7 +50,8 @@ def test_other_hidden_size_is_one_line_not_a_size_mismatch_traceback(folders):
     msg = str(e.value)
     assert "\n" not in msg and a in msg and b in msg
     # hidden 64 vs 32 (intermediate 128 vs 64): the first misfit found is named with both sizes
-    assert re.search(r"model\.layers\.\d+\.[\w.]+ has (64|128) (inputs|outputs), the adapter's lora_[AB] has (32|64);", msg)
+    assert re.search(r"model\.layers\.\d+\.[\w.]+ has (64|128) (inputs|outputs), the adapter's lora_[AB] has (32|64);",
+                     msg)
     with pytest.raises(ValueError, match="the adapter's lora_"):  # shapes that do not fit cannot be forced
         check_adapter(adapter, b, force=True)
 
@@ -77,9 +78,9 @@ def test_evaluate_cli_refuses_other_base(folders, tmp_path, capsys):
 
 
 def test_alias_and_its_cache_folder_are_one_model():
-    names = _model_names("smollm2-135m-instruct")
+    names = model_names("smollm2-135m-instruct")
     assert str((cache_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1").resolve()) in names
-    assert not names & _model_names("Qwen/Qwen2.5-7B-Instruct")
+    assert not names & model_names("Qwen/Qwen2.5-7B-Instruct")
 
 
 def test_a_model_converted_during_the_check_is_not_built_on_the_meta_device(folders, monkeypatch):

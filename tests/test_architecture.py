@@ -14,6 +14,7 @@ only (contract + errors). Lazy (function-level) imports count the same as top-le
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,45 @@ def test_the_checker_accepts_downward_imports():
     assert violations("tokenskip.stages.train", "from tokenskip.finetune.lora import train\n"
                                                 "from tokenskip.contract.layout import ADAPTER_FILE") == []
     assert violations("tokenskip.pipeline.plan", "from tokenskip.stages import STAGES, get_stage") == []
+
+
+# ---------------------------------------------------------------- file names live in contract/layout.py
+
+#: A string constant that is a file name of a run (``"metrics.json"``, ``".state.json"``, ``"train_loss.png"``).
+FILE_NAME = re.compile(r"[A-Za-z_.-]+\.(jsonl?|md|png|safetensors)")
+LAYOUT = "tokenskip.contract.layout"
+
+
+def file_name_literals(source: str) -> list[str]:
+    """The string constants of ``source`` that are file names (docstrings excluded), as ``line: 'name'``."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return [f"{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and FILE_NAME.fullmatch(node.value)]
+
+
+@pytest.mark.parametrize("module", [m for m in all_modules() if m != LAYOUT])
+def test_file_names_only_in_layout(module):
+    path = PKG.joinpath(*module.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    assert file_name_literals(path.read_text(encoding="utf-8")) == [], f"use a constant of {LAYOUT}"
+
+
+def test_the_file_name_check_catches_an_injected_literal():
+    assert file_name_literals('def f(out):\n    """Writes metrics.json."""\n    return out / "metrics.json"\n') \
+        == ["3: 'metrics.json'"]
+    assert file_name_literals('STATE = ".state.json"\nPLOT = "train_loss.png"\n') \
+        == ["1: '.state.json'", "2: 'train_loss.png'"]
+    # docstrings, messages and f-strings naming a file are not file-name constants
+    assert file_name_literals('"""metrics.json"""\nHELP = "write metrics.json"\n'
+                              'def g(x):\n    """report.md"""\n    return f"{x}.jsonl"\n') == []
+
+
+def test_layout_itself_holds_the_file_names():
+    source = (PKG / "contract" / "layout.py").read_text(encoding="utf-8")
+    assert {"'metrics.json'", "'predictions.jsonl'", "'.state.json'"} <= {
+        line.split(": ", 1)[1] for line in file_name_literals(source)}

@@ -106,7 +106,7 @@ def test_evaluate_budget_method_and_report(tmp_path, tiny_model_dir):
     report = write_report(tmp_path)
     text = report.read_text() if report.suffix == ".md" else (report / "report.md").read_text()
     assert "### Token budget" in text
-    line3 = next(l for l in text.splitlines() if l.startswith("| 3 |"))
+    line3 = next(row for row in text.splitlines() if row.startswith("| 3 |"))
     assert f"{100 * ms[0]['within_budget']:.1f}" in line3 and f"{ms[0]['avg_cot_tokens']:.1f}" in line3
     assert read_json(tmp_path / "report.json")["budgets"]["gsm8k"][1]["budget"] == 200
 

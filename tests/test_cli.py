@@ -125,7 +125,7 @@ def test_cuda_index_past_the_last_gpu(monkeypatch):
 def test_stop_strings_are_kept_whole():
     from tokenskip.cli import build_parser
     from tokenskip.contract.config import dataclass_from_args, dataclass_from_dict
-    from tokenskip.stages.generate import GenerationConfig
+    from tokenskip.generation.rollout import GenerationConfig
 
     parser = build_parser("generate")
     cfg = dataclass_from_args(GenerationConfig, parser.parse_args(

@@ -8,6 +8,7 @@ import pytest
 
 from tokenskip.cli import main
 from tokenskip.contract.io import read_json, read_jsonl
+from tokenskip.contract.stats import percentile
 from tokenskip.stages.compress import CompressConfig, run_compress
 from tokenskip.task.prompts import build_prompt
 
@@ -47,7 +48,7 @@ def test_gold_source_self_information(tmp_path, gsm_file, tiny_model_dir):
         s = summary["ratios"][g]
         errs = [abs(r["achieved_ratio"] - float(g)) for r in rows]
         assert s["n"] == 3 and s["mean_abs_error"] == pytest.approx(sum(errs) / 3)
-        assert s["p95_abs_error"] == pytest.approx(max(errs))
+        assert s["p95_abs_error"] == pytest.approx(percentile(errs, 95))
         for r, o in zip(rows, src):
             assert r["ratio"] == float(g) and r["original_tokens"] == o["cot_tokens"]
             assert r["scorer"] == "self-information" and r["answer_numbers_kept"] is True
@@ -69,7 +70,10 @@ def test_predictions_source_filters_and_resumes(tmp_path, smol_tokenizer):
          "cot_tokens": 8, "pred": "3", "gold": "2", "correct": False},
         {"id": "c", "prompt": "P", "question": "Q c", "output": "...", "cot": long_cot,
          "cot_tokens": 600, "pred": "1", "gold": "1", "correct": True},
-        {"id": "d", "prompt": build_prompt(smol_tokenizer, "How much is 6 / 2?"), "output": "...", "cot": "Then 6 / 2 = 3 is the final value we want.",
+        {"id": "d", "prompt": build_prompt(smol_tokenizer, "How much is 6 / 2?"), "output": "...", "cot": "Then 6 / 2 "
+                                                                                                          "= 3 is the "
+                                                                                                          "final value "
+                                                                                                          "we want.",
          "cot_tokens": 14, "pred": "3", "gold": "3", "correct": True},
     ]
     preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -117,7 +121,8 @@ def test_predictions_questions_joined_from_data(tmp_path, gsm_file):
     rows[0]["id"] = "nope"
     preds.write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(ValueError, match=r"predictions.jsonl, line 1: field 'id'"):
-        run_compress(CompressConfig(out=str(tmp_path / "o2"), predictions=str(preds), data=str(gsm_file), scorer="random",
+        run_compress(CompressConfig(out=str(tmp_path / "o2"), predictions=str(preds), data=str(gsm_file),
+                                    scorer="random",
                            ratios=[0.5]))
     preds.write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(ValueError, match="field 'question'"):

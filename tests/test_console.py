@@ -66,7 +66,7 @@ def test_one_bar_per_generation_step(tmp_path, tiny_model, smol_tokenizer, capsy
     """run_rows draws the step's bar; the backend underneath draws none (no duplicated bars)."""
     from tokenskip.contract.io import ResumableJsonl
     from tokenskip.engines.hf import HFBackend
-    from tokenskip.stages.generate import run_rows
+    from tokenskip.generation.rollout import run_rows
     from tokenskip.task.data import Problem
 
     backend = HFBackend(hf_model=tiny_model, hf_tokenizer=smol_tokenizer, batch_size=2)

@@ -5,8 +5,9 @@ import torch
 
 from conftest import GSM8K_TEST, need_data
 from tokenskip.contract.io import read_json, read_jsonl
+from tokenskip.generation.rollout import GenerationConfig
 from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate
-from tokenskip.stages.generate import GenerationConfig, run_generate
+from tokenskip.stages.generate import run_generate
 
 
 def cfg(model, out, **kw):
@@ -61,7 +62,7 @@ def test_truncation_default_is_a_plain_cap(tmp_path, tiny_model_dir):
         assert r["num_tokens"] <= r["cap"] == max(1, math.ceil(0.5 * orig[r["id"]]["cot_tokens"]))
         assert r["output_token_ids"] == orig[r["id"]]["output_token_ids"][:r["cap"]]
         assert "The final answer is: $\\boxed{" not in r["output"]
-    from tokenskip.stages.report import ReportRow
+    from tokenskip.stages.report.collect import ReportRow
 
     label = ms[1]["method_label"]  # the report's labels come from metrics.json
     row = ReportRow(benchmark="gsm8k", method="truncation", ratio=0.5, method_label=label, truncation="force-answer")

@@ -11,8 +11,9 @@ from conftest import GSM8K_TEST, need_data
 from test_sft import make_compressed
 from tokenskip.contract.io import read_json, read_jsonl
 from tokenskip.contract.records import problem_id, sample_id
+from tokenskip.generation.rollout import GenerationConfig
 from tokenskip.stages.build_sft import SFTDataConfig, run_build_sft
-from tokenskip.stages.generate import GenerateConfig, GenerationConfig, run_generate
+from tokenskip.stages.generate import GenerateConfig, run_generate
 
 
 def gen_cfg(model, out, **kw):

@@ -328,7 +328,8 @@ def test_timeout_with_slow_verifier_from_threads(caplog):
 
 
 def test_is_correct_false_on_timeout_via_default_pool(monkeypatch):
-    slow_pool = VerifierPool(max_workers=1, setup_code="import time\nmath_verify.parse = lambda *a, **k: time.sleep(60)")
+    slow_pool = VerifierPool(max_workers=1,
+                             setup_code="import time\nmath_verify.parse = lambda *a, **k: time.sleep(60)")
     monkeypatch.setattr(verifier, "_default_pool", slow_pool)
     try:
         t0 = time.monotonic()

@@ -131,7 +131,7 @@ def test_threads(monkeypatch):
 
 def test_config_accepts_threads_auto():
     from tokenskip.contract.config import dataclass_from_dict
-    from tokenskip.stages.generate import GenerationConfig
+    from tokenskip.generation.rollout import GenerationConfig
 
     cfg = dataclass_from_dict(GenerationConfig, {"model": "m", "threads": "auto"})
     assert cfg.threads == "auto"
@@ -141,7 +141,7 @@ def test_config_accepts_threads_auto():
 
 
 def test_generation_config_records_the_choice(monkeypatch):
-    from tokenskip.stages.generate import GenerationConfig
+    from tokenskip.generation.rollout import GenerationConfig
 
     monkeypatch.setattr(hardware, "cpu_flags", lambda *a, **k: cpu_flags(XEON_AMX))
     rec = GenerationConfig(model="m").dtype_record()

@@ -83,7 +83,8 @@ def test_plan_ratio():
 
     assert plan_ratio(Query(question="q"), fmt) == 1.0
     assert plan_ratio(Query(question="q", ratio=0.7), fmt) == 0.7
-    assert plan_ratio(Query(messages=[{"role": "user", "content": "q2"}], max_cot_tokens=9), fmt, LM()) == ("q2", 9, 0.6, 1.0)
+    assert plan_ratio(Query(messages=[{"role": "user", "content": "q2"}], max_cot_tokens=9), fmt, LM()) == ("q2", 9,
+                                                                                                            0.6, 1.0)
     for q, msg in ((Query(question="q", ratio=0.5, max_cot_tokens=3), "not both"),
                    (Query(question="q", ratio=1.2), r"\(0, 1\]"), (Query(question="q", max_cot_tokens=0), ">= 1"),
                    (Query(question="q", max_cot_tokens=5), "length model")):

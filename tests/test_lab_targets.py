@@ -45,4 +45,5 @@ def test_missing_rows_fail_and_cli_exit_status(tmp_path, capsys):
     assert tokenskip_cli(["lab-targets", str(tmp_path)]) == 0
     assert capsys.readouterr().out.count("PASS") == len(ts)
     (tmp_path / "report.json").write_text(json.dumps({"benchmarks": {"gsm8k": rows(trunc=0.9)}}))
-    assert tokenskip_cli(["lab-targets", str(tmp_path)]) == 1 and "FAIL  TokenSkip γ=0.5 beats Truncation" in capsys.readouterr().out
+    assert tokenskip_cli(["lab-targets",
+                          str(tmp_path)]) == 1 and "FAIL  TokenSkip γ=0.5 beats Truncation" in capsys.readouterr().out

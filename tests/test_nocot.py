@@ -17,7 +17,8 @@ OPENER = "The final answer is: $\\boxed{"
 
 @pytest.fixture()
 def data(tmp_path):
-    rows = [{"id": f"q{i}", "question": f"How many legs do {i} dogs have?", "answer": f"{i} x 4 = {4 * i}\n#### {4 * i}"}
+    rows = [{"id": f"q{i}", "question": f"How many legs do {i} dogs have?",
+             "answer": f"{i} x 4 = {4 * i}\n#### {4 * i}"}
             for i in range(1, 4)]
     path = tmp_path / "test.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

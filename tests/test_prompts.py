@@ -31,7 +31,8 @@ def test_chatml_prompt_with_and_without_ratio(smol_tokenizer):
 
 def test_llama_template_with_ratio_and_system(llama_tok):
     p = build_prompt(llama_tok, "Q?", 0.7, system_prompt="You are a helpful assistant.")
-    assert p.startswith(llama_tok.bos_token + "<|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>")
+    assert p.startswith(llama_tok.bos_token + "<|start_header_id|>system<|end_header_id|>\n\nYou are a helpful "
+                                              "assistant.<|eot_id|>")
     assert p.endswith("Q?<|eot_id|>0.7<|eot_id|><|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
 
 

@@ -15,9 +15,11 @@ from tokenskip.cli import main
 from tokenskip.contract.io import read_json
 
 #: The README and docs/**/*.md (where the step-by-step commands and the results moved), one text.
-README = "\n\n".join(p.read_text(encoding="utf-8") for p in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))])
+README = "\n\n".join(p.read_text(encoding="utf-8") for p in [REPO / "README.md",
+                                                             *sorted((REPO / "docs").rglob("*.md"))])
 #: `tokenskip compress ...` in inline code or code blocks (a command may wrap over lines)
-COMMANDS = [" ".join(m.split()) for m in re.findall(r"(?:\.venv/bin/)?tokenskip compress ([^`\n]*(?:\n[^`\n]+)*)", README)]
+COMMANDS = [" ".join(m.split()) for m in re.findall(r"(?:\.venv/bin/)?tokenskip compress ([^`\n]*(?:\n[^`\n]+)*)",
+                                                    README)]
 #: flag fragments documented for compress (`--protect-kinds ... --prefer-kinds`)
 FRAGMENTS = [" ".join(m.split()) for m in re.findall(r"`(--(?:protect|prefer)-kinds[^`]*)`", README)]
 FAST = ["--scorer", "random", "--limit", "3"]

@@ -11,7 +11,17 @@ import pytest
 
 from tokenskip.cli import main as cli_main
 from tokenskip.contract.io import DataError
+from tokenskip.contract.stats import percentile
 from tokenskip.stages import report as rep
+from tokenskip.stages.report.collect import ReportRow, build_report, collect_rows
+from tokenskip.stages.report.plots import (
+    overlap,
+    place_labels,
+    plot_accuracy_vs_tokens,
+    plot_cot_hist,
+    plot_loss,
+    plot_ratio_control,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -152,8 +162,8 @@ def test_compressor_section_and_report_json(full_run):
     assert c07[6] == "0.683–0.727"  # p5/p95 of the rows' achieved ratios (0.68, 0.70, 0.71, 0.73)
     data = json.loads((run / "report.json").read_text())
     assert data["name"] == "smoke-run" and data["schema_version"] == 1
-    rebuilt = [rep.ReportRow.from_dict(d) for d in data["benchmarks"]["gsm8k"]]
-    fresh = rep.collect_rows(run / "evaluate", run)
+    rebuilt = [ReportRow.from_dict(d) for d in data["benchmarks"]["gsm8k"]]
+    fresh = collect_rows(run / "evaluate", run)
     assert rebuilt == [r for r in fresh if r.benchmark == "gsm8k"]
     assert rebuilt[0].accuracy == 0.615 and rebuilt[0].act_ratio is None
     assert data["compress"]["ratios"][0]["ratio"] == 0.9
@@ -238,18 +248,18 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     m["accuracy"] = 61.5  # a percentage where a fraction is expected
     path.write_text(json.dumps(m))
     with pytest.raises(DataError, match=r"original/metrics.json: field 'accuracy': expected a fraction"):
-        rep.build_report(run, run)
+        build_report(run, run)
     m["accuracy"] = "high"
     path.write_text(json.dumps(m))
     with pytest.raises(DataError, match="field 'accuracy'"):
-        rep.build_report(run, run)
+        build_report(run, run)
     with pytest.raises(ValueError, match="hist_bins"):
         rep.ReportConfig(hist_bins=0).validate()
 
 
 def test_percentile_matches_linear_interpolation():
-    assert rep._percentile([0.68, 0.70, 0.71, 0.73], 95) == pytest.approx(0.727)
-    assert rep._percentile([1.0], 5) == 1.0
+    assert percentile([0.68, 0.70, 0.71, 0.73], 95) == pytest.approx(0.727)
+    assert percentile([1.0], 5) == 1.0
 
 
 def test_act_ratio_is_recomputed_when_its_original_run_changed(tmp_path):
@@ -266,7 +276,8 @@ def test_act_ratio_is_recomputed_when_its_original_run_changed(tmp_path):
     # evaluated against the original run as it is now: the stored value is shown as is
     fresh = bench / "prompt" / "ratio-0.7"
     m7 = json.loads((fresh / "metrics.json").read_text())
-    (fresh / "metrics.json").write_text(json.dumps({**m7, "act_ratio": 0.95, "act_ratio_original": file_hash(orig_pred)}))
+    (fresh / "metrics.json").write_text(json.dumps({**m7, "act_ratio": 0.95,
+                                                    "act_ratio_original": file_hash(orig_pred)}))
     md = rep.write_report(run).read_text()
     rows = {_cells(r)[0]: _cells(r) for r in _table(md, "GSM8K")}
     assert rows["Prompt (γ=0.5)"][3] == "0.90"   # 720 / 800
@@ -302,10 +313,10 @@ def _boxes(texts):
 @pytest.mark.parametrize("scale, top", [(1.0, 70.0), (0.05, 10.0), (1.6, 100.0)])
 def test_accuracy_plot_axis_in_percent_and_labels_apart(tmp_path, figures, scale, top):
     run = make_run(tmp_path, benchmarks=("gsm8k",), compress=False, loss=False)
-    rows = [r.to_dict() for r in rep.collect_rows(run / "evaluate", run)]
+    rows = [r.to_dict() for r in collect_rows(run / "evaluate", run)]
     for r in rows:  # 1.6 × 62 % would pass 100 %: clamp, the axis still ends at 100
         r["accuracy"] = min(1.0, r["accuracy"] * scale)
-    assert rep.plot_accuracy_vs_tokens(rows, tmp_path / "a.png", "t") is None
+    assert plot_accuracy_vs_tokens(rows, tmp_path / "a.png", "t") is None
     ax = figures["a.png"].axes[0]
     assert ax.get_ylim() == (0.0, top)
     assert ax.get_ylabel() == "accuracy (%)"
@@ -316,7 +327,7 @@ def test_accuracy_plot_axis_in_percent_and_labels_apart(tmp_path, figures, scale
     for i, b in enumerate(boxes):
         assert frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1, texts[i]
         for j in range(i):
-            assert rep._overlap(b, boxes[j]) == 0, (texts[i].get_text(), texts[j].get_text())
+            assert overlap(b, boxes[j]) == 0, (texts[i].get_text(), texts[j].get_text())
 
 
 def test_place_labels_separates_points_on_top_of_each_other(figures):
@@ -324,18 +335,18 @@ def test_place_labels_separates_points_on_top_of_each_other(figures):
 
     fig, ax = plt.subplots()
     ax.plot([1, 1.001, 1.002, 2], [1, 1.001, 1.0, 2], "o")
-    texts = rep.place_labels(ax, [(1, 1, "γ=0.5", "k"), (1.001, 1.001, "γ=0.6", "k"),
+    texts = place_labels(ax, [(1, 1, "γ=0.5", "k"), (1.001, 1.001, "γ=0.6", "k"),
                                   (1.002, 1.0, "γ=0.7", "k"), (2, 2, "γ=1.0", "k")])
     boxes = _boxes(texts)
-    assert all(rep._overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[:i])
+    assert all(overlap(a, b) == 0 for i, a in enumerate(boxes) for b in boxes[:i])
 
 
 def test_ratio_control_x_axis_within_unit_interval_with_p5_p95_bars(tmp_path, figures):
     run = make_run(tmp_path, benchmarks=("gsm8k",), loss=False)
-    report = rep.build_report(run, run)
+    report = build_report(run, run)
     # a prompt row whose CoTs came out longer than the original's (ActRatio 1.35)
     report["benchmarks"]["gsm8k"][1]["act_ratio"] = 1.35
-    assert rep.plot_ratio_control(report, tmp_path / "r.png") is None
+    assert plot_ratio_control(report, tmp_path / "r.png") is None
     ax = figures["r.png"].axes[0]
     lo, hi = ax.get_xlim()
     assert 0.0 < lo <= 0.5 and hi == 1.0
@@ -353,7 +364,7 @@ def test_loss_plot_few_points_no_lr_curve_and_integer_steps(tmp_path, figures):
     points = [{"step": s, "loss": v, "lr": lr, "epoch": None}
               for s, v, lr in ((10, 1.2345678, 4.9e-5), (20, 1.1987654, 2.6e-5), (30, 1.1876543, 1e-6))]
     cfg = {"lr": 5e-5, "scheduler": "cosine", "warmup_ratio": 0.1}
-    assert rep.plot_loss(points, tmp_path / "l.png", cfg) is None
+    assert plot_loss(points, tmp_path / "l.png", cfg) is None
     fig = figures["l.png"]
     assert len(fig.axes) == 1  # no learning-rate axis for 3 points
     ax = fig.axes[0]
@@ -362,7 +373,7 @@ def test_loss_plot_few_points_no_lr_curve_and_integer_steps(tmp_path, figures):
     fig.canvas.draw()
     assert all(len(t.get_text()) <= 5 for t in ax.get_yticklabels())
     many = [{"step": s, "loss": 2.0 / s, "lr": 5e-5 * (1 - s / 40), "epoch": None} for s in range(1, 31)]
-    assert rep.plot_loss(many, tmp_path / "m.png", cfg) is None
+    assert plot_loss(many, tmp_path / "m.png", cfg) is None
     fig = figures["m.png"]
     assert len(fig.axes) == 2
     assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
@@ -370,8 +381,8 @@ def test_loss_plot_few_points_no_lr_curve_and_integer_steps(tmp_path, figures):
 
 def test_cot_hist_one_panel_per_series_and_cap_marked(tmp_path, figures):
     run = make_run(tmp_path, benchmarks=("gsm8k",), compress=False, loss=False)
-    rows = [r.to_dict() for r in rep.collect_rows(run / "evaluate", run)]
-    assert rep.plot_cot_hist(rows, run, tmp_path / "h.png", "t", 30) is None
+    rows = [r.to_dict() for r in collect_rows(run / "evaluate", run)]
+    assert plot_cot_hist(rows, run, tmp_path / "h.png", "t", 30) is None
     axes = figures["h.png"].axes
     assert len(axes) == 4  # Original + TokenSkip at 3 γ, each in its own panel
     assert axes[0].get_title(loc="left").startswith("Original: n=4, median 205, 0 at the cap")

@@ -306,7 +306,8 @@ def test_32_concurrent_requests_all_complete_batched(server, client):
                   extra_body={"compression_ratio": (1.0, 0.7, 0.5)[i % 3]})
         if i % 4 == 3:  # streamed answers are split with the tokenizer while the engine tokenizes a batch
             chunks = list(client.chat.completions.create(stream=True, **kw))
-            return "".join(c.choices[0].delta.content or "" for c in chunks), chunks[-1].choices[0].delta.compression_ratio
+            text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            return text, chunks[-1].choices[0].delta.compression_ratio
         r = client.chat.completions.create(**kw)
         return r.choices[0].message.content, r.choices[0].message.compression_ratio
 

@@ -14,5 +14,6 @@ def test_batched_equals_single_greedy(smol_tokenizer, tiny_model):
     assert all(g.num_tokens <= 12 for g in a)
     # per-prompt caps cut exactly
     c = batched.generate(prompts, [3, 5, 1, 12])
-    assert [g.num_tokens for g in c] == [min(3, a[0].num_tokens), min(5, a[1].num_tokens), min(1, a[2].num_tokens), a[3].num_tokens]
+    assert [g.num_tokens for g in c] == [min(3, a[0].num_tokens), min(5, a[1].num_tokens), min(1, a[2].num_tokens),
+                                         a[3].num_tokens]
     assert c[0].token_ids == a[0].token_ids[:c[0].num_tokens]

@@ -223,18 +223,3 @@ def test_config_checks():
     TrainConfig(data="d", out="o", resume="nowhere").validate()
     with pytest.raises(FileNotFoundError, match="--resume must be 'auto', 'never' or a checkpoint folder"):
         train(TrainConfig(data="d", out="o", resume="nowhere"))
-
-
-@pytest.mark.slow
-def test_cli_on_packaged_model(tmp_path, smol_tokenizer):
-    from tokenskip.cli import main
-
-    write_jsonl_atomic(tmp_path / "sft" / "train.jsonl", sft_rows(smol_tokenizer, 8))
-    rc = main(["train", "--model", "smollm2-135m-instruct", "--data", str(tmp_path / "sft"), "--max-steps", "2",
-               "--out", str(tmp_path / "adapter"), "--threads", "1"])
-    assert rc == 0
-    # the name the user gave, not the absolute cache folder the GGUF alias was converted into
-    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())[
-        "base_model_name_or_path"] == "smollm2-135m-instruct"
-    metrics = json.loads((tmp_path / "adapter" / "train_metrics.json").read_text())
-    assert metrics["global_step"] == 2 and math.isfinite(metrics["train_loss"])

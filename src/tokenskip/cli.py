@@ -26,10 +26,13 @@ COMMANDS: dict[str, tuple[str, str]] = {s.command: (s.module, s.help) for s in S
 COMMANDS["run"] = ("tokenskip.pipeline.run", "run a whole recipe (YAML), resumably")
 COMMANDS.update({s.command: (s.module, s.help) for s in STAGES if s.name == "report"})
 COMMANDS.update({
-    "gamma-check": ("tokenskip.lab.gamma_check", "does an adapter prefer the γ-compressed CoT when asked for γ? (losses)"),
+    "gamma-check": ("tokenskip.lab.gamma_check", "does an adapter prefer the γ-compressed CoT when asked for γ? "
+                                                 "(losses)"),
     "fit-length": ("tokenskip.generation.length_model", "fit the CoT length model of budget mode on original CoTs"),
-    "lab-targets": ("tokenskip.lab.targets", "check a CPU-lab run's report against the lab's targets (PASS/FAIL lines)"),
-    "serve": ("tokenskip.serving.app", "OpenAI-compatible HTTP server for a model/adapter (γ or a token budget per request)"),
+    "lab-targets": ("tokenskip.lab.targets",
+                    "check a CPU-lab run's report against the lab's targets (PASS/FAIL lines)"),
+    "serve": ("tokenskip.serving.app", "OpenAI-compatible HTTP server for a model/adapter (γ or a token budget per "
+                                       "request)"),
 })
 
 #: what a user can fix: printed as one line, exit status 2 (anything else keeps its traceback)

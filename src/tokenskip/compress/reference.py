@@ -45,8 +45,6 @@ MAX_SEQ_LEN = 512
 CHUNK_TOKENS = MAX_SEQ_LEN - 2
 #: Tokens a chunk cut may move back to (LLMLingua-2's default ``chunk_end_tokens``).
 CHUNK_END_TOKENS = frozenset({".", "\n"})
-#: The reference's answer line: Llama CoTs are compressed on the text before it.
-REFERENCE_ANSWER_SPLIT = COT_SPLIT
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class ReferenceSetting:
     force_tokens: tuple[str, ...] = ()
     force_reserve_digit: bool = False
     drop_consecutive: bool = False
-    before_answer_line: bool = False  # compress only the text before REFERENCE_ANSWER_SPLIT
+    before_answer_line: bool = False  # compress only the text before the answer line (COT_SPLIT)
 
 
 REFERENCE_FAMILIES = {
@@ -82,7 +80,7 @@ def reference_family(model: str, family: str = "auto") -> str:
 def reference_input(output: str, family: str) -> str:
     """The text the reference compresses: the whole output (Qwen) or the part before the answer line (Llama)."""
     if REFERENCE_FAMILIES[family].before_answer_line:
-        return output.split(REFERENCE_ANSWER_SPLIT)[0]
+        return output.split(COT_SPLIT)[0]
     return output
 
 

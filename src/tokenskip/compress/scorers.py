@@ -140,7 +140,8 @@ class SelfInformationScorer(Scorer):
         self.max_length = int(max_length or min(limit, 2048))
         self.overlap = int(self.max_length // 2 if overlap is None else overlap)
         if self.max_length < 2 or not 0 < self.overlap < self.max_length:
-            raise ValueError(f"need max_length >= 2 and 0 < overlap < max_length, got {self.max_length}, {self.overlap}")
+            raise ValueError("need max_length >= 2 and 0 < overlap < max_length, "
+                             f"got {self.max_length}, {self.overlap}")
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         if start is None:
             raise ValueError("tokenizer has neither a BOS nor an EOS token to start the text with")
@@ -284,7 +285,8 @@ class LLMLingua2Scorer(Scorer):
         if breaks is None:
             breaks = [bool(_SENTENCE_END.search(w)) for w in words]
         budget = self.max_length - self.n_special
-        lengths = [max(1, len(x)) for x in self.tokenizer(words, add_special_tokens=False)["input_ids"]] if words else []
+        ids = self.tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+        lengths = [max(1, len(x)) for x in ids]
         chunks, start = [], 0
         while start < len(words):
             total, end, last_break = 0, start, None

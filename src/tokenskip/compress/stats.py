@@ -3,18 +3,8 @@
 
 from __future__ import annotations
 
-import math
-
 from tokenskip.contract.ratios import format_ratio
-
-
-def p95(xs: list[float]) -> float | None:
-    """The 95th percentile of ``xs`` (nearest rank: the smallest value with at least 95 % of ``xs`` at or
-    below it); ``None`` for no values."""
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[min(len(s) - 1, math.ceil(0.95 * len(s)) - 1)]
+from tokenskip.contract.stats import percentile
 
 
 def summarize(rows_by_ratio: dict[float, list[dict]]) -> dict:
@@ -34,7 +24,7 @@ def summarize(rows_by_ratio: dict[float, list[dict]]) -> dict:
             "n": n,
             "mean_achieved_ratio": mean([r["achieved_ratio"] for r in rows]),
             "mean_abs_error": mean(errs),
-            "p95_abs_error": p95(errs),
+            "p95_abs_error": percentile(errs, 95),
             "overshoot_share": mean([bool(r["overshoot"]) for r in rows]),
             "answer_numbers_kept_share": mean([bool(r["answer_numbers_kept"]) for r in rows]),
             "mean_original_tokens": mean([r["original_tokens"] for r in rows]),

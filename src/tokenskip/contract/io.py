@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from tokenskip.contract.layout import state_file
 from tokenskip.errors import TokenskipError
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class ResumableJsonl:
     def __init__(self, path: str | os.PathLike, settings: Any, key: str = "id"):
         self.path = Path(path)
         self.key = key
-        self.state_path = self.path.with_name(self.path.stem + ".state.json")
+        self.state_path = state_file(self.path)
         self.fingerprint = fingerprint(settings)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: dict[Any, dict] = {}

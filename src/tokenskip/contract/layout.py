@@ -3,10 +3,11 @@
 A pipeline run folder (``<run_dir>/<name>/``)::
 
     manifest.json
-    generate/predictions.jsonl, metrics.json
+    generate/predictions.jsonl (+ predictions.state.json), metrics.json
     compress/source.jsonl, ratio-<γ>.jsonl, summary.json
     sft/train.jsonl, validation.jsonl, stats.json
-    train/adapter_config.json, adapter_model.safetensors, loss_log.jsonl, checkpoint-<step>/
+    train/adapter_config.json, adapter_model.safetensors, prompt_format.json, train_config.json,
+          train_metrics.json, loss_log.jsonl, checkpoint-<step>/
     evaluate/<benchmark>/<method>[/ratio-<γ>]/predictions.jsonl, metrics.json
     evaluate/<benchmark>/budget/budget-<N>/predictions.jsonl, metrics.json
     report.md, report.json, plots/
@@ -32,6 +33,21 @@ TRAIN_CONFIG = "train_config.json"
 ADAPTER_CONFIG = "adapter_config.json"
 REPORT_MD, REPORT_JSON, PLOTS = "report.md", "report.json", "plots"
 MERGE_CONFIG = "merge_config.json"
+#: The rest of a trained adapter folder (``train/``): its weights, the trainer's final metrics, how its
+#: prompts were built (copied from the SFT folder) and the budget method's length model.
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TRAIN_METRICS = "train_metrics.json"
+PROMPT_FORMAT = "prompt_format.json"
+LENGTH_MODEL = "length_model.json"
+#: A Hugging Face model folder's configuration (a downloaded or merged model).
+MODEL_CONFIG = "config.json"
+#: Beside a resumable ``<name>.jsonl``: ``<name>.state.json``, its settings fingerprint.
+STATE_SUFFIX = ".state.json"
+#: The lab's data folder (``tokenskip lab-data``): one ``<split>.jsonl`` per split and ``summary.json``.
+LAB_TRAIN, LAB_VALIDATION, LAB_TEST = "train.jsonl", "validation.jsonl", "test.jsonl"
+LAB_DATA_SUMMARY = "summary.json"
+#: Report plots (under ``plots/``) that are not one per benchmark.
+PLOT_RATIO_CONTROL, PLOT_TRAIN_LOSS = "ratio_control.png", "train_loss.png"
 
 #: the baseline run every ActRatio divides by: ``<benchmark>/original/``
 ORIGINAL = "original"
@@ -53,6 +69,12 @@ def ratio_from_name(name: str) -> float | None:
         return validate_ratio(m.group(1))
     except ValueError:
         return None
+
+
+def state_file(path: str | Path) -> Path:
+    """The settings-fingerprint file beside a resumable JSONL file: ``<name>.jsonl`` -> ``<name>.state.json``."""
+    path = Path(path)
+    return path.with_name(path.stem + STATE_SUFFIX)
 
 
 def stage_dir(run: str | Path, folder: str) -> Path:

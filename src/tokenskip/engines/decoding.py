@@ -74,5 +74,6 @@ def read_decoding_settings(model_dir: str) -> DecodingSettings:
         return DecodingSettings()
     s = decoding_from_generation_config(gc)
     if s.repetition_penalty <= 0:
-        raise ValueError(f"{model_dir}/generation_config.json: repetition_penalty must be > 0, got {s.repetition_penalty}")
+        raise ValueError(f"{model_dir}/generation_config.json: repetition_penalty must be > 0, got "
+                         f"{s.repetition_penalty}")
     return s

@@ -41,7 +41,8 @@ class HFBackend:
         latency_mode: ``amortized`` (batch wall time ÷ batch size; what the paper reports) or
             ``single`` (each prompt decoded alone: true per-request latency, slower overall).
         show_progress: tqdm bar over batches (off by default: the calling stage draws the one bar of its step).
-        force_adapter: load an adapter trained on another base model (see :func:`tokenskip.engines.models.check_adapter`).
+        force_adapter: load an adapter trained on another base model (see
+            :func:`tokenskip.engines.models.check_adapter`).
         stop: extra stop strings (``--stop``); decoding always stops at the generation config's EOS,
             the tokenizer's EOS and the chat template's end of turn.
     """
@@ -146,7 +147,8 @@ class HFBackend:
         streamer = (_RowStreamer([caps[i] for i in idx], list(idx), self.stop_ids, on_tokens)
                     if on_tokens is not None else None)
         sampling = (dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
-                    if temperature and temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
+                    if temperature and temperature > 0
+                    else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
         with torch.inference_mode():
             seqs = self.model.generate(**enc, max_new_tokens=cap, num_beams=1, eos_token_id=self.stop_ids,
                                        pad_token_id=self.tokenizer.pad_token_id, **sampling, **strings,

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenskip.contract.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG
+
 logger = logging.getLogger(__name__)
 
 #: Built-in model aliases: name -> (python package holding the file, file name inside it).
@@ -84,7 +86,7 @@ def materialize(name: str) -> str:
     if ref.gguf_file is None:
         return ref.path
     out = cache_dir() / "models" / Path(ref.gguf_file).stem
-    if (out / "config.json").exists():
+    if (out / MODEL_CONFIG).exists():
         return str(out)
     import shutil
     import tempfile
@@ -135,7 +137,7 @@ def torch_dtype(dtype: str, device: str = "cpu"):
     return getattr(torch, resolve_dtype(dtype, device).dtype)
 
 
-def _model_names(name: str) -> set[str]:
+def model_names(name: str) -> set[str]:
     """Ways ``name`` may be written in an adapter config: itself, its resolved folder, and the cache
     folder its alias/GGUF converts to (adapters written before names were stored held that path)."""
     names = {name}
@@ -169,11 +171,11 @@ def check_adapter(adapter: str, model: str, force: bool = False) -> None:
     """
     import json
 
-    cfg_path = Path(adapter) / "adapter_config.json"
+    cfg_path = Path(adapter) / ADAPTER_CONFIG
     if not cfg_path.is_file():
         raise FileNotFoundError(f"LoRA adapter folder {adapter!r} has no adapter_config.json")
     base = json.loads(cfg_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    other_base = bool(base) and not (_model_names(base) & _model_names(model))
+    other_base = bool(base) and not (model_names(base) & model_names(model))
     misfit = _adapter_misfit(adapter, model)
     if misfit:
         trained = f"trained on {base!r}" if base else "trained on another base"
@@ -189,7 +191,7 @@ def check_adapter(adapter: str, model: str, force: bool = False) -> None:
 
 def _adapter_misfit(adapter: str, model: str) -> str | None:
     """The first LoRA matrix of ``adapter`` that does not fit ``model``'s layers, described; else ``None``."""
-    weights = Path(adapter) / "adapter_model.safetensors"
+    weights = Path(adapter) / ADAPTER_WEIGHTS
     if not weights.is_file():  # a .bin adapter: peft's own load reports a mismatch
         return None
     import torch

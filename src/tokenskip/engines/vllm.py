@@ -10,8 +10,8 @@ Behaviour matches :class:`tokenskip.engines.hf.HFBackend`, so the two are interc
 
 * prompts are already chat-templated strings; they are tokenized here with ``add_special_tokens=False``
   (as the HF backend does) and handed to vLLM as token ids, so no second BOS is ever added;
-* greedy decoding (``temperature=0``; ``generate(temperature=T)`` samples), one cap for all prompts or one per prompt (one
-  ``SamplingParams`` per request); a cap of 0 returns an empty generation without a request;
+* greedy decoding (``temperature=0``; ``generate(temperature=T)`` samples), one cap for all prompts or one per prompt
+  (one ``SamplingParams`` per request); a cap of 0 returns an empty generation without a request;
 * decoding stops at end of turn, by the rule every backend shares (:func:`tokenskip.task.prompts.stop_rule`):
   the generation config's EOS id(s), the tokenizer's EOS token and the chat template's end-of-turn
   token, plus ``stop`` strings; the stop token is excluded from ``token_ids``, ``num_tokens`` and
@@ -36,7 +36,8 @@ Environment defaults, set before ``vllm`` is imported and only when not already 
 
 * ``VLLM_CPU_OMP_THREADS_BIND`` = the CPUs this process may use, as ``first-last`` (or a comma list
   when they are not contiguous), limited to the first ``threads`` of them when ``threads`` or
-  ``TOKENSKIP_THREADS`` is given, split into one ``|``-separated group per tensor-parallel rank. vLLM's own default ``auto`` keeps one core free for the frontend,
+  ``TOKENSKIP_THREADS`` is given, split into one ``|``-separated group per tensor-parallel rank. vLLM's own default
+  ``auto`` keeps one core free for the frontend,
   which halves decoding speed on a 2-core machine (measured on this project's 2-core CI machine). CPU only.
 * ``VLLM_CPU_KVCACHE_SPACE`` = ``2`` (GiB of KV cache on CPU; enough for 32 concurrent GSM8K-length
   requests on a 135M model). The ``kv_cache_space_gb`` argument overrides it. CPU only.
@@ -56,6 +57,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from tokenskip.contract.layout import ADAPTER_CONFIG
 from tokenskip.engines import BackendStats, Capabilities, Generation, cut_at_stop
 from tokenskip.engines.vllm_platform import merged_model_dir, on_cpu_platform, set_env_defaults
 from tokenskip.task.prompts import StopRule, stop_rule
@@ -75,7 +77,7 @@ def adapter_rank(adapter: str) -> int:
         FileNotFoundError: no ``adapter_config.json`` in the folder.
         ValueError: the file has no integer ``r``.
     """
-    path = Path(adapter) / "adapter_config.json"
+    path = Path(adapter) / ADAPTER_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"LoRA adapter folder {adapter!r} has no adapter_config.json")
     r = json.loads(path.read_text()).get("r")
@@ -121,7 +123,8 @@ def sampling_kwargs(rule: StopRule, max_tokens: int, temperature: float = 0.0, t
     return kw
 
 
-def finish_generation(ids: list[int], finish_reason: str | None, rule: StopRule, tokenizer, latency: float) -> Generation:
+def finish_generation(ids: list[int], finish_reason: str | None, rule: StopRule, tokenizer,
+                      latency: float) -> Generation:
     """A :class:`Generation` from vLLM's output token ids, by the HF backend's rules: a trailing stop
     token is dropped, a stop string cuts text and ids (vLLM keeps the tokens of a matched stop string)."""
     finish = "length"
@@ -171,7 +174,8 @@ class VLLMBackend:
         threads: CPU threads for vLLM (``None``: ``TOKENSKIP_THREADS`` or all CPUs of this process).
         seed: engine seed (greedy decoding does not depend on it).
         stop: extra stop strings (``--stop``), besides the shared end-of-turn rule.
-        force_adapter: serve adapters trained on another base model (see :func:`tokenskip.engines.models.check_adapter`).
+        force_adapter: serve adapters trained on another base model (see
+            :func:`tokenskip.engines.models.check_adapter`).
         Other keyword arguments are ignored, so one settings dict can serve every backend.
 
     Raises:

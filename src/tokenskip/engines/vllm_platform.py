@@ -52,7 +52,8 @@ def set_env_defaults(threads: int | None = None, kv_cache_space_gb: float | None
     """Set the vLLM environment defaults listed in the module docstring; returns what was set.
 
     Values already in the environment win, except ``VLLM_CPU_KVCACHE_SPACE`` when
-    ``kv_cache_space_gb`` is given explicitly (whole GiB; ``ValueError`` otherwise). Must run before the engine starts (the engine's child
+    ``kv_cache_space_gb`` is given explicitly (whole GiB; ``ValueError`` otherwise). Must run before the engine starts
+    (the engine's child
     process inherits the environment).
     """
     from tokenskip.engines.models import cache_dir
@@ -93,14 +94,14 @@ def merged_model_dir(model: str, adapter: str) -> str:
     """
     import hashlib
 
-    from tokenskip.contract.layout import adapter_hash, find_adapter
+    from tokenskip.contract.layout import MODEL_CONFIG, adapter_hash, find_adapter
     from tokenskip.engines.merge import merge_adapter
     from tokenskip.engines.models import cache_dir
 
     folder = find_adapter(adapter)
     key = hashlib.sha256(f"{model}|{adapter_hash(folder)}".encode()).hexdigest()[:16]
     out = cache_dir() / "merged" / key
-    if not (out / "config.json").is_file():
+    if not (out / MODEL_CONFIG).is_file():
         logger.info("merging %s into %s for vLLM on CPU -> %s", folder, model, out)
         merge_adapter(model, folder, out, record={"model": model, "adapter": str(folder)})
     return str(out)

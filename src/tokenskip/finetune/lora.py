@@ -48,6 +48,15 @@ from pathlib import Path
 
 from tokenskip.contract.config import to_dict
 from tokenskip.contract.io import file_hash, finite_or_none, read_json, write_json_atomic, write_jsonl_atomic
+from tokenskip.contract.layout import (
+    ADAPTER_CONFIG,
+    LOSS_LOG,
+    PROMPT_FORMAT,
+    SFT_TRAIN,
+    SFT_VALIDATION,
+    TRAIN_CONFIG,
+    TRAIN_METRICS,
+)
 from tokenskip.finetune.sft_rows import read_sft_rows, tokenize_rows
 from tokenskip.finetune.train_config import (
     TrainConfig,
@@ -58,11 +67,9 @@ from tokenskip.finetune.train_config import (
     use_padding_free,
     world_size,
 )
-from tokenskip.task.prompt_format import FILENAME as PROMPT_FORMAT
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_MARKER = "adapter_config.json"
 
 #: Settings that may change when resuming from a checkpoint (they do not change what the saved steps did).
 RESUMABLE_CHANGES = ("max_steps", "epochs", "save_steps", "save_total_limit", "logging_steps", "threads", "resume",
@@ -174,7 +181,7 @@ def _checkpoint_to_resume(cfg: TrainConfig, out: Path, resolved: dict) -> str | 
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if last is None:
         return None
-    old = out / "train_config.json"
+    old = out / TRAIN_CONFIG
     if old.exists():
         prev = read_json(old)
         diff = sorted(k for k in set(_identity(prev)) | set(_identity(resolved))
@@ -188,8 +195,9 @@ def _checkpoint_to_resume(cfg: TrainConfig, out: Path, resolved: dict) -> str | 
 def record_base_name(adapter_dir: Path, model: str) -> None:
     """Store the base model as the user named it (``smollm2-135m-instruct``, a Hub id) in the adapter's
     ``adapter_config.json``: peft writes the folder it loaded from, for a GGUF alias an absolute cache
-    path that means nothing on another machine. Evaluation checks this name (:func:`tokenskip.engines.models.check_adapter`)."""
-    path = Path(adapter_dir) / ADAPTER_MARKER
+    path that means nothing on another machine. Evaluation checks this name
+    (:func:`tokenskip.engines.models.check_adapter`)."""
+    path = Path(adapter_dir) / ADAPTER_CONFIG
     if path.is_file():
         conf = read_json(path)
         conf["base_model_name_or_path"] = model
@@ -199,7 +207,7 @@ def record_base_name(adapter_dir: Path, model: str) -> None:
 def _publish_adapter(tmp: Path, out: Path) -> None:
     """Move the saved adapter files from ``tmp`` into ``out``, ``adapter_config.json`` last."""
     names = sorted(p.name for p in tmp.iterdir())
-    for name in [n for n in names if n != ADAPTER_MARKER] + [ADAPTER_MARKER]:
+    for name in [n for n in names if n != ADAPTER_CONFIG] + [ADAPTER_CONFIG]:
         if (tmp / name).is_dir():
             shutil.rmtree(out / name, ignore_errors=True)
         os.replace(tmp / name, out / name)
@@ -229,10 +237,10 @@ def _resolved_settings(cfg: TrainConfig, train_path: Path) -> dict:
 def _finished_metrics(out: Path, resolved: dict) -> dict | None:
     """The ``train_metrics.json`` of ``out`` when it holds the finished adapter of a run with exactly the
     ``resolved`` settings (:func:`_resolved_settings`), else ``None``."""
-    cfg_path = out / "train_config.json"
-    if (out / ADAPTER_MARKER).exists() and cfg_path.exists() and read_json(cfg_path) == resolved \
-            and (out / "train_metrics.json").exists():
-        return read_json(out / "train_metrics.json")
+    cfg_path = out / TRAIN_CONFIG
+    if (out / ADAPTER_CONFIG).exists() and cfg_path.exists() and read_json(cfg_path) == resolved \
+            and (out / TRAIN_METRICS).exists():
+        return read_json(out / TRAIN_METRICS)
     return None
 
 
@@ -240,13 +248,13 @@ def _prepare_out(cfg: TrainConfig, out: Path, resolved: dict) -> None:
     """Get ``out`` ready for a new or resumed run (main process only): no finished adapter marker until the
     end, old checkpoints and loss log removed under ``--resume never``, ``train_config.json`` written."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / ADAPTER_MARKER).unlink(missing_ok=True)  # the folder holds no finished adapter until the end
+    (out / ADAPTER_CONFIG).unlink(missing_ok=True)  # the folder holds no finished adapter until the end
     if cfg.resume == "never":
         for ck in out.glob("checkpoint-*"):
             logger.warning("--resume never: removing old %s", ck)
             shutil.rmtree(ck)
-        (out / "loss_log.jsonl").unlink(missing_ok=True)
-    write_json_atomic(out / "train_config.json", resolved)
+        (out / LOSS_LOG).unlink(missing_ok=True)
+    write_json_atomic(out / TRAIN_CONFIG, resolved)
 
 
 def _parameter_counts(model) -> tuple[int, int]:
@@ -301,8 +309,8 @@ def _save_outputs(trainer, cfg: TrainConfig, out: Path, metrics: dict, main_proc
         data = Path(cfg.data)
         if (data / PROMPT_FORMAT).is_file():  # how the prompts were built travels with the adapter
             shutil.copyfile(data / PROMPT_FORMAT, tmp / PROMPT_FORMAT)
-        write_jsonl_atomic(out / "loss_log.jsonl", loss_rows(trainer.state.log_history))
-        write_json_atomic(out / "train_metrics.json", metrics)
+        write_jsonl_atomic(out / LOSS_LOG, loss_rows(trainer.state.log_history))
+        write_json_atomic(out / TRAIN_METRICS, metrics)
         if cfg.model:
             record_base_name(tmp, cfg.model)
         _publish_adapter(tmp, out)
@@ -326,7 +334,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     precision = train_precision(cfg)
     _warn_emulated_bf16(precision)
     data, out = Path(cfg.data), Path(cfg.out)
-    train_path = data / "train.jsonl"
+    train_path = data / SFT_TRAIN
     if not train_path.is_file():
         raise FileNotFoundError(f"{train_path} not found: --data must be a folder written by 'tokenskip build-sft'")
     resolved = _resolved_settings(cfg, train_path)
@@ -342,10 +350,10 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> dict:
     if model is None or tokenizer is None:
         model, tokenizer = load_for_training(cfg)
     train_rows = read_sft_rows(train_path)
-    val_path = data / "validation.jsonl"
+    val_path = data / SFT_VALIDATION
     eval_rows = read_sft_rows(val_path, cfg.eval_max_samples) if cfg.eval and val_path.is_file() else []
     trainer = build_trainer(model, tokenizer, train_rows, cfg, str(out), eval_rows or None,
-                            callbacks=[_loss_log_callback(out / "loss_log.jsonl")])
+                            callbacks=[_loss_log_callback(out / LOSS_LOG)])
     params = _parameter_counts(trainer.model)
     if resume_from:
         logger.info("resuming from %s", resume_from)

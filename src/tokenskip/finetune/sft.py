@@ -185,7 +185,7 @@ def build_records(tokenizer, trajectories: list[Trajectory], cfg) -> tuple[list[
 
 # ---------------------------------------------------------------- reading the compressed folder
 
-def _norm(text: str) -> str:
+def collapse_whitespace(text: str) -> str:
     return " ".join(text.split())
 
 

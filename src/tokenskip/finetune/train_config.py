@@ -51,7 +51,8 @@ class TrainConfig:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (paper: 8)"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (paper: 16)"})
     lora_dropout: float = field(default=0.0, metadata={
-        "help": "LoRA dropout (not stated in the paper; 0.0 = LLaMA-Factory's default, what the reference trained with)"})
+        "help": "LoRA dropout (not stated in the paper; 0.0 = LLaMA-Factory's default, what the reference "
+                "trained with)"})
     target_modules: str = field(default="all-linear",
                                 metadata={"help": "peft target modules: 'all-linear' (paper) or a comma list "
                                                   "like q_proj,v_proj"})

@@ -10,7 +10,8 @@ and the format's system turn is added when the request has none. A plain ``quest
 case, identical to ``tokenskip.task.prompts.build_prompt``.
 
 γ: given (``ratio``), or chosen from a token budget N (``max_cot_tokens``) with a
-:class:`tokenskip.generation.length_model.LengthModel`; with a budget, decoding is capped at N and a CoT still running at N
+:class:`tokenskip.generation.length_model.LengthModel`; with a budget, decoding is capped at N and a CoT still running
+at N
 gets the answer line forced (``FORCE_ANSWER``, at most ``answer_max_tokens`` more tokens), as in the
 truncation baseline (paper §5).
 
@@ -166,7 +167,8 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     turn did not end, force the answer line (:data:`FORCE_ANSWER` + at most ``answer_max_tokens`` tokens).
 
     ``caps`` bound the rest. A forced answer adds its tokens to ``num_tokens`` and its time to ``latency_s``;
-    ``token_ids`` keep the first pass's ids only (greedy: the prefix of the uncapped run). Extra keyword arguments (``temperature``, ``top_p``) go to the engine only when
+    ``token_ids`` keep the first pass's ids only (greedy: the prefix of the uncapped run). Extra keyword arguments
+    (``temperature``, ``top_p``) go to the engine only when
     sampling (greedy engines such as vLLM's need none). ``on_tokens(i, ids)`` is handed to the first pass of an
     engine that streams (``engine.capabilities.streaming``); others ignore it.
     """

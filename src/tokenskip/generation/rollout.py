@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tokenskip.contract.io import ResumableJsonl, file_hash, write_json_atomic
+from tokenskip.contract.layout import METRICS
 from tokenskip.contract.records import Prediction, Problem, RunMetrics
 from tokenskip.engines import BACKENDS, GenerationBackend, engine_spec
 from tokenskip.engines.hardware import DtypeChoice, parse_threads, resolve_dtype, resolve_threads
@@ -36,9 +37,12 @@ class GenerationConfig:
     benchmark: str = field(default="gsm8k", metadata={
         "help": "gsm8k, math (alias math500), math-train, or custom (any JSONL: see --question-field, "
                 "--answer-field, --grader)"})
-    data: str | None = field(default=None, metadata={"help": "local JSONL file or Hub dataset id (default: the benchmark's Hub id)"})
-    question_field: str | None = field(default=None, metadata={"help": "custom benchmark: field of the question (default: question)"})
-    answer_field: str | None = field(default=None, metadata={"help": "custom benchmark: field of the gold answer (default: answer)"})
+    data: str | None = field(default=None, metadata={"help": "local JSONL file or Hub dataset id (default: the "
+                                                             "benchmark's Hub id)"})
+    question_field: str | None = field(default=None, metadata={"help": "custom benchmark: field of the question "
+                                                                       "(default: question)"})
+    answer_field: str | None = field(default=None, metadata={"help": "custom benchmark: field of the gold answer "
+                                                                     "(default: answer)"})
     grader: str | None = field(default=None, metadata={
         "help": "grader kind: numeric (numbers, as GSM8K) or symbolic (LaTeX via math-verify, as MATH); "
                 "required for custom, default: the benchmark's", "choices": list(GRADERS)})
@@ -46,7 +50,8 @@ class GenerationConfig:
     limit: int | None = field(default=None, metadata={"help": "at most this many problems"})
     offset: int = field(default=0, metadata={"help": "skip this many problems first"})
     out: str | None = field(default=None, metadata={"help": "output folder"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens (default 512 GSM8K, 1024 MATH: paper)"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens (default 512 GSM8K, "
+                                                                       "1024 MATH: paper)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
     dtype: str = field(default="auto", metadata={"help": WEIGHTS_DTYPE_HELP, "choices": list(DTYPES)})
     device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, cuda:1...)"})
@@ -57,7 +62,8 @@ class GenerationConfig:
     system_prompt: str | None = field(default=None, metadata={"help": "optional system turn"})
     prompt_style: str = field(default="chat-template", metadata={
         "help": "chat-template: the tokenizer's chat template; reference: the TokenSkip reference's hand-written "
-                "Qwen/Llama-3.1 prompt strings, byte for byte (paper recipes)", "choices": ["chat-template", "reference"]})
+                "Qwen/Llama-3.1 prompt strings, byte for byte (paper recipes)",
+        "choices": ["chat-template", "reference"]})
     threads: int | str | None = field(default=None, metadata={
         "help": "torch CPU threads: N or auto (the CPUs this process may use); default $TOKENSKIP_THREADS, "
                 "else torch's choice"})
@@ -75,8 +81,10 @@ class GenerationConfig:
     max_model_len: int | None = field(default=None, metadata={
         "help": "vLLM context length in tokens (default: the model's own; Llama-3.1 would reserve 131k)"})
     base_url: str | None = field(default=None, metadata={"help": "--backend openai: the endpoint, e.g. http://127.0.0.1:8088/v1"})
-    api_model: str | None = field(default=None, metadata={"help": "--backend openai: model name sent (default: the adapter folder's name, else the first of /v1/models)"})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: environment variable holding the API key"})
+    api_model: str | None = field(default=None, metadata={
+        "help": "--backend openai: model name sent (default: the adapter folder's name, else the first of /v1/models)"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: environment variable "
+                                                                         "holding the API key"})
     max_in_flight: int = field(default=8, metadata={"help": "--backend openai: requests in flight at once"})
     stop: list[str] = field(default_factory=list, metadata={
         "split": False, "empty_ok": True,
@@ -239,8 +247,8 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
 def write_metrics(out_dir: Path, rows: Sequence[dict], extra: dict) -> dict:
     """Write ``metrics.json`` (:class:`~tokenskip.contract.records.RunMetrics`: summary of ``rows`` plus ``extra``)
     atomically and return it as a dict."""
-    m = RunMetrics.from_json({**summarize(rows), **extra}, Path(out_dir) / "metrics.json").to_json()
-    write_json_atomic(Path(out_dir) / "metrics.json", m)
+    m = RunMetrics.from_json({**summarize(rows), **extra}, Path(out_dir) / METRICS).to_json()
+    write_json_atomic(Path(out_dir) / METRICS, m)
     return m
 
 

@@ -40,6 +40,7 @@ from typing import Callable
 
 from tokenskip.contract.config import to_dict
 from tokenskip.contract.io import SCHEMA_VERSION, write_json_atomic, write_jsonl_atomic
+from tokenskip.contract.layout import LAB_DATA_SUMMARY
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ def leg_counting_solution(animals: dict[str, int], legs: dict[str, int], rng: ra
         products.append(total)
         many = _plural(name, count)
         lines.append(rng.choice([
-            f"{_a(name).capitalize()} has {n} legs, so {count} {many} {'have' if count > 1 else 'has'} {count} x {n} = {total} legs.",
+            f"{_a(name).capitalize()} has {n} legs, so {count} {many} {'have' if count > 1 else 'has'} {count} x {n} = "
+            f"{total} legs.",
             f"Each {name} has {n} legs. With {count} {many}, that is {count} x {n} = {total} legs.",
             f"{count} {many}: {count} x {n} = {total} legs, since one {name} has {n} legs.",
             f"There {'are' if count > 1 else 'is'} {count} {many} and {_a(name)} has {n} legs, "
@@ -286,7 +288,7 @@ def run_lab_data(cfg: LabDataConfig) -> dict:
                "n": {s: len(r) for s, r in splits.items()},
                "per_task": {s: dict(Counter(r["task"] for r in rows)) for s, rows in splits.items()},
                "config": to_dict(cfg)}
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / LAB_DATA_SUMMARY, summary)
     logger.info("wrote %s questions to %s", summary["n"], out)
     return summary
 

@@ -55,7 +55,10 @@ def check_targets(rows: list[dict], stage_seconds: dict[str, float] | None = Non
     out: list[Target] = []
     orig, nocot = _find(rows, "original", None), _find(rows, "nocot", None)
     ts_half, tr_half = _find(rows, "tokenskip", 0.5), _find(rows, "truncation", 0.5)
-    acc = (lambda r: r.get("accuracy") if r else None)
+
+    def acc(r):
+        return r.get("accuracy") if r else None
+
     a_orig = acc(orig)
     out.append(Target(f"Original accuracy ≥ {MIN_ORIGINAL_ACCURACY:.0%}", _pct(a_orig),
                       a_orig is not None and a_orig >= MIN_ORIGINAL_ACCURACY))

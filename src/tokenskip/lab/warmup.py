@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tokenskip.contract.config import to_dict
 from tokenskip.contract.io import SCHEMA_VERSION, write_json_atomic, write_jsonl_atomic
+from tokenskip.contract.layout import LAB_TRAIN, LAB_VALIDATION, SFT_STATS, SFT_TRAIN, SFT_VALIDATION
 from tokenskip.finetune.sft import Trajectory, make_record
 from tokenskip.finetune.train_config import TrainConfig
 from tokenskip.task.data import load_problems
@@ -71,7 +72,8 @@ def sft_rows(tokenizer, problems, system_prompt: str | None = None) -> list[dict
 
 
 def train_config(cfg: WarmupConfig) -> TrainConfig:
-    """The :class:`TrainConfig` of the LoRA run: ``cfg``'s training fields, reading ``OUT/sft``, writing ``OUT/adapter``."""
+    """The :class:`TrainConfig` of the LoRA run: ``cfg``'s training fields, reading ``OUT/sft``, writing
+    ``OUT/adapter``."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     base = {k: v for k, v in to_dict(cfg).items() if k in names}
     return TrainConfig(**(base | {"data": str(Path(cfg.out) / "sft"), "out": str(Path(cfg.out) / "adapter")}))
@@ -94,14 +96,14 @@ def run_warmup(cfg: WarmupConfig, tokenizer=None) -> dict:
         from tokenskip.engines.models import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model)
-    train_rows = sft_rows(tokenizer, load_problems("gsm8k", str(data / "train.jsonl"), limit=cfg.limit),
+    train_rows = sft_rows(tokenizer, load_problems("gsm8k", str(data / LAB_TRAIN), limit=cfg.limit),
                           cfg.system_prompt)
-    val_rows = sft_rows(tokenizer, load_problems("gsm8k", str(data / "validation.jsonl"), limit=cfg.validation_limit),
+    val_rows = sft_rows(tokenizer, load_problems("gsm8k", str(data / LAB_VALIDATION), limit=cfg.validation_limit),
                         cfg.system_prompt)
     sft = Path(cfg.out) / "sft"
-    write_jsonl_atomic(sft / "train.jsonl", train_rows)
-    write_jsonl_atomic(sft / "validation.jsonl", val_rows)
-    write_json_atomic(sft / "stats.json", {"schema_version": SCHEMA_VERSION,
+    write_jsonl_atomic(sft / SFT_TRAIN, train_rows)
+    write_jsonl_atomic(sft / SFT_VALIDATION, val_rows)
+    write_json_atomic(sft / SFT_STATS, {"schema_version": SCHEMA_VERSION,
                                            "n": {"train": len(train_rows), "validation": len(val_rows)},
                                            "config": to_dict(cfg)})
     from tokenskip.finetune.lora import train

@@ -1,6 +1,7 @@
 """``budget``: the adapter with a CoT token budget N per question (``--budgets``): γ = N ÷ the question's
 predicted original CoT length (``--length-model``), decoding capped at N and the answer line forced when
-the CoT hits it (:mod:`tokenskip.generation.length_model`, :mod:`tokenskip.generation.inference`). Runs go to ``budget/budget-<N>``.
+the CoT hits it (:mod:`tokenskip.generation.length_model`, :mod:`tokenskip.generation.inference`). Runs go to
+``budget/budget-<N>``.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from tokenskip.contract.layout import budget_run_dir
+from tokenskip.contract.layout import LENGTH_MODEL, budget_run_dir
 from tokenskip.methods import Method, RunPlan, register
 from tokenskip.methods.tokenskip import adapter_format
 
@@ -24,7 +25,7 @@ def length_model_path(cfg) -> str:
     """``--length-model``, else ``<adapter>/length_model.json`` (resolved when the run starts)."""
     if cfg.length_model:
         return cfg.length_model
-    default = Path(cfg.adapter) / "length_model.json"
+    default = Path(cfg.adapter) / LENGTH_MODEL
     if default.is_file():
         return str(default)
     raise FileNotFoundError("--method budget needs --length-model (a 'tokenskip fit-length' JSON, or the original "
@@ -62,7 +63,8 @@ class Budget(Method):
             return row
 
         def metrics(rows):
-            return {"budget": key, "within_budget": sum(bool(r["within_budget"]) for r in rows) / len(rows) if rows else None,
+            return {"budget": key,
+                    "within_budget": sum(bool(r["within_budget"]) for r in rows) / len(rows) if rows else None,
                     "mean_ratio": sum(r["ratio"] for r in rows) / len(rows) if rows else None,
                     "length_model_metrics": lm.metrics}
 

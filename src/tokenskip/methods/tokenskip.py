@@ -57,4 +57,5 @@ class TokenSkip(Method):
         return plan
 
     def settings(self, cfg) -> dict:
-        return {"marker_delimiter": adapter_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter).marker_delimiter}
+        return {"marker_delimiter": adapter_format(cfg.adapter, cfg.system_prompt,
+                                                   cfg.marker_delimiter).marker_delimiter}

@@ -29,7 +29,8 @@ def _execute(p: StagePlan, run: Path) -> None:
         cfgs = []
         for cfg in p.configs:
             cfg = copy.copy(cfg)
-            if cfg.method_obj.uses_adapter and Path(cfg.adapter).resolve() == (run / get_stage("train").folder).resolve():
+            trained = (run / get_stage("train").folder).resolve()
+            if cfg.method_obj.uses_adapter and Path(cfg.adapter).resolve() == trained:
                 cfg.adapter = str(find_adapter(cfg.adapter))
             cfgs.append(cfg)
         stage.run(cfgs)  # prints one line per run

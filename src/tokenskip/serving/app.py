@@ -53,10 +53,11 @@ from pathlib import Path
 
 from tokenskip.contract.config import add_dataclass_args, dataclass_from_args
 from tokenskip.contract.console import quiet
+from tokenskip.engines import SERVED_BACKENDS
 from tokenskip.engines.models import DTYPES, WEIGHTS_DTYPE_HELP
 from tokenskip.serving.protocol import APIError, Job, chat_response, completion_response, parse_chat, parse_completion
 from tokenskip.serving.streaming import TokenStream, sse_events
-from tokenskip.serving.worker import SERVED_ENGINES, ServerState
+from tokenskip.serving.worker import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -65,34 +66,48 @@ logger = logging.getLogger(__name__)
 class ServeConfig:
     """Settings of ``tokenskip serve``."""
 
-    model: str = field(default="smollm2-135m-instruct", metadata={"help": "base model: alias, .gguf, folder or Hub id (with --upstream: its tokenizer)"})
-    adapter: str | None = field(default=None, metadata={"help": "TokenSkip LoRA adapter folder (its prompt_format.json sets the prompt format)"})
-    backend: str = field(default="hf", metadata={"help": "engine", "choices": list(SERVED_ENGINES)})
-    upstream: str | None = field(default=None, metadata={"help": "proxy to this OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1 of 'vllm serve --enable-lora') instead of loading weights"})
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "base model: alias, .gguf, folder or Hub id "
+                                                                          "(with --upstream: its tokenizer)"})
+    adapter: str | None = field(default=None, metadata={"help": "TokenSkip LoRA adapter folder (its prompt_format.json "
+                                                                "sets the prompt format)"})
+    backend: str = field(default="hf", metadata={"help": "engine", "choices": list(SERVED_BACKENDS)})
+    upstream: str | None = field(default=None, metadata={"help": "proxy to this OpenAI-compatible base URL (e.g. "
+                                                                 "http://127.0.0.1:8000/v1 of 'vllm serve "
+                                                                 "--enable-lora') instead of loading weights"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8088, metadata={"help": "TCP port"})
-    served_model_name: str | None = field(default=None, metadata={"help": "name of the base model in the API (default: --model)"})
-    adapter_name: str | None = field(default=None, metadata={"help": "name of the adapter in the API (default: the adapter folder's name)"})
-    length_model: str | None = field(default=None, metadata={"help": "budget mode's length model (JSON of 'tokenskip fit-length', or original CoTs' predictions.jsonl; default: <adapter>/length_model.json)"})
+    served_model_name: str | None = field(default=None, metadata={"help": "name of the base model in the API (default: "
+                                                                          "--model)"})
+    adapter_name: str | None = field(default=None, metadata={"help": "name of the adapter in the API (default: the "
+                                                                     "adapter folder's name)"})
+    length_model: str | None = field(default=None, metadata={"help": "budget mode's length model (JSON of 'tokenskip "
+                                                                     "fit-length', or original CoTs' "
+                                                                     "predictions.jsonl; default: "
+                                                                     "<adapter>/length_model.json)"})
     system_prompt: str | None = field(default=None, metadata={"help": "override the adapter's system turn"})
     marker_delimiter: str | None = field(default=None, metadata={"help": "override the adapter's γ marker delimiter"})
     max_batch_size: int = field(default=8, metadata={"help": "requests decoded together at most"})
-    batch_wait_ms: float = field(default=10.0, metadata={"help": "how long a batch waits for more requests once one arrived (ms)"})
+    batch_wait_ms: float = field(default=10.0, metadata={"help": "how long a batch waits for more requests once one "
+                                                                 "arrived (ms)"})
     max_queue: int = field(default=256, metadata={"help": "queued requests at most (more get 429)"})
     default_max_tokens: int = field(default=512, metadata={"help": "max_tokens when a request gives none"})
-    merge_adapter: bool = field(default=False, metadata={"help": "merge the adapter into the weights (faster; then only the adapter is served)"})
+    merge_adapter: bool = field(default=False, metadata={"help": "merge the adapter into the weights (faster; then "
+                                                                 "only the adapter is served)"})
     dtype: str = field(default="auto", metadata={"help": WEIGHTS_DTYPE_HELP, "choices": list(DTYPES)})
     device: str = field(default="cpu", metadata={"help": "torch device"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--upstream: environment variable with the upstream API key"})
-    max_in_flight: int = field(default=16, metadata={"help": "--upstream: requests in flight to the upstream at most, per served model"})
-    enforce_eager: bool = field(default=False, metadata={"help": "--backend vllm: skip graph compilation (faster start-up)"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--upstream: environment variable with the "
+                                                                         "upstream API key"})
+    max_in_flight: int = field(default=16, metadata={"help": "--upstream: requests in flight to the upstream at most, "
+                                                             "per served model"})
+    enforce_eager: bool = field(default=False, metadata={"help": "--backend vllm: skip graph compilation (faster "
+                                                                 "start-up)"})
     max_model_len: int | None = field(default=None, metadata={"help": "--backend vllm: context length cap in tokens"})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level"})
 
     def validate(self) -> None:
-        if self.backend not in SERVED_ENGINES:
-            raise ValueError(f"serve: --backend must be {' or '.join(SERVED_ENGINES)}, got {self.backend!r}")
+        if self.backend not in SERVED_BACKENDS:
+            raise ValueError(f"serve: --backend must be {' or '.join(SERVED_BACKENDS)}, got {self.backend!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"serve: --port must be in 0..65535, got {self.port}")
         for name in ("max_batch_size", "max_queue", "default_max_tokens", "max_in_flight"):

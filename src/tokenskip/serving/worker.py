@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokenskip.engines import get_backend
+from tokenskip.contract.layout import LENGTH_MODEL
+from tokenskip.engines import PROXY_BACKEND, engine_spec, get_backend
 from tokenskip.engines.models import configure_threads
 from tokenskip.generation.inference import answer
 from tokenskip.generation.length_model import load_length_model
@@ -32,11 +33,6 @@ if TYPE_CHECKING:  # annotations only: the app module imports this one
 
 logger = logging.getLogger(__name__)
 
-#: ``serve --backend`` choices and the factory's engine for each (:func:`tokenskip.engines.get_backend`):
-#: vLLM is served by its asynchronous form, whose scheduler adds each request to the running batch.
-SERVED_ENGINES = {"hf": "hf", "vllm": "vllm-async"}
-#: the engine that ``--upstream`` proxies through (any OpenAI-compatible endpoint)
-UPSTREAM_ENGINE = "openai"
 
 
 def adapter_switch(engine):
@@ -99,8 +95,8 @@ class ServerState:
         cfg = self.cfg
         configure_threads(cfg.threads)
         self.fmt = resolve_prompt_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter)
-        lm = cfg.length_model or (str(Path(cfg.adapter) / "length_model.json")
-                                  if cfg.adapter and (Path(cfg.adapter) / "length_model.json").is_file() else None)
+        lm = cfg.length_model or (str(Path(cfg.adapter) / LENGTH_MODEL)
+                                  if cfg.adapter and (Path(cfg.adapter) / LENGTH_MODEL).is_file() else None)
         self.length_model = load_length_model(lm) if lm else None
         if cfg.upstream:
             self._connect_upstream()
@@ -116,7 +112,7 @@ class ServerState:
         # engine options given on the command line (the help names the engine that reads them)
         kw.update({k: v for k, v in (("enforce_eager", cfg.enforce_eager), ("max_model_len", cfg.max_model_len))
                    if v})
-        self.engine = get_backend(SERVED_ENGINES[cfg.backend], **kw)
+        self.engine = get_backend(engine_spec(cfg.backend).served_as, **kw)
         if self.adapter_name and adapter_switch(self.engine) is None:  # adapter merged or always applied
             self.models = [self.adapter_name]
         else:
@@ -127,9 +123,9 @@ class ServerState:
         cfg = self.cfg
         kw = dict(model=cfg.model, base_url=cfg.upstream, api_key_env=cfg.api_key_env,
                   max_in_flight=cfg.max_in_flight)
-        self.engine = get_backend(UPSTREAM_ENGINE, **kw, api_model="-")  # a name given: nothing asked yet
+        self.engine = get_backend(PROXY_BACKEND, **kw, api_model="-")  # a name given: nothing asked yet
         self.models = self._upstream_models()
-        self.routes = {m: get_backend(UPSTREAM_ENGINE, **kw, api_model=m, tokenizer=self.engine.tokenizer)
+        self.routes = {m: get_backend(PROXY_BACKEND, **kw, api_model=m, tokenizer=self.engine.tokenizer)
                        for m in self.models}
 
     def _upstream_models(self) -> list[str]:

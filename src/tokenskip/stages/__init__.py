@@ -14,6 +14,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenskip.contract.layout import LAB_TEST, LAB_TRAIN, MODEL_CONFIG
+
 
 @dataclass(frozen=True)
 class Wire:
@@ -94,7 +96,7 @@ class Stage:
 
 
 #: the lab's training split, the default ``data`` of the stages that read training questions
-_LAB_TRAIN = Wire("data", "lab_data", "train.jsonl", only_if_planned=True)
+_LAB_TRAIN = Wire("data", "lab_data", LAB_TRAIN, only_if_planned=True)
 
 STAGES: tuple[Stage, ...] = (
     Stage("lab_data", "lab-data", "tokenskip.lab.data", "LabDataConfig", "run_lab_data", "lab_data",
@@ -119,7 +121,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", "evaluate", "tokenskip.stages.evaluate", "EvaluateConfig", "run_evaluations", "evaluate",
           "evaluate a method (original/prompt/truncation/tokenskip/budget) on a test split", keeps_rows=True,
           cli_runner="run_evaluate",
-          wires=(Wire("data", "lab_data", "test.jsonl", only_if_planned=True),), shape="grid"),
+          wires=(Wire("data", "lab_data", LAB_TEST, only_if_planned=True),), shape="grid"),
     Stage("report", "report", "tokenskip.stages.report", "ReportConfig", "run_report", "",
           "write report.md/report.json and plots for a run folder", keeps_rows=True, shape="report"),
 )
@@ -176,6 +178,6 @@ def model_problem(name: str) -> str | None:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        if not isinstance(try_to_load_from_cache(name, MODEL_CONFIG), str):
             return f"model {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
     return None

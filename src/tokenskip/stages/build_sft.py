@@ -40,9 +40,9 @@ from tokenskip.finetune.sft import (
     ANSWER_LINE_MODES,
     COT_SOURCES,
     Trajectory,
-    _norm,
     available_ratios,
     build_records,
+    collapse_whitespace,
     read_compressed,
 )
 from tokenskip.task.prompt_format import PromptFormat
@@ -89,7 +89,8 @@ class SFTDataConfig:
         "choices": list(ANSWER_LINE_MODES)})
     prompt_style: str = field(default="chat-template", metadata={
         "help": "chat-template: the tokenizer's chat template; reference: the TokenSkip reference's training "
-                "prompt strings (Qwen ChatML / Llama-3.1 without a system block)", "choices": ["chat-template", "reference"]})
+                "prompt strings (Qwen ChatML / Llama-3.1 without a system block)",
+        "choices": ["chat-template", "reference"]})
 
     def validate(self) -> None:
         """Check the values only (no disk access, no changes; ``ratios: null`` is resolved by :func:`build_sft`
@@ -143,7 +144,7 @@ def collect_trajectories(cfg: SFTDataConfig, source: dict[str, dict], compressed
         repeats = 0
         for rid, s in source.items():
             group = problem_id(rid)  # sampled CoTs (<id>#s<k>) of one problem stay on one side of the split
-            key = (group, _norm(s["cot"]))
+            key = (group, collapse_whitespace(s["cot"]))
             if key in seen:  # two samples wrote the same CoT: one row is enough
                 repeats += 1
                 continue
@@ -181,7 +182,8 @@ def _gold_problems(cfg: SFTDataConfig, source: dict[str, dict], problems,
     if len(usable) < len(problems):
         logger.warning("%d problem(s) have no reference solution; skipped", len(problems) - len(usable))
     from_gold = {p.id for p in usable if p.id in source
-                 and (folder_source == "gold" or _norm(source[p.id]["cot"]) == _norm(p.solution))}
+                 and (folder_source == "gold"
+                      or collapse_whitespace(source[p.id]["cot"]) == collapse_whitespace(p.solution))}
     wants_compressed = any(r < 1.0 for r in cfg.ratios)
     if from_gold:
         if len(from_gold) < len(usable):

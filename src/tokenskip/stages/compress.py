@@ -51,7 +51,8 @@ class CompressConfig:
     """Settings of the compress stage. Defaults follow the paper (ratios 0.9…0.5, CoTs ≤ 500 tokens)."""
 
     out: str = field(default="", metadata={"help": "output folder"})
-    predictions: str = field(default="", metadata={"help": "generate's predictions.jsonl (with --cot-source predictions)"})
+    predictions: str = field(default="", metadata={"help": "generate's predictions.jsonl (with --cot-source "
+                                                           "predictions)"})
     cot_source: str = field(default="self", metadata={
         "help": "where CoTs come from: 'self' = the model's correct predictions (--predictions; old name "
                 "'predictions'), 'gold' = a dataset's reference solutions (--data)",
@@ -60,7 +61,8 @@ class CompressConfig:
     data: str = field(default="", metadata={"help": "dataset file or Hub id (with --cot-source gold)"})
     limit: int | None = field(default=None, metadata={"help": "use at most this many CoTs (after --offset)"})
     offset: int = field(default=0, metadata={"help": "skip this many dataset rows first (gold source)"})
-    max_cot_tokens: int = field(default=500, metadata={"help": "drop CoTs longer than this, in target tokens (paper: 500)"})
+    max_cot_tokens: int = field(default=500, metadata={"help": "drop CoTs longer than this, in target tokens (paper: "
+                                                               "500)"})
     ratios: list[float] = field(default_factory=lambda: paper_grid(include_one=False),
                                 metadata={"help": "compression ratios γ in (0, 1] (paper §4)"})
     model: str = field(default="smollm2-135m-instruct", metadata={
@@ -124,12 +126,15 @@ class CompressConfig:
         validate_ratios(self.ratios, "--ratios")
         bad = (set(self.protect_kinds) | set(self.prefer_kinds)) - set(PROTECT_KINDS)
         if bad:
-            raise ValueError(f"unknown --protect-kinds/--prefer-kinds {sorted(bad)}; expected some of {list(PROTECT_KINDS)}")
+            raise ValueError(f"unknown --protect-kinds/--prefer-kinds {sorted(bad)}; expected some of "
+                             f"{list(PROTECT_KINDS)}")
         if self.compat not in ("project", "reference"):
             raise ValueError(f"--compat must be project or reference, got {self.compat!r}")
         if self.compat == "reference" and self.scorer != "llmlingua2":
-            raise ValueError(f"--compat reference compresses with LLMLingua-2: use --scorer llmlingua2 (got {self.scorer!r})")
-        if self.max_cot_tokens <= 0 or self.batch_size <= 0 or self.offset < 0 or (self.limit is not None and self.limit < 0):
+            raise ValueError("--compat reference compresses with LLMLingua-2: use --scorer llmlingua2 (got "
+                             f"{self.scorer!r})")
+        if self.max_cot_tokens <= 0 or self.batch_size <= 0 or self.offset < 0 or (
+                self.limit is not None and self.limit < 0):
             raise ValueError("max_cot_tokens and batch_size must be > 0, offset and limit >= 0")
 
     def input_fields(self) -> tuple[str, ...]:

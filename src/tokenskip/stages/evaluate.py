@@ -34,7 +34,14 @@ from pathlib import Path
 from tokenskip.contract.config import to_dict
 from tokenskip.contract.console import say
 from tokenskip.contract.io import ResumableJsonl, file_hash, iter_jsonl
-from tokenskip.contract.layout import ORIGINAL, PREDICTIONS, adapter_hash, eval_run_dir, original_predictions
+from tokenskip.contract.layout import (
+    ORIGINAL,
+    PREDICTIONS,
+    adapter_hash,
+    eval_run_dir,
+    original_predictions,
+    state_file,
+)
 from tokenskip.contract.ratios import format_ratio, paper_grid, validate_ratios
 from tokenskip.contract.records import Prediction, act_ratio
 from tokenskip.engines import GenerationBackend, engine_spec, get_backend
@@ -61,20 +68,31 @@ class EvaluateConfig(GenerationConfig):
     """
 
     method: str = field(default=ORIGINAL, metadata={"help": "what to evaluate", "choices": list(METHODS)})
-    ratios: list[float] | None = field(default=None, metadata={"help": "compression ratios γ to evaluate (e.g. 1.0 0.5 or 1.0,0.5)"})
+    ratios: list[float] | None = field(default=None, metadata={"help": "compression ratios γ to evaluate (e.g. 1.0 0.5 "
+                                                                       "or 1.0,0.5)"})
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder (method tokenskip)"})
-    merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF; vLLM on CPU, where LoRA decoding is ~2x slower): same outputs, faster"})
+    merge_adapter: bool = field(default=True, metadata={"help": "merge the adapter into the weights (HF; vLLM on CPU, "
+                                                                "where LoRA decoding is ~2x slower): same outputs, "
+                                                                "faster"})
     force_adapter: bool = field(default=False, metadata={
         "help": "load an adapter whose adapter_config.json names another base model (layer shapes must still fit)"})
-    marker_delimiter: str | None = field(default=None, metadata={"help": "delimiter of the γ marker (must match training; default: the adapter's prompt_format.json, else " + DEFAULT_MARKER_DELIMITER + ")"})
-    budgets: list[int] | None = field(default=None, metadata={"help": "method budget: CoT token budgets N (e.g. 64 128)"})
-    length_model: str | None = field(default=None, metadata={"help": "method budget: length model JSON ('tokenskip fit-length'), or the original run's predictions.jsonl to fit one (default: <adapter>/length_model.json)"})
-    answer_max_tokens: int = field(default=24, metadata={"help": "truncation, nocot: tokens allowed for the forced answer"})
+    marker_delimiter: str | None = field(default=None, metadata={
+        "help": "delimiter of the γ marker (must match training; default: the adapter's prompt_format.json, else "
+                + DEFAULT_MARKER_DELIMITER + ")"})
+    budgets: list[int] | None = field(default=None,
+                                      metadata={"help": "method budget: CoT token budgets N (e.g. 64 128)"})
+    length_model: str | None = field(default=None, metadata={"help": "method budget: length model JSON ('tokenskip "
+                                                                     "fit-length'), or the original run's "
+                                                                     "predictions.jsonl to fit one (default: "
+                                                                     "<adapter>/length_model.json)"})
+    answer_max_tokens: int = field(default=24, metadata={"help": "truncation, nocot: tokens allowed for the forced "
+                                                                 "answer"})
     force_answer: bool = field(default=False, metadata={
         "help": "truncation: after the cap, append '\\n\\nThe final answer is: $\\boxed{' and decode the answer "
                 "(this project's variant); default: a plain cap, as in the paper"})
     scale_max_new_tokens: bool = field(default=False, metadata={
-        "help": "tokenskip: decode with max_new_tokens × γ, as the reference does on MATH (default: the same cap for every γ)"})
+        "help": "tokenskip: decode with max_new_tokens × γ, as the reference does on MATH (default: the same cap for "
+                "every γ)"})
 
     def validate(self) -> None:
         """Check the values (no disk access: the adapter's existence is checked when the run starts)."""
@@ -222,8 +240,8 @@ def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
     if original is not None:  # rows depend on which original run they cut
         from tokenskip.contract.io import read_json
 
-        settings["original"] = read_json(eval_run_dir(cfg.out, cfg.bench.name, ORIGINAL)
-                                         / "predictions.state.json")["fingerprint"]
+        settings["original"] = read_json(state_file(eval_run_dir(cfg.out, cfg.bench.name, ORIGINAL)
+                                                    / PREDICTIONS))["fingerprint"]
 
     with ResumableJsonl(d / PREDICTIONS, settings) as w:
         rows = run_rows(problems, plan.prompts, w, b, cfg.bench.grader, plan.caps, adapter=adapter,

@@ -28,24 +28,20 @@ from tokenskip.contract.config import to_dict
 from tokenskip.contract.io import ResumableJsonl
 from tokenskip.contract.layout import METRICS, ORIGINAL, PREDICTIONS
 from tokenskip.contract.records import sample_id
-from tokenskip.engines import GenerationBackend, get_backend
-from tokenskip.engines.models import check_device, configure_threads
+from tokenskip.engines import GenerationBackend, engine_spec, get_backend
+from tokenskip.engines.models import configure_threads
 from tokenskip.generation.rollout import (
     GenerationConfig,
-    data_identity,
-    grade_row,
     metrics_line,
     print_metrics,
     run_rows,
-    summarize,
     write_metrics,
 )
 from tokenskip.task.data import load_problems
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GenerationConfig", "GenerateConfig", "grade_row", "summarize", "run_rows", "run_generate", "data_identity",
-           "write_metrics", "print_metrics"]
+__all__ = ["GenerateConfig", "run_generate"]
 
 
 @dataclass
@@ -108,7 +104,8 @@ def _row_settings(cfg: GenerateConfig) -> dict:
 def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None) -> dict:
     """Run stage *generate*: CoT for every problem of the slice, graded; returns the metrics dict.
 
-    A plain :class:`~tokenskip.generation.rollout.GenerationConfig` is read as a :class:`GenerateConfig` with its defaults
+    A plain :class:`~tokenskip.generation.rollout.GenerationConfig` is read as a :class:`GenerateConfig` with its
+    defaults
     (greedy, one CoT per problem). With ``samples`` N > 1 the metrics are over all N × problems rows.
 
     Raises:
@@ -122,8 +119,8 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
     if not cfg.out:
         raise ValueError("--out is required")
     out = Path(cfg.out)
-    if backend is None and cfg.backend == "hf":  # before data and model load (vLLM picks its own platform)
-        check_device(cfg.device)
+    if backend is None:  # before data and model load
+        engine_spec(cfg.backend).check_settings(cfg.device, cfg.base_url)
     configure_threads(cfg.threads)
     bench = cfg.bench
     problems = load_problems(bench, cfg.data, cfg.split, cfg.limit, cfg.offset)
@@ -139,7 +136,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
             problems = [dataclasses.replace(p, id=sample_id(p.id, k)) for p in problems for k in range(cfg.samples)]
             prompts = [q for q in prompts for _ in range(cfg.samples)]
         if cfg.sampling:
-            if cfg.backend == "hf":
+            if engine_spec(cfg.backend).torch_device:  # samples from torch's RNG (vLLM: the engine's seed)
                 import torch
 
                 torch.manual_seed(cfg.seed)

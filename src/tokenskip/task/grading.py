@@ -258,7 +258,8 @@ def answers_match(pred: str, gold: str, benchmark: str, timeout_s: float = DEFAU
 
 
 #: A multiple-choice label before a value: ``\\textbf{(B) }7``, ``\\text{(B)} 7``, ``(B) 7``.
-_CHOICE = re.compile(r"\s*(?:\\text(?:bf|rm)?\s*\{\s*\((?P<a>[A-E])\)\s*\}|\((?P<b>[A-E])\)|(?P<c>[A-E])\))\s*(?P<value>.*)",
+_CHOICE = re.compile(r"\s*(?:\\text(?:bf|rm)?\s*\{\s*\((?P<a>[A-E])\)\s*\}|\((?P<b>[A-E])\)|(?P<c>[A-E])\))"
+                     r"\s*(?P<value>.*)",
                      re.DOTALL)
 
 

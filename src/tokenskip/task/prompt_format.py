@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.contract.io import DataError, read_json, write_json_atomic
+from tokenskip.contract.layout import PROMPT_FORMAT
 from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER, INSTRUCTION, build_messages, validate_ratio
 
-FILENAME = "prompt_format.json"
 #: γ range assumed for an adapter without a stored format: the paper's grid (docs/method.md step 3).
 DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
@@ -52,7 +52,7 @@ class PromptFormat:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/prompt_format.json`` atomically; returns its path."""
-        path = Path(folder) / FILENAME
+        path = Path(folder) / PROMPT_FORMAT
         write_json_atomic(path, {**dataclasses.asdict(self), "ratios": list(self.ratios), "schema_version": 1})
         return path
 
@@ -69,7 +69,7 @@ def load_prompt_format(folder: str | Path | None) -> PromptFormat | None:
     """
     if not folder:
         return None
-    path = Path(folder) / FILENAME
+    path = Path(folder) / PROMPT_FORMAT
     if not path.is_file():
         return None
     data = read_json(path)

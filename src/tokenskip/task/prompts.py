@@ -243,7 +243,8 @@ def warn_default_system(tokenizer, style: str, system_prompt: str | None, logger
     if "<|im_start|>system" not in head and "system<|end_header_id|>" not in head:
         return None
     msg = (f"no --system-prompt: the chat template of {getattr(tokenizer, 'name_or_path', '?')} inserts its own "
-           f"default system turn; the paper used {REFERENCE_SYSTEM!r} (pass --system-prompt, or --prompt-style reference)")
+           f"default system turn; the paper used {REFERENCE_SYSTEM!r} (pass --system-prompt, or --prompt-style "
+           "reference)")
     if logger is not None:
         logger.warning(msg)
     return msg

@@ -251,7 +251,8 @@ _default_lock = threading.Lock()
 
 
 def default_pool() -> VerifierPool:
-    """The process-wide :class:`VerifierPool` used by :func:`tokenskip.task.grading.answers_match` (created on first use)."""
+    """The process-wide :class:`VerifierPool` used by :func:`tokenskip.task.grading.answers_match` (created on first
+    use)."""
     global _default_pool
     with _default_lock:
         if _default_pool is None:

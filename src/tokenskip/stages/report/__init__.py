@@ -32,40 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenskip.contract.io import read_json, write_json_atomic, write_text_atomic
-from tokenskip.contract.layout import LOSS_LOG, TRAIN_CONFIG
-from tokenskip.stages.report.collect import (
-    MISSING,
-    REPORT_SCHEMA_VERSION,
-    ReportRow,
-    _percentile,
-    build_report,
-    collect_budgets,
-    collect_compress,
-    collect_loss,
-    collect_rows,
-    find_evaluate_dir,
-    read_cot_tokens,
-    read_metrics_row,
-    sort_rows,
-)
-from tokenskip.stages.report.markdown import render_budget_table, render_compress_table, render_markdown, render_table
-from tokenskip.stages.report.plots import (
-    _overlap,
-    make_plots,
-    place_labels,
-    plot_accuracy_vs_tokens,
-    plot_cot_hist,
-    plot_loss,
-    plot_ratio_control,
-)
+from tokenskip.contract.layout import LOSS_LOG, REPORT_JSON, REPORT_MD, TRAIN_CONFIG
+from tokenskip.stages.report.collect import build_report, collect_loss
+from tokenskip.stages.report.markdown import render_markdown
+from tokenskip.stages.report.plots import make_plots
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReportConfig", "ReportRow", "MISSING", "REPORT_SCHEMA_VERSION", "build_report", "collect_rows",
-           "collect_compress", "collect_loss", "find_evaluate_dir", "read_cot_tokens", "read_metrics_row",
-           "sort_rows", "collect_budgets", "render_markdown", "render_table", "render_budget_table", "render_compress_table", "make_plots", "place_labels",
-           "plot_accuracy_vs_tokens", "plot_cot_hist", "plot_loss", "plot_ratio_control", "write_report",
-           "run_report", "_percentile", "_overlap"]
+__all__ = ["ReportConfig", "write_report", "run_report"]
 
 
 @dataclass
@@ -115,8 +89,8 @@ def write_report(run_dir: str | os.PathLike, cfg: ReportConfig | None = None) ->
     for key, p in report["plots"].items():
         if "skipped" in p:
             logger.info("plot %s skipped: %s", key, p["skipped"])
-    write_json_atomic(out_dir / "report.json", report)
-    md = out_dir / "report.md"
+    write_json_atomic(out_dir / REPORT_JSON, report)
+    md = out_dir / REPORT_MD
     write_text_atomic(md, render_markdown(report))
     return md
 

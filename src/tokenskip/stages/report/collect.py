@@ -16,6 +16,7 @@ from typing import Any
 
 from tokenskip.contract.io import DataError, file_hash, iter_jsonl, read_json
 from tokenskip.contract.layout import (
+    COMPRESS_SUMMARY,
     LOSS_LOG,
     MANIFEST,
     METRICS,
@@ -28,6 +29,7 @@ from tokenskip.contract.layout import (
 )
 from tokenskip.contract.ratios import format_ratio
 from tokenskip.contract.records import act_ratio
+from tokenskip.contract.stats import percentile
 
 REPORT_SCHEMA_VERSION = 1
 MISSING = "—"
@@ -93,8 +95,8 @@ class ReportRow:
     @property
     def label(self) -> str:
         """Table label, e.g. ``Original``, ``TokenSkip (γ=0.5)``, ``Truncation + forced answer (γ=0.5)``."""
-        name = _label(self.to_dict())
-        return name if self.ratio is None else f"{name} (γ={_fmt_ratio(self.ratio)})"
+        name = row_label(self.to_dict())
+        return name if self.ratio is None else f"{name} (γ={fmt_ratio(self.ratio)})"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,34 +107,34 @@ class ReportRow:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def _fmt_ratio(r: float) -> str:
+def fmt_ratio(r: float) -> str:
     try:
         return format_ratio(r)
     except ValueError:  # a summary key outside (0, 1]: shown as written
         return f"{r:g}"
 
 
-def _method_key(row: dict | ReportRow) -> tuple:
+def method_key(row: dict | ReportRow) -> tuple:
     d = row if isinstance(row, dict) else row.to_dict()
     rank = d.get("method_rank")
     return (rank if rank is not None else math.inf, d["method"])
 
 
-def _label(row: dict) -> str:
+def row_label(row: dict) -> str:
     """The method's display name: ``method_label`` (else the folder name), plus " + forced answer" for a
     truncation run that appended the answer line (``truncation: force-answer``)."""
     name = row.get("method_label") or row["method"]
     return name + " + forced answer" if row.get("truncation") == "force-answer" else name
 
 
-def _bench_label(bench: str, rows: list[dict]) -> str:
+def bench_label(bench: str, rows: list[dict]) -> str:
     return next((r["benchmark_label"] for r in rows if r.get("benchmark_label")), bench)
 
 
 def sort_rows(rows: list[ReportRow]) -> list[ReportRow]:
     """Rows in report order: benchmark by name, method by ``method_rank`` (the method registry's order:
     Original, Prompt, Truncation, TokenSkip; unranked methods after, by name), then γ descending."""
-    return sorted(rows, key=lambda r: (r.benchmark, _method_key(r), -(r.ratio if r.ratio is not None else math.inf)))
+    return sorted(rows, key=lambda r: (r.benchmark, method_key(r), -(r.ratio if r.ratio is not None else math.inf)))
 
 
 
@@ -195,7 +197,7 @@ def _current_act_ratio(data: dict, path: Path, out_dir: Path, notes: list[str]) 
     mine = _cot_tokens_by_id(pred)
     wanted = set(data.get("ids") or [])
     value, n = act_ratio({k: v for k, v in mine.items() if not wanted or k in wanted}, _cot_tokens_by_id(orig))
-    notes.append(f"`{_rel(path, out_dir)}`: ActRatio recomputed against the current original run "
+    notes.append(f"`{rel_link(path, out_dir)}`: ActRatio recomputed against the current original run "
                  f"({n} common questions)")
     return value
 
@@ -216,7 +218,7 @@ def read_metrics_row(path: Path, benchmark: str, method: str, folder_ratio: floa
         raise DataError(path, None, None, f"expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
     if version is not None and version != 1:
-        notes.append(f"`{_rel(path, out_dir)}`: schema_version {version!r}, this report reads version 1")
+        notes.append(f"`{rel_link(path, out_dir)}`: schema_version {version!r}, this report reads version 1")
     vals = {k: _number(path, data, k) for k in _NUMERIC_FIELDS}
     vals["act_ratio"] = _current_act_ratio(data, path, out_dir, notes)
     if vals["accuracy"] is not None and not 0.0 <= vals["accuracy"] <= 1.0:
@@ -230,20 +232,21 @@ def read_metrics_row(path: Path, benchmark: str, method: str, folder_ratio: floa
     cap = data.get("max_new_tokens", settings.get("max_new_tokens"))
     cap = int(cap) if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0 else None
     if data.get("method") not in (None, method):
-        notes.append(f"`{_rel(path, out_dir)}`: method {data['method']!r} differs from its folder {method!r}")
+        notes.append(f"`{rel_link(path, out_dir)}`: method {data['method']!r} differs from its folder {method!r}")
     if folder_ratio is not None and file_ratio is not None and abs(file_ratio - folder_ratio) > 1e-6:
-        notes.append(f"`{_rel(path, out_dir)}`: ratio {file_ratio} differs from its folder γ={folder_ratio}")
+        notes.append(f"`{rel_link(path, out_dir)}`: ratio {file_ratio} differs from its folder γ={folder_ratio}")
     pred = path.parent / PREDICTIONS
     pred_rows = sum(1 for _ in iter_jsonl(pred)) if pred.is_file() else None
     if pred_rows is None:
-        notes.append(f"`{_rel(path.parent, out_dir)}`: no predictions.jsonl beside metrics.json")
+        notes.append(f"`{rel_link(path.parent, out_dir)}`: no predictions.jsonl beside metrics.json")
     elif n is not None and pred_rows != int(n):
-        notes.append(f"`{_rel(pred, out_dir)}`: {pred_rows} rows but metrics.json says n={int(n)}")
+        notes.append(f"`{rel_link(pred, out_dir)}`: {pred_rows} rows but metrics.json says n={int(n)}")
     return ReportRow(
         benchmark=benchmark, method=method, ratio=folder_ratio, n=None if n is None else int(n),
         latency_mode=mode, model=data.get("model"), adapter=data.get("adapter"),
         backend=data.get("backend"), dtype=data.get("dtype"), max_new_tokens=cap,
-        metrics_path=_rel(path, out_dir), predictions_path=_rel(pred, out_dir) if pred_rows is not None else None,
+        metrics_path=rel_link(path, out_dir),
+        predictions_path=rel_link(pred, out_dir) if pred_rows is not None else None,
         predictions_rows=pred_rows, method_label=_text(data, "method_label"),
         method_rank=None if _number(path, data, "method_rank") is None else int(data["method_rank"]),
         benchmark_label=_text(data, "benchmark_label"), method_style=_style_of(data),
@@ -260,7 +263,7 @@ def _style_of(data: dict) -> list | None:
     return v if isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v) else None
 
 
-def _rel(path: Path, out_dir: Path) -> str:
+def rel_link(path: Path, out_dir: Path) -> str:
     """``path`` relative to the report folder, with ``/`` separators (a Markdown link target)."""
     return Path(os.path.relpath(Path(path).resolve(), Path(out_dir).resolve())).as_posix()
 
@@ -286,7 +289,8 @@ def collect_rows(eval_dir: str | os.PathLike, out_dir: str | os.PathLike,
         # predictions without metrics: an evaluation that has not finished
         for pred in sorted(bench_dir.rglob(PREDICTIONS)):
             if not (pred.parent / METRICS).exists():
-                notes.append(f"`{_rel(pred, out_dir)}` has no metrics.json (unfinished evaluation?); not in the table")
+                notes.append(f"`{rel_link(pred, out_dir)}` has no metrics.json (unfinished evaluation?); not in the "
+                             "table")
     return sort_rows(rows)
 
 
@@ -320,7 +324,7 @@ def collect_compress(compress_dir: str | os.PathLike) -> dict | None:
             ``achieved_ratio`` is not a number.
     """
     compress_dir = Path(compress_dir)
-    path = compress_dir / "summary.json"
+    path = compress_dir / COMPRESS_SUMMARY
     if not path.is_file():
         return None
     data = read_json(path)
@@ -351,19 +355,11 @@ def collect_compress(compress_dir: str | os.PathLike) -> dict | None:
                     raise DataError(rows_path, lineno, "achieved_ratio", f"expected a number, got {v!r}")
                 achieved.append(float(v))
             if achieved:
-                entry["achieved_p05"] = _percentile(achieved, 5)
-                entry["achieved_p95"] = _percentile(achieved, 95)
+                entry["achieved_p05"] = percentile(achieved, 5)
+                entry["achieved_p95"] = percentile(achieved, 95)
         entries.append(entry)
     entries.sort(key=lambda e: -e["ratio"])
     return {"scorer": data.get("scorer"), "model": data.get("model"), "path": str(path), "ratios": entries}
-
-
-def _percentile(values: list[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default method)."""
-    v = sorted(values)
-    pos = (len(v) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
 def collect_loss(loss_log: str | os.PathLike) -> list[dict] | None:
@@ -405,7 +401,7 @@ def collect_budgets(eval_dir: Path, out_dir: Path) -> dict[str, list[dict]]:
         out.setdefault(benchmark, []).append({
             "budget": budget, **{k: data.get(k) for k in ("n", "accuracy", "avg_cot_tokens", "within_budget",
                                                           "mean_ratio")},
-            "predictions_path": _rel(pred, out_dir) if pred.is_file() else None})
+            "predictions_path": rel_link(pred, out_dir) if pred.is_file() else None})
     for rows in out.values():
         rows.sort(key=lambda r: r["budget"])
     return out
@@ -433,13 +429,14 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
         benchmarks.setdefault(r.benchmark, []).append(r.to_dict())
     compress = collect_compress(Path(compress_dir) if compress_dir else run_dir / "compress")
     if compress is not None:
-        compress["path"] = _rel(Path(compress["path"]), out_dir)
+        compress["path"] = rel_link(Path(compress["path"]), out_dir)
     loss_path = Path(loss_log) if loss_log else run_dir / "train" / LOSS_LOG
     loss = collect_loss(loss_path)
     train = None
     if loss is not None:
-        train = {"loss_log": _rel(loss_path, out_dir), "steps": len(loss),
+        train = {"loss_log": rel_link(loss_path, out_dir), "steps": len(loss),
                  "first_loss": loss[0]["loss"] if loss else None, "last_loss": loss[-1]["loss"] if loss else None}
     return {"schema_version": REPORT_SCHEMA_VERSION, "name": run_name(run_dir),
-            "run_dir": str(run_dir), "evaluate_dir": _rel(eval_dir, out_dir) if eval_dir != out_dir else ".",
-            "benchmarks": benchmarks, "budgets": collect_budgets(eval_dir, out_dir), "compress": compress, "train": train, "notes": notes}
+            "run_dir": str(run_dir), "evaluate_dir": rel_link(eval_dir, out_dir) if eval_dir != out_dir else ".",
+            "benchmarks": benchmarks, "budgets": collect_budgets(eval_dir, out_dir), "compress": compress,
+            "train": train, "notes": notes}

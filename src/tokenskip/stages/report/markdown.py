@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokenskip.stages.report.collect import MISSING, ReportRow, _bench_label, _fmt_ratio
+from tokenskip.stages.report.collect import MISSING, ReportRow, bench_label, fmt_ratio
 
 
 def _fmt(v: float | int | None, digits: int) -> str:
@@ -43,7 +43,8 @@ def render_table(rows: list[dict]) -> str:
 
 def render_budget_table(rows: list[dict]) -> str:
     """Budget mode per budget N: accuracy (%), mean CoT tokens, share of CoTs within N (%), mean γ chosen."""
-    lines = ["| Budget N (CoT tokens) | Accuracy (%) | Mean CoT tokens | Within budget (%) | Mean γ | n | Predictions |",
+    lines = ["| Budget N (CoT tokens) | Accuracy (%) | Mean CoT tokens | Within budget (%) | Mean γ | n "
+             "| Predictions |",
              "|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         acc = None if r["accuracy"] is None else 100.0 * r["accuracy"]
@@ -63,7 +64,7 @@ def render_compress_table(compress: dict) -> str:
     for e in compress["ratios"]:
         over = None if e["overshoot_share"] is None else 100.0 * e["overshoot_share"]
         band = (f"{e['achieved_p05']:.3f}–{e['achieved_p95']:.3f}" if e["achieved_p05"] is not None else MISSING)
-        lines.append(f"| {_fmt_ratio(e['ratio'])} | {MISSING if e['n'] is None else e['n']} "
+        lines.append(f"| {fmt_ratio(e['ratio'])} | {MISSING if e['n'] is None else e['n']} "
                      f"| {_fmt(e['mean_achieved_ratio'], 3)} | {_fmt(e['mean_abs_error'], 3)} "
                      f"| {_fmt(e['p95_abs_error'], 3)} | {_fmt(over, 1)} | {band} |")
     return "\n".join(lines)
@@ -91,7 +92,7 @@ def render_markdown(report: dict) -> str:
     if not report["benchmarks"]:
         out += ["No evaluation results found.", ""]
     for bench, rows in sorted(report["benchmarks"].items()):
-        out += [f"## {_bench_label(bench, rows)}", "",
+        out += [f"## {bench_label(bench, rows)}", "",
                 f"Model: {_uniq(rows, 'model')} · backend: {_uniq(rows, 'backend')} · "
                 f"dtype: {_uniq(rows, 'dtype')} · max new tokens: {_uniq(rows, 'max_new_tokens')}. "
                 "The Adapter column names the LoRA adapter each row was generated with "

@@ -6,8 +6,8 @@ import math
 import os
 from pathlib import Path
 
-from tokenskip.contract.layout import ORIGINAL
-from tokenskip.stages.report.collect import _bench_label, _fmt_ratio, _label, _method_key, _rel, read_cot_tokens
+from tokenskip.contract.layout import ORIGINAL, PLOT_RATIO_CONTROL, PLOT_TRAIN_LOSS
+from tokenskip.stages.report.collect import bench_label, fmt_ratio, method_key, read_cot_tokens, rel_link, row_label
 
 #: Fewer logged points than this and the learning-rate curve is not drawn: a cosine schedule with warmup
 #: sampled at 3 steps is a triangle whose peak is not the peak rate asked for.
@@ -28,7 +28,7 @@ def _style(row: dict) -> tuple[str, str]:
     return (style[0], style[1]) if style else ("tab:gray", "D")
 
 
-def _overlap(a, b) -> float:
+def overlap(a, b) -> float:
     """Overlap area of two display-space bounding boxes (pixels²)."""
     w = min(a.x1, b.x1) - max(a.x0, b.x0)
     h = min(a.y1, b.y1) - max(a.y0, b.y0)
@@ -68,7 +68,7 @@ def place_labels(ax, items: list[tuple[float, float, str, str]], fontsize: float
             box = t.get_window_extent(renderer)
             outside = max(0.0, frame.x0 - box.x0) + max(0.0, box.x1 - frame.x1) + \
                 max(0.0, frame.y0 - box.y0) + max(0.0, box.y1 - frame.y1)
-            cost = sum(_overlap(box, o) for o in taken) + 1000.0 * outside
+            cost = sum(overlap(box, o) for o in taken) + 1000.0 * outside
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
@@ -101,15 +101,15 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path, title: str, x: str = "
     for r in pts:
         by_method.setdefault(r["method"], []).append(r)
     labels = []
-    for method in sorted(by_method, key=lambda m: _method_key(by_method[m][0])):
+    for method in sorted(by_method, key=lambda m: method_key(by_method[m][0])):
         group = sorted(by_method[method], key=lambda r: -(r["ratio"] or 1.0))
         color, marker = _style(group[0])
         xs = [r[x] for r in group]
         ys = [100.0 * r["accuracy"] for r in group]
         ax.plot(xs, ys, marker=marker, color=color, markersize=12 if marker == "*" else 6, clip_on=False,
-                linestyle="-" if len(group) > 1 else "none", label=_label(group[0]),
+                linestyle="-" if len(group) > 1 else "none", label=row_label(group[0]),
                 zorder=2.5 if method == ORIGINAL else 2, alpha=0.9)  # the reference star stays visible
-        labels += [(x, y, f"γ={_fmt_ratio(r['ratio'])}", color) for r, x, y in zip(group, xs, ys)
+        labels += [(x, y, f"γ={fmt_ratio(r['ratio'])}", color) for r, x, y in zip(group, xs, ys)
                    if r["ratio"] is not None]
     top = min(100.0, 10.0 * math.ceil((max(100.0 * r["accuracy"] for r in pts) + 5.0) / 10.0))
     ax.set_ylim(0.0, top)
@@ -159,7 +159,7 @@ def _ratio_control_series(report: dict) -> list[tuple]:
                         and r["act_ratio"] is not None), key=lambda r: r["ratio"])
             if g:
                 color, marker = _style(g[0])
-                series.append((f"{_label(g[0])} ActRatio ({_bench_label(bench, report['benchmarks'][bench])})",
+                series.append((f"{row_label(g[0])} ActRatio ({bench_label(bench, report['benchmarks'][bench])})",
                                color, marker, [r["ratio"] for r in g], [r["act_ratio"] for r in g],
                                None, ("-", "--", ":", "-.")[b % 4]))
     return series
@@ -222,7 +222,7 @@ def plot_cot_hist(rows: list[dict], out_dir: Path, path: Path, title: str, bins:
         if (r["method"] == ORIGINAL or r.get("adapter")) and r["predictions_path"]:
             toks = read_cot_tokens(out_dir / r["predictions_path"])
             if toks:
-                label = _label(r) if r["ratio"] is None else f"{_label(r)} γ={_fmt_ratio(r['ratio'])}"
+                label = row_label(r) if r["ratio"] is None else f"{row_label(r)} γ={fmt_ratio(r['ratio'])}"
                 groups.append((label, toks, r.get("max_new_tokens"), r["method"] == ORIGINAL))
     if not groups:
         return "no cot_tokens in the predictions of the Original or TokenSkip rows"
@@ -324,10 +324,10 @@ def make_plots(report: dict, out_dir: str | os.PathLike, loss_points: list[dict]
     result: dict[str, dict] = {}
 
     def record(key: str, path: Path, reason: str | None) -> None:
-        result[key] = {"skipped": reason} if reason else {"path": _rel(path, out_dir)}
+        result[key] = {"skipped": reason} if reason else {"path": rel_link(path, out_dir)}
 
     for bench, rows in report["benchmarks"].items():
-        label = _bench_label(bench, rows)
+        label = bench_label(bench, rows)
         p = plot_dir / f"accuracy_vs_tokens_{bench}.png"
         record(f"accuracy_vs_tokens:{bench}", p, plot_accuracy_vs_tokens(rows, p, f"{label}: accuracy vs CoT length"))
         p = plot_dir / f"accuracy_vs_act_ratio_{bench}.png"
@@ -335,9 +335,9 @@ def make_plots(report: dict, out_dir: str | os.PathLike, loss_points: list[dict]
                plot_accuracy_vs_tokens(rows, p, f"{label}: accuracy vs ActRatio", x="act_ratio"))
         p = plot_dir / f"cot_tokens_hist_{bench}.png"
         record(f"cot_hist:{bench}", p, plot_cot_hist(rows, out_dir, p, f"{label}: CoT length per γ", hist_bins))
-    p = plot_dir / "ratio_control.png"
+    p = plot_dir / PLOT_RATIO_CONTROL
     record("ratio_control", p, plot_ratio_control(report, p))
-    p = plot_dir / "train_loss.png"
+    p = plot_dir / PLOT_TRAIN_LOSS
     record("train_loss", p, "no train/loss_log.jsonl" if loss_points is None
            else plot_loss(loss_points, p, train_config))
     return result

@@ -107,7 +107,8 @@ def test_serve_commands_of_issue_14(tmp_path):
             time.sleep(1)
         assert json.loads(health)["status"] == "ready"
         body = json.loads(curl(f"localhost:{port}/v1/chat/completions", "-H", "content-type: application/json", "-d",
-                               '{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"What is 2 + 3?"}],'
+                               '{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"What is 2 + '
+                               '3?"}],'
                                '"max_tokens":32,"compression_ratio":0.5}'))
         assert body["choices"][0]["message"]["content"] and body["choices"][0]["message"]["compression_ratio"] == 0.5
         assert 0 < body["usage"]["completion_tokens"] <= 32 and body["usage"]["cot_tokens"] <= 32
