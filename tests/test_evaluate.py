@@ -190,3 +190,19 @@ def test_a_new_method_is_one_class(tmp_path, tiny_model_dir):
         assert "using 50% of your words" in row["prompt"] and row["schema"] == "prediction"
     finally:
         _REGISTRY.pop("direct")
+
+
+def test_generate_and_evaluate_decide_rows_by_one_rule(tmp_path):
+    # one rule (rollout.row_settings) for both stages: --grader entered evaluate's fingerprint but not generate's
+    from tokenskip.methods import get_method
+    from tokenskip.stages.evaluate import _settings
+    from tokenskip.stages.generate import GenerateConfig, _row_settings
+
+    common = dict(model="m", benchmark="gsm8k", data="data/gsm8k/test.jsonl", grader="numeric", stop=["\n\nQ:"])
+    g = _row_settings(GenerateConfig(**common))
+    e = _settings(EvaluateConfig(**common, out=str(tmp_path)), get_method("original"), None, {})
+    assert g["grader"] == e["grader"] == "numeric" and g["stop"] == e["stop"] == ["\n\nQ:"]
+    assert (g["stage"], e["stage"]) == ("generate", "evaluate")
+    assert {k: v for k, v in g.items() if k != "stage"} == {k: e[k] for k in g if k != "stage"}
+    assert set(e) - set(g) == {"method", "ratio", "adapter"}
+    assert "grader" not in _row_settings(GenerateConfig(model="m", benchmark="gsm8k"))  # default: fingerprint kept

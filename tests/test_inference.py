@@ -103,3 +103,19 @@ def test_answer_is_typed_and_stop_strings_cut(smol_tokenizer):
     assert b.final_answer == "7" and b.cot == "w w" and b.cot_tokens == 2 and b.max_cot_tokens == 2
     with pytest.raises(ValueError, match="share temperature"):
         answer(eng, [Query(question="q"), Query(question="q", decoding=Decoding(temperature=0.5))])
+
+
+def test_cot_tokens_never_exceed_the_tokens_generated(smol_tokenizer):
+    # the CoT is a prefix of the output: re-tokenizing its text may count more (a slow serve test saw 33 CoT
+    # tokens for a 32-token reply); usage must never report more CoT tokens than were generated
+    eng = Fake(stop_after=3)
+    eng.tokenizer = smol_tokenizer
+    eng.count_tokens = len   # over-counts: characters, not tokens
+    (a,) = answer(eng, [Query(question="q", decoding=Decoding(max_tokens=3))])
+    assert a.cot == "w w w" and a.output_tokens == 3 and a.cot_tokens == 3
+    eng.count_tokens = lambda text: len(text.split())
+    (b,) = answer(eng, [Query(question="q", decoding=Decoding(max_tokens=3))])
+    assert b.cot_tokens == 3
+    eng.count_tokens = lambda text: 1   # fewer is kept as counted
+    (c,) = answer(eng, [Query(question="q", decoding=Decoding(max_tokens=3))])
+    assert c.cot_tokens == 1

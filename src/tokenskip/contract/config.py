@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -31,6 +32,61 @@ def _split_list(values, item_type):
         for part in str(v).replace(",", " ").split():
             out.append(item_type(part))
     return out
+
+
+#: the dtype names of every stage's ``dtype`` setting (``auto``: the engine's choice for the machine)
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+#: the one help text of ``dtype``, wherever a stage has it
+DTYPE_HELP = ("model dtype: float32, bfloat16, float16 or auto = bfloat16 on AMX/AVX512-BF16 CPUs and bf16 GPUs, "
+              "float16 on other GPUs, float32 otherwise (tokenskip.engines.hardware); training reads it as its "
+              "precision (float32 weights with bf16 autocast on such CPUs, bf16/fp16 mixed precision on GPUs)")
+THREADS_HELP = ("torch CPU threads: N or auto (the CPUs this process may use); default $TOKENSKIP_THREADS, "
+                "else torch's choice")
+
+
+def parse_threads(value) -> int | str | None:
+    """Validate a ``threads`` setting: ``None``, ``"auto"`` or a positive int (``"2"`` is read as 2).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"threads: expected a positive integer or 'auto', got {value!r}") from None
+    if n < 1 or isinstance(value, float) and value != n:
+        raise ValueError(f"threads: expected a positive integer or 'auto', got {value!r}")
+    return n
+
+
+
+@dataclass
+class ModelSettings:
+    """The model a stage runs and how: one vocabulary for every stage that loads a model (generate, evaluate,
+    compress, train, the lab's warm-up, serve, gamma-check), embedded by inheritance (trl's ``ModelConfig``
+    habit), so ``model``/``dtype``/``device``/``threads`` mean the same everywhere and a recipe's top-level
+    keys reach them all. A stage may override a field's default (e.g. ``model`` ``None`` where it is required).
+
+    Attributes:
+        model: alias (e.g. ``smollm2-135m-instruct``), ``.gguf`` file, local folder or Hub id.
+        dtype: one of :data:`DTYPES`; ``auto`` is resolved by :mod:`tokenskip.engines.hardware`.
+        device: torch device (``cpu``, ``cuda``, ``cuda:1``...); engines that pick their own platform
+            (vLLM) read it only to resolve ``auto``.
+        threads: torch CPU threads (:func:`parse_threads`).
+    """
+
+    model: str | None = field(default="smollm2-135m-instruct", metadata={
+        "help": "model: alias, .gguf, local folder or Hub id"})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP, "choices": list(DTYPES)})
+    device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, cuda:1...)"})
+    threads: int | str | None = field(default=None, metadata={"help": THREADS_HELP})
+
+    def __post_init__(self) -> None:
+        self.threads = parse_threads(self.threads)  # "2" from a command line -> 2, once (validate() changes nothing)
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:

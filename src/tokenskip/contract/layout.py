@@ -39,6 +39,15 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TRAIN_METRICS = "train_metrics.json"
 PROMPT_FORMAT = "prompt_format.json"
 LENGTH_MODEL = "length_model.json"
+#: The other weights file name peft may write (older peft, ``safe_serialization=False``).
+ADAPTER_WEIGHTS_BIN = "adapter_model.bin"
+#: In an adapter folder: the γ → LoRA-scale calibration (``tokenskip calibrate``,
+#: :mod:`tokenskip.finetune.calibration`); under the cache folder: the scaled copies of adapters.
+GAMMA_CALIBRATION = "gamma_calibration.json"
+SCALED_ADAPTERS = "scaled-adapters"
+#: ``tokenskip calibrate --out``: ``original/`` and one ``scale-<s>/`` folder per scale, each with
+#: ``predictions.jsonl`` + ``metrics.json``; the fitted calibration is also written there.
+CALIBRATION_SCALE_PREFIX = "scale-"
 #: A Hugging Face model folder's configuration (a downloaded or merged model).
 MODEL_CONFIG = "config.json"
 #: Beside a resumable ``<name>.jsonl``: ``<name>.state.json``, its settings fingerprint.

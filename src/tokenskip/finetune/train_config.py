@@ -29,7 +29,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from tokenskip.engines.hardware import parse_threads, resolve_dtype
+from tokenskip.contract.config import ModelSettings, parse_threads
+from tokenskip.engines.hardware import resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,9 @@ PADDING_FREE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelSettings):
     """Settings of ``tokenskip train``. Defaults: the paper's (docs/method.md step 5) except where noted."""
 
-    model: str = field(default="smollm2-135m-instruct",
-                       metadata={"help": "base model: alias, .gguf, local folder or Hub id"})
     data: str = field(default="", metadata={"help": "folder written by 'tokenskip build-sft' (train.jsonl, "
                                                     "validation.jsonl)"})
     out: str = field(default="", metadata={"help": "output folder (LoRA adapter, tokenizer, logs, checkpoints)"})
@@ -70,10 +69,6 @@ class TrainConfig:
                                                                "(paper: 0.1)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=2048, metadata={"help": "cutoff in tokens (prompt + completion; paper: 2048)"})
-    dtype: str = field(default="auto", metadata={
-        "help": "precision: auto = bf16 mixed precision on AMX/AVX512-BF16 CPUs and bf16 GPUs (bfloat16 weights "
-                "on GPU), fp16 mixed precision on other GPUs, float32 otherwise; or the base weights' dtype",
-        "choices": ["auto", "float32", "bfloat16", "float16"]})
     bf16: bool = field(default=False, metadata={"help": "force bf16 mixed precision (paper: on). On CPU = autocast: "
                                                         "faster only with AMX/AVX512-BF16, much slower on AVX2-only"})
     padding_free: bool = field(default=True, metadata={
@@ -86,16 +81,14 @@ class TrainConfig:
     save_total_limit: int = field(default=2, metadata={"help": "keep at most N checkpoints"})
     logging_steps: int = field(default=10, metadata={"help": "log the loss every N optimizer steps"})
     seed: int = field(default=42, metadata={"help": "seed of LoRA init, data order and dropout"})
-    threads: int | str | None = field(default=None, metadata={
-        "help": "torch CPU threads: N or auto (the CPUs this process may use); default $TOKENSKIP_THREADS, "
-                "else torch's choice"})
     resume: str = field(default="auto", metadata={"help": "'auto' = continue from the last checkpoint in --out "
                                                           "if any, 'never' = start over, or a checkpoint folder"})
     eval: bool = field(default=True, metadata={"help": "compute the validation loss at the end"})
     eval_max_samples: int | None = field(default=256, metadata={"help": "validation rows used for the eval loss"})
 
-    def __post_init__(self) -> None:
-        self.threads = parse_threads(self.threads)  # "2" from a command line -> 2, once (validate() changes nothing)
+    device: str = field(default="auto", metadata={
+        "help": "training device: auto = accelerate's choice (the GPUs when there are, else the CPU); cpu "
+                "forces the CPU"})
 
     def validate(self) -> None:
         if not self.data:
@@ -226,7 +219,7 @@ def sft_args(cfg: TrainConfig, output_dir: str, processes: int = 1, padding_free
         weight_decay=cfg.weight_decay,
         bf16=precision["mixed_precision"] == "bf16",
         fp16=precision["mixed_precision"] == "fp16",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=cfg.device == "cpu" or not torch.cuda.is_available(),
         gradient_checkpointing=cfg.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         max_length=None if padding_free else cfg.max_length,  # padding-free: rows are cut when tokenized

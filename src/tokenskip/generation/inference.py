@@ -75,7 +75,8 @@ class Answer:
         text: the whole generated text (CoT + answer line).
         cot: the CoT part (text before "The final answer is"; :func:`tokenskip.task.grading.split_cot`).
         final_answer: extracted answer (last ``\\boxed{}`` or "answer is" phrase), ``None`` when absent.
-        cot_tokens: tokens of ``cot`` in the model's tokenizer.
+        cot_tokens: tokens of ``cot`` in the model's tokenizer, at most ``output_tokens`` (the CoT is a prefix of
+            the output; re-tokenizing its text can count one more token at the cut).
         output_tokens: generated tokens (stop token excluded; forced answer tokens included).
         finish_reason: ``stop`` (end of turn or a stop string) or ``length`` (hit ``max_tokens``).
         latency_s: seconds of engine time for this answer (amortised over its batch).
@@ -249,7 +250,8 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
             text, finish = cut, "stop"
         cot = split_cot(text)
         out.append(Answer(text=text, cot=cot, final_answer=extract_answer(text, "math"),
-                          cot_tokens=engine.count_tokens(cot), output_tokens=g.num_tokens, finish_reason=finish,
+                          cot_tokens=min(engine.count_tokens(cot), g.num_tokens), output_tokens=g.num_tokens,
+                          finish_reason=finish,
                           latency_s=g.latency_s or wall / len(queries), ratio=r, prompt=p,
                           max_cot_tokens=q.max_cot_tokens, token_ids=list(g.token_ids)))
     return out

@@ -13,19 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tokenskip.contract.config import ModelSettings
 from tokenskip.contract.io import ResumableJsonl, file_hash, write_json_atomic
 from tokenskip.contract.layout import METRICS
 from tokenskip.contract.records import Prediction, Problem, RunMetrics
 from tokenskip.engines import BACKENDS, GenerationBackend, engine_spec
-from tokenskip.engines.hardware import DtypeChoice, parse_threads, resolve_dtype, resolve_threads
-from tokenskip.engines.models import DTYPES, WEIGHTS_DTYPE_HELP
+from tokenskip.engines.hardware import DtypeChoice, resolve_dtype, resolve_threads
 from tokenskip.task.benchmarks import GRADERS, Benchmark, get_benchmark
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class GenerationConfig:
+class GenerationConfig(ModelSettings):
     """Settings of a generation/evaluation run.
 
     Defaults follow the paper's reference code where it has one (greedy decoding; max_new_tokens 512
@@ -53,8 +53,6 @@ class GenerationConfig:
     max_new_tokens: int | None = field(default=None, metadata={"help": "cap on generated tokens (default 512 GSM8K, "
                                                                        "1024 MATH: paper)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call"})
-    dtype: str = field(default="auto", metadata={"help": WEIGHTS_DTYPE_HELP, "choices": list(DTYPES)})
-    device: str = field(default="cpu", metadata={"help": "torch device (cpu, cuda, cuda:1...)"})
     backend: str = field(default="hf", metadata={"help": "generation engine", "choices": list(BACKENDS)})
     latency_mode: str = field(default="amortized", metadata={
         "help": "amortized: batch wall time / batch size; single: each prompt decoded alone (true latency)",
@@ -64,9 +62,6 @@ class GenerationConfig:
         "help": "chat-template: the tokenizer's chat template; reference: the TokenSkip reference's hand-written "
                 "Qwen/Llama-3.1 prompt strings, byte for byte (paper recipes)",
         "choices": ["chat-template", "reference"]})
-    threads: int | str | None = field(default=None, metadata={
-        "help": "torch CPU threads: N or auto (the CPUs this process may use); default $TOKENSKIP_THREADS, "
-                "else torch's choice"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallel size (GPU)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM GPU memory fraction"})
     enforce_eager: bool = field(default=False, metadata={
@@ -94,7 +89,7 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         # the escapes typed on a command line, read once at construction (validate() changes nothing)
         self.stop = [x.replace("\\n", "\n").replace("\\t", "\t") for x in self.stop]
-        self.threads = parse_threads(self.threads)  # "2" from a command line -> 2
+        super().__post_init__()
 
     def validate(self) -> None:
         """Check the values (no disk access, no changes). Raises ``ValueError`` naming the setting."""
@@ -200,6 +195,25 @@ def summarize(rows: Sequence[dict]) -> dict:
         "sample_latency_s": lat / n,
         "tokens_per_s": toks / lat if lat > 0 else None,
     }
+
+
+def row_settings(cfg: GenerationConfig, stage: str) -> dict:
+    """The settings that decide a ``predictions.jsonl`` row, for ``generate`` and ``evaluate`` alike (the rows'
+    :class:`~tokenskip.contract.io.ResumableJsonl` fingerprint: rows written under other settings are not
+    reused). Each stage adds its own (evaluate: method, γ, adapter; generate: sampling). Settings added after
+    the first runs enter only when set away from their default, so earlier runs keep their fingerprint.
+    """
+    bench = cfg.bench
+    s = {"stage": stage, "model": cfg.model, "benchmark": bench.name, "data": cfg.data_identity(),
+         "max_new_tokens": cfg.resolved_max_new_tokens, "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend,
+         "system_prompt": cfg.system_prompt}
+    if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
+        s["stop"] = cfg.stop
+    if cfg.prompt_style != "chat-template":  # likewise
+        s["prompt_style"] = cfg.prompt_style
+    if bench.name == "custom" or cfg.grader:  # the field names and the grader decide the rows
+        s.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
+    return s
 
 
 def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: ResumableJsonl, backend: GenerationBackend,

@@ -4,10 +4,20 @@ Prompts follow the format stored next to the adapter (``prompt_format.json``, :m
 with ``--system-prompt`` / ``--marker-delimiter`` overriding it; ``--prompt-style reference`` renders that format
 with the reference's hand-written strings. ``--scale-max-new-tokens`` caps decoding at ``int(max_new_tokens × γ)``
 (the reference on MATH; ``max_new_tokens`` in the run's settings and metrics.json is that cap).
+
+γ control by a calibrated LoRA scale: when the adapter folder holds ``gamma_calibration.json`` (``tokenskip
+calibrate``, :mod:`tokenskip.finetune.calibration`), γ is reached by scaling the adapter's LoRA delta by
+``s = scale_for(γ)`` under the calibration's marker (``marker_ratio``, e.g. 0.5) instead of writing γ's own
+marker; at ``s = 0`` the model is the target itself and the prompt is the plain one (the Original run's
+equivalent, no adapter). The scale and marker enter the run's settings (fingerprint) and metrics
+(``lora_scale``, ``marker_ratio``); :meth:`TokenSkip.adapter_for` names the adapter folder each γ decodes with.
 """
 
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
+from tokenskip.contract.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GAMMA_CALIBRATION
 from tokenskip.contract.ratios import paper_grid, validate_ratio
 from tokenskip.methods import Method, register
 
@@ -25,6 +35,40 @@ def adapter_format(adapter, system_prompt, marker_delimiter):
     return resolve_prompt_format(adapter, system_prompt, marker_delimiter)
 
 
+@dataclass(frozen=True)
+class GammaControl:
+    """How a calibrated adapter reaches γ: the LoRA scale, the marker written in the prompt (``None``: the plain
+    prompt) and the adapter folder to decode with (``None``: the target model itself, at scale 0)."""
+
+    scale: float
+    marker_ratio: float | None
+    adapter: str | None
+
+
+def gamma_control(adapter: str | None, ratio: float | None) -> GammaControl | None:
+    """The :class:`GammaControl` of γ = ``ratio`` for ``adapter``; ``None`` when the adapter has no calibration
+    (then γ's own marker and the adapter as trained are used, as before). The scale is rounded to 4 decimals."""
+    if not adapter or ratio is None:
+        return None
+    folder = Path(adapter)
+    stamp = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (
+        folder / GAMMA_CALIBRATION, folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS))
+    if not stamp[0]:
+        return None
+    return _control(str(adapter), float(ratio), stamp)
+
+
+@lru_cache(maxsize=64)
+def _control(adapter: str, ratio: float, stamp: tuple) -> GammaControl:
+    from tokenskip.finetune.calibration import GammaCalibration, scaled_adapter
+
+    cal = GammaCalibration.load(adapter)
+    scale = round(cal.scale_for(ratio), 4)
+    if scale == 0:
+        return GammaControl(0.0, None, None)
+    return GammaControl(scale, cal.marker_ratio, str(scaled_adapter(adapter, scale)))
+
+
 @register
 class TokenSkip(Method):
     name, label, rank = "tokenskip", "TokenSkip", 30
@@ -33,7 +77,20 @@ class TokenSkip(Method):
     ratio_requested = True
     color, marker = "tab:blue", "o"
 
+    def adapter_for(self, cfg, key) -> str | None:
+        """The adapter folder the run at γ = ``key`` decodes with: ``--adapter``, or its copy scaled for γ when
+        it is calibrated (``None`` at scale 0: the target model itself)."""
+        ctl = gamma_control(cfg.adapter, key)
+        return cfg.adapter if ctl is None else ctl.adapter
+
     def prompt(self, tokenizer, problem, ratio, cfg):
+        ctl = gamma_control(cfg.adapter, ratio)
+        if ctl is not None and ctl.marker_ratio is None:  # scale 0: the target itself, the plain prompt
+            return super().prompt(tokenizer, problem, None, cfg)
+        return self.marker_prompt(tokenizer, problem, ratio if ctl is None else ctl.marker_ratio, cfg)
+
+    def marker_prompt(self, tokenizer, problem, ratio, cfg):
+        """The prompt with γ = ``ratio``'s marker in the adapter's format (no calibration applied)."""
         from tokenskip.generation.inference import render_prompt
 
         fmt = adapter_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter)
@@ -54,6 +111,12 @@ class TokenSkip(Method):
         if cfg.scale_max_new_tokens:  # the cap decides the rows and is the run's max_new_tokens
             plan.settings = {**plan.settings, "max_new_tokens": plan.caps, "scale_max_new_tokens": True}
             plan.metrics = lambda rows, cap=plan.caps: {"max_new_tokens": cap}
+        ctl = gamma_control(cfg.adapter, key)
+        if ctl is not None:  # the scale and marker decide the rows and are reported
+            extra = {"lora_scale": ctl.scale, "marker_ratio": ctl.marker_ratio}
+            plan.settings = {**plan.settings, **extra}
+            more = plan.metrics
+            plan.metrics = lambda rows: {**(more(rows) if more else {}), **extra}
         return plan
 
     def settings(self, cfg) -> dict:

@@ -51,10 +51,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args
+from tokenskip.contract.config import ModelSettings, add_dataclass_args, dataclass_from_args
 from tokenskip.contract.console import quiet
 from tokenskip.engines import SERVED_BACKENDS
-from tokenskip.engines.models import DTYPES, WEIGHTS_DTYPE_HELP
 from tokenskip.serving.protocol import APIError, Job, chat_response, completion_response, parse_chat, parse_completion
 from tokenskip.serving.streaming import TokenStream, sse_events
 from tokenskip.serving.worker import ServerState
@@ -63,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(ModelSettings):
     """Settings of ``tokenskip serve``."""
 
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "base model: alias, .gguf, folder or Hub id "
@@ -93,9 +92,6 @@ class ServeConfig:
     default_max_tokens: int = field(default=512, metadata={"help": "max_tokens when a request gives none"})
     merge_adapter: bool = field(default=False, metadata={"help": "merge the adapter into the weights (faster; then "
                                                                  "only the adapter is served)"})
-    dtype: str = field(default="auto", metadata={"help": WEIGHTS_DTYPE_HELP, "choices": list(DTYPES)})
-    device: str = field(default="cpu", metadata={"help": "torch device"})
-    threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--upstream: environment variable with the "
                                                                          "upstream API key"})
     max_in_flight: int = field(default=16, metadata={"help": "--upstream: requests in flight to the upstream at most, "

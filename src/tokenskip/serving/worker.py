@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from tokenskip.contract.layout import LENGTH_MODEL
 from tokenskip.engines import PROXY_BACKEND, engine_spec, get_backend
+from tokenskip.engines.hardware import resolve_threads
 from tokenskip.engines.models import configure_threads
 from tokenskip.generation.inference import answer
 from tokenskip.generation.length_model import load_length_model
@@ -108,7 +109,8 @@ class ServerState:
         """The engine of ``--backend`` with the weights (and the adapter) loaded here."""
         cfg = self.cfg
         kw = dict(model=cfg.model, dtype=cfg.dtype, device=cfg.device, batch_size=cfg.max_batch_size,
-                  adapter=cfg.adapter, merge_adapter=cfg.merge_adapter, show_progress=False, threads=cfg.threads)
+                  adapter=cfg.adapter, merge_adapter=cfg.merge_adapter, show_progress=False,
+                  threads=resolve_threads(cfg.threads))
         # engine options given on the command line (the help names the engine that reads them)
         kw.update({k: v for k, v in (("enforce_eager", cfg.enforce_eager), ("max_model_len", cfg.max_model_len))
                    if v})

@@ -32,13 +32,12 @@ from pathlib import Path
 
 from tokenskip.compress import PROTECT_KINDS, SCORERS, answer_numbers_kept, compress_batch, count_tokens, get_scorer
 from tokenskip.compress.stats import summarize
-from tokenskip.contract.config import to_dict
+from tokenskip.contract.config import ModelSettings, to_dict
 from tokenskip.contract.console import progress
 from tokenskip.contract.io import DataError, ResumableJsonl, file_hash, iter_jsonl, write_json_atomic
 from tokenskip.contract.layout import COMPRESS_SUMMARY, SOURCE, compressed_file
 from tokenskip.contract.ratios import paper_grid, validate_ratios
 from tokenskip.contract.records import CompressedCot, SourceCot
-from tokenskip.engines.hardware import parse_threads
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ COT_SOURCES = ("self", "gold", "predictions")
 
 
 @dataclass
-class CompressConfig:
+class CompressConfig(ModelSettings):
     """Settings of the compress stage. Defaults follow the paper (ratios 0.9…0.5, CoTs ≤ 500 tokens)."""
 
     out: str = field(default="", metadata={"help": "output folder"})
@@ -74,13 +73,6 @@ class CompressConfig:
                 "classifier, default microsoft/llmlingua-2-xlm-roberta-large-meetingbank)"})
     batch_size: int = field(default=8, metadata={"help": "texts (windows) per scorer forward pass"})
     seed: int = field(default=42, metadata={"help": "seed of the random scorer"})
-    threads: int | str | None = field(default=None, metadata={
-        "help": "torch CPU threads: N or auto (the CPUs this process may use); default $TOKENSKIP_THREADS, "
-                "else torch's choice"})
-    device: str = field(default="cpu", metadata={"help": "torch device of the scorer model"})
-    dtype: str = field(default="auto", metadata={
-        "help": "scorer model dtype; auto = bfloat16 on AMX/AVX512-BF16 CPUs and bf16 GPUs, float32 otherwise",
-        "choices": ["auto", "float32", "bfloat16", "float16"]})
     keep_newlines: bool = field(default=True, metadata={"help": "keep line breaks where words were dropped"})
     protect: bool = field(default=True, metadata={"help": "always keep protected spans (see --protect-kinds)"})
     # Default: the answer line's numbers, \boxed{} and LaTeX commands are always kept; other numbers and
@@ -110,7 +102,7 @@ class CompressConfig:
     OVERSHOOT_WARN_SHARE = 0.05
 
     def __post_init__(self) -> None:
-        self.threads = parse_threads(self.threads)  # "2" from a command line -> 2, once (validate() changes nothing)
+        super().__post_init__()
 
     def validate(self) -> None:
         if not self.out:

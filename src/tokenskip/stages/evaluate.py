@@ -46,7 +46,7 @@ from tokenskip.contract.ratios import format_ratio, paper_grid, validate_ratios
 from tokenskip.contract.records import Prediction, act_ratio
 from tokenskip.engines import GenerationBackend, engine_spec, get_backend
 from tokenskip.engines.models import configure_threads
-from tokenskip.generation.rollout import GenerationConfig, print_metrics, run_rows, write_metrics
+from tokenskip.generation.rollout import GenerationConfig, print_metrics, row_settings, run_rows, write_metrics
 from tokenskip.methods import Method, get_method, method_names
 from tokenskip.task.data import load_problems
 from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER, warn_default_system
@@ -133,19 +133,10 @@ def _read_predictions(path: Path) -> dict[str, dict]:
 
 
 def _settings(cfg: EvaluateConfig, method: Method, ratio: float | None, extra: dict) -> dict:
-    """What decides a run's rows (its ``predictions.state.json`` fingerprint)."""
-    bench = cfg.bench
-    s = {"stage": "evaluate", "method": method.name, "ratio": ratio, "model": cfg.model,
-         "adapter": adapter_hash(cfg.adapter) if method.uses_adapter else None,
-         "benchmark": bench.name, "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
-         "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
-    if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
-        s["stop"] = cfg.stop
-    if cfg.prompt_style != "chat-template":  # likewise
-        s["prompt_style"] = cfg.prompt_style
-    if bench.name == "custom" or cfg.grader:
-        s.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
-    return {**s, **extra}
+    """What decides a run's rows (its ``predictions.state.json`` fingerprint): the rule shared with generate
+    (:func:`~tokenskip.generation.rollout.row_settings`) plus the method, γ and adapter."""
+    return {**row_settings(cfg, "evaluate"), "method": method.name, "ratio": ratio,
+            "adapter": adapter_hash(cfg.adapter) if method.uses_adapter else None, **extra}
 
 
 def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, problems, rows, more=None) -> dict:
@@ -191,24 +182,7 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     configure_threads(cfg.threads)
     bench = cfg.bench
     problems = load_problems(bench, cfg.data, cfg.split, cfg.limit, cfg.offset)
-    owned: list[GenerationBackend] = []
-    with_adapter: GenerationBackend | None = None   # loaded once, for every γ of the method
-
-    def backend_for(m: Method) -> GenerationBackend:
-        nonlocal backend, with_adapter
-        if m.uses_adapter:
-            if backend is not None and backend.capabilities.adapters_per_request:
-                return backend   # an engine started with LoRA serves the adapter per request
-            if with_adapter is None:
-                with_adapter = get_backend(cfg.backend, **cfg.backend_kwargs(adapter=cfg.adapter,
-                                                                               merge_adapter=cfg.merge_adapter))
-                owned.append(with_adapter)
-            return with_adapter
-        if backend is None:
-            backend = get_backend(cfg.backend, **cfg.backend_kwargs())
-            owned.append(backend)
-        return backend
-
+    backend_for = _Engines(cfg, backend)
     results = []
     try:
         original = None
@@ -218,24 +192,58 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
         for key in method.runs(cfg):
             results.append(_run_one(cfg, method, key, problems, backend_for, original))
     finally:
-        for b in owned:
-            b.close()
+        backend_for.close()
     if method.name != ORIGINAL and not original_predictions(Path(cfg.out) / bench.name).exists():
         logger.warning("no original run under %s: act_ratio stays null until one exists "
                        "(tokenskip evaluate --method original --out %s); the report fills it in", cfg.out, cfg.out)
     return results
 
 
+class _Engines:
+    """The engines of one :func:`run_evaluate` call, picked per run by the adapter folder it decodes with
+    (``None``: the base model; ``backend``: the caller's engine, if any). An engine started with LoRA serves every
+    adapter per request; otherwise each distinct adapter folder gets one engine load (runs sharing a folder come
+    one after another: every γ of an uncalibrated adapter, the γ of a calibrated one that map to one scale), and
+    the previous adapter engine is closed first."""
+
+    def __init__(self, cfg: EvaluateConfig, backend: GenerationBackend | None):
+        self.cfg, self.backend = cfg, backend
+        self.owned: list[GenerationBackend] = []
+        self.with_adapter: dict[str, GenerationBackend] = {}
+
+    def __call__(self, adapter: str | None) -> GenerationBackend:
+        cfg = self.cfg
+        if adapter is not None:
+            if self.backend is not None and self.backend.capabilities.adapters_per_request:
+                return self.backend   # an engine started with LoRA serves the adapter per request
+            if adapter not in self.with_adapter:
+                for old in self.with_adapter.values():
+                    old.close()
+                    self.owned.remove(old)
+                self.with_adapter = {adapter: get_backend(cfg.backend, **cfg.backend_kwargs(
+                    adapter=adapter, merge_adapter=cfg.merge_adapter))}
+                self.owned.append(self.with_adapter[adapter])
+            return self.with_adapter[adapter]
+        if self.backend is None:
+            self.backend = get_backend(cfg.backend, **cfg.backend_kwargs())
+            self.owned.append(self.backend)
+        return self.backend
+
+    def close(self) -> None:
+        for b in self.owned:
+            b.close()
+
+
 def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
              original: dict[str, dict] | None = None) -> dict:
     """One run of a method (its γ, or its budget N): the method's plan, resumable generation, metrics."""
-    b = backend_for(method)
+    adapter = _run_adapter(cfg, method, key)
+    b = backend_for(adapter)
     if method.name == ORIGINAL:
         warn_default_system(b.tokenizer, cfg.prompt_style, cfg.system_prompt, logger)
     d = method.folder(cfg.out, cfg.bench.name, key)
     ratio = method.ratio_of(key)
     plan = method.plan(b.tokenizer, problems, key, cfg, original)
-    adapter = cfg.adapter if method.uses_adapter else None
     settings = _settings(cfg, method, ratio, plan.settings)
     if original is not None:  # rows depend on which original run they cut
         from tokenskip.contract.io import read_json
@@ -250,6 +258,16 @@ def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
                         desc=f"{cfg.bench.name} {method.describe(key)}")
     m = write_metrics(d, rows, _metrics_extra(cfg, method, ratio, problems, rows, plan.metrics))
     return m | {"_dir": str(d)}
+
+
+def _run_adapter(cfg: EvaluateConfig, method: Method, key) -> str | None:
+    """The adapter folder run ``key`` decodes with: the method's choice when it makes one per run (a calibrated
+    TokenSkip adapter: its copy scaled for γ, or none at scale 0, :mod:`tokenskip.methods.tokenskip`), else
+    ``--adapter`` for an adapter method and none for the others."""
+    if not method.uses_adapter:
+        return None
+    pick = getattr(method, "adapter_for", None)
+    return cfg.adapter if pick is None else pick(cfg, key)
 
 
 def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:

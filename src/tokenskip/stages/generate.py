@@ -34,6 +34,7 @@ from tokenskip.generation.rollout import (
     GenerationConfig,
     metrics_line,
     print_metrics,
+    row_settings,
     run_rows,
     write_metrics,
 )
@@ -83,21 +84,11 @@ class GenerateConfig(GenerationConfig):
 
 
 def _row_settings(cfg: GenerateConfig) -> dict:
-    """The settings that decide a ``predictions.jsonl`` row (its :class:`~tokenskip.contract.io.ResumableJsonl`
-    fingerprint: rows written under other settings are not reused). Settings added after the first runs
-    enter only when set away from their default, so earlier runs keep their fingerprint."""
-    bench = cfg.bench
-    settings = {"stage": "generate", "model": cfg.model, "benchmark": bench.name,
-                "data": cfg.data_identity(), "max_new_tokens": cfg.resolved_max_new_tokens,
-                "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend, "system_prompt": cfg.system_prompt}
-    if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
-        settings["stop"] = cfg.stop
-    if cfg.prompt_style != "chat-template":  # likewise
-        settings["prompt_style"] = cfg.prompt_style
-    if cfg.sampling:  # likewise: greedy runs keep their fingerprint
+    """:func:`~tokenskip.generation.rollout.row_settings` plus the sampling settings (only when sampling, so
+    greedy runs keep their fingerprint)."""
+    settings = row_settings(cfg, "generate")
+    if cfg.sampling:
         settings.update(samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
-    if bench.name == "custom":  # the field names and grader decide the rows
-        settings.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
     return settings
 
 
