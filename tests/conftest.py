@@ -93,3 +93,4 @@ def minilm_dir() -> Path | None:
         return None
     d = Path(list(spec.submodule_search_locations)[0]) / "model"
     return d if (d / "config.json").exists() else None
+

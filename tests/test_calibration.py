@@ -165,9 +165,6 @@ def test_evaluate_with_a_calibrated_adapter(tmp_path, tiny_model_dir, adapter_di
     assert ms[2]["act_ratio"] == 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="metrics.json is written through RunMetrics (contract/records.py), which "
-                                       "keeps only its declared fields: it needs lora_scale and marker_ratio "
-                                       "(float | None, OMIT_IF_NONE); remove this mark when they are added")
 def test_calibrated_metrics_record_the_scale(tmp_path, tiny_model_dir, adapter_dir):
     from tokenskip.stages.evaluate import run_dir, run_evaluate
 
@@ -198,7 +195,7 @@ def test_calibrate_command_fits_and_stores_the_calibration(tmp_path, tiny_model_
     out = tmp_path / "cal"
     assert main(["calibrate", "--model", tiny_model_dir, "--adapter", adapter_dir, "--benchmark", "gsm8k",
                  "--data", str(need_data(GSM8K_TEST)), "--limit", "3", "--max-new-tokens", "16", "--batch-size", "2",
-                 "--scales", "0.5", "1.0", "--marker-ratio", "0.5", "--out", str(out), "-q"]) == 0
+                 "--scales", "0.5", "1.0", "--marker-ratio", "0.5", "--out", str(out)]) == 0
     cal = GammaCalibration.load(adapter_dir)
     assert cal is not None and cal == GammaCalibration.load(out) and cal.n == 3 and cal.marker_ratio == 0.5
     assert [p[0] for p in cal.points] == [0.0, 0.5, 1.0] and cal.points[0][1] == 1.0

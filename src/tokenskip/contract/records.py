@@ -287,12 +287,14 @@ class RunMetrics(Record):
             (tokens), the share of CoTs within it, the mean γ chosen and the length model's fit figures.
         truncation: truncation method only: ``plain-cap`` (the paper's baseline) or ``force-answer``
             (``--force-answer``: the answer line appended after the cap; the report labels it so).
+        lora_scale / marker_ratio: a calibrated TokenSkip adapter only: the LoRA scale γ was decoded with and
+            the γ marker written in the prompt (:mod:`tokenskip.finetune.calibration`).
         max_new_tokens: the resolved cap on generated tokens; ids: problem ids in the run; settings: the
             run's settings.
     """
 
     SCHEMA: ClassVar[str] = "run_metrics"
-    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("truncation",)
+    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("truncation", "lora_scale", "marker_ratio")
 
     n: int
     accuracy: float | None = None
@@ -326,6 +328,8 @@ class RunMetrics(Record):
     mean_ratio: float | None = None
     length_model_metrics: dict | None = None
     truncation: str | None = None
+    lora_scale: float | None = None
+    marker_ratio: float | None = None
     settings: dict = field(default_factory=dict)
     ids: list = field(default_factory=list)
 

@@ -137,6 +137,7 @@ class GammaCalibration:
         points: ``[scale, ActRatio, accuracy]`` per measured scale (ActRatio against the target model's CoTs on
             the same questions; scale 0 is the target itself, ActRatio 1.0).
         split: where it was measured (``validation``); n: questions; machine: free text (CPU/GPU, dtype, engine).
+        extra: anything else a writer wants to keep with it (free JSON object).
     """
 
     marker_ratio: float

@@ -83,6 +83,11 @@ class Method:
         """The γ recorded in the run's metrics (default: the key itself)."""
         return key
 
+    def adapter_for(self, cfg, key) -> str | None:
+        """The adapter folder run ``key`` decodes with: ``cfg.adapter`` for an adapter method, else none (a method
+        may pick one per run: a calibrated TokenSkip adapter's copy scaled for γ)."""
+        return cfg.adapter if self.uses_adapter else None
+
     def describe(self, key) -> str:
         """Short run label for progress bars and console lines (``tokenskip γ=0.5``)."""
         return self.name if key is None else f"{self.name} γ={format_ratio(key)}"

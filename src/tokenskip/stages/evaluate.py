@@ -264,10 +264,7 @@ def _run_adapter(cfg: EvaluateConfig, method: Method, key) -> str | None:
     """The adapter folder run ``key`` decodes with: the method's choice when it makes one per run (a calibrated
     TokenSkip adapter: its copy scaled for γ, or none at scale 0, :mod:`tokenskip.methods.tokenskip`), else
     ``--adapter`` for an adapter method and none for the others."""
-    if not method.uses_adapter:
-        return None
-    pick = getattr(method, "adapter_for", None)
-    return cfg.adapter if pick is None else pick(cfg, key)
+    return method.adapter_for(cfg, key)
 
 
 def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
