@@ -89,3 +89,26 @@ def test_recipes_without_lab_stages_do_not_list_them(tmp_path):
     assert not any(w in " ".join(lines) for w in ("lab_data", "warmup", "merge"))
     assert all("merge" not in p.inputs for p in plans)
     assert [p.name for p in plans] == ["generate", "compress", "build_sft", "train", "evaluate", "report"]
+
+
+def test_calibrated_lab_recipe_wires_the_calibrate_stage(tmp_path):
+    recipe = load_recipe(REPO / "recipes" / "lab-smollm2-legs-calibrated.yaml", [f"run_dir={tmp_path}"])
+    run, p = plans_by_name(recipe)
+    assert list(p) == ["lab_data", "warmup", "merge", "generate", "compress", "build_sft", "train", "calibrate",
+                       "evaluate", "report"]
+    cal = p["calibrate"].configs[0]
+    # the target model (not the base), the trained adapter, the lab's validation split (never test)
+    assert cal.model == str(run / "merge") and cal.adapter == str(run / "train")
+    assert cal.data == str(run / "lab_data" / "validation.jsonl") and cal.limit == 100
+    assert p["calibrate"].inputs == {"merge": p["merge"].fingerprint, "train": p["train"].fingerprint,
+                                     "lab_data": p["lab_data"].fingerprint}
+    assert p["build_sft"].configs[0].ratios == [1.0, 0.5]
+    # evaluate's TokenSkip runs follow the calibration: a new calibration re-plans evaluate
+    assert p["evaluate"].inputs["calibrate"] == p["calibrate"].fingerprint
+    _, p2 = plans_by_name(load_recipe(REPO / "recipes" / "lab-smollm2-legs-calibrated.yaml",
+                                      [f"run_dir={tmp_path}", "stages.calibrate.scales=[0.5, 1.0]"]))
+    assert p2["calibrate"].fingerprint != p["calibrate"].fingerprint
+    assert p2["evaluate"].fingerprint != p["evaluate"].fingerprint and p2["train"].fingerprint == p["train"].fingerprint
+    # the recipe without calibrate plans no such stage and evaluate's inputs are as before
+    _, plain = plans_by_name(load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}"]))
+    assert "calibrate" not in plain and "calibrate" not in plain["evaluate"].inputs

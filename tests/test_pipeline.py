@@ -52,7 +52,9 @@ def test_shipped_recipes_parse_and_plan(tmp_path):
         run, plans = plan(recipe)
         assert run == tmp_path / recipe["name"]
         lab = ["lab_data", "warmup", "merge"] if "lab_data" in recipe["stages"] else []
-        assert [p.name for p in plans] == lab + ["generate", "compress", "build_sft", "train", "evaluate", "report"]
+        calibrate = ["calibrate"] if "calibrate" in recipe["stages"] else []
+        assert [p.name for p in plans] == lab + ["generate", "compress", "build_sft", "train", *calibrate, "evaluate",
+                                                 "report"]
         enabled = {p.name for p in plans if p.enabled}
         assert {"compress", "build_sft", "train", "evaluate", "report"} <= enabled
         methods = {c.method for p in plans if p.name == "evaluate" for c in p.configs}

@@ -1,5 +1,5 @@
 """``tokenskip`` command line: one subcommand per pipeline stage (from :mod:`tokenskip.stages`), ``run``, and
-the commands that are not stages (``serve``, ``lab-targets``, ``gamma-check``, ``calibrate``, ``fit-length``).
+the commands that are not stages (``serve``, ``lab-targets``, ``gamma-check``, ``fit-length``).
 
 A stage's command is derived from its config class: one flag per field
 (:func:`tokenskip.contract.config.add_dataclass_args`), the config built from the flags typed, the stage's
@@ -29,8 +29,6 @@ COMMANDS.update({
     "gamma-check": ("tokenskip.lab.gamma_check", "does an adapter prefer the γ-compressed CoT when asked for γ? "
                                                  "(losses)"),
     "fit-length": ("tokenskip.generation.length_model", "fit the CoT length model of budget mode on original CoTs"),
-    "calibrate": ("tokenskip.lab.calibrate", "fit the γ → LoRA-scale calibration of a TokenSkip adapter on a "
-                                             "validation split (stored with the adapter)"),
     "lab-targets": ("tokenskip.lab.targets",
                     "check a CPU-lab run's report against the lab's targets (PASS/FAIL lines)"),
     "serve": ("tokenskip.serving.app", "OpenAI-compatible HTTP server for a model/adapter (γ or a token budget per "

@@ -20,13 +20,11 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenskip.contract.config import add_dataclass_args, dataclass_from_args
 from tokenskip.contract.console import say
 from tokenskip.contract.io import ResumableJsonl, write_json_atomic
 from tokenskip.contract.layout import CALIBRATION_SCALE_PREFIX, GAMMA_CALIBRATION, ORIGINAL, PREDICTIONS, adapter_hash
@@ -187,12 +185,3 @@ def _show(cal: GammaCalibration, table, cfg: CalibrateConfig) -> None:
         say(f"{s:>6.2f} {act:>9.3f} {100 * acc:>8.1f}% {cot:>11.1f}")
     say("γ → scale: " + ", ".join(f"{format_ratio(g)} → {cal.scale_for(g):.3f}" for g in paper_grid()))
     say(f"    -> {Path(cfg.adapter) / GAMMA_CALIBRATION if cfg.save else Path(cfg.out) / GAMMA_CALIBRATION}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_args(parser, CalibrateConfig)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    run_calibrate(dataclass_from_args(CalibrateConfig, args))
-    return 0

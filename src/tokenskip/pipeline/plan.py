@@ -102,7 +102,7 @@ class _Planner:
     def single(self, stage: Stage) -> StagePlan:
         """A stage with one config: recipe section + inherited keys + wired paths."""
         cls = stage.config_cls
-        sec = with_inherited(self.recipe if stage.lab else self.target, cls, self.section(stage))
+        sec = with_inherited(self.recipe if stage.base_model else self.target, cls, self.section(stage))
         self.wired(stage, sec)
         if stage.name in ADJUST:
             ADJUST[stage.name](self, sec)
@@ -130,8 +130,10 @@ class _Planner:
             if cfg.data:
                 data_hashes[cfg.data] = self.data_input(cfg.data)
         uses_adapter = any(c.method_obj.uses_adapter for c in cfgs)
-        return StagePlan(stage.name, True, {"runs": [to_dict(c) for c in cfgs]}, cfgs,
-                         {"train": self.upstream.get("train") if uses_adapter else None, "data": data_hashes})
+        inputs = {"train": self.upstream.get("train") if uses_adapter else None, "data": data_hashes}
+        if uses_adapter and "calibrate" in self.upstream:   # the adapter's calibration decides its γ runs
+            inputs["calibrate"] = self.upstream["calibrate"]
+        return StagePlan(stage.name, True, {"runs": [to_dict(c) for c in cfgs]}, cfgs, inputs)
 
     def report(self, stage: Stage) -> StagePlan:
         """The report: reads the whole run folder, so every upstream fingerprint is its input."""

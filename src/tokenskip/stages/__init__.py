@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenskip.contract.layout import LAB_TEST, LAB_TRAIN, MODEL_CONFIG
+from tokenskip.contract.layout import LAB_TEST, LAB_TRAIN, LAB_VALIDATION, MODEL_CONFIG
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class Stage:
         data_input: the ``data`` field's file (hash, or the lab split's stage) enters the fingerprint.
         makes_model: its folder is the model of every later non-lab stage (the lab's merged target).
         shape: ``single`` (one config), ``grid`` (evaluate: benchmarks × methods) or ``report``.
+        base_model: runs on the recipe's own ``model`` even when a stage before it ``makes_model`` (the lab's
+            warm-up and merge make the target from the base model); the others run on the target.
         cli_runner: the function ``tokenskip <command>`` runs on the one config it builds (default: ``runner``);
             the module may define ``show(cfg, result)`` to print what the command reports.
     """
@@ -77,6 +79,7 @@ class Stage:
     makes_model: bool = False
     shape: str = "single"
     cli_runner: str = ""
+    base_model: bool = False
 
     def load(self):
         return importlib.import_module(self.module)
@@ -100,13 +103,13 @@ _LAB_TRAIN = Wire("data", "lab_data", LAB_TRAIN, only_if_planned=True)
 
 STAGES: tuple[Stage, ...] = (
     Stage("lab_data", "lab-data", "tokenskip.lab.data", "LabDataConfig", "run_lab_data", "lab_data",
-          "write the CPU lab's seeded train/validation/test problems (reasoning-gym)", lab=True),
+          "write the CPU lab's seeded train/validation/test problems (reasoning-gym)", lab=True, base_model=True),
     Stage("warmup", "warmup", "tokenskip.lab.warmup", "WarmupConfig", "run_warmup", "warmup",
           "fine-tune the base model on the lab's worked solutions (LoRA)", lab=True,
-          wires=(Wire("data", "lab_data"),), inputs=("lab_data",)),
+          wires=(Wire("data", "lab_data"),), inputs=("lab_data",), base_model=True),
     Stage("merge", "merge", "tokenskip.lab.merge", "MergeConfig", "run_merge", "merge",
           "merge a LoRA adapter into its base model (full model folder)", lab=True,
-          wires=(Wire("adapter", "warmup", "adapter"),), inputs=("warmup",), makes_model=True),
+          wires=(Wire("adapter", "warmup", "adapter"),), inputs=("warmup",), makes_model=True, base_model=True),
     Stage("generate", "generate", "tokenskip.stages.generate", "GenerateConfig", "run_generate", "generate",
           "write CoTs of the target model for a split (e.g. GSM8K train)", keeps_rows=True,
           wires=(_LAB_TRAIN,), data_input=True),
@@ -118,6 +121,11 @@ STAGES: tuple[Stage, ...] = (
           wires=(Wire("compressed", "compress"), _LAB_TRAIN), inputs=("compress",), data_input=True),
     Stage("train", "train", "tokenskip.stages.train", "TrainConfig", "run_train", "train",
           "LoRA fine-tune the target model on the SFT data", wires=(Wire("data", "build_sft"),), inputs=("build_sft",)),
+    Stage("calibrate", "calibrate", "tokenskip.lab.calibrate", "CalibrateConfig", "run_calibrate", "calibrate",
+          "fit the γ → LoRA-scale calibration of a TokenSkip adapter on validation questions (stored with the "
+          "adapter)", lab=True, wires=(Wire("adapter", "train"), Wire("data", "lab_data", LAB_VALIDATION,
+                                                                          only_if_planned=True)),
+          inputs=("merge", "train", "lab_data")),
     Stage("evaluate", "evaluate", "tokenskip.stages.evaluate", "EvaluateConfig", "run_evaluations", "evaluate",
           "evaluate a method (original/prompt/truncation/tokenskip/budget) on a test split", keeps_rows=True,
           cli_runner="run_evaluate",
