@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 
@@ -91,3 +93,21 @@ def test_json_writers_never_write_nan(tmp_path):
         w.append({"id": "a", "x": float("-inf")})
     assert read_jsonl(tmp_path / "p.jsonl") == []
     assert [finite_or_none(v) for v in (float("nan"), float("inf"), 0.5, 3, None)] == [None, None, 0.5, 3, None]
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
+    # issue 26 item 9: files written atomically were 0600 (mkstemp) while the same files appended to were 0644
+    from tokenskip.contract.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "metrics.json", {"n": 1})
+        write_jsonl_atomic(tmp_path / "rows.jsonl", [{"id": "a"}])
+        write_text_atomic(tmp_path / "report.md", "x")
+        with open(tmp_path / "appended.jsonl", "w") as f:   # what a plain open gives, the reference
+            f.write("{}\n")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["metrics.json", "rows.jsonl", "report.md", "appended.jsonl"], mode)

@@ -34,12 +34,22 @@ class DataError(TokenskipError, ValueError):
         super().__init__(f"{where}: {what}{problem}")
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader never sees a half-written file (temp file + rename)."""
+    """Write ``text`` to ``path`` so a reader never sees a half-written file (temp file + rename). The file gets
+    the mode a plain ``open(path, "w")`` would give (0666 minus the umask), not ``mkstemp``'s private 0600, so
+    results stay readable to the rest of a shared machine or cluster as appended files are."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())   # mkstemp makes 0600; a plain open() would give 0666 & ~umask
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tokenskip.contract.io import write_json_atomic
+from tokenskip.contract.io import current_umask, write_json_atomic
 from tokenskip.contract.layout import MERGE_CONFIG, find_adapter
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def merge_adapter(model: str, adapter: str | Path, out: str | Path, save_dtype: 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: the folder is shared like any other
     try:
         net.save_pretrained(tmp)             # weights, config.json, generation_config.json
         tok.padding_side = "left"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenskip.contract.config import DTYPES
+from tokenskip.contract.io import current_umask
 from tokenskip.contract.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def materialize(name: str) -> str:
         fresh.tie_weights()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: the folder is shared like any other
     try:
         fresh.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -175,10 +175,14 @@ def _ready(state: ServerState) -> None:
 
 
 async def _body_of(request):
+    """The request's JSON body; 400 for one that is not JSON or nests deeper than the parser's recursion limit
+    (``[[[…]]]`` 1,000 deep: Python's parser raises ``RecursionError``, which would otherwise be a 500)."""
     try:
         return json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise APIError(400, "the request body nests too deeply to parse") from None
 
 
 async def _run_future(fut):
