@@ -22,7 +22,7 @@ def test_flags_lists_and_booleans():
 def test_recipe_dicts_are_checked():
     with pytest.raises(ValueError, match=r"recipe: unknown setting\(s\) \['ratio'\]"):
         dataclass_from_dict(EvaluateConfig, {"model": "m", "ratio": 0.5}, "recipe")
-    with pytest.raises(ValueError, match="limit: expected int"):
+    with pytest.raises(ValueError, match="limit: expected an integer"):
         dataclass_from_dict(EvaluateConfig, {"model": "m", "limit": "many"})
     assert dataclass_from_dict(EvaluateConfig, {"model": "m", "ratios": "0.7, 0.5"}).ratios == [0.7, 0.5]
 

@@ -1,5 +1,8 @@
 """The whole pipeline on a tiny random model: plan, skip, rerun what changed, resume after a kill."""
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,13 +185,16 @@ def test_recipe_without_sft_ratios_skips_every_stage_on_its_second_run(tmp_path,
 
 def test_dry_run_names_unknown_keys_in_every_section(tmp_path, tiny_model_dir):
     path = write_recipe(tmp_path, tiny_model_dir)
-    cases = {"modle=x": r"top level: unknown setting\(s\) \['modle'\]",
-             "stages.report.hist_bin=3": r"stages\.report: unknown setting\(s\) \['hist_bin'\]",
-             "stages.generate.max_new_token=3": r"stages\.generate: unknown setting\(s\) \['max_new_token'\]",
-             "stages.compress.ratio=[0.5]": r"stages\.compress: unknown setting\(s\) \['ratio'\]",
-             "stages.build_sft.seeds=1": r"stages\.build_sft: unknown setting\(s\) \['seeds'\]",
-             "stages.evaluate.answer_max_token=3": r"stages\.evaluate: unknown setting\(s\) \['answer_max_token'\]",
-             "stages.report.plots=maybe": r"stages\.report: plots: expected a boolean"}
+    # each names the setting by its full path, as given on the command line
+    cases = {"modle=x": r"--set modle: unknown setting\(s\) \['modle'\]",
+             "stages.report.hist_bin=3": r"--set stages\.report\.hist_bin: unknown setting\(s\) \['hist_bin'\]",
+             "stages.generate.max_new_token=3": r"--set stages\.generate\.max_new_token: unknown setting\(s\) "
+                                                r"\['max_new_token'\]",
+             "stages.compress.ratio=[0.5]": r"--set stages\.compress\.ratio: unknown setting\(s\) \['ratio'\]",
+             "stages.build_sft.seeds=1": r"--set stages\.build_sft\.seeds: unknown setting\(s\) \['seeds'\]",
+             "stages.evaluate.answer_max_token=3": r"--set stages\.evaluate\.answer_max_token: unknown setting\(s\) "
+                                                   r"\['answer_max_token'\]",
+             "stages.report.plots=maybe": r"--set stages\.report\.plots: expected true or false, got 'maybe'"}
     for override, message in cases.items():
         with pytest.raises(RecipeError, match=message):
             run_pipeline(load_recipe(path, [override]), dry_run=True, echo=lambda s: None)
@@ -230,8 +236,47 @@ def test_custom_benchmark_in_a_recipe_is_planned_and_checked(tmp_path, tiny_mode
     run, plans = plan(load_recipe(path))
     (ev,) = [p for p in plans if p.name == "evaluate"]
     assert {(c.bench.name, c.bench.grader, c.question_field) for c in ev.configs} == {("custom", "numeric", "problem")}
-    with pytest.raises(RecipeError, match=r"stages\.evaluate: unknown setting\(s\) \['grade'\]"):
+    with pytest.raises(RecipeError, match=r"tiny\.yaml:\d+: stages\.evaluate\.grade: unknown setting\(s\) \['grade'\]"):
         plan(load_recipe(write_recipe(tmp_path, tiny_model_dir, benchmarks=[{**bench, "grade": "numeric"}])))
     no_grader = {k: v for k, v in bench.items() if k != "grader"}
     with pytest.raises(RecipeError, match="custom needs --grader"):
         plan(load_recipe(write_recipe(tmp_path, tiny_model_dir, benchmarks=[no_grader])))
+
+
+BAD_EDITS = [   # (what the user typed in the demo recipe, the one line it must give); issue 26 item 8
+    ("    limit: 200\n", "\tlimit: 200\n", r"demo.yaml:33:1: invalid YAML: found character '\\t' .*not tabs\)$"),
+    ("    limit: 200\n    scorer", "    limit: 10.5\n    scorer",
+     r"demo.yaml:33: stages.compress.limit: expected an integer, got 10.5$"),
+    ("    limit: 200\n    scorer", "    limit: true\n    scorer",
+     r"demo.yaml:33: stages.compress.limit: expected an integer, got True$"),
+    ("    limit: 200\n    scorer", "    limit: -3\n    scorer",
+     r"demo.yaml:33: stages.compress.limit: --limit must be >= 0, got -3$"),
+    ("    ratios: [0.9, 0.8, 0.7, 0.6, 0.5]", "    ratios: [1.5]",
+     r"demo.yaml:35: stages.compress.ratios: compression ratio γ must be in \(0, 1\], got 1.5$"),
+    ("    epochs: 1\n", "    epochs: true\n", r"demo.yaml:46: stages.train.epochs: expected a number, got True$"),
+    ("    group_by_length: true\n", "    group_by_length: 1\n",
+     r"demo.yaml:54: stages.train.group_by_length: expected true or false, got 1$"),
+    ("    lr: 3.0e-4\n", "    lr: [0.1]\n", r"demo.yaml:47: stages.train.lr: expected a number, got \[0.1\]$"),
+    ("    epochs: 1\n", "    epochs: 1\n    learning_rate: 0.1\n",
+     r"demo.yaml:47: stages.train.learning_rate: unknown setting\(s\) \['learning_rate'\]"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "error"), BAD_EDITS, ids=[f"edit{i}" for i in range(len(BAD_EDITS))])
+def test_recipe_errors_are_one_line_naming_file_line_and_setting(tmp_path, old, new, error):
+
+    text = (REPO / "recipes" / "demo-smollm2-gsm8k.yaml").read_text()
+    assert old in text
+    bad = tmp_path / "demo.yaml"
+    bad.write_text(text.replace(old, new, 1))
+    with pytest.raises(RecipeError, match=error):
+        plan(load_recipe(bad, [f"run_dir={tmp_path}"]))
+    err = subprocess.run([sys.executable, "-m", "tokenskip.cli", "run", str(bad), "--dry-run"], capture_output=True,
+                         text=True, cwd=REPO).stderr.strip().splitlines()
+    assert len(err) == 1 and re.search(error, err[0]), err
+
+
+def test_a_setting_given_with_set_is_named_without_a_line(tmp_path):
+    with pytest.raises(RecipeError, match=r"demo-smollm2-gsm8k.yaml: --set stages.compress.limit: expected an integer"):
+        plan(load_recipe(REPO / "recipes" / "demo-smollm2-gsm8k.yaml",
+                         [f"run_dir={tmp_path}", "stages.compress.limit=10.5"]))

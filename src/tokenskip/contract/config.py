@@ -125,6 +125,24 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
             parser.add_argument(flag, type=tp if tp in (int, float, str) else str, **kw)
 
 
+class ConfigError(ValueError):
+    """A setting that does not fit its config: ``field`` names it (``None`` for an error about the whole config)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def _field_of(message: str, names: set[str]) -> str | None:
+    """The setting a ``validate()`` message is about: the first ``--flag`` it names that is a field."""
+    import re
+
+    for flag in re.findall(r"--([a-z][a-z0-9-]*)", message):
+        if flag.replace("-", "_") in names:
+            return flag.replace("-", "_")
+    return None
+
+
 def _coerce(value: Any, tp, name: str, split: bool = True) -> Any:
     tp, optional = _unwrap_optional(tp)
     if value is None:
@@ -139,27 +157,50 @@ def _coerce(value: Any, tp, name: str, split: bool = True) -> Any:
         except ValueError:
             raise ValueError(f"{name}: expected a list of {item.__name__}, got {value!r}") from None
     if tp is bool:
+        if isinstance(value, bool):
+            return value
         if isinstance(value, str):
             if value.lower() in ("1", "true", "yes", "on"):
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(f"{name}: expected a boolean, got {value!r}")
-        return bool(value)
-    if tp in (int, float, str):
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        # no silent coercion: a recipe's `limit: 10.5` or `epochs: true` is an error, not 10 or 1.0 (a command
+        # line's "10" is text and is read as 10)
+        if isinstance(value, bool) or isinstance(value, (list, dict)):
+            raise ValueError(f"{name}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
         try:
-            return tp(value)
+            number = float(value) if tp is float else _integer(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected {tp.__name__}, got {value!r}") from None
+            raise ValueError(f"{name}: expected {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+        return number
+    if tp is str:
+        if isinstance(value, (list, dict, bool)):
+            raise ValueError(f"{name}: expected text, got {value!r}")
+        return str(value)
     return value
+
+
+def _integer(value) -> int:
+    """``value`` as an int when it is one exactly (``3``, ``"3"``, ``3.0``); ``ValueError`` otherwise (``10.5``)."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise ValueError(value)
+    return int(str(value).strip())
 
 
 def dataclass_from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build ``cls`` from a dict (a recipe section), checking names and types.
 
     Raises:
-        ValueError: an unknown key (with the valid ones listed) or a value of the wrong type;
-            ``where`` (e.g. ``"recipe.yaml: train"``) prefixes the message.
+        ConfigError (a ``ValueError``): an unknown key (with the valid ones listed), a value of the wrong type
+            (no silent coercion: ``10.5`` for an int, ``true`` for a number), or a value the config's
+            ``validate()`` refuses; ``where`` (e.g. ``"recipe.yaml: train"``) prefixes the message and ``.field``
+            names the setting.
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -167,17 +208,37 @@ def dataclass_from_dict(cls: type[T], data: dict, where: str = "") -> T:
     unknown = sorted(set(data) - names)
     prefix = f"{where}: " if where else ""
     if unknown:
-        raise ValueError(f"{prefix}unknown setting(s) {unknown}; valid: {sorted(names)}")
+        raise ConfigError(f"{prefix}unknown setting(s) {unknown}; valid: {sorted(names)}", unknown[0])
     kwargs = {}
     for k, v in data.items():
         try:
             kwargs[k] = _coerce(v, hints[k], k, split=fields[k].metadata.get("split", True))
         except ValueError as e:
-            raise ValueError(prefix + str(e)) from None
-    obj = cls(**kwargs)
-    if hasattr(obj, "validate"):  # checks values only; it never reads the disk or changes the object
-        obj.validate()
+            raise ConfigError(prefix + str(e), k) from None
+    try:
+        obj = cls(**kwargs)
+        if hasattr(obj, "validate"):  # checks values only; it never reads the disk or changes the object
+            obj.validate()
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(prefix + str(e), _field_of(str(e), names) or _culprit(cls, kwargs)) from None
     return obj
+
+
+def _culprit(cls: type, kwargs: dict) -> str | None:
+    """The one given setting that ``validate()`` refuses: the key whose default, put back alone, makes the config
+    valid (``None`` when no single key does, e.g. two settings that only clash together)."""
+    found = []
+    for key in kwargs:
+        try:
+            obj = cls(**{k: v for k, v in kwargs.items() if k != key})
+            if hasattr(obj, "validate"):
+                obj.validate()
+        except (TypeError, ValueError):
+            continue
+        found.append(key)
+    return found[0] if len(found) == 1 else None
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:

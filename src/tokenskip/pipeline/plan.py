@@ -46,6 +46,7 @@ class _Planner:
 
     def __init__(self, recipe: dict | Recipe):
         self.src = recipe.get("_path", "recipe") if isinstance(recipe, dict) else "recipe"
+        self.lines = recipe.get("_lines", {}) if isinstance(recipe, dict) else {}   # setting path -> its line
         self.recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
         self.target = self.recipe          # the recipe as later stages see it (model = the lab's merged target)
         self.run = Path(self.recipe.run_dir) / self.recipe.name
@@ -106,7 +107,7 @@ class _Planner:
         self.wired(stage, sec)
         if stage.name in ADJUST:
             ADJUST[stage.name](self, sec)
-        cfg = build_config(cls, sec, f"{self.src}: stages.{stage.name}")
+        cfg = build_config(cls, sec, f"{self.src}: stages.{stage.name}", self.lines)
         return StagePlan(stage.name, True, settings_of(cfg), [cfg], self.inputs(stage, sec))
 
     def grid(self, stage: Stage) -> StagePlan:
@@ -125,7 +126,7 @@ class _Planner:
                     raise RecipeError(f"{where} has method {d['method']} but no adapter: enable "
                                       "the train stage or set the method's adapter path")
                 d["adapter"] = str(self.out["train"])  # the adapter folder is found in it when evaluate runs
-            cfg = build_config(cls, d, where)
+            cfg = build_config(cls, d, where, self.lines)
             cfgs.append(cfg)
             if cfg.data:
                 data_hashes[cfg.data] = self.data_input(cfg.data)
@@ -138,7 +139,8 @@ class _Planner:
     def report(self, stage: Stage) -> StagePlan:
         """The report: reads the whole run folder, so every upstream fingerprint is its input."""
         sec = self.section(stage)
-        cfg = build_config(stage.config_cls, {"run_dir": str(self.run), **sec}, f"{self.src}: stages.{stage.name}")
+        cfg = build_config(stage.config_cls, {"run_dir": str(self.run), **sec}, f"{self.src}: stages.{stage.name}",
+                           self.lines)
         return StagePlan(stage.name, True, sec, [cfg], dict(self.upstream))
 
 

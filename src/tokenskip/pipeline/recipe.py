@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tokenskip.contract.config import dataclass_from_dict, to_dict
+from tokenskip.contract.config import ConfigError, dataclass_from_dict, to_dict
 from tokenskip.contract.io import file_hash
 from tokenskip.errors import TokenskipError
 from tokenskip.stages import NAMES as STAGES
@@ -79,12 +79,8 @@ class Recipe:
             RecipeError: an unknown top-level key (named), a value of the wrong type, no name or stages.
         """
         src = data.get("_path", "recipe")
-        try:
-            return dataclass_from_dict(cls, {k: v for k, v in data.items() if not k.startswith("_")},
-                                       f"{src}: top level")
-        except (TypeError, ValueError) as e:
-            msg = str(e)
-            raise RecipeError(msg if msg.startswith(str(src)) else f"{src}: {msg}") from None
+        fields = {k: v for k, v in data.items() if not k.startswith("_")}
+        return build_config(cls, fields, f"{src}: top level", data.get("_lines"))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
@@ -97,10 +93,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
             stage, bad override.
     """
     path = Path(path)
+    text = path.read_text(encoding="utf-8")
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: invalid YAML: {e}") from None
+        recipe = yaml.safe_load(text)
+        lines = yaml_lines(text) if isinstance(recipe, dict) else {}
+    except yaml.YAMLError as e:   # one line: file, line, column and the problem (a tab, a bad indent...)
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        hint = " (YAML indents with spaces, not tabs)" if "\\t" in problem or "\t" in problem else ""
+        raise RecipeError(f"{where}: invalid YAML: {problem}{hint}") from None
     if not isinstance(recipe, dict):
         raise RecipeError(f"{path}: expected a mapping at the top level")
     for ov in overrides or []:
@@ -114,7 +116,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
             if not isinstance(node, dict):
                 raise RecipeError(f"--set {key}: {p!r} is not a mapping")
         node[parts[-1]] = yaml.safe_load(value)
+        lines[key] = "--set"   # the value is no longer the file's
     recipe["_path"] = str(path)
+    recipe["_lines"] = lines
     Recipe.from_dict(recipe)
     return recipe
 
@@ -144,11 +148,53 @@ def settings_of(cfg) -> dict:
     return out
 
 
-def build_config(cls, data: dict, where: str):
+def build_config(cls, data: dict, where: str, lines: dict[str, int | str] | None = None):
+    """``cls`` from a recipe section; a bad setting is a :class:`RecipeError` of one line,
+    ``<file>:<line>: stages.<stage>.<setting>: <what is wrong>`` (see :func:`recipe_error`).
+
+    ``where`` is ``"<file>: <section path>"``; ``lines`` maps setting paths to their line in the file
+    (:func:`yaml_lines`), or to ``"--set"`` for a setting given on the command line.
+    """
     try:
-        return dataclass_from_dict(cls, data, where)
+        return dataclass_from_dict(cls, data)
+    except ConfigError as e:
+        raise RecipeError(recipe_error(where, e, lines or {})) from None
     except (TypeError, ValueError) as e:
-        raise RecipeError(str(e)) from None
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def recipe_error(where: str, e: ConfigError, lines: dict[str, int | str]) -> str:
+    """One line naming the file, the line and the setting: ``recipe.yaml:33: stages.compress.limit: expected an
+    integer, got 10.5`` (the section's own line when the setting has none in the file, e.g. a default that a
+    ``validate()`` refuses in combination)."""
+    src, _, section = where.partition(": ")
+    key = f"{section}.{e.field}" if e.field and section != "top level" else (e.field or section)
+    msg = str(e)
+    if e.field and msg.startswith(f"{e.field}: "):
+        msg = msg[len(e.field) + 2:]
+    line = lines.get(key) or lines.get(section)
+    if line == "--set":
+        return f"{src}: --set {key}: {msg}"
+    return f"{src}:{line}: {key}: {msg}" if line else f"{src}: {key}: {msg}"
+
+
+def yaml_lines(text: str) -> dict[str, int]:
+    """Every key path of a YAML mapping (``stages.compress.limit``) -> its 1-based line; list items of mappings
+    (``stages.evaluate.methods[0].method``) too."""
+    out: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                path = f"{prefix}.{k.value}" if prefix else str(k.value)
+                out[path] = k.start_mark.line + 1
+                walk(v, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, f"{prefix}[{i}]")
+
+    walk(yaml.compose(text), "")
+    return out
 
 
 def without_runtime(obj: Any) -> Any:

@@ -125,9 +125,10 @@ class CompressConfig(ModelSettings):
         if self.compat == "reference" and self.scorer != "llmlingua2":
             raise ValueError("--compat reference compresses with LLMLingua-2: use --scorer llmlingua2 (got "
                              f"{self.scorer!r})")
-        if self.max_cot_tokens <= 0 or self.batch_size <= 0 or self.offset < 0 or (
-                self.limit is not None and self.limit < 0):
-            raise ValueError("max_cot_tokens and batch_size must be > 0, offset and limit >= 0")
+        for name, value, low in (("max_cot_tokens", self.max_cot_tokens, 1), ("batch_size", self.batch_size, 1),
+                                 ("offset", self.offset, 0), ("limit", self.limit, 0)):
+            if value is not None and value < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
     def input_fields(self) -> tuple[str, ...]:
         """The path settings this config reads (for the pipeline's input check)."""
