@@ -85,6 +85,9 @@ def test_plan_ratio():
     assert plan_ratio(Query(question="q", ratio=0.7), fmt) == 0.7
     assert plan_ratio(Query(messages=[{"role": "user", "content": "q2"}], max_cot_tokens=9), fmt, LM()) == ("q2", 9,
                                                                                                             0.6, 1.0)
+    with pytest.raises(ValueError, match=r"below the adapter's trained range \[0\.6, 1\.0\]"):
+        plan_ratio(Query(question="q", ratio=1e-7), fmt)
+    assert plan_ratio(Query(question="q", ratio=0.6), fmt) == 0.6   # the edge of the range is in it
     for q, msg in ((Query(question="q", ratio=0.5, max_cot_tokens=3), "not both"),
                    (Query(question="q", ratio=1.2), r"\(0, 1\]"), (Query(question="q", max_cot_tokens=0), ">= 1"),
                    (Query(question="q", max_cot_tokens=5), "length model")):

@@ -238,6 +238,9 @@ BAD = [
     ({**GOOD, "compression_ratio": 0}, "compression_ratio"),
     ({**GOOD, "compression_ratio": -0.5}, "compression_ratio"),
     ({**GOOD, "compression_ratio": "half"}, "compression_ratio"),
+    # below the adapter's trained range (its marker would read "0.0"): issue 26 item 6
+    ({**GOOD, "compression_ratio": 1e-7}, "compression_ratio"),
+    ({**GOOD, "compression_ratio": 0.3}, "compression_ratio"),
     ({**GOOD, "compression_ratio": 0.5, "max_cot_tokens": 32}, "compression_ratio"),
     ({**GOOD, "messages": []}, "messages"),
     ({k: v for k, v in GOOD.items() if k != "messages"}, "messages"),

@@ -147,7 +147,9 @@ def plan_ratio(query: Query, fmt: PromptFormat, length_model=None) -> float:
     """The γ of a query: its ``ratio``, or the budget's γ from ``length_model``, or 1.0.
 
     Raises:
-        ValueError: both γ and a budget, γ outside (0, 1], a budget < 1, or a budget without a length model.
+        ValueError: both γ and a budget, γ outside (0, 1] or below the adapter's trained range (the smallest γ of
+            ``fmt.ratios``: a request is refused, not clipped, so the γ asked for is the γ decoded), a budget < 1,
+            or a budget without a length model.
     """
     if query.ratio is not None and query.max_cot_tokens is not None:
         raise ValueError("give compression_ratio or max_cot_tokens, not both")
@@ -159,7 +161,13 @@ def plan_ratio(query: Query, fmt: PromptFormat, length_model=None) -> float:
             raise ValueError("max_cot_tokens needs a length model (serve/evaluate --length-model)")
         q = query.question if query.question is not None else question_of(query.messages or [])
         return length_model.ratio_for(q, query.max_cot_tokens, fmt.min_ratio, max(fmt.ratios))
-    return 1.0 if query.ratio is None else validate_ratio(query.ratio)
+    if query.ratio is None:
+        return 1.0
+    ratio = validate_ratio(query.ratio)
+    if ratio < fmt.min_ratio:   # e.g. 1e-7: below every γ the adapter learned (its marker would read "0.0")
+        raise ValueError(f"compression_ratio {query.ratio!r} is below the adapter's trained range "
+                         f"[{fmt.min_ratio}, 1.0] (its prompt_format.json ratios)")
+    return ratio
 
 
 def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_caps: Sequence[int | None],

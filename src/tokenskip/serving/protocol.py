@@ -156,7 +156,7 @@ def parse_chat(body, state: ServerState) -> tuple[Job, bool, bool]:
     try:
         plan_ratio(query, state.fmt, state.length_model)
     except ValueError as e:
-        raise APIError(400, str(e)) from None
+        raise APIError(400, str(e), "compression_ratio" if "compression_ratio" in str(e) else None) from None
     return Job("chat", model, query=query, decoding=dec), bool(body.get("stream")), bool(body.get("return_prompt"))
 
 
