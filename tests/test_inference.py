@@ -122,3 +122,24 @@ def test_cot_tokens_never_exceed_the_tokens_generated(smol_tokenizer):
     eng.count_tokens = lambda text: 1   # fewer is kept as counted
     (c,) = answer(eng, [Query(question="q", decoding=Decoding(max_tokens=3))])
     assert c.cot_tokens == 1
+
+
+def test_served_budget_respects_max_tokens_and_forces_only_when_the_budget_cut():
+    # issue 26 item 1 (the server: caps are max_tokens, limit_total): FORCE_ANSWER is 5 "tokens" for Fake
+    prefix = len(FORCE_ANSWER.split())
+    eng = Fake(stop_after=10)
+    (g,) = generate_capped(eng, ["A"], [4], [8], limit_total=True)       # max_tokens ended the CoT: no forcing
+    assert len(eng.calls) == 1 and g.num_tokens == 4 and FORCE_ANSWER not in g.text
+    eng = Fake(stop_after=10)
+    (g,) = generate_capped(eng, ["A"], [16], [10 ** 9], limit_total=True)   # a budget never reached
+    assert len(eng.calls) == 1 and g.num_tokens == 10 and g.finish_reason == "stop"
+    eng = Fake(stop_after=10)
+    (g,) = generate_capped(eng, ["A"], [24], [4], limit_total=True)      # the budget cut: forced, within 24
+    assert eng.calls[1][1] == [min(24, 24 - 4 - prefix)]
+    assert g.text == "w w w w" + FORCE_ANSWER + "7}$" and g.num_tokens == 4 + prefix + 1 <= 24
+    eng = Fake(stop_after=10)
+    (g,) = generate_capped(eng, ["A"], [6], [4], limit_total=True)       # no room left for the answer line
+    assert len(eng.calls) == 1 and g.num_tokens == 4 and g.finish_reason == "length"
+    eng = Fake(stop_after=10)
+    (g,) = generate_capped(eng, ["A"], [4], [4])                         # evaluate's methods: answer on top
+    assert eng.calls[1][1] == [24] and g.num_tokens == 6

@@ -299,12 +299,24 @@ def test_budget_request_picks_gamma_and_caps_the_cot(client, length_model_path):
                                            max_tokens=64, extra_body={"max_cot_tokens": budget})
         msg = r.choices[0].message
         assert msg.compression_ratio == lm.ratio_for(q, budget, 0.5, 1.0) and msg.max_cot_tokens == budget
-        assert r.usage.completion_tokens <= budget + 24  # CoT at most N, then the forced answer line
+        # CoT at most N, then the forced answer line (its prefix counted: it is part of the reply), within max_tokens
+        assert r.usage.completion_tokens <= 64
     assert lm.ratio_for(q, 4, 0.5, 1.0) == 0.5 and lm.ratio_for(q, 1000, 0.5, 1.0) == 1.0
     tight = client.chat.completions.create(model="ts-adapter", messages=[{"role": "user", "content": q}],
                                            max_tokens=64, extra_body={"max_cot_tokens": 4})
     text = tight.choices[0].message.content
     assert "The final answer is: $\\boxed{" in text or tight.usage.completion_tokens <= 4
+
+
+
+@pytest.mark.parametrize(("max_tokens", "budget"), [(4, 8), (1, 1), (16, 10 ** 9), (16, 4), (24, 4)])
+def test_budget_requests_respect_max_tokens(client, max_tokens, budget):
+    # issue 26 item 1: {"max_tokens":4,"max_cot_tokens":8} returned 28 tokens and (1, 1) returned 5
+    q = questions(1)[0]
+    r = client.chat.completions.create(model="ts-adapter", messages=[{"role": "user", "content": q}],
+                                       max_tokens=max_tokens, extra_body={"max_cot_tokens": budget})
+    assert r.usage.completion_tokens <= max_tokens and r.usage.cot_tokens <= max_tokens
+    assert r.choices[0].message.content is not None
 
 
 def test_32_concurrent_requests_all_complete_batched(server, client):

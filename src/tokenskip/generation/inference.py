@@ -171,15 +171,22 @@ def plan_ratio(query: Query, fmt: PromptFormat, length_model=None) -> float:
 
 
 def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_caps: Sequence[int | None],
-                    answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None, **sampling) -> list[Generation]:
+                    answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None, limit_total: bool = False,
+                    **sampling) -> list[Generation]:
     """Generations of ``prompts``; where ``cot_caps[i]`` is set, decode at most that many tokens and, if the
     turn did not end, force the answer line (:data:`FORCE_ANSWER` + at most ``answer_max_tokens`` tokens).
 
     ``caps`` bound the rest. A forced answer adds its tokens to ``num_tokens`` and its time to ``latency_s``;
     ``token_ids`` keep the first pass's ids only (greedy: the prefix of the uncapped run). Extra keyword arguments
-    (``temperature``, ``top_p``) go to the engine only when
-    sampling (greedy engines such as vLLM's need none). ``on_tokens(i, ids)`` is handed to the first pass of an
-    engine that streams (``engine.capabilities.streaming``); others ignore it.
+    (``temperature``, ``top_p``) go to the engine only when sampling (greedy engines such as vLLM's need none).
+    ``on_tokens(i, ids)`` is handed to the first pass of an engine that streams (``engine.capabilities.streaming``);
+    others ignore it.
+
+    ``limit_total`` (the server: ``caps`` are the requests' ``max_tokens``): ``caps[i]`` bounds the whole reply,
+    forced answer line included (its prefix counted in ``num_tokens``); the answer is forced only where the CoT
+    budget, not ``max_tokens``, ended the first pass, gets at most what ``max_tokens`` leaves, and stops after the
+    boxed answer's closing brace. Without it (evaluate's budget and truncation methods) the caps are CoT caps and
+    the answer line comes on top, as the paper's baselines run.
     """
     kw = dict(sampling) if sampling.get("temperature") else {}
     if on_tokens is not None and engine.capabilities.streaming:
@@ -187,17 +194,23 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     first_caps = [min(c, b) if b is not None else c for c, b in zip(caps, cot_caps)]
     first = engine.generate(list(prompts), first_caps, **kw)
     kw.pop("on_tokens", None)
-    need = [i for i, g in enumerate(first) if cot_caps[i] is not None and g.finish_reason != "stop"]
+    prefix = engine.count_tokens(FORCE_ANSWER) if limit_total else 0
+    allow = {i: answer_max_tokens if not limit_total else min(answer_max_tokens, caps[i] - g.num_tokens - prefix)
+             for i, g in enumerate(first) if cot_caps[i] is not None and g.finish_reason != "stop"
+             and (not limit_total or cot_caps[i] < caps[i])}   # served: only where the budget cut the CoT
+    need = [i for i, n in allow.items() if n > 0]
     if not need:
         return first
-    forced = engine.generate([prompts[i] + first[i].text + FORCE_ANSWER for i in need],
-                             [answer_max_tokens] * len(need), **kw)
+    forced = engine.generate([prompts[i] + first[i].text + FORCE_ANSWER for i in need], [allow[i] for i in need], **kw)
     out = list(first)
     for i, f in zip(need, forced):
-        g = first[i]
-        text = g.text + FORCE_ANSWER + f.text + ("" if "}" in f.text else "}")
+        g, answer, n = first[i], f.text, f.num_tokens
+        if limit_total and "}" in answer:   # the reply ends with the boxed answer, not what the model adds after it
+            answer = answer[:answer.index("}") + 1] + ("$" if answer[answer.index("}") + 1:].startswith("$") else "")
+            n = min(n, engine.count_tokens(answer))
+        text = g.text + FORCE_ANSWER + answer + ("" if "}" in answer else "}")
         # token_ids stay the CoT's own (decoded) ids: the forced line was not generated after them
-        out[i] = Generation(text, g.num_tokens + f.num_tokens, g.latency_s + f.latency_s, g.finish_reason,
+        out[i] = Generation(text, g.num_tokens + prefix + n, g.latency_s + f.latency_s, g.finish_reason,
                             list(g.token_ids))
     return out
 
@@ -248,7 +261,7 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
     t0 = time.perf_counter()
     gens = generate_capped(engine, prompts, [q.decoding.max_tokens for q in queries],
                            [q.max_cot_tokens for q in queries], answer_max_tokens, on_tokens=on_tokens,
-                           temperature=temperature, top_p=top_p)
+                           limit_total=True, temperature=temperature, top_p=top_p)
     wall = time.perf_counter() - t0
     out = []
     for q, r, p, g in zip(queries, ratios, prompts, gens):
