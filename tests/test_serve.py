@@ -172,9 +172,14 @@ def test_streaming_yields_the_same_text(client):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content and len(chunks) > 3
     last = chunks[-1]
-    assert last.choices[0].finish_reason == full.choices[0].finish_reason
-    assert last.usage.cot_tokens == full.usage.cot_tokens
+    assert last.choices[0].finish_reason == full.choices[0].finish_reason and last.usage is None  # not asked for
     assert last.choices[0].delta.compression_ratio == 0.7
+    # issue 26 item 4: stream_options.include_usage -> the usage in a final chunk with empty choices
+    asked = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    assert asked[-1].choices == [] and asked[-1].usage.cot_tokens == full.usage.cot_tokens
+    assert asked[-1].usage.completion_tokens == full.usage.completion_tokens
+    assert [c.usage for c in asked[:-1]] == [None] * (len(asked) - 1)
+    assert "".join(c.choices[0].delta.content or "" for c in asked if c.choices) == text
 
 
 def test_streaming_sends_text_while_the_batch_decodes(server, monkeypatch):
@@ -240,6 +245,17 @@ BAD = [
     ({**GOOD, "compression_ratio": "half"}, "compression_ratio"),
     # below the adapter's trained range (its marker would read "0.0"): issue 26 item 6
     ({**GOOD, "compression_ratio": 1e-7}, "compression_ratio"),
+    # OpenAI parameters the server does not honour: a 400 naming each, not silently ignored (issue 26 item 4)
+    ({**GOOD, "logprobs": True}, "logprobs"),
+    ({**GOOD, "top_logprobs": 3}, "top_logprobs"),
+    ({**GOOD, "presence_penalty": 0.5}, "presence_penalty"),
+    ({**GOOD, "frequency_penalty": -1}, "frequency_penalty"),
+    ({**GOOD, "logit_bias": {"50256": -100}}, "logit_bias"),
+    ({**GOOD, "response_format": {"type": "json_object"}}, "response_format"),
+    ({**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({**GOOD, "temperature": 1.0, "seed": 7}, "seed"),
+    ({**GOOD, "stream_options": {"include_usage": True}}, "stream_options"),
+    ({**GOOD, "stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options"),
     ({**GOOD, "compression_ratio": 0.3}, "compression_ratio"),
     ({**GOOD, "compression_ratio": 0.5, "max_cot_tokens": 32}, "compression_ratio"),
     ({**GOOD, "messages": []}, "messages"),
@@ -455,3 +471,11 @@ def test_engine_failure_is_a_500_json_and_the_server_goes_on(server, monkeypatch
     assert r.status_code == 500 and "simulated engine fault" in r.json()["error"]["message"]
     ok = httpx.post(server.url + "/v1/chat/completions", json=GOOD, timeout=60)
     assert ok.status_code == 200 and len(calls) == 2
+
+
+def test_neutral_values_of_unhonoured_parameters_are_accepted(server):
+    # what clients send by default must not fail: logprobs false, zero penalties, text format, a seed when greedy
+    body = {**GOOD, "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {},
+            "response_format": {"type": "text"}, "seed": 7, "temperature": 0, "stream_options": None}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None

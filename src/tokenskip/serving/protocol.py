@@ -45,9 +45,44 @@ class Job:
     decoding: Decoding = field(default_factory=Decoding)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     on_tokens: object = None       # streaming: called from the engine thread with each step's new token ids
+    include_usage: bool = False    # streaming: a final chunk with the usage and no choices (stream_options)
 
 
 # ------------------------------------------------------------------------------------------- request parsing
+
+#: OpenAI parameters this server does not honour yet, with the values that ask for nothing (accepted): any
+#: other value is a 400 naming the parameter, never silently ignored (docs/serving.md lists each parameter)
+NOT_HONOURED: dict[str, tuple] = {
+    "logprobs": (None, False), "top_logprobs": (None, 0), "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}), "response_format": (None, {"type": "text"}),
+    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+    "parallel_tool_calls": (None,), "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,),
+}
+
+
+def _refuse_unhonoured(body: dict, temperature: float) -> None:
+    """400 for a parameter the engines do not honour here (see :data:`NOT_HONOURED`); ``seed`` only matters when
+    sampling, and sampling is not seeded per request yet."""
+    for name, neutral in NOT_HONOURED.items():
+        if name in body and body[name] not in neutral:
+            raise APIError(400, f"'{name}' is not supported by this server (docs/serving.md lists the OpenAI "
+                                f"parameters it honours)", name, "unsupported_parameter")
+    if body.get("seed") is not None and temperature > 0:
+        raise APIError(400, "'seed' is not honoured when sampling (temperature > 0): requests are not seeded one "
+                            "by one yet; use temperature 0 for reproducible output", "seed", "unsupported_parameter")
+
+
+def _stream_options(body: dict) -> bool:
+    """``stream_options.include_usage`` (only with ``stream: true``, as OpenAI's API)."""
+    opts = body.get("stream_options")
+    if opts is None:
+        return False
+    if not isinstance(opts, dict) or not set(opts) <= {"include_usage"} \
+            or not isinstance(opts.get("include_usage", False), bool):
+        raise APIError(400, "'stream_options' must be an object {\"include_usage\": true|false}", "stream_options")
+    if not body.get("stream"):
+        raise APIError(400, "'stream_options' is only allowed with 'stream': true", "stream_options")
+    return opts.get("include_usage", False)
 
 def _number(body: dict, name: str, default, lo: float, hi: float, lo_open: bool = False):
     v = body.get(name, default)
@@ -140,6 +175,7 @@ def parse_chat(body, state: ServerState) -> tuple[Job, bool, bool]:
     max_tokens = _int(body, "max_tokens", None) or _int(body, "max_completion_tokens", None) \
         or state.cfg.default_max_tokens
     dec = _decoding(body, max_tokens, state)
+    _refuse_unhonoured(body, dec.temperature)
     ratio = body.get("compression_ratio")
     if ratio is not None:
         ratio = _number(body, "compression_ratio", None, 0.0, 1.0, lo_open=True)
@@ -157,7 +193,8 @@ def parse_chat(body, state: ServerState) -> tuple[Job, bool, bool]:
         plan_ratio(query, state.fmt, state.length_model)
     except ValueError as e:
         raise APIError(400, str(e), "compression_ratio" if "compression_ratio" in str(e) else None) from None
-    return Job("chat", model, query=query, decoding=dec), bool(body.get("stream")), bool(body.get("return_prompt"))
+    job = Job("chat", model, query=query, decoding=dec, include_usage=_stream_options(body))
+    return job, bool(body.get("stream")), bool(body.get("return_prompt"))
 
 
 def parse_completion(body, state: ServerState) -> Job:
@@ -175,6 +212,7 @@ def parse_completion(body, state: ServerState) -> Job:
     if body.get("stream"):
         raise APIError(400, "stream is not supported on /v1/completions", "stream")
     dec = _decoding(body, _int(body, "max_tokens", 16), state)
+    _refuse_unhonoured(body, dec.temperature)
     return Job("raw", model, prompt=prompt, decoding=dec)
 
 

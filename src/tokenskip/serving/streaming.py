@@ -103,7 +103,9 @@ def _sse_tail(job: Job, a, state: ServerState, return_prompt: bool, sent: str, c
     for piece in text_pieces(state.tokenizer, rest):
         yield chunk({"content": piece})
     last = {k: v for k, v in full["choices"][0]["message"].items() if k not in ("role", "content")}
-    yield chunk(last, a.finish_reason, usage=full["usage"])
+    yield chunk(last, a.finish_reason)
+    if job.include_usage:   # OpenAI's stream shape: the usage in a last chunk whose choices are empty
+        yield "data: " + json.dumps({**json.loads(chunk({})[6:]), "choices": [], "usage": full["usage"]}) + "\n\n"
     yield "data: [DONE]\n\n"
 
 
