@@ -99,7 +99,8 @@ def test_answer_is_typed_and_stop_strings_cut(smol_tokenizer):
     eng = Fake(stop_after=3)
     eng.tokenizer = smol_tokenizer
     (a,) = answer(eng, [Query(question="What is 3 + 4?", ratio=0.5, decoding=Decoding(max_tokens=8, stop=("w w",)))])
-    assert a.text == "" and a.finish_reason == "stop" and a.ratio == 0.5 and a.output_tokens == 3
+    # the usage counts what is returned (issue 26 item 3: 32-48 tokens were reported for a 15-token reply)
+    assert a.text == "" and a.finish_reason == "stop" and a.ratio == 0.5 and a.output_tokens == 0
     assert a.prompt.endswith("<|eot_id|>0.5<|eot_id|><|im_end|>\n<|im_start|>assistant\n")
     (b,) = answer(eng, [Query(question="q", max_cot_tokens=2)], length_model=type("LM", (), {
         "ratio_for": lambda self, q, n, lo, hi: 0.5})())
@@ -143,3 +144,20 @@ def test_served_budget_respects_max_tokens_and_forces_only_when_the_budget_cut()
     eng = Fake(stop_after=10)
     (g,) = generate_capped(eng, ["A"], [4], [4])                         # evaluate's methods: answer on top
     assert eng.calls[1][1] == [24] and g.num_tokens == 6
+
+
+def test_a_stop_string_cuts_the_token_count_on_the_generated_ids(smol_tokenizer):
+    reply = "3 + 4 = 7, so the answer is 7.\n\nUser: and 5 + 5?"
+    ids = smol_tokenizer(reply, add_special_tokens=False)["input_ids"]
+
+    class Real(Fake):
+        def generate(self, prompts, caps, **kw):
+            return [Generation(reply, len(ids), 1.0, "length", list(ids)) for _ in prompts]
+
+    eng = Real(stop_after=0)
+    eng.tokenizer = smol_tokenizer
+    (a,) = answer(eng, [Query(question="q", decoding=Decoding(max_tokens=64, stop=("\n\nUser:",)))])
+    kept = "3 + 4 = 7, so the answer is 7."
+    assert a.text == kept and a.finish_reason == "stop"
+    n = a.output_tokens
+    assert 0 < n < len(ids) and smol_tokenizer.decode(ids[:n]) == kept   # exactly the tokens of the kept text

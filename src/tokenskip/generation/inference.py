@@ -237,6 +237,24 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
     return text[:min(cuts)] if cuts else None
 
 
+def _tokens_before(engine, g: Generation, text: str) -> int:
+    """Tokens of ``g`` that lie within ``text`` (a prefix of ``g.text``): counted on the generated ids when they
+    decode to ``g.text`` (the longest prefix of ids whose text ends within ``text``), else re-counted from the
+    text; never more than ``g.num_tokens``."""
+    ids = list(g.token_ids)
+    tok = engine.tokenizer
+    if ids and tok is not None and tok.decode(ids, skip_special_tokens=True) == g.text:
+        lo, hi = 0, len(ids)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if len(tok.decode(ids[:mid], skip_special_tokens=True)) <= len(text):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+    return min(engine.count_tokens(text), g.num_tokens)
+
+
 def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, length_model=None,
            answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None) -> list[Answer]:
     """Answer a batch of queries with one engine call (two with forced answers), in order.
@@ -265,13 +283,13 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
     wall = time.perf_counter() - t0
     out = []
     for q, r, p, g in zip(queries, ratios, prompts, gens):
-        text, finish = g.text, g.finish_reason
+        text, finish, n = g.text, g.finish_reason, g.num_tokens
         cut = cut_at_stop(text, q.decoding.stop)
-        if cut is not None:
-            text, finish = cut, "stop"
+        if cut is not None:   # a request's stop string: the reply and its token count end where it begins
+            text, finish, n = cut, "stop", _tokens_before(engine, g, cut)
         cot = split_cot(text)
         out.append(Answer(text=text, cot=cot, final_answer=extract_answer(text, "math"),
-                          cot_tokens=min(engine.count_tokens(cot), g.num_tokens), output_tokens=g.num_tokens,
+                          cot_tokens=min(engine.count_tokens(cot), n), output_tokens=n,
                           finish_reason=finish,
                           latency_s=g.latency_s or wall / len(queries), ratio=r, prompt=p,
                           max_cot_tokens=q.max_cot_tokens, token_ids=list(g.token_ids)))
