@@ -94,3 +94,21 @@ def minilm_dir() -> Path | None:
     d = Path(list(spec.submodule_search_locations)[0]) / "model"
     return d if (d / "config.json").exists() else None
 
+
+@pytest.fixture()
+def adapter_dir(tmp_path, tiny_model_dir):
+    """A LoRA adapter (r 4, all linear layers) on ``tiny_model_dir`` whose B matrices are random (seed 1), so it
+    changes the model's outputs (a freshly initialised LoRA adapter would not)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    d = tmp_path / "adapter"
+    peft_model.save_pretrained(d)
+    return str(d)

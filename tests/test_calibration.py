@@ -17,23 +17,6 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKENSKIP_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture()
-def adapter_dir(tmp_path, tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    d = tmp_path / "adapter"
-    peft_model.save_pretrained(d)
-    return str(d)
-
-
 def merged_q_proj(model_dir, adapter=None):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

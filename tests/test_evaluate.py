@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 
 from conftest import GSM8K_TEST, need_data
 from tokenskip.contract.io import read_json, read_jsonl
@@ -15,23 +14,6 @@ def cfg(model, out, **kw):
                 batch_size=2, out=str(out))
     base.update(kw)
     return EvaluateConfig(**base)
-
-
-@pytest.fixture()
-def adapter_dir(tmp_path, tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    d = tmp_path / "adapter"
-    peft_model.save_pretrained(d)
-    return str(d)
 
 
 def test_original_writes_rows_and_metrics_and_resumes(tmp_path, tiny_model_dir):
