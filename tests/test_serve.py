@@ -479,3 +479,43 @@ def test_neutral_values_of_unhonoured_parameters_are_accepted(server):
             "response_format": {"type": "text"}, "seed": 7, "temperature": 0, "stream_options": None}
     r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
+
+
+def test_the_instruction_line_is_switchable_per_request(server):
+    # issue 26 item 10: a harness that sends its own few-shot format must get its turn as sent
+    from tokenskip.task.prompts import INSTRUCTION
+
+    def prompt(**extra):
+        r = httpx.post(server.url + "/v1/chat/completions", json={**GOOD, "return_prompt": True, **extra}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["prompt"]
+
+    assert INSTRUCTION in prompt() and INSTRUCTION in prompt(add_instruction=True)
+    plain = prompt(add_instruction=False, compression_ratio=0.5)
+    assert INSTRUCTION not in plain and "What is 2 + 3?" in plain
+    assert plain.index("What is 2 + 3?") < plain.index("0.5")   # the γ marker is still added
+    r = httpx.post(server.url + "/v1/chat/completions", json={**GOOD, "add_instruction": "no"}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "add_instruction"
+
+
+def test_no_instruction_server_leaves_the_turn_as_sent(smol_tokenizer):
+    from tokenskip.generation.inference import render_prompt
+    from tokenskip.task.prompts import INSTRUCTION
+
+    fmt = PromptFormat()
+    msgs = [{"role": "user", "content": "Q: 1 + 1?\nA: 2\n\nQ: 2 + 3?\nA:"}]
+    assert INSTRUCTION in render_prompt(smol_tokenizer, fmt, msgs)
+    bare = render_prompt(smol_tokenizer, fmt, msgs, instruction=False)
+    assert INSTRUCTION not in bare and "Q: 1 + 1?\nA: 2\n\nQ: 2 + 3?\nA:<|im_end|>" in bare
+    assert ServeConfig(instruction=False).instruction is False and ServeConfig().instruction is True
+
+
+def test_the_lm_eval_example_task_reads_the_shipped_data():
+    import yaml
+
+    from conftest import REPO
+
+    task = yaml.safe_load((REPO / "examples" / "lm-eval" / "tokenskip_gsm8k_local.yaml").read_text())
+    data = REPO / task["dataset_kwargs"]["data_files"][task["test_split"]]
+    row = json.loads(data.read_text().splitlines()[0])
+    assert task["doc_to_text"] == "{{question}}" and row["question"] and row["answer"].split("####")[-1].strip() == "18"

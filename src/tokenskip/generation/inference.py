@@ -65,6 +65,7 @@ class Query:
     ratio: float | None = None
     max_cot_tokens: int | None = None
     decoding: Decoding = field(default_factory=Decoding)
+    instruction: bool = True   # prepend the adapter's instruction line to the last user turn (its trained format)
 
 
 @dataclass
@@ -117,8 +118,11 @@ def question_of(messages: Sequence[dict]) -> str:
 
 
 def render_prompt(tokenizer, fmt: PromptFormat, messages: Sequence[dict] | None = None,
-                  question: str | None = None, ratio: float | None = None) -> str:
+                  question: str | None = None, ratio: float | None = None, instruction: bool = True) -> str:
     """The prompt string for ``messages`` (or one ``question``) at γ = ``ratio`` (module docstring).
+
+    ``instruction=False`` leaves the client's last user turn as sent (a harness with its own few-shot format):
+    only the γ marker (when ``ratio`` is given) and the adapter's system turn are added.
 
     Raises:
         ValueError: both/neither of messages and question, bad messages, γ outside (0, 1], or a tokenizer
@@ -134,7 +138,9 @@ def render_prompt(tokenizer, fmt: PromptFormat, messages: Sequence[dict] | None 
         question_of(messages)
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-        content = f"{fmt.instruction}\n{msgs[last_user]['content']}"
+        content = msgs[last_user]["content"]
+        if instruction:
+            content = f"{fmt.instruction}\n{content}"
         if ratio is not None:
             content += ratio_marker(ratio, fmt.marker_delimiter)
         msgs[last_user]["content"] = content
@@ -274,7 +280,8 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
     if len(samp) > 1:
         raise ValueError("one batch must share temperature and top_p")
     ratios = [plan_ratio(q, fmt, length_model) for q in queries]
-    prompts = [render_prompt(engine.tokenizer, fmt, q.messages, q.question, r) for q, r in zip(queries, ratios)]
+    prompts = [render_prompt(engine.tokenizer, fmt, q.messages, q.question, r, q.instruction)
+               for q, r in zip(queries, ratios)]
     temperature, top_p = next(iter(samp))
     t0 = time.perf_counter()
     gens = generate_capped(engine, prompts, [q.decoding.max_tokens for q in queries],

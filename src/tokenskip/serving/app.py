@@ -101,6 +101,10 @@ class ServeConfig(ModelSettings):
     max_model_len: int | None = field(default=None, metadata={"help": "--backend vllm: context length cap in tokens"})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level"})
 
+    instruction: bool = field(default=True, metadata={
+        "help": "prepend the adapter's trained instruction line to each request's last user turn (the TokenSkip "
+                "format); --no-instruction for clients that send their own prompt format (e.g. a harness's few-shot "
+                "prompts); a request's \"add_instruction\" overrides it"})
     def validate(self) -> None:
         if self.backend not in SERVED_BACKENDS:
             raise ValueError(f"serve: --backend must be {' or '.join(SERVED_BACKENDS)}, got {self.backend!r}")

@@ -185,10 +185,11 @@ def parse_chat(body, state: ServerState) -> tuple[Job, bool, bool]:
     if budget is not None and state.length_model is None:
         raise APIError(400, "'max_cot_tokens' needs a length model: start the server with --length-model",
                        "max_cot_tokens")
-    for name in ("stream", "return_prompt"):
+    for name in ("stream", "return_prompt", "add_instruction"):
         if body.get(name) is not None and not isinstance(body[name], bool):
             raise APIError(400, f"'{name}' must be a boolean", name)
-    query = Query(messages=messages, ratio=ratio, max_cot_tokens=budget, decoding=dec)
+    instruction = state.cfg.instruction if body.get("add_instruction") is None else body["add_instruction"]
+    query = Query(messages=messages, ratio=ratio, max_cot_tokens=budget, decoding=dec, instruction=instruction)
     try:
         plan_ratio(query, state.fmt, state.length_model)
     except ValueError as e:
