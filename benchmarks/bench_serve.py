@@ -112,6 +112,23 @@ def fmt_row(r: dict) -> str:
             f"| {f(r['p50_latency_s'])} | {f(r['p95_latency_s'])} | {r['errors']} |")
 
 
+def server_health(httpx, url: str) -> dict:
+    """The server's ``/health`` as a dict. tokenskip answers JSON (``status``, ``models``, ``max_batch_seen``);
+    another OpenAI-compatible server (vLLM's own) answers 200 with an empty body: ready, its models from
+    ``/v1/models``. Any other status means not ready."""
+    r = httpx.get(url + "/health", timeout=10)
+    if r.status_code != 200:
+        return {"status": f"HTTP {r.status_code}"}
+    try:
+        body = r.json()
+    except ValueError:   # an empty or non-JSON body
+        body = {}
+    if "status" not in body:
+        models = httpx.get(url + "/v1/models", timeout=10).json().get("data", [])
+        body = {"status": "ready", "models": [m["id"] for m in models], **body}
+    return body
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8088", help="server base URL (no /v1)")
@@ -131,7 +148,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import httpx
 
-    health = httpx.get(args.url + "/health", timeout=10).json()
+    health = server_health(httpx, args.url)
     if health.get("status") != "ready":
         raise SystemExit(f"server at {args.url} is not ready: {health}")
     model = args.model if args.model in health.get("models", []) else None
@@ -147,7 +164,7 @@ def main(argv=None) -> int:
         rows.append(run_offline(args.model, args.adapter, qs, args.max_tokens, args.ratio, args.offline_batch_size,
                                 args.threads))
     print(f"{args.clients} clients × {args.seconds:g} s, max_tokens {args.max_tokens}, γ {args.ratio:g}; "
-          f"server batches seen up to {httpx.get(args.url + '/health').json().get('max_batch_seen')}")
+          f"server batches seen up to {server_health(httpx, args.url).get('max_batch_seen', '?')}")
     print("| Mode | Requests | Requests/s | Output tokens/s | p50 latency (s) | p95 latency (s) | Errors |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:

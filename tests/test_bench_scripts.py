@@ -41,3 +41,28 @@ def test_bench_generation_configs():
     for bad in ("tgi:float32", "vllm:auto:turbo", "hf:fp8:8"):
         with pytest.raises(ValueError, match="config"):
             bg.parse_config(bad)
+
+
+def test_bench_serve_reads_any_openai_compatible_health():
+    # issue 26 item 11: vLLM's own server answers /health with 200 and an empty body (bench_serve crashed on it)
+    bs = load("bench_serve")
+
+    class Resp:
+        def __init__(self, status, body):
+            self.status_code, self.body = status, body
+
+        def json(self):
+            import json
+
+            return json.loads(self.body)
+
+    def client(health_status, health_body):
+        pages = {"/health": Resp(health_status, health_body),
+                 "/v1/models": Resp(200, '{"data": [{"id": "m1"}, {"id": "m2"}]}')}
+        return type("HTTPX", (), {"get": staticmethod(lambda url, timeout=None: pages[url[len("http://x"):]])})
+
+    assert bs.server_health(client(200, ""), "http://x") == {"status": "ready", "models": ["m1", "m2"]}
+    ours = '{"status": "ready", "models": ["adapter"], "max_batch_seen": 8}'
+    assert bs.server_health(client(200, ours), "http://x") == {"status": "ready", "models": ["adapter"],
+                                                                 "max_batch_seen": 8}
+    assert bs.server_health(client(503, ""), "http://x") == {"status": "HTTP 503"}
