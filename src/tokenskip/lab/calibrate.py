@@ -15,7 +15,7 @@ and ``metrics.json``) and a copy of the fitted ``gamma_calibration.json``.
 Example::
 
     tokenskip calibrate --model runs/lab/merge --adapter runs/lab/train --benchmark gsm8k \\
-        --data runs/lab/lab-data/validation.jsonl --limit 100 --scales 0.25 0.5 0.75 1.0 --out runs/lab/calibrate
+        --data runs/lab/lab-data/validation.jsonl --limit 100 --scales 0.5 0.75 0.875 1.0 1.1 --out runs/lab/calibrate
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ from tokenskip.generation.rollout import GenerationConfig, row_settings, run_row
 from tokenskip.methods import get_method
 from tokenskip.task.data import load_problems
 
+#: the largest LoRA scale a calibration may measure (the lab's adapter garbled its CoTs from 1.3 on)
+MAX_SCALE = 2.0
+
 
 @dataclass
 class CalibrateConfig(GenerationConfig):
@@ -44,8 +47,10 @@ class CalibrateConfig(GenerationConfig):
 
     adapter: str | None = field(default=None, metadata={"help": "TokenSkip LoRA adapter folder (trained on "
                                                                 "γ ∈ {1.0, 0.5}); the calibration is saved there"})
-    scales: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
-                                metadata={"help": "LoRA scales to measure (0 = the target itself, always measured)"})
+    scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.875, 1.0, 1.1], metadata={
+        "help": "LoRA scales to measure (0 = the target itself, always measured); default: the grid that was "
+                "monotone on the lab's validation split (below 0.5 ActRatio was flat, above 1.15 the CoTs garbled: "
+                "docs/lab/experiments.md); above 1 extrapolates the adapter's delta"})
     marker_ratio: float = field(default=0.5, metadata={"help": "the γ marker written in the prompt at every scale"})
     marker_delimiter: str | None = field(default=None, metadata={
         "help": "delimiter of the γ marker (default: the adapter's prompt_format.json)"})
@@ -66,8 +71,8 @@ class CalibrateConfig(GenerationConfig):
         validate_ratio(self.marker_ratio)
         if engine_spec(self.backend).needs_base_url:
             raise ValueError(f"--backend {self.backend}: calibrate loads scaled adapters locally (use hf or vllm)")
-        if not self.scales or any(not 0 <= s <= 1 for s in self.scales):
-            raise ValueError(f"--scales must be values in [0, 1], got {self.scales}")
+        if not self.scales or any(not 0 <= s <= MAX_SCALE for s in self.scales):
+            raise ValueError(f"--scales must be values in [0, {MAX_SCALE:g}], got {self.scales}")
 
     def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
         return {**super().backend_kwargs(adapter, merge_adapter), "force_adapter": self.force_adapter}
