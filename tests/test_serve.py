@@ -3,6 +3,7 @@ evaluate --backend openai against it. Tiny random model + a random LoRA adapter 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import socket
 import threading
@@ -519,3 +520,25 @@ def test_the_lm_eval_example_task_reads_the_shipped_data():
     data = REPO / task["dataset_kwargs"]["data_files"][task["test_split"]]
     row = json.loads(data.read_text().splitlines()[0])
     assert task["doc_to_text"] == "{{question}}" and row["question"] and row["answer"].split("####")[-1].strip() == "18"
+
+
+def test_batch_invariant_server_decodes_each_request_alone(tiny_dir, adapter):
+    # issue 26 item 5: greedy replies that depend on the batch (bf16) -> an option that never batches requests
+    cfg = ServeConfig(model=tiny_dir, adapter=adapter, port=free_port(), threads=1, max_batch_size=8,
+                      batch_wait_ms=200, default_max_tokens=6, batch_invariant=True)
+    srv = Running(create_app(cfg), cfg.port)
+    try:
+        srv.wait_ready()
+        qs = questions(4)
+
+        def ask(q):
+            body = {"model": "ts-adapter", "messages": [{"role": "user", "content": q}], "max_tokens": 6}
+            return httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=120).json()
+
+        alone = [ask(q)["choices"][0]["message"]["content"] for q in qs]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            together = [r["choices"][0]["message"]["content"] for r in pool.map(ask, qs)]
+        health = httpx.get(srv.url + "/health").json()
+        assert together == alone and health["max_batch_seen"] == 1 and health["batches"] == 8
+    finally:
+        srv.stop()

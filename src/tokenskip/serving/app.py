@@ -86,6 +86,10 @@ class ServeConfig(ModelSettings):
     system_prompt: str | None = field(default=None, metadata={"help": "override the adapter's system turn"})
     marker_delimiter: str | None = field(default=None, metadata={"help": "override the adapter's γ marker delimiter"})
     max_batch_size: int = field(default=8, metadata={"help": "requests decoded together at most"})
+    batch_invariant: bool = field(default=False, metadata={
+        "help": "decode every request alone (HF: batches of 1; vLLM: one sequence at a time), so a greedy reply "
+                "does not depend on what else is in flight (with bfloat16 weights batched matmuls round "
+                "differently); costs throughput: requests wait their turn (docs/serving.md)"})
     batch_wait_ms: float = field(default=10.0, metadata={"help": "how long a batch waits for more requests once one "
                                                                  "arrived (ms)"})
     max_queue: int = field(default=256, metadata={"help": "queued requests at most (more get 429)"})

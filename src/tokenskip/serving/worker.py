@@ -105,15 +105,22 @@ class ServerState:
             self._load_local()
         self.sampling = self.engine.capabilities.sampling
 
+    @property
+    def max_batch(self) -> int:
+        """Requests decoded together at most: ``max_batch_size``, or 1 with ``batch_invariant``."""
+        return 1 if self.cfg.batch_invariant else self.cfg.max_batch_size
+
     def _load_local(self) -> None:
         """The engine of ``--backend`` with the weights (and the adapter) loaded here."""
         cfg = self.cfg
-        kw = dict(model=cfg.model, dtype=cfg.dtype, device=cfg.device, batch_size=cfg.max_batch_size,
+        kw = dict(model=cfg.model, dtype=cfg.dtype, device=cfg.device, batch_size=self.max_batch,
                   adapter=cfg.adapter, merge_adapter=cfg.merge_adapter, show_progress=False,
                   threads=resolve_threads(cfg.threads))
         # engine options given on the command line (the help names the engine that reads them)
         kw.update({k: v for k, v in (("enforce_eager", cfg.enforce_eager), ("max_model_len", cfg.max_model_len))
                    if v})
+        if cfg.batch_invariant:   # the engine's own scheduler too (vLLM batches whatever is in flight)
+            kw["max_num_seqs"] = 1
         self.engine = get_backend(engine_spec(cfg.backend).served_as, **kw)
         if self.adapter_name and adapter_switch(self.engine) is None:  # adapter merged or always applied
             self.models = [self.adapter_name]
@@ -148,13 +155,13 @@ class ServerState:
         return job.future
 
     def _next_batch(self) -> list[Job]:
-        """Up to ``max_batch_size`` queued jobs, waiting ``batch_wait_ms`` for more once one arrived."""
+        """Up to :attr:`max_batch` queued jobs, waiting ``batch_wait_ms`` for more once one arrived."""
         try:
             first = self.jobs.get(timeout=0.2)
         except queue.Empty:
             return []
         batch, deadline = [first], time.monotonic() + self.cfg.batch_wait_ms / 1000.0
-        while len(batch) < self.cfg.max_batch_size:
+        while len(batch) < self.max_batch:
             left = deadline - time.monotonic()
             try:
                 batch.append(self.jobs.get(timeout=left) if left > 0 else self.jobs.get_nowait())
