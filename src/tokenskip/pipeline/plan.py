@@ -57,8 +57,8 @@ class _Planner:
 
     def add(self, p: StagePlan) -> None:
         """Fingerprint ``p`` (settings + inputs), give it its status against the manifest, append it."""
-        if p.enabled and p.name not in LAB_STAGES and any(s.makes_model for s in STAGES if s.name in self.upstream):
-            maker = next(s.name for s in STAGES if s.makes_model and s.name in self.upstream)
+        maker = next((s.name for s in STAGES if s.makes_model and s.name in self.upstream), None)
+        if p.enabled and p.name not in LAB_STAGES and maker:
             p.inputs = {**p.inputs, maker: self.upstream[maker]}   # the target model
         p.fingerprint = fingerprint({"settings": without_runtime(p.settings), "inputs": p.inputs})
         prev = self.manifest.get("stages", {}).get(p.name)

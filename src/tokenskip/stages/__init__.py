@@ -43,8 +43,8 @@ class Stage:
     Attributes:
         name: recipe key (``stages.<name>``) and manifest key.
         command: ``tokenskip <command>``.
-        module: module holding ``config``, ``runner``, ``add_arguments``, ``run_cli`` and (optionally)
-            ``summary_lines(result) -> list[str]``, the lines the pipeline prints after the stage.
+        module: module holding ``config``, ``runner`` and, optionally, ``show(cfg, result)`` (what the command
+            prints) and ``summary_lines(result) -> list[str]`` (the lines the pipeline prints after the stage).
         config: config dataclass name in ``module``.
         runner: ``run_<stage>`` function name in ``module`` (takes the config; the evaluate stage's
             pipeline runner takes the list of its configs).

@@ -209,21 +209,22 @@ class _Engines:
     def __init__(self, cfg: EvaluateConfig, backend: GenerationBackend | None):
         self.cfg, self.backend = cfg, backend
         self.owned: list[GenerationBackend] = []
-        self.with_adapter: dict[str, GenerationBackend] = {}
+        self.with_adapter: tuple[str, GenerationBackend] | None = None   # the adapter folder loaded, its engine
 
     def __call__(self, adapter: str | None) -> GenerationBackend:
         cfg = self.cfg
         if adapter is not None:
             if self.backend is not None and self.backend.capabilities.adapters_per_request:
                 return self.backend   # an engine started with LoRA serves the adapter per request
-            if adapter not in self.with_adapter:
-                for old in self.with_adapter.values():
-                    old.close()
-                    self.owned.remove(old)
-                self.with_adapter = {adapter: get_backend(cfg.backend, **cfg.backend_kwargs(
-                    adapter=adapter, merge_adapter=cfg.merge_adapter))}
-                self.owned.append(self.with_adapter[adapter])
-            return self.with_adapter[adapter]
+            if self.with_adapter is None or self.with_adapter[0] != adapter:
+                if self.with_adapter is not None:
+                    self.with_adapter[1].close()
+                    self.owned.remove(self.with_adapter[1])
+                kwargs = cfg.backend_kwargs(adapter=adapter, merge_adapter=cfg.merge_adapter)
+                engine = get_backend(cfg.backend, **kwargs)
+                self.with_adapter = (adapter, engine)
+                self.owned.append(engine)
+            return self.with_adapter[1]
         if self.backend is None:
             self.backend = get_backend(cfg.backend, **cfg.backend_kwargs())
             self.owned.append(self.backend)
@@ -237,7 +238,7 @@ class _Engines:
 def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
              original: dict[str, dict] | None = None) -> dict:
     """One run of a method (its γ, or its budget N): the method's plan, resumable generation, metrics."""
-    adapter = _run_adapter(cfg, method, key)
+    adapter = method.adapter_for(cfg, key)   # per run: a calibrated adapter's copy scaled for γ
     b = backend_for(adapter)
     if method.name == ORIGINAL:
         warn_default_system(b.tokenizer, cfg.prompt_style, cfg.system_prompt, logger)
@@ -258,13 +259,6 @@ def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
                         desc=f"{cfg.bench.name} {method.describe(key)}")
     m = write_metrics(d, rows, _metrics_extra(cfg, method, ratio, problems, rows, plan.metrics))
     return m | {"_dir": str(d)}
-
-
-def _run_adapter(cfg: EvaluateConfig, method: Method, key) -> str | None:
-    """The adapter folder run ``key`` decodes with: the method's choice when it makes one per run (a calibrated
-    TokenSkip adapter: its copy scaled for γ, or none at scale 0, :mod:`tokenskip.methods.tokenskip`), else
-    ``--adapter`` for an adapter method and none for the others."""
-    return method.adapter_for(cfg, key)
 
 
 def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
