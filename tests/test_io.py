@@ -111,3 +111,13 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(["metrics.json", "rows.jsonl", "report.md", "appended.jsonl"], mode)
+    # the folders published by rename (merged models, converted models, scaled adapters): mkdir's mode
+    from tokenskip.contract.io import temp_dir_beside
+
+    old = os.umask(umask)
+    try:
+        folder = temp_dir_beside(tmp_path / "sub" / "model")
+    finally:
+        os.umask(old)
+    assert folder.parent == tmp_path / "sub" and folder.name.startswith(".model.") and not any(folder.iterdir())
+    assert stat.S_IMODE(folder.stat().st_mode) == mode | 0o111 & ~umask

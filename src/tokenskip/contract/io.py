@@ -41,6 +41,17 @@ def current_umask() -> int:
     return mask
 
 
+def temp_dir_beside(final: str | os.PathLike) -> Path:
+    """An empty, hidden folder in ``final``'s parent (created if missing), to fill and then rename to ``final``
+    (``os.replace``) so that ``final`` appears complete or not at all. Its mode is what a plain ``mkdir`` gives
+    (0777 minus the umask), not ``mkdtemp``'s private 0700, so the published folder is shared like any other."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` so a reader never sees a half-written file (temp file + rename). The file gets
     the mode a plain ``open(path, "w")`` would give (0666 minus the umask), not ``mkstemp``'s private 0600, so

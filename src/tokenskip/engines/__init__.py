@@ -94,16 +94,21 @@ def cut_at_stop(text: str, token_ids: list[int], strings: Sequence[str], tokeniz
     if not cuts:
         return text, token_ids, False
     cut = min(cuts)
-    # the longest prefix of tokens whose text ends at or before the cut (prefix text length grows with
-    # the prefix, so binary search: O(log n) decodes)
+    return text[:cut], token_ids[:tokens_within(token_ids, cut, tokenizer)], True
+
+
+def tokens_within(token_ids: Sequence[int], n_chars: int, tokenizer) -> int:
+    """The longest prefix of ``token_ids`` whose decoded text (special tokens skipped) is at most ``n_chars``
+    characters long: its length in tokens. The prefix's text grows with the prefix, so a binary search
+    (O(log n) decodes)."""
     lo, hi = 0, len(token_ids)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if len(tokenizer.decode(token_ids[:mid], skip_special_tokens=True)) <= cut:
+        if len(tokenizer.decode(list(token_ids[:mid]), skip_special_tokens=True)) <= n_chars:
             lo = mid
         else:
             hi = mid - 1
-    return text[:cut], token_ids[:lo], True
+    return lo
 
 
 @dataclass(frozen=True)

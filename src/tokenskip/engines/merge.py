@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from tokenskip.contract.io import current_umask, write_json_atomic
+from tokenskip.contract.io import temp_dir_beside, write_json_atomic
 from tokenskip.contract.layout import MERGE_CONFIG, find_adapter
 
 logger = logging.getLogger(__name__)
@@ -46,9 +45,7 @@ def merge_adapter(model: str, adapter: str | Path, out: str | Path, save_dtype: 
     folder = find_adapter(adapter)
     net, tok = load_model(model, dtype=save_dtype, adapter=str(folder), merge_adapter=True)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: the folder is shared like any other
+    tmp = temp_dir_beside(out)
     try:
         net.save_pretrained(tmp)             # weights, config.json, generation_config.json
         tok.padding_side = "left"

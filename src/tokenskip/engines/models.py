@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenskip.contract.config import DTYPES
-from tokenskip.contract.io import current_umask
+from tokenskip.contract.io import temp_dir_beside
 from tokenskip.contract.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,6 @@ def materialize(name: str) -> str:
     if (out / MODEL_CONFIG).exists():
         return str(out)
     import shutil
-    import tempfile
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -103,9 +102,7 @@ def materialize(name: str) -> str:
         raise RuntimeError(f"GGUF conversion of {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if getattr(config, "tie_word_embeddings", False):
         fresh.tie_weights()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: the folder is shared like any other
+    tmp = temp_dir_beside(out)
     try:
         fresh.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -18,11 +18,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tokenskip.contract.io import DataError, current_umask, read_json, write_json_atomic
+from tokenskip.contract.io import DataError, read_json, temp_dir_beside, write_json_atomic
 from tokenskip.contract.layout import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -90,9 +89,7 @@ def scaled_adapter(adapter_dir: str | Path, scale: float) -> Path:
     final = cache_dir() / SCALED_ADAPTERS / f"{digest}-s{_scale_key(float(scale))}"
     if (final / ADAPTER_CONFIG).is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: the folder is shared like any other
+    tmp = temp_dir_beside(final)
     try:
         for name in (*_WEIGHTS, PROMPT_FORMAT):
             if (adapter_dir / name).is_file():

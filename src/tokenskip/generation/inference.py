@@ -24,16 +24,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from tokenskip.engines import Generation
+from tokenskip.engines import Generation, tokens_within
 from tokenskip.task.grading import extract_answer, split_cot
 from tokenskip.task.prompt_format import PromptFormat
-
-#: Text appended to a CoT cut at its budget to force an answer (the SFT targets' answer line, opened).
-from tokenskip.task.prompts import (
-    FORCE_ANSWER,  # noqa: E402,F401 - the answer line opened (one definition)
-    ratio_marker,
-    validate_ratio,
-)
+from tokenskip.task.prompts import FORCE_ANSWER, ratio_marker, validate_ratio
 
 #: Tokens allowed for a forced answer (evaluate's ``--answer-max-tokens`` default).
 ANSWER_MAX_TOKENS = 24
@@ -212,7 +206,8 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     for i, f in zip(need, forced):
         g, answer, n = first[i], f.text, f.num_tokens
         if limit_total and "}" in answer:   # the reply ends with the boxed answer, not what the model adds after it
-            answer = answer[:answer.index("}") + 1] + ("$" if answer[answer.index("}") + 1:].startswith("$") else "")
+            end = answer.index("}") + 1
+            answer = answer[:end + 1] if answer[end:end + 1] == "$" else answer[:end]
             n = min(n, engine.count_tokens(answer))
         text = g.text + FORCE_ANSWER + answer + ("" if "}" in answer else "}")
         # token_ids stay the CoT's own (decoded) ids: the forced line was not generated after them
@@ -247,17 +242,9 @@ def _tokens_before(engine, g: Generation, text: str) -> int:
     """Tokens of ``g`` that lie within ``text`` (a prefix of ``g.text``): counted on the generated ids when they
     decode to ``g.text`` (the longest prefix of ids whose text ends within ``text``), else re-counted from the
     text; never more than ``g.num_tokens``."""
-    ids = list(g.token_ids)
-    tok = engine.tokenizer
+    ids, tok = list(g.token_ids), engine.tokenizer
     if ids and tok is not None and tok.decode(ids, skip_special_tokens=True) == g.text:
-        lo, hi = 0, len(ids)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if len(tok.decode(ids[:mid], skip_special_tokens=True)) <= len(text):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return tokens_within(ids, len(text), tok)
     return min(engine.count_tokens(text), g.num_tokens)
 
 
