@@ -35,7 +35,16 @@ class DataError(TokenskipError, ValueError):
 
 
 def current_umask() -> int:
-    """The process umask (read by setting it and putting it back: there is no getter)."""
+    """The process umask. Read from ``/proc/self/status`` where there is one (Linux), so it is never changed,
+    not even for a moment (the server writes from several threads); elsewhere by setting it and putting it back,
+    as Python has no getter before 3.13."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
