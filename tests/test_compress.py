@@ -24,6 +24,7 @@ from tokenskip.compress import (
     protected_spans,
     prune,
     rebuild,
+    term_spans,
     word_spans,
 )
 
@@ -153,6 +154,40 @@ def test_prefer_kinds_rank_first_without_overshoot(smol_tokenizer):
         assert n in left, (n, soft[0].text)
         left = left[left.index(n) + len(n):]
     assert soft[0].words_kept < soft[0].words_total
+
+
+LEGS_Q = "Now, how many legs are there in total if you have 3 Crabs, 2 ducks?"
+LEGS_COT = ("A crab has 10 legs, so 3 crabs have 3 x 10 = 30 legs.\nA duck has 2 legs, so 2 ducks have 2 x 2 = 4 "
+            "legs.\nIn total: 30 + 4 = 34 legs.")
+
+
+def test_term_spans_first_mention_of_question_words():
+    got = [LEGS_COT[s:e] for s, e in term_spans(LEGS_COT, LEGS_Q)]
+    # first mention only, plural- and case-insensitive; "how", "many", "total", "you" are stop words
+    assert got == ["crab", "legs", "duck"]
+    assert term_spans("Boxes: 3 box, 2 foxes", "How many boxes and a fox?") == [(0, 5), (16, 21)]  # "Boxes", "foxes"; "box" repeats "Boxes"
+    assert protected_spans(LEGS_COT, ["terms"]) == []  # no question, no terms
+    assert protected_spans(LEGS_COT, ["terms"], question=LEGS_Q) == term_spans(LEGS_COT, LEGS_Q)
+
+
+def test_prefer_terms_keeps_the_entity_names_at_low_gamma(smol_tokenizer):
+    # scores that rank the animal names last: without `terms` they go first, with it their first mention stays
+    ws = word_spans(LEGS_COT)
+    words = [LEGS_COT[s:e].strip(".,:") for s, e in ws]
+    scores = [0.0 if w.startswith(("crab", "duck")) else 1.0 if w.isalpha() else 5.0 for w in words]
+    scored = WordScores(LEGS_COT, ws, scores)
+    plain = prune(scored, 0.7, smol_tokenizer, protect_kinds=["answer"], prefer_kinds=["numbers", "operators"])[0]
+    named = compress_batch([LEGS_COT], [0.6], RandomScorer(seed=0), smol_tokenizer, protect_kinds=["answer"],
+                           prefer_kinds=["numbers", "operators", "terms"], questions=[LEGS_Q])[0][0]
+    kept_by_terms = prune(scored, 0.7, smol_tokenizer, protect_kinds=["answer"],
+                          prefer_kinds=["numbers", "operators", "terms"], question=LEGS_Q)[0]
+    assert "crab" not in plain.text and "duck" not in plain.text
+    assert re.search(r"\bcrab\b", kept_by_terms.text) and re.search(r"\bduck\b", kept_by_terms.text)
+    assert kept_by_terms.text.count("crab") == 1  # the repeat ("crabs") is not preferred
+    assert abs(kept_by_terms.achieved_ratio - 0.7) < 0.05 and not kept_by_terms.overshoot
+    assert "crab" in named.text and "duck" in named.text
+    with pytest.raises(ValueError, match="2 questions for 1 CoTs"):
+        compress_batch([LEGS_COT], [0.6], RandomScorer(seed=0), smol_tokenizer, questions=[LEGS_Q, LEGS_Q])
 
 
 def test_newlines(smol_tokenizer):

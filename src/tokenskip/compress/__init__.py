@@ -21,6 +21,7 @@ from tokenskip.compress.prune import (
     protected_spans,
     prune,
     rebuild,
+    term_spans,
 )
 from tokenskip.compress.scorers import (
     SCORERS,
@@ -37,7 +38,8 @@ from tokenskip.task.prompts import validate_ratio
 __all__ = [
     "PROTECT_KINDS", "SCORERS", "CompressionResult", "LLMLingua2Scorer", "RandomScorer", "Scorer",
     "SelfInformationScorer", "WordScores", "answer_numbers", "answer_numbers_kept", "compress",
-    "compress_batch", "count_tokens", "get_scorer", "protected_spans", "prune", "rebuild", "word_spans",
+    "compress_batch", "count_tokens", "get_scorer", "protected_spans", "prune", "rebuild", "term_spans",
+    "word_spans",
 ]
 
 
@@ -52,7 +54,7 @@ def _as_scorer(scorer, tokenizer, scorer_kwargs: dict) -> Scorer:
 
 def compress_batch(texts: list[str], ratios, scorer, tokenizer, protect: bool = True,
                    protect_kinds=PROTECT_KINDS, keep_newlines: bool = True, prefer_kinds=(),
-                   **scorer_kwargs) -> list[list[CompressionResult]]:
+                   questions: list[str] | None = None, **scorer_kwargs) -> list[list[CompressionResult]]:
     """Compress ``N`` CoTs to each γ in ``ratios``; every text is scored once.
 
     Args:
@@ -63,13 +65,17 @@ def compress_batch(texts: list[str], ratios, scorer, tokenizer, protect: bool = 
             defaults to the model the tokenizer belongs to).
         tokenizer: the target model's tokenizer (token counts for γ).
         protect, protect_kinds, keep_newlines, prefer_kinds: see :func:`~tokenskip.compress.prune.prune`.
+        questions: the question of each CoT (``N``), for the ``terms`` span kind; ``None``: no terms.
 
     Returns:
         ``N`` lists of ``len(ratios)`` :class:`CompressionResult`.
 
     Raises:
-        ValueError: a γ outside (0, 1] (checked before any scoring), an unknown scorer or kind.
+        ValueError: a γ outside (0, 1] (checked before any scoring), an unknown scorer or kind, or
+            ``questions`` not one per text.
     """
+    if questions is not None and len(questions) != len(texts):
+        raise ValueError(f"{len(questions)} questions for {len(texts)} CoTs")
     gammas = [validate_ratio(r) for r in ([ratios] if isinstance(ratios, (int, float, str)) else ratios)]
     if not gammas:
         raise ValueError("no compression ratio γ given")
@@ -78,8 +84,9 @@ def compress_batch(texts: list[str], ratios, scorer, tokenizer, protect: bool = 
         scored = [WordScores(t, word_spans(t), [0.0] * len(word_spans(t))) for t in texts]
     else:
         scored = sc.score(list(texts))
+    qs = questions if questions is not None else [None] * len(scored)
     return [prune(s, gammas, tokenizer, scorer=sc.name, protect=protect, protect_kinds=protect_kinds,
-                  keep_newlines=keep_newlines, prefer_kinds=prefer_kinds) for s in scored]
+                  keep_newlines=keep_newlines, prefer_kinds=prefer_kinds, question=q) for s, q in zip(scored, qs)]
 
 
 def compress(text: str, ratio: float, scorer, tokenizer, **kwargs) -> CompressionResult:

@@ -21,9 +21,17 @@ from dataclasses import asdict, dataclass
 from tokenskip.compress.scorers import WordScores
 from tokenskip.task.prompts import validate_ratio
 
-#: Kinds of protected spans (all on by default). ``answer`` = the numbers of the final answer line,
-#: a subset of ``numbers`` that still applies when ``numbers`` is switched off.
-PROTECT_KINDS = ("numbers", "operators", "boxed", "latex", "answer")
+#: Kinds of protected spans. ``answer`` = the numbers of the final answer line, a subset of ``numbers`` that
+#: still applies when ``numbers`` is switched off. ``terms`` = the first mention in the CoT of each content word
+#: of the question (see :func:`term_spans`); it needs the question and is off unless asked for.
+PROTECT_KINDS = ("numbers", "operators", "boxed", "latex", "answer", "terms")
+
+#: Words never counted as terms of the question (function words and the words of instructions).
+_STOP_WORDS = frozenset("""
+a an and are as at be but by can do does each for from give given has have her his how if in into is it its
+let many me much of on or our she so than that the their them then there these they this those to total was
+we were what when where which while who will with you your now find count list task one two three four five
+""".split())
 
 #: How many next-best words the budget fix-up may take in place of the last word kept.
 SWAP_WINDOW = 6
@@ -99,8 +107,37 @@ def answer_numbers_kept(original: str, compressed: str) -> bool:
     return all(n in have for n in answer_numbers(original))
 
 
-def protected_spans(text: str, kinds=PROTECT_KINDS) -> list[tuple[int, int]]:
-    """Character spans that must survive pruning, for the given kinds (see :data:`PROTECT_KINDS`).
+def _stem(word: str) -> str:
+    """A word's lower-case form without a plural ending (``crabs`` → ``crab``, ``boxes`` → ``box``)."""
+    w = word.lower()
+    if len(w) > 4 and w.endswith(("ses", "xes", "zes", "ches", "shes")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+        return w[:-1]
+    return w
+
+
+def term_spans(text: str, question: str) -> list[tuple[int, int]]:
+    """Spans of the first mention in ``text`` of each content word of ``question``.
+
+    A content word has ≥ 3 letters and is not in a short stop list; words match case- and plural-insensitively
+    (``Crabs`` in the question, ``crab`` in the CoT). Only the first mention counts: later repeats are what
+    a compressed CoT can drop, while the first names the entity the next numbers belong to (in the CPU lab,
+    the animal whose leg count the model must recall). Not in the paper: an option of this project.
+    """
+    wanted = {_stem(w) for w in re.findall(r"[A-Za-z]{3,}", question)} - _STOP_WORDS
+    out, seen = [], set()
+    for m in re.finditer(r"[A-Za-z]{3,}", text):
+        stem = _stem(m.group())
+        if stem in wanted and stem not in seen:
+            seen.add(stem)
+            out.append(m.span())
+    return out
+
+
+def protected_spans(text: str, kinds=PROTECT_KINDS, question: str | None = None) -> list[tuple[int, int]]:
+    """Character spans that must survive pruning, for the given kinds (see :data:`PROTECT_KINDS`);
+    ``terms`` gives spans only when ``question`` is given.
 
     Raises:
         ValueError: an unknown kind.
@@ -119,6 +156,8 @@ def protected_spans(text: str, kinds=PROTECT_KINDS) -> list[tuple[int, int]]:
         out.append(box)
     if "answer" in kinds and (line := answer_line_span(text)) is not None:
         out += [m.span() for m in _NUMBER.finditer(text, *line)]
+    if "terms" in kinds and question:
+        out += term_spans(text, question)
     return out
 
 
@@ -212,7 +251,8 @@ def _overlaps(spans: list[tuple[int, int]], marks: list[tuple[int, int]]) -> lis
     return out
 
 
-def _rank_units(scored: WordScores, protect: bool, protect_kinds, prefer_kinds) -> tuple[list, list[bool], list[int]]:
+def _rank_units(scored: WordScores, protect: bool, protect_kinds, prefer_kinds,
+                question: str | None = None) -> tuple[list, list[bool], list[int]]:
     """The keep-or-drop units of a scored CoT and their order: ``(units, protected, order)``.
 
     ``units`` are lists of word indices (a LaTeX command spanning several words is one unit, see
@@ -223,10 +263,12 @@ def _rank_units(scored: WordScores, protect: bool, protect_kinds, prefer_kinds) 
     text, spans, scores = scored.text, scored.spans, scored.scores
     n_words = len(spans)
     units = _units(text, spans, latex_spans(text))
-    prot_words = _overlaps(spans, protected_spans(text, protect_kinds)) if protect else [False] * n_words
+    prot_words = (_overlaps(spans, protected_spans(text, protect_kinds, question)) if protect
+                  else [False] * n_words)
     prot_units = [any(prot_words[w] for w in u) for u in units]
     unit_score = [sum(scores[w] for w in u) / len(u) for u in units]
-    pref_words = _overlaps(spans, protected_spans(text, prefer_kinds)) if prefer_kinds else [False] * n_words
+    pref_words = (_overlaps(spans, protected_spans(text, prefer_kinds, question)) if prefer_kinds
+                  else [False] * n_words)
     pref_units = [any(pref_words[w] for w in u) for u in units]
     order = sorted((j for j in range(len(units)) if not prot_units[j]),
                    key=lambda j: (not pref_units[j], -unit_score[j], j))
@@ -285,7 +327,7 @@ def _nearest_to_budget(candidate: _Candidates, budget: float) -> tuple[int, int 
 
 def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool = True,
           protect_kinds=PROTECT_KINDS, keep_newlines: bool = True,
-          prefer_kinds=()) -> list[CompressionResult]:
+          prefer_kinds=(), question: str | None = None) -> list[CompressionResult]:
     """Prune one scored CoT to each γ in ``ratios``.
 
     Args:
@@ -300,6 +342,7 @@ def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool
             above every other word: dropped only when the budget cannot hold them all (lowest score
             first), so they never cause an overshoot. E.g. ``protect_kinds=("answer", "boxed", "latex")``
             with ``prefer_kinds=("numbers", "operators")`` keeps the arithmetic whenever γ allows.
+        question: the question the CoT answers; needed by the ``terms`` kind (ignored by the others).
 
     Returns:
         One :class:`CompressionResult` per γ, in the order given.
@@ -313,7 +356,7 @@ def prune(scored: WordScores, ratios, tokenizer, scorer: str = "", protect: bool
     orig = count_tokens(tokenizer, text)
     if n_words == 0 or orig == 0:
         return [CompressionResult(text, orig, orig, 1.0, g, scorer, False, n_words, n_words) for g in gammas]
-    units, protected, order = _rank_units(scored, protect, protect_kinds, prefer_kinds)
+    units, protected, order = _rank_units(scored, protect, protect_kinds, prefer_kinds, question)
     candidate = _Candidates(scored, units, protected, order, tokenizer, keep_newlines)
     results = []
     for g in gammas:

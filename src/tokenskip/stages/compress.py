@@ -82,7 +82,9 @@ class CompressConfig(ModelSettings):
                                      metadata={"empty_ok": True,
                                                "help": "protected span kinds, always kept even past γ: numbers "
                                                        "operators boxed latex answer (= the numbers of the "
-                                                       "final answer line); the flag alone protects nothing"})
+                                                       "final answer line) terms (= the first mention of each "
+                                                       "content word of the question); the flag alone protects "
+                                                       "nothing"})
     prefer_kinds: list[str] = field(default_factory=lambda: ["numbers", "operators"], metadata={
         "empty_ok": True,
         "help": "span kinds ranked above all other words but dropped (lowest score first) when the budget "
@@ -371,7 +373,8 @@ def _run_project(cfg: CompressConfig, todo: list[dict], files: dict, scorer_mode
         part = todo[k:k + step]
         results = compress_batch([r["cot"] for r in part], cfg.ratios, scorer, tokenizer,
                                  protect=cfg.protect, protect_kinds=cfg.protect_kinds,
-                                 keep_newlines=cfg.keep_newlines, prefer_kinds=cfg.prefer_kinds)
+                                 keep_newlines=cfg.keep_newlines, prefer_kinds=cfg.prefer_kinds,
+                                 questions=[r["question"] for r in part])
         for r, per_ratio in zip(part, results):
             for res in per_ratio:
                 f = files[res.ratio]
