@@ -31,7 +31,7 @@ from tokenskip.engines import Generation, tokens_within
 from tokenskip.task.grading import extract_answer, split_output
 from tokenskip.task.prompt_format import PromptFormat
 from tokenskip.task.prompts import FORCE_ANSWER, ratio_marker, validate_ratio
-from tokenskip.task.think import THINK_FORCE_CLOSE, block_state, drop_thinking
+from tokenskip.task.think import THINK_CLOSE, THINK_FORCE_CLOSE, block_state, drop_thinking
 
 #: Tokens allowed for a forced answer (evaluate's ``--answer-max-tokens`` default).
 ANSWER_MAX_TOKENS = 24
@@ -76,7 +76,8 @@ class Answer:
             :func:`tokenskip.task.grading.split_output`).
         final_answer: extracted answer (last ``\\boxed{}`` or "answer is" phrase), ``None`` when absent.
         cot_tokens: tokens of ``cot`` in the model's tokenizer, at most ``output_tokens`` (the CoT is a prefix of
-            the output; re-tokenizing its text can count one more token at the cut).
+            the output; re-tokenizing its text can count one more token at the cut) and, for a think block, at most
+            the tokens generated before ``</think>`` (so a budget N gives at most N).
         output_tokens: generated tokens (stop token excluded; forced answer tokens included).
         finish_reason: ``stop`` (end of turn or a stop string) or ``length`` (hit ``max_tokens``).
         latency_s: seconds of engine time for this answer (amortised over its batch).
@@ -269,6 +270,16 @@ def _tokens_before(engine, g: Generation, text: str) -> int:
     return min(engine.count_tokens(text), g.num_tokens)
 
 
+def _think_tokens(engine, g: Generation, text: str) -> int:
+    """Tokens of ``g`` generated before the ``</think>`` of ``text``, counted on the generated ids where their text
+    is a prefix of ``text`` (budget forcing keeps only the thinking pass's ids), else re-counted from the text."""
+    ids, tok = list(g.token_ids), engine.tokenizer
+    close = text.find(THINK_CLOSE)
+    if ids and tok is not None and text.startswith(tok.decode(ids, skip_special_tokens=True)):
+        return tokens_within(ids, close, tok)
+    return engine.count_tokens(text[:close])
+
+
 def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, length_model=None,
            answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None) -> list[Answer]:
     """Answer a batch of queries with one engine call (two with forced answers), in order.
@@ -304,8 +315,11 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
             text, finish, n = cut, "stop", _tokens_before(engine, g, cut)
         parts = split_output(text, fmt.cot_format)
         final = extract_answer(parts.answer, "math") if parts.think_closed is not False else None
+        cot_n = min(engine.count_tokens(parts.cot), n)
+        if parts.think_closed:   # the stripped block re-tokenized can count more than were generated in it
+            cot_n = min(cot_n, _think_tokens(engine, g, text))
         out.append(Answer(text=text, cot=parts.cot, final_answer=final,
-                          cot_tokens=min(engine.count_tokens(parts.cot), n), output_tokens=n,
+                          cot_tokens=cot_n, output_tokens=n,
                           finish_reason=finish,
                           latency_s=g.latency_s or wall / len(queries), ratio=r, prompt=p,
                           max_cot_tokens=q.max_cot_tokens, token_ids=list(g.token_ids),
