@@ -245,7 +245,9 @@ class ForcedAnswerEngine:
 
     def __init__(self, inner, answer_max_tokens: int = ANSWER_MAX_TOKENS):
         self.inner, self.answer_max_tokens = inner, answer_max_tokens
-        self.tokenizer, self.batch_size, self.name = inner.tokenizer, inner.batch_size, inner.name
+        # vLLM's engines batch by themselves and have no batch_size (the budget method crashed on them)
+        self.tokenizer, self.name = inner.tokenizer, inner.name
+        self.batch_size = getattr(inner, "batch_size", None)
         self.count_tokens = inner.count_tokens
         self.capabilities = inner.capabilities
 
