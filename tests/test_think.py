@@ -279,3 +279,17 @@ def test_a_served_think_request_never_thinks_past_its_budget(tmp_path, r1_tok):
             assert text == msg["content"]
     finally:
         srv.stop()
+
+
+def test_a_recipe_sets_the_format_for_every_stage_that_reads_prompts():
+    from tokenskip.generation.rollout import GenerationConfig
+    from tokenskip.pipeline.recipe import Recipe, with_inherited
+    from tokenskip.stages.build_sft import SFTDataConfig
+    from tokenskip.stages.compress import CompressConfig
+
+    r = Recipe.from_dict({"name": "t", "stages": {"generate": {}}, "cot_format": "think", "enable_thinking": True})
+    for cls in (GenerationConfig, SFTDataConfig):
+        assert with_inherited(r, cls, {}) == {"cot_format": "think", "enable_thinking": True}
+    assert with_inherited(r, CompressConfig, {}) == {}   # compress reads the CoT column the format already split
+    with pytest.raises(ValueError, match="--cot-format"):
+        GenerationConfig(model="m", cot_format="thinking").validate()
