@@ -293,3 +293,19 @@ def test_a_recipe_sets_the_format_for_every_stage_that_reads_prompts():
     assert with_inherited(r, CompressConfig, {}) == {}   # compress reads the CoT column the format already split
     with pytest.raises(ValueError, match="--cot-format"):
         GenerationConfig(model="m", cot_format="thinking").validate()
+
+
+def test_generate_grades_a_think_model_by_its_template(tmp_path, r1_engine):
+    """The stage wiring: auto resolves to think from the R1-style template, so outputs cut inside the block the
+    prompt opened (they hold no tag at all) are flagged and counted, not graded as plain CoTs."""
+    from conftest import GSM8K_TEST, need_data
+    from tokenskip.contract.io import read_jsonl
+    from tokenskip.stages.generate import GenerateConfig, run_generate
+
+    cfg = GenerateConfig(model="tiny-think", data=str(need_data(GSM8K_TEST)), limit=2, max_new_tokens=5,
+                         out=str(tmp_path), threads=1)
+    m = run_generate(cfg, backend=r1_engine)
+    rows = read_jsonl(tmp_path / "predictions.jsonl")
+    assert m["think_unclosed"] == 2 and m["accuracy"] == 0.0
+    assert [r["think_closed"] for r in rows] == [False, False] and all(r["pred"] is None for r in rows)
+    assert all(r["cot"] == r["output"].strip() and "<think>" in r["prompt"] for r in rows)
