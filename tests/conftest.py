@@ -32,6 +32,38 @@ LLAMA3_TEMPLATE = (
 )
 
 
+#: A reasoning template in the DeepSeek-R1-Distill manner (written here): its generation prompt opens the think
+#: block, and an assistant turn of the history keeps only what follows ``</think>``.
+R1_STYLE_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<|User|>{{ m['content'] }}"
+    "{% else %}<|Assistant|>{{ m['content'].split('</think>')[-1] | trim }}<|end_of_sentence|>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}"
+)
+#: A reasoning template in the Qwen3 manner (written here): ChatML; the model opens its think block itself unless
+#: ``enable_thinking`` is false, when the generation prompt holds an empty closed block; history loses its thinking.
+QWEN3_STYLE_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}"
+    "<|im_start|>assistant\n{{ m['content'].split('</think>')[-1] | trim }}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def think_tokenizer(base, template: str):
+    """A copy of ``base`` with ``<think>``/``</think>`` as plain added tokens (decoded text keeps them, as in the
+    reasoning models' tokenizers), the R1-style role markers as special tokens, and ``template`` as chat template."""
+    import copy
+
+    tok = copy.deepcopy(base)
+    tok.add_tokens(["<think>", "</think>"])
+    if "<|User|>" in template:
+        tok.add_special_tokens({"additional_special_tokens": ["<|User|>", "<|Assistant|>", "<|end_of_sentence|>"]})
+    tok.chat_template = template
+    return tok
+
+
 def need_data(path: Path) -> Path:
     """``path`` of a shipped data file; the test FAILS (never skips) when it is missing, so a broken
     checkout cannot pass by testing less."""

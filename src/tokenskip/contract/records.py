@@ -180,16 +180,19 @@ class Prediction(Record):
 
     Attributes:
         prompt: the full chat-templated input; output: the generated text.
-        cot: the output before "The final answer is" (:func:`tokenskip.task.grading.split_cot`).
+        cot: the output before "The final answer is", or a think output's block content
+            (:func:`tokenskip.task.grading.split_cot`).
         cot_tokens: CoT length in target-model tokens; num_tokens: generated tokens.
         pred: extracted answer (``None``: none found); gold: gold answer; correct: graded result.
         latency_s: seconds for this sample (see the run's ``latency_mode``).
         finish_reason: ``stop`` (end of turn) or ``length`` (hit the cap).
         cap / original_cot_tokens: truncation method only: the token cap and the original CoT's length.
+        think_closed: think-format outputs only (``<think>…</think>``, :mod:`tokenskip.task.think`): whether the
+            block was closed; ``false`` rows are graded wrong (no answer after the block).
     """
 
     SCHEMA: ClassVar[str] = "prediction"
-    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("cap", "original_cot_tokens")
+    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("cap", "original_cot_tokens", "think_closed")
 
     id: str
     question: str
@@ -206,6 +209,7 @@ class Prediction(Record):
     output_token_ids: list[int] = field(default_factory=list)
     cap: int | None = None
     original_cot_tokens: int | None = None
+    think_closed: bool | None = None
 
 
 @dataclass
@@ -289,12 +293,13 @@ class RunMetrics(Record):
             (``--force-answer``: the answer line appended after the cap; the report labels it so).
         lora_scale / marker_ratio: a calibrated TokenSkip adapter only: the LoRA scale γ was decoded with and
             the γ marker written in the prompt (:mod:`tokenskip.finetune.calibration`).
+        think_unclosed: runs of think outputs only: how many never closed their block within the cap (graded wrong).
         max_new_tokens: the resolved cap on generated tokens; ids: problem ids in the run; settings: the
             run's settings.
     """
 
     SCHEMA: ClassVar[str] = "run_metrics"
-    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("truncation", "lora_scale", "marker_ratio")
+    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("truncation", "lora_scale", "marker_ratio", "think_unclosed")
 
     n: int
     accuracy: float | None = None
@@ -330,6 +335,7 @@ class RunMetrics(Record):
     truncation: str | None = None
     lora_scale: float | None = None
     marker_ratio: float | None = None
+    think_unclosed: int | None = None
     settings: dict = field(default_factory=dict)
     ids: list = field(default_factory=list)
 

@@ -22,6 +22,7 @@ from tokenskip.contract.layout import (
 from tokenskip.contract.ratios import format_ratio, paper_grid
 from tokenskip.contract.records import CompressedCot, SFTExample, SourceCot
 from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER, answer_line, styled_prompt
+from tokenskip.task.think import has_block, split_think, think_completion
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class Trajectory:
         group: the problem id (the validation split never separates two trajectories of one question).
         question, answer: problem text and final answer.
         cots: γ -> CoT text; always has 1.0 (the uncompressed CoT).
+        think_answer: a think-format trajectory: the text the model wrote after ``</think>`` (``""``: none known,
+            the answer line stands in); its targets keep the tags (:func:`tokenskip.task.think.think_completion`).
+            ``None``: a plain CoT.
     """
 
     id: str
@@ -50,6 +54,7 @@ class Trajectory:
     question: str
     answer: str
     cots: dict[float, str]
+    think_answer: str | None = None
 
 
 # ---------------------------------------------------------------- pure core
@@ -145,11 +150,16 @@ def make_record(tokenizer, traj: Trajectory, ratio: float, system_prompt: str | 
 
     ``prompt`` = chat template of the user turn (+ γ marker when γ < 1) with the generation prompt
     (or the reference's training string, ``prompt_style="reference"``);
-    ``completion`` = the CoT at γ + :func:`tokenskip.task.prompts.answer_line` (see :func:`completion_for`).
+    ``completion`` = the CoT at γ + :func:`tokenskip.task.prompts.answer_line` (see :func:`completion_for`); for a
+    think trajectory ``<think>`` + the CoT at γ + ``</think>`` + its answer, without the ``<think>`` a generation
+    prompt already opened (:func:`tokenskip.task.think.think_completion`).
     """
     prompt = styled_prompt(tokenizer, traj.question, ratio, system_prompt, marker_delimiter=marker_delimiter,
                            style=prompt_style, model=model, training=True)
-    completion = completion_for(traj.cots[ratio], traj.answer, answer_line_mode)
+    if traj.think_answer is not None:
+        completion = think_completion(traj.cots[ratio], traj.think_answer or answer_line(traj.answer), prompt)
+    else:
+        completion = completion_for(traj.cots[ratio], traj.answer, answer_line_mode)
     return SFTExample(traj.id, ratio, prompt, completion).to_json()
 
 
@@ -189,13 +199,22 @@ def collapse_whitespace(text: str) -> str:
     return " ".join(text.split())
 
 
+def think_answer(output: str | None, cot_format: str) -> str | None:
+    """A trajectory's :attr:`Trajectory.think_answer` from the model's whole output: ``None`` in the plain format
+    (or ``auto`` and an output without a think block), else the text after ``</think>`` (``""`` when unknown)."""
+    if cot_format == "plain" or (cot_format == "auto" and not (output and has_block(output))):
+        return None
+    return split_think(output).answer if output else ""
+
+
 
 
 def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, dict], dict[float, dict[str, str]]]:
     """Read ``source.jsonl`` and the ``ratio-<γ>.jsonl`` files for the γ < 1 in ``ratios``.
 
     Returns:
-        ``(source, compressed)``: ``source[id] = {"question", "answer", "cot"}`` and
+        ``(source, compressed)``: ``source[id] = {"question", "answer", "cot", "output"}`` (``output``: the model's
+        whole output, ``None`` when the row has none) and
         ``compressed[γ][id] = cot``.
 
     Raises:
@@ -214,7 +233,7 @@ def read_compressed(folder: str | Path, ratios: list[float]) -> tuple[dict[str, 
             raise DataError(src_path, lineno, "id", f"duplicate id {rec.id!r}")
         if not rec.question.strip():
             raise DataError(src_path, lineno, "question", "empty (expected a non-empty string)")
-        source[rec.id] = {"question": rec.question, "answer": rec.answer, "cot": rec.cot}
+        source[rec.id] = {"question": rec.question, "answer": rec.answer, "cot": rec.cot, "output": rec.output}
     compressed: dict[float, dict[str, str]] = {}
     missing = [r for r in ratios if r < 1.0 and not compressed_file(folder, r).is_file()]
     if missing:

@@ -13,7 +13,10 @@ case, identical to ``tokenskip.task.prompts.build_prompt``.
 :class:`tokenskip.generation.length_model.LengthModel`; with a budget, decoding is capped at N and a CoT still running
 at N
 gets the answer line forced (``FORCE_ANSWER``, at most ``answer_max_tokens`` more tokens), as in the
-truncation baseline (paper §5).
+truncation baseline (paper §5). A think model's CoT cut inside its ``<think>`` block gets the block closed
+first (``\n</think>`` + the answer line: "budget forcing"), so it never thinks more than N tokens and always
+ends with an answer after ``</think>``; with a think format a budget needs no length model (γ 1, the cap alone).
+Prior assistant turns lose their think blocks before the chat template sees them.
 
 Engines: any :class:`tokenskip.engines.GenerationBackend` (``hf``, ``vllm``, ``openai``).
 """
@@ -25,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from tokenskip.engines import Generation, tokens_within
-from tokenskip.task.grading import extract_answer, split_cot
+from tokenskip.task.grading import extract_answer, split_output
 from tokenskip.task.prompt_format import PromptFormat
 from tokenskip.task.prompts import FORCE_ANSWER, ratio_marker, validate_ratio
+from tokenskip.task.think import THINK_CLOSE, THINK_FORCE_CLOSE, block_state, drop_thinking
 
 #: Tokens allowed for a forced answer (evaluate's ``--answer-max-tokens`` default).
 ANSWER_MAX_TOKENS = 24
@@ -68,10 +72,12 @@ class Answer:
 
     Attributes:
         text: the whole generated text (CoT + answer line).
-        cot: the CoT part (text before "The final answer is"; :func:`tokenskip.task.grading.split_cot`).
+        cot: the CoT part (text before "The final answer is", or the think block's content;
+            :func:`tokenskip.task.grading.split_output`).
         final_answer: extracted answer (last ``\\boxed{}`` or "answer is" phrase), ``None`` when absent.
         cot_tokens: tokens of ``cot`` in the model's tokenizer, at most ``output_tokens`` (the CoT is a prefix of
-            the output; re-tokenizing its text can count one more token at the cut).
+            the output; re-tokenizing its text can count one more token at the cut) and, for a think block, at most
+            the tokens generated before ``</think>`` (so a budget N gives at most N).
         output_tokens: generated tokens (stop token excluded; forced answer tokens included).
         finish_reason: ``stop`` (end of turn or a stop string) or ``length`` (hit ``max_tokens``).
         latency_s: seconds of engine time for this answer (amortised over its batch).
@@ -79,6 +85,7 @@ class Answer:
         prompt: the exact prompt string sent to the engine.
         max_cot_tokens: the budget, if any.
         token_ids: generated token ids (as reported by the engine).
+        think_closed: think outputs only: whether the block was closed (``None``: a plain output).
     """
 
     text: str
@@ -92,6 +99,7 @@ class Answer:
     prompt: str
     max_cot_tokens: int | None = None
     token_ids: list[int] = field(default_factory=list)
+    think_closed: bool | None = None
 
 
 def question_of(messages: Sequence[dict]) -> str:
@@ -131,7 +139,8 @@ def render_prompt(tokenizer, fmt: PromptFormat, messages: Sequence[dict] | None 
     else:
         question_of(messages)
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        msgs = [{"role": m["role"], "content": drop_thinking(m["content"]) if m["role"] == "assistant"
+                 else m["content"]} for m in messages]
         content = msgs[last_user]["content"]
         if instruction:
             content = f"{fmt.instruction}\n{content}"
@@ -144,7 +153,8 @@ def render_prompt(tokenizer, fmt: PromptFormat, messages: Sequence[dict] | None 
 
 
 def plan_ratio(query: Query, fmt: PromptFormat, length_model=None) -> float:
-    """The γ of a query: its ``ratio``, or the budget's γ from ``length_model``, or 1.0.
+    """The γ of a query: its ``ratio``, or the budget's γ from ``length_model``, or 1.0 (also for a budget without
+    a length model when ``fmt.cot_format`` is ``think``: the budget is then enforced by closing the block alone).
 
     Raises:
         ValueError: both γ and a budget, γ outside (0, 1] or below the adapter's trained range (the smallest γ of
@@ -157,6 +167,8 @@ def plan_ratio(query: Query, fmt: PromptFormat, length_model=None) -> float:
         if isinstance(query.max_cot_tokens, bool) or not isinstance(query.max_cot_tokens, int) \
                 or query.max_cot_tokens < 1:
             raise ValueError(f"max_cot_tokens must be an integer >= 1, got {query.max_cot_tokens!r}")
+        if length_model is None and fmt.cot_format == "think":
+            return 1.0
         if length_model is None:
             raise ValueError("max_cot_tokens needs a length model (serve/evaluate --length-model)")
         q = query.question if query.question is not None else question_of(query.messages or [])
@@ -174,7 +186,8 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
                     answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None, limit_total: bool = False,
                     **sampling) -> list[Generation]:
     """Generations of ``prompts``; where ``cot_caps[i]`` is set, decode at most that many tokens and, if the
-    turn did not end, force the answer line (:data:`FORCE_ANSWER` + at most ``answer_max_tokens`` tokens).
+    turn did not end, force the answer line (:data:`FORCE_ANSWER` + at most ``answer_max_tokens`` tokens),
+    after closing the think block first when the cut fell inside one (:func:`forced_opener`).
 
     ``caps`` bound the rest. A forced answer adds its tokens to ``num_tokens`` and its time to ``latency_s``;
     ``token_ids`` keep the first pass's ids only (greedy: the prefix of the uncapped run). Extra keyword arguments
@@ -194,14 +207,15 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     first_caps = [min(c, b) if b is not None else c for c, b in zip(caps, cot_caps)]
     first = engine.generate(list(prompts), first_caps, **kw)
     kw.pop("on_tokens", None)
-    prefix = engine.count_tokens(FORCE_ANSWER) if limit_total else 0
-    allow = {i: answer_max_tokens if not limit_total else min(answer_max_tokens, caps[i] - g.num_tokens - prefix)
+    opener = {i: forced_opener(prompts[i], g.text) for i, g in enumerate(first)}
+    prefix = {i: engine.count_tokens(o) if limit_total else 0 for i, o in opener.items()}
+    allow = {i: answer_max_tokens if not limit_total else min(answer_max_tokens, caps[i] - g.num_tokens - prefix[i])
              for i, g in enumerate(first) if cot_caps[i] is not None and g.finish_reason != "stop"
              and (not limit_total or cot_caps[i] < caps[i])}   # served: only where the budget cut the CoT
     need = [i for i, n in allow.items() if n > 0]
     if not need:
         return first
-    forced = engine.generate([prompts[i] + first[i].text + FORCE_ANSWER for i in need], [allow[i] for i in need], **kw)
+    forced = engine.generate([prompts[i] + first[i].text + opener[i] for i in need], [allow[i] for i in need], **kw)
     out = list(first)
     for i, f in zip(need, forced):
         g, answer, n = first[i], f.text, f.num_tokens
@@ -209,11 +223,19 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
             end = answer.index("}") + 1
             answer = answer[:end + 1] if answer[end:end + 1] == "$" else answer[:end]
             n = min(n, engine.count_tokens(answer))
-        text = g.text + FORCE_ANSWER + answer + ("" if "}" in answer else "}")
+        text = g.text + opener[i] + answer + ("" if "}" in answer else "}")
         # token_ids stay the CoT's own (decoded) ids: the forced line was not generated after them
-        out[i] = Generation(text, g.num_tokens + prefix + n, g.latency_s + f.latency_s, g.finish_reason,
+        out[i] = Generation(text, g.num_tokens + prefix[i] + n, g.latency_s + f.latency_s, g.finish_reason,
                             list(g.token_ids))
     return out
+
+
+def forced_opener(prompt: str, text: str) -> str:
+    """What is written after a CoT cut by its budget: :data:`FORCE_ANSWER`, preceded by ``\\n</think>`` when the
+    cut fell inside a think block (opened by the generation prompt or by the model:
+    :func:`tokenskip.task.think.block_state`), so a think model's thinking ends at the budget and its answer
+    follows the block (budget forcing)."""
+    return (THINK_FORCE_CLOSE if block_state(prompt, text) == "open" else "") + FORCE_ANSWER
 
 
 class ForcedAnswerEngine:
@@ -223,7 +245,9 @@ class ForcedAnswerEngine:
 
     def __init__(self, inner, answer_max_tokens: int = ANSWER_MAX_TOKENS):
         self.inner, self.answer_max_tokens = inner, answer_max_tokens
-        self.tokenizer, self.batch_size, self.name = inner.tokenizer, inner.batch_size, inner.name
+        # vLLM's engines batch by themselves and have no batch_size (the budget method crashed on them)
+        self.tokenizer, self.name = inner.tokenizer, inner.name
+        self.batch_size = getattr(inner, "batch_size", None)
         self.count_tokens = inner.count_tokens
         self.capabilities = inner.capabilities
 
@@ -246,6 +270,16 @@ def _tokens_before(engine, g: Generation, text: str) -> int:
     if ids and tok is not None and tok.decode(ids, skip_special_tokens=True) == g.text:
         return tokens_within(ids, len(text), tok)
     return min(engine.count_tokens(text), g.num_tokens)
+
+
+def _think_tokens(engine, g: Generation, text: str) -> int:
+    """Tokens of ``g`` generated before the ``</think>`` of ``text``, counted on the generated ids where their text
+    is a prefix of ``text`` (budget forcing keeps only the thinking pass's ids), else re-counted from the text."""
+    ids, tok = list(g.token_ids), engine.tokenizer
+    close = text.find(THINK_CLOSE)
+    if ids and tok is not None and text.startswith(tok.decode(ids, skip_special_tokens=True)):
+        return tokens_within(ids, close, tok)
+    return engine.count_tokens(text[:close])
 
 
 def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, length_model=None,
@@ -281,10 +315,15 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
         cut = cut_at_stop(text, q.decoding.stop)
         if cut is not None:   # a request's stop string: the reply and its token count end where it begins
             text, finish, n = cut, "stop", _tokens_before(engine, g, cut)
-        cot = split_cot(text)
-        out.append(Answer(text=text, cot=cot, final_answer=extract_answer(text, "math"),
-                          cot_tokens=min(engine.count_tokens(cot), n), output_tokens=n,
+        parts = split_output(text, fmt.cot_format)
+        final = extract_answer(parts.answer, "math") if parts.think_closed is not False else None
+        cot_n = min(engine.count_tokens(parts.cot), n)
+        if parts.think_closed:   # the stripped block re-tokenized can count more than were generated in it
+            cot_n = min(cot_n, _think_tokens(engine, g, text))
+        out.append(Answer(text=text, cot=parts.cot, final_answer=final,
+                          cot_tokens=cot_n, output_tokens=n,
                           finish_reason=finish,
                           latency_s=g.latency_s or wall / len(queries), ratio=r, prompt=p,
-                          max_cot_tokens=q.max_cot_tokens, token_ids=list(g.token_ids)))
+                          max_cot_tokens=q.max_cot_tokens, token_ids=list(g.token_ids),
+                          think_closed=parts.think_closed))
     return out

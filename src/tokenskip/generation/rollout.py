@@ -20,6 +20,7 @@ from tokenskip.contract.records import Prediction, Problem, RunMetrics
 from tokenskip.engines import BACKENDS, GenerationBackend, engine_spec
 from tokenskip.engines.hardware import DtypeChoice, resolve_dtype, resolve_threads
 from tokenskip.task.benchmarks import GRADERS, Benchmark, get_benchmark
+from tokenskip.task.think import pin_enable_thinking, resolve_cot_format, validate_cot_format
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,12 @@ class GenerationConfig(ModelSettings):
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: environment variable "
                                                                          "holding the API key"})
     max_in_flight: int = field(default=8, metadata={"help": "--backend openai: requests in flight at once"})
+    cot_format: str = field(default="auto", metadata={
+        "help": "where the CoT is: think = inside <think>…</think>, the answer after it (reasoning models); plain = "
+                "before 'The final answer is:' (the paper); auto = think for outputs with a block or a chat template "
+                "whose generation prompt opens one", "choices": ["auto", "plain", "think"]})
+    enable_thinking: bool | None = field(default=None, metadata={
+        "help": "the chat template's enable_thinking (Qwen3 style); default: the template's own"})
     stop: list[str] = field(default_factory=list, metadata={
         "split": False, "empty_ok": True,
         "help": "extra stop strings (the output is cut before the first one; \\n and \\t are read as line break "
@@ -110,6 +117,7 @@ class GenerationConfig(ModelSettings):
             raise ValueError("--limit and --offset must be >= 0")
         if any(not x for x in self.stop):
             raise ValueError("--stop: stop strings must not be empty")
+        validate_cot_format(self.cot_format, "--cot-format")
         if engine_spec(self.backend).needs_base_url and not self.base_url:
             raise ValueError(f"--backend {self.backend} needs --base-url (e.g. http://127.0.0.1:8088/v1)")
         if self.max_in_flight < 1:
@@ -151,34 +159,52 @@ class GenerationConfig(ModelSettings):
         return f"{self.data or 'hub'}:{self.split}"
 
 
+def think_setup(cfg: GenerationConfig, tokenizer) -> str:
+    """Pin ``cfg.enable_thinking`` in ``tokenizer``'s chat template (every prompt of the run then renders with it)
+    and return the run's CoT format (``cfg.cot_format``, ``auto`` resolved from the template:
+    :func:`tokenskip.task.think.resolve_cot_format`).
+
+    Raises:
+        ValueError: ``enable_thinking`` set for a template that does not read it.
+    """
+    pin_enable_thinking(tokenizer, cfg.enable_thinking)
+    return resolve_cot_format(cfg.cot_format, tokenizer)
+
+
 def data_identity(cfg: GenerationConfig) -> str:
     """See :meth:`GenerationConfig.data_identity`."""
     return cfg.data_identity()
 
 
-def grade_row(problem: Problem, prompt: str, gen, grader: str, count_tokens: Callable[[str], int]) -> dict:
+def grade_row(problem: Problem, prompt: str, gen, grader: str, count_tokens: Callable[[str], int],
+              cot_format: str = "auto") -> dict:
     """One predictions row (:class:`~tokenskip.contract.records.Prediction` as JSON) from a problem and its generation.
 
     CoT tokens are counted in the target model's tokenizer on the text before the literal
     "\\n\\nThe final answer is:" (the whole output when absent), the reference's split
     (:func:`tokenskip.task.grading.split_cot`; docs/method.md step 7).
 
+    In the think format the CoT is the think block's content and only the text after it is graded; the row's
+    ``think_closed`` says whether the block was closed (an unclosed one is graded wrong).
+
     Args:
         grader: grader kind (``numeric`` / ``symbolic``) or a benchmark name.
+        cot_format: ``auto``, ``plain`` or ``think`` (:func:`tokenskip.task.grading.split_output`).
     """
     from tokenskip.task.grading import grade
 
-    g = grade(gen.text, problem.answer, grader)
+    g = grade(gen.text, problem.answer, grader, cot_format=cot_format)
     return Prediction(
         id=problem.id, question=problem.question, prompt=prompt, output=gen.text, cot=g.cot,
         cot_tokens=count_tokens(g.cot), pred=g.answer, gold=problem.answer, correct=bool(g.correct),
         latency_s=round(gen.latency_s, 6), num_tokens=gen.num_tokens, finish_reason=gen.finish_reason,
-        output_token_ids=list(gen.token_ids)).to_json()
+        output_token_ids=list(gen.token_ids), think_closed=g.think_closed).to_json()
 
 
 def summarize(rows: Sequence[dict]) -> dict:
     """Aggregate metrics of predictions rows: accuracy (0..1), CoT tokens (mean, median), latency (s/sample),
-    throughput (generated tokens ÷ generation seconds)."""
+    throughput (generated tokens ÷ generation seconds), and where rows are think outputs ``think_unclosed``
+    (how many never closed their block)."""
     n = len(rows)
     if n == 0:
         return {"n": 0, "accuracy": None, "avg_cot_tokens": None, "median_cot_tokens": None,
@@ -186,7 +212,8 @@ def summarize(rows: Sequence[dict]) -> dict:
     cot = [r["cot_tokens"] for r in rows]
     lat = sum(r["latency_s"] for r in rows)
     toks = sum(r.get("num_tokens", 0) for r in rows)
-    return {
+    think = [r["think_closed"] for r in rows if r.get("think_closed") is not None]
+    return ({"think_unclosed": sum(not c for c in think)} if think else {}) | {
         "n": n,
         "accuracy": sum(bool(r["correct"]) for r in rows) / n,
         "avg_cot_tokens": sum(cot) / n,
@@ -211,6 +238,8 @@ def row_settings(cfg: GenerationConfig, stage: str) -> dict:
         s["stop"] = cfg.stop
     if cfg.prompt_style != "chat-template":  # likewise
         s["prompt_style"] = cfg.prompt_style
+    if cfg.cot_format != "auto" or cfg.enable_thinking is not None:  # likewise
+        s.update(cot_format=cfg.cot_format, enable_thinking=cfg.enable_thinking)
     if bench.name == "custom" or cfg.grader:  # the field names and the grader decide the rows
         s.update(question_field=cfg.question_field, answer_field=cfg.answer_field, grader=bench.grader)
     return s
@@ -219,7 +248,7 @@ def row_settings(cfg: GenerationConfig, stage: str) -> dict:
 def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: ResumableJsonl, backend: GenerationBackend,
              grader: str, max_new_tokens: int | Sequence[int], adapter: str | None = None,
              row_hook: Callable[[Problem, dict], dict] | None = None, chunk: int | None = None,
-             generate: Callable | None = None, desc: str = "generate") -> list[dict]:
+             generate: Callable | None = None, desc: str = "generate", cot_format: str = "auto") -> list[dict]:
     """Generate the problems not yet in ``writer`` and append their rows as each chunk finishes.
 
     Pending prompts are sorted by length (less padding) and sent ``chunk`` at a time (default: the
@@ -233,6 +262,7 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
         generate: ``(prompts, caps, adapter=...) -> [Generation]`` (an evaluation method's decoding);
             default ``backend.generate``.
         desc: label of the progress bar.
+        cot_format: the CoT format the rows are graded in (see :func:`grade_row`).
     """
     generate = generate or backend.generate
     caps = [max_new_tokens] * len(problems) if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -249,7 +279,7 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
             idx = todo[s:s + chunk]
             gens = generate([prompts[i] for i in idx], [caps[i] for i in idx], adapter=adapter)
             for i, g in zip(idx, gens):
-                row = grade_row(problems[i], prompts[i], g, grader, backend.count_tokens)
+                row = grade_row(problems[i], prompts[i], g, grader, backend.count_tokens, cot_format)
                 if row_hook:
                     row = row_hook(problems[i], row)
                 writer.append(row)

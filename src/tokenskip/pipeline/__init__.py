@@ -27,7 +27,7 @@ Recipe layout (see ``recipes/``)::
     model: smollm2-135m-instruct    # default `model` of every stage
     threads: 2                      # default `threads` of every stage
     dtype / device / seed / benchmark / backend / prompt_style / system_prompt  # also copied into every
-                                    # stage with such a field
+    cot_format / enable_thinking    # stage with such a field (think models: docs/usage.md)
     stages:
       lab_data:  {...LabDataConfig fields}             # CPU lab only
       warmup:    {...WarmupConfig fields}              # CPU lab only

@@ -18,7 +18,8 @@ from tokenskip.stages import NAMES as STAGES
 logger = logging.getLogger(__name__)
 
 #: keys at the top of a recipe that are copied into every stage that has such a field
-INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark", "prompt_style", "backend", "system_prompt")
+INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark", "prompt_style", "backend", "system_prompt",
+             "cot_format", "enable_thinking")
 #: settings that change how fast a stage runs, never what it writes: left out of fingerprints
 RUNTIME_KEYS = ("threads",)
 #: Settings where the paper's (reference) setting and this project's differ; a plan prints them per stage.
@@ -44,6 +45,9 @@ class Recipe:
             reference's prompts; ``backend: vllm`` makes generate and evaluate decode with vLLM; ``system_prompt``
             is the system turn of warmup, generate, build_sft and evaluate alike, so the target model is trained
             and asked with the same one — the paper's Qwen runs used "You are a helpful assistant.").
+        cot_format, enable_thinking: a reasoning model's CoT format (``think``: the CoT is the ``<think>`` block)
+            and its chat template's ``enable_thinking``, for generate, build_sft and evaluate alike
+            (:mod:`tokenskip.task.think`).
     """
 
     name: str = ""
@@ -58,6 +62,8 @@ class Recipe:
     prompt_style: str | None = None  # chat-template or reference (paper-exact prompts, issue 13)
     backend: str | None = None  # hf, vllm or openai: the generation engine of generate and evaluate
     system_prompt: str | None = None  # the system turn of every stage that writes or reads prompts
+    cot_format: str | None = None  # auto, plain or think (reasoning models: the CoT is the <think> block)
+    enable_thinking: bool | None = None  # the chat template's enable_thinking (Qwen3 style)
 
     def validate(self) -> None:
         if not self.name:

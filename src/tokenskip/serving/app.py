@@ -85,6 +85,12 @@ class ServeConfig(ModelSettings):
                                                                      "<adapter>/length_model.json)"})
     system_prompt: str | None = field(default=None, metadata={"help": "override the adapter's system turn"})
     marker_delimiter: str | None = field(default=None, metadata={"help": "override the adapter's γ marker delimiter"})
+    cot_format: str | None = field(default=None, metadata={
+        "help": "override the adapter's CoT format: think (reasoning models: max_cot_tokens closes the <think> block "
+                "at N, no length model needed), plain, auto (from the chat template)",
+        "choices": ["auto", "plain", "think"]})
+    enable_thinking: bool | None = field(default=None, metadata={
+        "help": "the chat template's enable_thinking (Qwen3 style); default: the adapter's, else the template's"})
     max_batch_size: int = field(default=8, metadata={"help": "requests decoded together at most"})
     batch_invariant: bool = field(default=False, metadata={
         "help": "decode every request alone (HF: batches of 1; vLLM: one sequence at a time), so a greedy reply "

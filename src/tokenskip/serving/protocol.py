@@ -182,7 +182,7 @@ def parse_chat(body, state: ServerState) -> tuple[Job, bool, bool]:
     budget = _int(body, "max_cot_tokens", None)
     if ratio is not None and budget is not None:
         raise APIError(400, "give 'compression_ratio' or 'max_cot_tokens', not both", "compression_ratio")
-    if budget is not None and state.length_model is None:
+    if budget is not None and state.length_model is None and state.fmt.cot_format != "think":
         raise APIError(400, "'max_cot_tokens' needs a length model: start the server with --length-model",
                        "max_cot_tokens")
     for name in ("stream", "return_prompt", "add_instruction"):

@@ -95,7 +95,8 @@ class ServerState:
     def _load_engine(self) -> None:
         cfg = self.cfg
         configure_threads(cfg.threads)
-        self.fmt = resolve_prompt_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter)
+        self.fmt = resolve_prompt_format(cfg.adapter, cfg.system_prompt, cfg.marker_delimiter).with_overrides(
+            cot_format=cfg.cot_format, enable_thinking=cfg.enable_thinking)
         lm = cfg.length_model or (str(Path(cfg.adapter) / LENGTH_MODEL)
                                   if cfg.adapter and (Path(cfg.adapter) / LENGTH_MODEL).is_file() else None)
         self.length_model = load_length_model(lm) if lm else None
@@ -103,6 +104,7 @@ class ServerState:
             self._connect_upstream()
         else:
             self._load_local()
+        self.fmt = self.fmt.for_tokenizer(self.engine.tokenizer)   # think format and enable_thinking, once
         self.sampling = self.engine.capabilities.sampling
 
     @property

@@ -44,9 +44,11 @@ from tokenskip.finetune.sft import (
     build_records,
     collapse_whitespace,
     read_compressed,
+    think_answer,
 )
 from tokenskip.task.prompt_format import PromptFormat
 from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER
+from tokenskip.task.think import validate_cot_format
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,12 @@ class SFTDataConfig:
                 "appended even when the CoT already ends with its answer, so it appears twice) or if-missing (this "
                 "project: not appended when the CoT's last line already gives \\boxed{…} or '#### …')",
         "choices": list(ANSWER_LINE_MODES)})
+    cot_format: str = field(default="auto", metadata={
+        "help": "think: targets keep the <think> tags (<think> + CoT at γ + </think> + the model's answer after it); "
+                "plain: CoT + answer line (the paper); auto: think for outputs with a block or a chat template that "
+                "makes them", "choices": ["auto", "plain", "think"]})
+    enable_thinking: bool | None = field(default=None, metadata={
+        "help": "the chat template's enable_thinking (Qwen3 style); default: the template's own"})
     prompt_style: str = field(default="chat-template", metadata={
         "help": "chat-template: the tokenizer's chat template; reference: the TokenSkip reference's training "
                 "prompt strings (Qwen ChatML / Llama-3.1 without a system block)",
@@ -109,6 +117,7 @@ class SFTDataConfig:
             raise ValueError(f"build-sft: --answer-line must be one of {ANSWER_LINE_MODES}, got {self.answer_line!r}")
         if self.prompt_style not in ("chat-template", "reference"):
             raise ValueError(f"build-sft: --prompt-style must be chat-template or reference, got {self.prompt_style!r}")
+        validate_cot_format(self.cot_format, "build-sft: --cot-format")
         if self.cot_source not in COT_SOURCES:
             raise ValueError(f"build-sft: --cot-source must be one of {COT_SOURCES}, got {self.cot_source!r}")
         if self.offset < 0 or (self.limit is not None and self.limit < 0):
@@ -150,14 +159,15 @@ def collect_trajectories(cfg: SFTDataConfig, source: dict[str, dict], compressed
                 continue
             seen.add(key)
             out.append(Trajectory(rid + "#self" if suffix else rid, group, s["question"], s["answer"],
-                                  {1.0: s["cot"], **versions(rid)}))
+                                  {1.0: s["cot"], **versions(rid)}, think_answer(s.get("output"), cfg.cot_format)))
         if repeats:
             logger.info("%d sampled CoT(s) repeat another CoT of the same problem; each kept once", repeats)
     if cfg.cot_source in ("gold", "both"):
         usable, from_gold = _gold_problems(cfg, source, problems, folder_source)
         for p in usable:
             out.append(Trajectory(p.id + "#gold" if suffix else p.id, p.id, p.question, p.answer,
-                                  {1.0: p.solution, **(versions(p.id) if p.id in from_gold else {})}))
+                                  {1.0: p.solution, **(versions(p.id) if p.id in from_gold else {})},
+                                  think_answer(None, cfg.cot_format)))
     if not out:
         raise ValueError(f"build-sft: no trajectories (source {cfg.cot_source!r}, folder {cfg.compressed})")
     return out
@@ -221,6 +231,10 @@ def run_build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
     from tokenskip.task.prompts import warn_default_system
 
     warn_default_system(tokenizer, cfg.prompt_style, cfg.system_prompt, logger)
+    fmt = PromptFormat(system_prompt=cfg.system_prompt, marker_delimiter=cfg.marker_delimiter,
+                       ratios=tuple(sorted(cfg.ratios, reverse=True)), cot_format=cfg.cot_format,
+                       enable_thinking=cfg.enable_thinking).for_tokenizer(tokenizer)
+    cfg = dataclasses.replace(cfg, cot_format=fmt.cot_format)   # auto resolved from the chat template
     source, compressed = read_compressed(cfg.compressed, cfg.ratios)
     problems = None
     if cfg.cot_source in ("gold", "both"):
@@ -238,8 +252,7 @@ def run_build_sft(cfg: SFTDataConfig, tokenizer=None) -> dict:
     write_jsonl_atomic(out / SFT_VALIDATION, val)
     stats = {"schema_version": SCHEMA_VERSION, **stats, "config": to_dict(cfg)}
     write_json_atomic(out / SFT_STATS, stats)
-    PromptFormat(system_prompt=cfg.system_prompt, marker_delimiter=cfg.marker_delimiter,
-                 ratios=tuple(sorted(cfg.ratios, reverse=True))).save(out)  # train copies it next to the adapter
+    fmt.save(out)  # train copies it next to the adapter
     logger.debug("wrote %d train / %d validation rows to %s; per γ (train): %s", len(train), len(val), out,
                 stats["per_ratio"]["train"])
     return stats

@@ -46,7 +46,14 @@ from tokenskip.contract.ratios import format_ratio, paper_grid, validate_ratios
 from tokenskip.contract.records import Prediction, act_ratio
 from tokenskip.engines import GenerationBackend, engine_spec, get_backend
 from tokenskip.engines.models import configure_threads
-from tokenskip.generation.rollout import GenerationConfig, print_metrics, row_settings, run_rows, write_metrics
+from tokenskip.generation.rollout import (
+    GenerationConfig,
+    print_metrics,
+    row_settings,
+    run_rows,
+    think_setup,
+    write_metrics,
+)
 from tokenskip.methods import Method, get_method, method_names
 from tokenskip.task.data import load_problems
 from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER, warn_default_system
@@ -240,6 +247,7 @@ def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
     """One run of a method (its γ, or its budget N): the method's plan, resumable generation, metrics."""
     adapter = method.adapter_for(cfg, key)   # per run: a calibrated adapter's copy scaled for γ
     b = backend_for(adapter)
+    cot_format = think_setup(cfg, b.tokenizer)
     if method.name == ORIGINAL:
         warn_default_system(b.tokenizer, cfg.prompt_style, cfg.system_prompt, logger)
     d = method.folder(cfg.out, cfg.bench.name, key)
@@ -256,7 +264,7 @@ def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
         rows = run_rows(problems, plan.prompts, w, b, cfg.bench.grader, plan.caps, adapter=adapter,
                         row_hook=plan.row_hook,
                         generate=lambda ps, cs, adapter=None: method.generate(b, ps, cs, adapter, cfg),
-                        desc=f"{cfg.bench.name} {method.describe(key)}")
+                        desc=f"{cfg.bench.name} {method.describe(key)}", cot_format=cot_format)
     m = write_metrics(d, rows, _metrics_extra(cfg, method, ratio, problems, rows, plan.metrics))
     return m | {"_dir": str(d)}
 

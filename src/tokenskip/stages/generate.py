@@ -36,6 +36,7 @@ from tokenskip.generation.rollout import (
     print_metrics,
     row_settings,
     run_rows,
+    think_setup,
     write_metrics,
 )
 from tokenskip.task.data import load_problems
@@ -119,6 +120,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
     backend = backend or get_backend(cfg.backend, **cfg.backend_kwargs())
     try:
         tok = backend.tokenizer
+        cot_format = think_setup(cfg, tok)
         warn_default_system(tok, cfg.prompt_style, cfg.system_prompt, logger)
         prompts = [styled_prompt(tok, p.question, None, cfg.system_prompt, style=cfg.prompt_style, model=cfg.model)
                    for p in problems]
@@ -136,7 +138,7 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
                 return backend.generate(ps, caps, adapter=adapter, temperature=cfg.temperature, top_p=cfg.top_p)
         with ResumableJsonl(out / PREDICTIONS, _row_settings(cfg)) as w:
             rows = run_rows(problems, prompts, w, backend, bench.grader, cfg.resolved_max_new_tokens,
-                            generate=decode)
+                            generate=decode, cot_format=cot_format)
         return write_metrics(out, rows, {"benchmark": bench.name, "benchmark_label": bench.label,
                                          "method": ORIGINAL, "ratio": None, "grader": bench.grader,
                                          "model": cfg.model, **cfg.dtype_record(), "backend": cfg.backend,

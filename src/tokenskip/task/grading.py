@@ -4,6 +4,8 @@
   after the other, ``$\\boxed{2}$ and $\\boxed{3}$``, give ``2, 3``), else the text after the last
   "The final answer is" / "the answer is" / "Final answer:" (one line; ``$…$`` with escaped ``\\$``
   inside, markdown ``**bold**`` and the closing period removed), else — GSM8K only — the last number.
+  A think-model output (``<think>…</think>`` answer) is graded on the text after ``</think>`` only; one
+  that never closes its block is wrong (:func:`split_output`, :mod:`tokenskip.task.think`).
 * GSM8K: exact numeric equality after removing ``$``, thousands commas, ``%``, units and LaTeX
   wrappers (``18`` = ``18.0`` = ``$18`` = ``18 dollars`` = ``1,800``/``1800``; ``3/4`` = ``0.75``).
   From an answer statement the value is its first number, so units and explanations after it do not
@@ -47,28 +49,62 @@ class Grade:
         answer: extracted final answer (``None`` when nothing could be extracted).
         correct: whether ``answer`` matches the gold answer.
         cot: the CoT part of the output (see :func:`split_cot`); CoT tokens are counted on this.
+        think_closed: think format only: whether the output closed its think block (``None``: plain output).
     """
 
     answer: str | None
     correct: bool
     cot: str
+    think_closed: bool | None = None
 
 
 # ----------------------------------------------------------------------------------------- extraction
 
 
-def split_cot(text: str) -> str:
-    """The CoT part of a model output: the text before the first literal
-    :data:`~tokenskip.task.prompts.COT_SPLIT` (``"\\n\\nThe final answer is:"``), or the whole text, unstripped.
+@dataclass(frozen=True)
+class CotSplit:
+    """A model output split into its CoT and the part graded.
 
-    This is the reference's split (``output.split("\\n\\nThe final answer is:")[0]``), so CoT token
-    counts, ActRatio and SFT targets match the paper's; a sentence such as "so the final answer is 18."
-    stays in the CoT. Answer *extraction* keeps its lenient phrase search (:func:`extract_answer`).
+    Attributes:
+        cot: the CoT (CoT tokens and ActRatio count it; compress prunes it).
+        answer: the text answers are extracted from: the whole output in the plain format (the lenient
+            phrase search needs no split), the text after ``</think>`` in the think format.
+        think_closed: think format only: whether the block was closed (``None`` for a plain output).
+    """
+
+    cot: str
+    answer: str
+    think_closed: bool | None = None
+
+
+def split_output(text: str, cot_format: str = "auto") -> CotSplit:
+    """Split a model output in the CoT format ``cot_format`` (:data:`tokenskip.task.think.COT_FORMATS`).
+
+    ``plain``: the CoT is the text before the first literal :data:`~tokenskip.task.prompts.COT_SPLIT`
+    (``"\\n\\nThe final answer is:"``), or the whole text, unstripped — the reference's split
+    (``output.split("\\n\\nThe final answer is:")[0]``), so CoT token counts, ActRatio and SFT targets match
+    the paper's; a sentence such as "so the final answer is 18." stays in the CoT.
+    ``think``: the CoT is the think block's content and the graded part what follows ``</think>``
+    (:func:`tokenskip.task.think.split_think`). ``auto``: ``think`` when the output holds a block, else ``plain``.
+
+    Raises:
+        ValueError: an unknown ``cot_format``.
     """
     from tokenskip.task.prompts import COT_SPLIT
+    from tokenskip.task.think import has_block, split_think, validate_cot_format
 
+    validate_cot_format(cot_format)
+    if cot_format == "think" or (cot_format == "auto" and has_block(text)):
+        parts = split_think(text)
+        return CotSplit(parts.cot, parts.answer, parts.closed)
     # an output that opens with the answer line (nocot) has no CoT at all
-    return ("\n\n" + text).split(COT_SPLIT, 1)[0][2:]
+    return CotSplit(("\n\n" + text).split(COT_SPLIT, 1)[0][2:], text)
+
+
+def split_cot(text: str, cot_format: str = "auto") -> str:
+    """The CoT part of a model output (see :func:`split_output`): the text before "The final answer is:" of a
+    plain output, the think block's content of a think output."""
+    return split_output(text, cot_format).cot
 
 
 def _find_unescaped(s: str, token: str, start: int) -> int:
@@ -270,11 +306,18 @@ def _math_match(pred: str, gold: str, timeout_s: float) -> bool:
     return bool(default_pool().compare(gold, pred, timeout_s))
 
 
-def grade(prediction_text: str, gold: str, benchmark: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Grade:
-    """Extract the answer from a full model output and compare it to ``gold`` (see :func:`answers_match`)."""
-    answer = extract_answer(prediction_text, benchmark)
+def grade(prediction_text: str, gold: str, benchmark: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+          cot_format: str = "auto") -> Grade:
+    """Extract the answer from a model output and compare it to ``gold`` (see :func:`answers_match`).
+
+    Only the graded part of the output is read (:func:`split_output`): in the think format the text after
+    ``</think>``, so a number in the reasoning is never taken for the answer, and an output whose block is
+    never closed has no answer (``answer`` ``None``, incorrect, ``think_closed`` ``False``).
+    """
+    parts = split_output(prediction_text, cot_format)
+    answer = extract_answer(parts.answer, benchmark) if parts.think_closed is not False else None
     correct = answer is not None and answers_match(answer, gold, benchmark, timeout_s=timeout_s)
-    return Grade(answer=answer, correct=correct, cot=split_cot(prediction_text))
+    return Grade(answer=answer, correct=correct, cot=parts.cot, think_closed=parts.think_closed)
 
 
 def is_correct(prediction_text: str, gold: str, benchmark: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:

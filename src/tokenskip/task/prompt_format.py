@@ -9,7 +9,7 @@ adapter, and ``tokenskip evaluate`` / ``tokenskip serve`` read it from the adapt
 File (JSON, one object)::
 
     {"instruction": "...", "system_prompt": null, "marker_delimiter": "<|eot_id|>",
-     "ratios": [1.0, 0.9, ...], "schema_version": 1}
+     "ratios": [1.0, 0.9, ...], "cot_format": "auto", "enable_thinking": null, "schema_version": 1}
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from tokenskip.contract.io import DataError, read_json, write_json_atomic
 from tokenskip.contract.layout import PROMPT_FORMAT
 from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER, INSTRUCTION, build_messages, validate_ratio
+from tokenskip.task.think import COT_FORMATS, pin_enable_thinking, resolve_cot_format
 
 #: γ range assumed for an adapter without a stored format: the paper's grid (docs/method.md step 3).
 DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
@@ -35,12 +36,18 @@ class PromptFormat:
         system_prompt: optional system turn (``None`` = none).
         marker_delimiter: delimiter around γ in the user-turn marker (``<|eot_id|>`` in the paper).
         ratios: the γ the adapter was trained on (largest first); budget mode clips γ to their range.
+        cot_format: where the CoT is (``auto``, ``plain``, ``think``: :mod:`tokenskip.task.think`); a think
+            format lets a budget (``max_cot_tokens``) run without a length model (γ 1, the block closed at N).
+        enable_thinking: the chat template's ``enable_thinking`` the SFT prompts were rendered with (``None``:
+            the template's default).
     """
 
     instruction: str = INSTRUCTION
     system_prompt: str | None = None
     marker_delimiter: str = DEFAULT_MARKER_DELIMITER
     ratios: tuple[float, ...] = field(default=DEFAULT_RATIOS)
+    cot_format: str = "auto"
+    enable_thinking: bool | None = None
 
     @property
     def min_ratio(self) -> float:
@@ -55,6 +62,13 @@ class PromptFormat:
         path = Path(folder) / PROMPT_FORMAT
         write_json_atomic(path, {**dataclasses.asdict(self), "ratios": list(self.ratios), "schema_version": 1})
         return path
+
+    def for_tokenizer(self, tokenizer) -> "PromptFormat":
+        """This format made concrete for ``tokenizer``: ``enable_thinking`` pinned in its chat template (it changes
+        the tokenizer) and ``cot_format`` ``auto`` resolved from the template
+        (:func:`tokenskip.task.think.resolve_cot_format`). Raises ``ValueError`` as those do."""
+        pin_enable_thinking(tokenizer, self.enable_thinking)
+        return dataclasses.replace(self, cot_format=resolve_cot_format(self.cot_format, tokenizer))
 
     def with_overrides(self, **overrides) -> "PromptFormat":
         """A copy with the non-``None`` overrides applied (flags given on the command line)."""
@@ -83,6 +97,10 @@ def load_prompt_format(folder: str | Path | None) -> PromptFormat | None:
     for k in ("instruction", "marker_delimiter"):
         if k in data and not isinstance(data[k], str):
             raise DataError(path, None, k, f"expected a string, got {data[k]!r}")
+    if "cot_format" in data and data["cot_format"] not in COT_FORMATS:
+        raise DataError(path, None, "cot_format", f"expected one of {list(COT_FORMATS)}, got {data['cot_format']!r}")
+    if data.get("enable_thinking") is not None and not isinstance(data["enable_thinking"], bool):
+        raise DataError(path, None, "enable_thinking", f"expected true, false or null, got {data['enable_thinking']!r}")
     if data.get("system_prompt") is not None and not isinstance(data["system_prompt"], str):
         raise DataError(path, None, "system_prompt", f"expected a string or null, got {data['system_prompt']!r}")
     if "ratios" in data:
