@@ -61,6 +61,14 @@ def test_scaled_config_scales_alpha_patterns_and_refuses_what_is_not_linear():
 
 # ---------------------------------------------------------------- the γ → scale map
 
+def test_format_scale_names_scales_above_one():
+    from tokenskip.finetune.calibration import format_scale
+
+    assert [format_scale(s) for s in (0, 0.25, 1, 1.1, 1.23456)] == ["0.0", "0.25", "1.0", "1.1", "1.2346"]
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        format_scale(-0.5)
+
+
 def test_scale_for_inverts_the_measured_curve():
     cal = fit_calibration([(0.0, 1.0, 0.8), (0.5, 0.8, 0.8), (1.0, 0.5, 0.7)], marker_ratio=0.5)
     assert cal.scale_for(1.0) == 0.0
@@ -178,10 +186,12 @@ def test_calibrate_command_fits_and_stores_the_calibration(tmp_path, tiny_model_
     out = tmp_path / "cal"
     assert main(["calibrate", "--model", tiny_model_dir, "--adapter", adapter_dir, "--benchmark", "gsm8k",
                  "--data", str(need_data(GSM8K_TEST)), "--limit", "3", "--max-new-tokens", "16", "--batch-size", "2",
-                 "--scales", "0.5", "1.0", "--marker-ratio", "0.5", "--out", str(out)]) == 0
+                 "--scales", "0.5", "1.0", "1.25", "--marker-ratio", "0.5", "--out", str(out)]) == 0
     cal = GammaCalibration.load(adapter_dir)
     assert cal is not None and cal == GammaCalibration.load(out) and cal.n == 3 and cal.marker_ratio == 0.5
-    assert [p[0] for p in cal.points] == [0.0, 0.5, 1.0] and cal.points[0][1] == 1.0
+    assert [p[0] for p in cal.points] == [0.0, 0.5, 1.0, 1.25] and cal.points[0][1] == 1.0
+    # a scale above 1 (an extrapolated delta) is measured and named like the others (it crashed as "γ 1.25")
+    assert len(read_jsonl(out / "scale-1.25" / "predictions.jsonl")) == 3
     orig = {r["id"]: r["cot_tokens"] for r in read_jsonl(out / "original" / "predictions.jsonl")}
     one = read_jsonl(out / "scale-1.0" / "predictions.jsonl")
     assert cal.points[2][1] == pytest.approx(sum(r["cot_tokens"] for r in one) / sum(orig.values()))

@@ -61,6 +61,19 @@ def scaled_config(config: dict, scale: float) -> dict:
     return out
 
 
+def format_scale(scale: float) -> str:
+    """A LoRA scale as a folder-name part: ``0.25``, ``1.0``, ``1.1`` (4 decimals at most, always a decimal point;
+    the same text as :func:`tokenskip.contract.ratios.format_ratio` for scales in (0, 1]).
+
+    Raises:
+        ValueError: a negative or non-finite scale.
+    """
+    if not 0 <= float(scale) < float("inf"):
+        raise ValueError(f"LoRA scale must be a finite number >= 0, got {scale}")
+    text = f"{round(float(scale), 4):g}"
+    return text if "." in text else text + ".0"
+
+
 def _scale_key(scale: float) -> str:
     return f"{scale:.6f}".rstrip("0").rstrip(".") or "0"
 

@@ -32,7 +32,7 @@ from tokenskip.contract.ratios import format_ratio, paper_grid, validate_ratio
 from tokenskip.contract.records import act_ratio
 from tokenskip.engines import engine_spec, get_backend
 from tokenskip.engines.models import configure_threads
-from tokenskip.finetune.calibration import GammaCalibration, fit_calibration, scaled_adapter
+from tokenskip.finetune.calibration import GammaCalibration, fit_calibration, format_scale, scaled_adapter
 from tokenskip.generation.rollout import GenerationConfig, row_settings, run_rows, write_metrics
 from tokenskip.methods import get_method
 from tokenskip.task.data import load_problems
@@ -163,7 +163,7 @@ def _measure_all(cfg: CalibrateConfig, problems, folders: dict[float, str]) -> t
             engine = base if per_request else get_backend(cfg.backend, **cfg.backend_kwargs(
                 adapter=folder, merge_adapter=cfg.merge_adapter))
             try:
-                rows = _measure(cfg, f"{CALIBRATION_SCALE_PREFIX}{format_ratio(s)}", engine, problems, marked,
+                rows = _measure(cfg, f"{CALIBRATION_SCALE_PREFIX}{format_scale(s)}", engine, problems, marked,
                                 folder, {"method": "tokenskip", "lora_scale": s, "marker_ratio": cfg.marker_ratio,
                                          "marker_delimiter": cfg.marker_delimiter})
             finally:
