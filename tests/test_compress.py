@@ -20,6 +20,7 @@ from tokenskip.compress import (
     compress,
     compress_batch,
     count_tokens,
+    equation_spans,
     get_scorer,
     protected_spans,
     prune,
@@ -189,6 +190,36 @@ def test_prefer_terms_keeps_the_entity_names_at_low_gamma(smol_tokenizer):
     assert "crab" in named.text and "duck" in named.text
     with pytest.raises(ValueError, match="2 questions for 1 CoTs"):
         compress_batch([LEGS_COT], [0.6], RandomScorer(seed=0), smol_tokenizer, questions=[LEGS_Q, LEGS_Q])
+
+
+def test_equation_spans():
+    text = "so 3 x 10 = 30 legs; 30 + 4 = 34, 2*3=6, x = 5, 12 = 12, 1.5 + 2,000 = 2,001.5 and 3 - 1"
+    got = [text[a:b] for a, b in equation_spans(text)]
+    assert got == ["3 x 10 = 30", "30 + 4 = 34", "2*3=6", "12 = 12", "1.5 + 2,000 = 2,001.5"]
+
+
+def test_prefer_equations_keeps_them_whole_and_first(smol_tokenizer):
+    # scores that rank the equations' operands last: as preferred numbers they would be cut apart ("2 x 12"),
+    # as preferred equations they are kept whole before any other preferred span
+    ws = word_spans(LEGS_COT)
+    eqs = equation_spans(LEGS_COT)
+    in_eq = [any(a < e and b > s for a, b in eqs) for s, e in ws]
+    scores = [0.5 if eq else 5.0 for eq in in_eq]
+    scored = WordScores(LEGS_COT, ws, scores)
+    kinds = dict(protect_kinds=["answer"], question=LEGS_Q)
+    numbers = prune(scored, 0.5, smol_tokenizer, prefer_kinds=["numbers", "operators", "terms"], **kinds)[0]
+    whole = prune(scored, 0.5, smol_tokenizer, prefer_kinds=["equations", "numbers", "operators", "terms"],
+                  **kinds)[0]
+    texts = [LEGS_COT[a:b] for a, b in eqs]
+    assert texts == ["3 x 10 = 30", "2 x 2 = 4", "30 + 4 = 34"]
+    assert not all(t in numbers.text for t in texts)
+    assert all(t in whole.text for t in texts), whole.text
+    assert abs(whole.achieved_ratio - 0.5) < 0.06 and not whole.overshoot
+    # at a budget below the equations' cost, what is left of them is whole equations only
+    tight = prune(scored, 0.25, smol_tokenizer, prefer_kinds=["equations"], protect_kinds=[])[0]
+    kept = [t for t in texts if t in tight.text]
+    assert 0 < len(kept) < 3 and sum(tight.text.count(c) for c in "x+=") == sum(t.count("=") + t.count("x")
+                                                                               + t.count("+") for t in kept)
 
 
 def test_newlines(smol_tokenizer):

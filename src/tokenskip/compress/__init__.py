@@ -18,6 +18,7 @@ from tokenskip.compress.prune import (
     answer_numbers,
     answer_numbers_kept,
     count_tokens,
+    equation_spans,
     protected_spans,
     prune,
     rebuild,
@@ -38,8 +39,8 @@ from tokenskip.task.prompts import validate_ratio
 __all__ = [
     "PROTECT_KINDS", "SCORERS", "CompressionResult", "LLMLingua2Scorer", "RandomScorer", "Scorer",
     "SelfInformationScorer", "WordScores", "answer_numbers", "answer_numbers_kept", "compress",
-    "compress_batch", "count_tokens", "get_scorer", "protected_spans", "prune", "rebuild", "term_spans",
-    "word_spans",
+    "compress_batch", "count_tokens", "equation_spans", "get_scorer", "protected_spans", "prune", "rebuild",
+    "term_spans", "word_spans",
 ]
 
 

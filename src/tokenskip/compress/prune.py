@@ -23,8 +23,9 @@ from tokenskip.task.prompts import validate_ratio
 
 #: Kinds of protected spans. ``answer`` = the numbers of the final answer line, a subset of ``numbers`` that
 #: still applies when ``numbers`` is switched off. ``terms`` = the first mention in the CoT of each content word
-#: of the question (see :func:`term_spans`); it needs the question and is off unless asked for.
-PROTECT_KINDS = ("numbers", "operators", "boxed", "latex", "answer", "terms")
+#: of the question (see :func:`term_spans`); it needs the question and is off unless asked for. ``equations`` =
+#: whole arithmetic statements ``a x b = c`` (see :func:`equation_spans`), kept or dropped as one unit.
+PROTECT_KINDS = ("numbers", "operators", "boxed", "latex", "answer", "terms", "equations")
 
 #: Words never counted as terms of the question (function words and the words of instructions).
 _STOP_WORDS = frozenset("""
@@ -40,6 +41,8 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # An operator not glued to letters: keeps "48+24", "= 72", "3 - 1", but not the hyphen of "well-known".
 # "x" counts as a times sign only between numbers ("0.2 x 50").
 _OPERATOR = re.compile(r"(?<![A-Za-z])[-+*/=×÷<>^≤≥≠−](?![A-Za-z])|(?<=\d )x(?= \d)")
+_NUM = r"\d+(?:[.,]\d+)*"
+_EQUATION = re.compile(rf"(?<![\w.]){_NUM}(?:\s*(?:[-+*/×÷−]|(?<=\d )x(?= \d))\s*{_NUM})*\s*=\s*{_NUM}(?![\w])")
 _LATEX_CMD = re.compile(r"\\(?:[A-Za-z]+|[()\[\]{}])")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
@@ -107,6 +110,16 @@ def answer_numbers_kept(original: str, compressed: str) -> bool:
     return all(n in have for n in answer_numbers(original))
 
 
+def equation_spans(text: str) -> list[tuple[int, int]]:
+    """Spans of arithmetic statements ``a op b … = c`` in plain text (``4 x 6 = 24``, ``24 + 12 = 36``, ``8 = 8``).
+
+    Used whole: a preferred or protected equation is one unit, so pruning never leaves half of one (``2 x 12``
+    for ``2 x 6 = 12``), and under ``prefer_kinds`` equations rank above the other preferred kinds. LaTeX is
+    not parsed here (the ``latex`` kind covers it).
+    """
+    return [m.span() for m in _EQUATION.finditer(text)]
+
+
 def _stem(word: str) -> str:
     """A word's lower-case form without a plural ending (``crabs`` → ``crab``, ``boxes`` → ``box``)."""
     w = word.lower()
@@ -158,6 +171,8 @@ def protected_spans(text: str, kinds=PROTECT_KINDS, question: str | None = None)
         out += [m.span() for m in _NUMBER.finditer(text, *line)]
     if "terms" in kinds and question:
         out += term_spans(text, question)
+    if "equations" in kinds:
+        out += equation_spans(text)
     return out
 
 
@@ -230,7 +245,8 @@ def rebuild(text: str, spans: list[tuple[int, int]], keep: list[bool], keep_newl
 
 
 def _units(text: str, spans: list[tuple[int, int]], whole: list[tuple[int, int]]) -> list[list[int]]:
-    """Group word indices so a LaTeX command spanning several words is kept or dropped whole."""
+    """Group word indices so a span of ``whole`` (a LaTeX command, an equation) spanning several words is kept
+    or dropped whole."""
     units, cur_end = [], -1
     for w, (s, e) in enumerate(spans):
         if units and s < cur_end:
@@ -255,23 +271,26 @@ def _rank_units(scored: WordScores, protect: bool, protect_kinds, prefer_kinds,
                 question: str | None = None) -> tuple[list, list[bool], list[int]]:
     """The keep-or-drop units of a scored CoT and their order: ``(units, protected, order)``.
 
-    ``units`` are lists of word indices (a LaTeX command spanning several words is one unit, see
-    :func:`_units`); ``protected[j]`` says unit ``j`` holds a word of a protected span; ``order`` lists the
-    other units best first: units holding a preferred span before all others, then by mean word score
-    (highest first), ties in text order.
+    ``units`` are lists of word indices (a LaTeX command, or an equation when that kind is protected or
+    preferred, spanning several words is one unit, see :func:`_units`); ``protected[j]`` says unit ``j`` holds a
+    word of a protected span; ``order`` lists the other units best first: preferred equations, then units holding
+    another preferred span, then all others; within each by mean word score (highest first), ties in text order.
     """
     text, spans, scores = scored.text, scored.spans, scored.scores
     n_words = len(spans)
-    units = _units(text, spans, latex_spans(text))
+    equations = "equations" in prefer_kinds or (protect and "equations" in protect_kinds)
+    eq_spans = equation_spans(text) if equations else []
+    units = _units(text, spans, latex_spans(text) + eq_spans)
     prot_words = (_overlaps(spans, protected_spans(text, protect_kinds, question)) if protect
                   else [False] * n_words)
     prot_units = [any(prot_words[w] for w in u) for u in units]
     unit_score = [sum(scores[w] for w in u) / len(u) for u in units]
     pref_words = (_overlaps(spans, protected_spans(text, prefer_kinds, question)) if prefer_kinds
                   else [False] * n_words)
-    pref_units = [any(pref_words[w] for w in u) for u in units]
+    eq_words = _overlaps(spans, eq_spans) if "equations" in prefer_kinds else [False] * n_words
+    tier = [0 if any(eq_words[w] for w in u) else 1 if any(pref_words[w] for w in u) else 2 for u in units]
     order = sorted((j for j in range(len(units)) if not prot_units[j]),
-                   key=lambda j: (not pref_units[j], -unit_score[j], j))
+                   key=lambda j: (tier[j], -unit_score[j], j))
     return units, prot_units, order
 
 
