@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import minilm_dir
+from conftest import make_tiny_llama, minilm_dir
 from tokenskip.compress import (
     CompressionResult,
     LLMLingua2Scorer,
@@ -213,19 +213,79 @@ def test_self_information_matches_direct_forward(smol_tokenizer, tiny_model):
                                                if COT[s:e].strip()), rel=1e-4)
 
 
-def test_self_information_long_text_windows(smol_tokenizer, tiny_model):
+def _tiny_mistral(tokenizer, sliding_window: int, layers: int = 2):
+    """A tiny random Mistral whose attention sees only the last ``sliding_window`` tokens per layer."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                        sliding_window=sliding_window, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False, initializer_range=0.2)
+    return MistralForCausalLM(cfg).eval()
+
+
+def test_self_information_streamed_equals_one_pass_when_context_fits(smol_tokenizer):
+    # Receptive field of 2 layers of an 8-token sliding window: 14 tokens < 16 tokens of overlap, so a
+    # text streamed in 24-token blocks must score every token as one pass over the whole text does.
+    model = _tiny_mistral(smol_tokenizer, sliding_window=8)
+    long = " ".join([COT] * 8)
+    whole = SelfInformationScorer(model, smol_tokenizer, max_length=2048).token_surprisal([long])[0][2]
+    win = SelfInformationScorer(model, smol_tokenizer, max_length=40, overlap=16)
+    assert len(whole) > 200
+    ids, _, streamed = win.token_surprisal([long, "Short one."])[0]
+    assert len(streamed) == len(ids) == len(whole)
+    assert streamed == pytest.approx(whole, abs=1e-4)
+    # word scores follow: the pruning ranks the same words
+    assert win.score([long])[0].scores == pytest.approx(SelfInformationScorer(
+        model, smol_tokenizer, max_length=2048).score([long])[0].scores, abs=1e-3)
+
+
+def test_self_information_streamed_blocks_see_their_context(smol_tokenizer):
+    # One layer: a block's logits depend only on the cached `overlap` tokens and the block itself, so
+    # each block scores as one pass over exactly that slice (rotary attention: relative positions only).
+    model = make_tiny_llama(smol_tokenizer, layers=1)
     long = " ".join([COT] * 6)
-    full = SelfInformationScorer(tiny_model, smol_tokenizer, max_length=1024).token_surprisal([long])[0][2]
-    win = SelfInformationScorer(tiny_model, smol_tokenizer, max_length=40, overlap=10)
-    n = len(full)
-    assert n > 100
-    w = win.windows(n)
-    assert all(b - c <= 40 for c, _, b in w) and w[-1][2] == n
-    assert [a for _, a, _ in w[1:]] == [b for _, _, b in w[:-1]]  # every token scored exactly once
-    chunked = win.token_surprisal([long])[0][2]
-    assert chunked[:39] == pytest.approx(full[:39], abs=1e-3)  # same prefix in the first window
-    assert all(math.isfinite(x) and x > 0 for x in chunked)
-    assert chunked[39:] != pytest.approx(full[39:], abs=1e-3)  # later windows see less context
+    win = SelfInformationScorer(model, smol_tokenizer, max_length=40, overlap=16)
+    ids, _, got = win.token_surprisal([long])[0]
+    assert len(ids) > 100 and all(math.isfinite(x) and x > 0 for x in got)
+    seq = [smol_tokenizer.bos_token_id] + ids
+    block = 40 - 16
+    for a in range(block, len(ids), block):
+        inp = torch.tensor([seq[a - 16:a + block]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=inp).logits[0].float(), -1)
+        tgt = seq[a + 1:a + 1 + block]
+        want = [-float(logp[16 + k, t]) / math.log(2) for k, t in enumerate(tgt)]
+        assert got[a:a + len(tgt)] == pytest.approx(want, abs=1e-3)
+    # more left context changes the later scores: the stream did cut the context
+    whole = SelfInformationScorer(model, smol_tokenizer, max_length=1024).token_surprisal([long])[0][2]
+    assert got[:block] == pytest.approx(whole[:block], abs=1e-4)
+    assert got[block:] != pytest.approx(whole[block:], abs=1e-3)
+
+
+def test_self_information_windows_for_absolute_positions(smol_tokenizer):
+    # GPT-2 has learned absolute positions (no streaming past them): overlapping windows restart at 0,
+    # and a window's scored tokens score as that window's text read alone.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tokenskip.compress.surprisal import is_rotary, windows
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(smol_tokenizer), n_positions=64, n_embd=32, n_layer=2,
+                                       n_head=2, bos_token_id=smol_tokenizer.bos_token_id,
+                                       eos_token_id=smol_tokenizer.eos_token_id)).eval()
+    assert not is_rotary(model) and is_rotary(make_tiny_llama(smol_tokenizer))
+    long = " ".join([COT] * 4)
+    sc = SelfInformationScorer(model, smol_tokenizer, max_length=40, overlap=10)
+    ids, _, got = sc.token_surprisal([long])[0]
+    spans = windows(len(ids), 40, 10)
+    assert spans[-1][2] == len(ids) and all(b - c <= 39 for c, _, b in spans)
+    assert [a for _, a, _ in spans[1:]] == [b for _, _, b in spans[:-1]]  # every token scored exactly once
+    for c, a, b in spans:
+        alone = sc.token_surprisal([smol_tokenizer.decode(ids[c:b])])[0]
+        assert alone[0] == ids[c:b]  # the slice round-trips (else the comparison below is meaningless)
+        assert got[a:b] == pytest.approx(alone[2][a - c:], abs=1e-4)
 
 
 # --- llmlingua2 ------------------------------------------------------------------------------------
@@ -250,6 +310,28 @@ def test_llmlingua2_chunking(bert_tokenizer):
     assert ws[0].scores[:b] == pytest.approx(alone, abs=1e-5)
 
 
+def test_llmlingua2_chunked_trace_pruned_with_one_threshold(bert_tokenizer, smol_tokenizer):
+    # A long trace scored in 24-token encoder chunks is pruned against ONE threshold over the whole
+    # trace: the trace hits γ while single chunks keep very different shares of their words.
+    sc = LLMLingua2Scorer(tiny_bert_classifier(bert_tokenizer, seed=2), bert_tokenizer, max_length=24)
+    words = [f"w{k:04d}" + ("." if k % 7 == 6 else "") for k in range(700)]  # unique words: exact alignment
+    trace = " ".join(words)
+    scored = sc.score([trace])[0]
+    chunks = sc.chunk_words(words)
+    assert len(chunks) > 50
+    for gamma in (0.9, 0.7, 0.5):
+        res = prune(scored, gamma, smol_tokenizer, protect=False)[0]
+        assert abs(res.achieved_ratio - gamma) <= 0.01
+        kept_words = set(res.text.split())
+        keep = [w in kept_words for w in words]
+        lowest_kept = sorted(s for s, k in zip(scored.scores, keep) if k)
+        highest_dropped = sorted((s for s, k in zip(scored.scores, keep) if not k), reverse=True)
+        # one global threshold (the budget fix-up may swap the last word taken)
+        assert lowest_kept[1] >= highest_dropped[1]
+        shares = [sum(keep[a:b]) / (b - a) for a, b in chunks]
+        assert max(shares) - min(shares) > 0.3  # not γ per chunk
+
+
 def test_llmlingua2_on_minilm_encoder(smol_tokenizer):
     d = minilm_dir()
     if d is None:
@@ -259,3 +341,29 @@ def test_llmlingua2_on_minilm_encoder(smol_tokenizer):
     r = compress(COT, 0.6, sc, smol_tokenizer)
     assert abs(r.achieved_ratio - 0.6) < 0.1 or r.overshoot
     assert "\\boxed{72}." in r.text
+
+
+def test_overlap_sweeps_match_brute_force():
+    # the linear sweeps that make a 32k-token trace prunable agree with the quadratic definition
+    import random as _random
+
+    from tokenskip.compress.prune import _overlaps, _units
+
+    rng = _random.Random(3)
+    for _ in range(200):
+        pos, spans = 0, []
+        for _ in range(rng.randint(0, 30)):
+            pos += rng.randint(1, 3)
+            end = pos + rng.randint(1, 5)
+            spans.append((pos, end))
+            pos = end
+        marks = [(a, a + rng.randint(1, 12)) for a in (rng.randint(0, pos + 1) for _ in range(rng.randint(0, 8)))]
+        assert _overlaps(spans, marks) == [any(a < e and b > s for a, b in marks) for s, e in spans]
+        units, cur_end = [], -1
+        for w, (s, e) in enumerate(spans):
+            if units and s < cur_end:
+                units[-1].append(w)
+            else:
+                units.append([w])
+            cur_end = max([cur_end] + [b for a, b in marks if a < e and b > s])
+        assert _units("", spans, marks) == units
