@@ -103,9 +103,9 @@ class SelfInformationScorer(Scorer):
 
     Each text is scored alone, preceded by the model's BOS token (EOS when it has none) so the first
     token gets a prediction too. A text of up to ``max_length - 1`` tokens is read in one pass; a longer
-    one (a reasoning trace of thousands of tokens) is streamed in blocks over a sliding KV cache, so
-    every token is predicted from at least ``overlap`` tokens of left context and memory is bounded by
-    the window, not the text (:mod:`tokenskip.compress.surprisal`). A token spanning several words
+    one (a reasoning trace of thousands of tokens) is read in overlapping windows that each restart with
+    the BOS token, so every token is predicted from at least ``overlap`` tokens of left context and memory
+    is bounded by the window, not the text (:mod:`tokenskip.compress.surprisal`). A token spanning several words
     (rare) splits its surprisal equally among them; whitespace-only tokens (newlines) belong to no word.
 
     Args:

@@ -5,21 +5,23 @@ Every text starts with one start token (BOS, or EOS when there is none) so its f
 prediction too. Surprisal of token ``t`` is ``-log2 p(t | start + tokens before t)`` (Selective Context,
 Li et al. 2023), computed in float32 from the model's logits.
 
-Three ways, chosen per text by :func:`token_surprisal`:
+Two ways, chosen per text by :func:`token_surprisal`:
 
 * **one pass** — a text of at most ``window - 1`` tokens is read whole; texts are batched (padded on the
-  right, longest first) with at most ``window`` tokens of logits per forward pass;
-* **streamed** — a longer text on a rotary-position model is read in blocks of ``window - context``
-  tokens, each attending to a KV cache of the ``context`` tokens before it (a sliding cache of
-  ``transformers``). Every token is read once and predicted with at least ``context`` tokens of left
-  context. Positions run on past the model's trained length; rotary attention only sees the relative
-  distance, which stays below ``window``;
-* **windows** — a longer text on a model with absolute positions (e.g. GPT-2) is read in overlapping
-  windows of ``window`` tokens that restart at position 0; each scores the tokens after its first
-  ``context`` ones (every token read about twice).
+  right, longest first) with at most ``window`` tokens per forward pass;
+* **windows** — a longer text (a reasoning trace of thousands of tokens) is read in overlapping windows
+  of ``window`` tokens, each starting with the start token at position 0: a window re-reads the
+  ``context`` tokens before the ones it scores, so every token is predicted from at least ``context``
+  tokens of left context, and each token is read about ``window / (window - context)`` times (twice at
+  the default half-window context). Logits are kept for the scored tokens only.
 
-Memory is O(window × vocabulary) for logits and O(context × layers) for the cache, whatever the text's
-length.
+Why not a sliding KV cache (each token read once)? Measured on a 4,155-token trace with SmolLM2-135M
+(2048-token window, 1024 of context), streamed blocks over a cache that has dropped the text's first
+tokens score far from the full-context pass (rank correlation 0.86, +0.64 bits per token; the model
+leans on its first tokens, the "attention sink" of Xiao et al. 2023), while restarting windows agree with
+it (rank correlation 0.995, 0.15 bits mean absolute difference).
+
+Memory is O(window × vocabulary) for logits, whatever the text's length.
 """
 
 from __future__ import annotations
@@ -41,13 +43,6 @@ def _bits(logits, targets) -> list[float]:
                                                 reduction="none")
         out += (nll / math.log(2.0)).tolist()
     return out
-
-
-def is_rotary(model) -> bool:
-    """True when ``model`` encodes positions with rotary embeddings (RoPE), so streaming is exact in
-    relative positions; from its config (``rope_parameters`` in transformers 5, ``rope_theta`` before)."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return bool(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_theta", None))
 
 
 def one_pass(model, rows: list[list[int]], start_id: int, pad_id: int, batch_size: int, window: int,
@@ -83,36 +78,6 @@ def one_pass(model, rows: list[list[int]], start_id: int, pad_id: int, batch_siz
     return out
 
 
-def streamed(model, ids: list[int], start_id: int, window: int, context: int, device: str = "cpu") -> list[float]:
-    """Surprisal of every token of ``ids`` read in blocks of ``window - context`` tokens over a sliding KV
-    cache of ``context`` tokens (each token is predicted from ≥ ``context`` tokens of left context).
-
-    Needs a rotary-position model (:func:`is_rotary`) and ``transformers`` ≥ 5 (``DynamicCache`` with
-    ``DynamicSlidingWindowLayer`` layers).
-
-    Returns:
-        ``len(ids)`` floats (bits).
-    """
-    import torch
-    from transformers import DynamicCache
-
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    # one sliding layer per decoder layer, empty: it keeps the last `context` tokens' keys and values
-    cache = DynamicCache(ddp_cache_data=[(None, None, torch.tensor(context + 1))] * cfg.num_hidden_layers)
-    seq = [start_id] + list(ids)
-    block = window - context
-    out: list[float] = []
-    with torch.inference_mode():
-        for a in range(0, len(ids), block):
-            chunk = seq[a:a + block]
-            logits = model(input_ids=torch.tensor([chunk], device=device), past_key_values=cache,
-                           use_cache=True).logits[0]
-            targets = seq[a + 1:a + 1 + len(chunk)]
-            out += _bits(logits[:len(targets)], targets)
-            del logits
-    return out
-
-
 def windows(n: int, window: int, context: int) -> list[tuple[int, int, int]]:
     """Overlapping windows over ``n`` tokens: ``(context_start, score_start, end)`` token indices.
 
@@ -130,19 +95,29 @@ def windows(n: int, window: int, context: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def windowed(model, ids: list[int], start_id: int, pad_id: int, batch_size: int, window: int, context: int,
-             device: str = "cpu") -> list[float]:
-    """Surprisal of every token of ``ids`` from overlapping windows that restart at position 0 (for models
-    with absolute positions); windows are read with :func:`one_pass`, one window of logits at a time.
+def windowed(model, ids: list[int], start_id: int, window: int, context: int, device: str = "cpu") -> list[float]:
+    """Surprisal of every token of ``ids`` from the overlapping :func:`windows`, one window per forward pass
+    (logits only for the tokens a window scores, where the model takes ``logits_to_keep``).
 
     Returns:
         ``len(ids)`` floats (bits).
     """
-    spans = windows(len(ids), window, context)
+    import inspect
+
+    import torch
+
+    keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
     bits = [0.0] * len(ids)
-    for c, a, b in spans:
-        row = one_pass(model, [ids[c:b]], start_id, pad_id, batch_size, window, device)[0]
-        bits[a:b] = row[a - c:]
+    for c, a, b in windows(len(ids), window, context):
+        row = [start_id] + ids[c:b]
+        n = b - a  # scored tokens: the last n of the row, predicted by the n positions before them
+        with torch.inference_mode():
+            if keep_arg:
+                logits = model(input_ids=torch.tensor([row], device=device), logits_to_keep=n + 1).logits[0, :n]
+            else:
+                logits = model(input_ids=torch.tensor([row], device=device)).logits[0, -n - 1:-1]
+            bits[a:b] = _bits(logits, ids[a:b])
+        del logits
     return bits
 
 
@@ -173,9 +148,7 @@ def token_surprisal(model, rows: list[list[int]], start_id: int, pad_id: int, ba
     for i, bits in zip(short, one_pass(model, [rows[i] for i in short], start_id, pad_id, batch_size, window,
                                        device)):
         out[i] = bits
-    rotary = is_rotary(model)
     for i, r in enumerate(rows):
         if len(r) > window - 1:
-            out[i] = (streamed(model, r, start_id, window, context, device) if rotary
-                      else windowed(model, r, start_id, pad_id, batch_size, window, context, device))
+            out[i] = windowed(model, r, start_id, window, context, device)
     return out
