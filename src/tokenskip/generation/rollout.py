@@ -258,7 +258,7 @@ def grade_row(problem: Problem, prompt: str, gen, grader: str, count_tokens: Cal
     (:func:`tokenskip.task.grading.split_cot`; docs/method.md step 7).
 
     Args:
-        grader: grader kind (``numeric`` / ``symbolic``) or a benchmark name.
+        grader: grader kind (:data:`~tokenskip.task.benchmarks.GRADERS`) or a benchmark name.
     """
     from tokenskip.task.grading import grade
 

@@ -272,7 +272,7 @@ def answers_match(pred: str, gold: str, benchmark: str, timeout_s: float = DEFAU
     Args:
         pred: extracted answer (see :func:`extract_answer`).
         gold: gold answer string (GSM8K: a number; MATH: LaTeX without ``$``).
-        benchmark: a grader kind (``numeric``, ``symbolic``) or a benchmark name (``gsm8k``, ``math``...).
+        benchmark: a grader kind (``numeric``, ``symbolic``, ``integer``, ``choice``) or a benchmark name.
         timeout_s: MATH only: wall-clock limit for the math-verify comparison, seconds. On timeout the
             answer counts as incorrect and a warning is logged.
     Raises:
