@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -89,20 +90,22 @@ def _long_job(name: str, length: int, args) -> dict:
     torch.set_num_threads(args.threads)
     tok = load_tokenizer(args.model)
     trace = long_trace(length, tok)
+    dtype = None
     if name == "self-information":
         model, mtok = load_model(args.model)
-        scorer = get_scorer(name, model=model, tokenizer=mtok)
+        scorer, dtype = get_scorer(name, model=model, tokenizer=mtok), str(model.dtype).replace("torch.", "")
     elif name == "llmlingua2":
         scorer = get_scorer(name, model=args.llmlingua_model or _minilm())
     else:
         scorer = get_scorer(name, seed=42)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     scored = scorer.score([trace])[0]
-    score_s = time.perf_counter() - t0
+    score_s, score_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
     results = prune(scored, GAMMAS, tok, scorer=name, protect_kinds=PROTECT, prefer_kinds=PREFER)
     prune_s = time.perf_counter() - t0
     return {"scorer": name, "target_tokens": length, "tokens": results[0].original_tokens, "score_s": score_s,
+            "score_cpu_s": score_cpu_s, "dtype": dtype,
             "prune_s": prune_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "errors": [abs(r.achieved_ratio - r.ratio) for r in results],
             "overshoot": sum(r.overshoot for r in results),
@@ -124,16 +127,17 @@ def run_long(args) -> list[dict]:
         for length in args.long:
             with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
                 rows.append(pool.submit(_long_job, name, length, args).result())
-            print(f"  done {name} {length}", flush=True)
+            print(f"  done {name} {length}: {json.dumps(rows[-1])}", flush=True)  # a killed run keeps its rows
     lingua = args.llmlingua_model or "MiniLM-L6 encoder with an untrained 2-label head (the cost of a small encoder, " \
                                      "not LLMLingua-2 quality)"
     print(f"\nthreads={args.threads}; llmlingua2 = {lingua}")
-    print("| scorer | target tokens | trace tokens | score s | prune s (5 γ) | peak RSS MB | mean |err| "
-          "| p95 |err| | overshoot | broken spans |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| scorer | target tokens | trace tokens | score s (wall) | score CPU s | prune s (5 γ) | peak RSS MB "
+          "| mean |err| | p95 |err| | overshoot | broken spans |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         e = np.array(r["errors"])
-        print(f"| {r['scorer']} | {r['target_tokens']} | {r['tokens']} | {r['score_s']:.1f} | {r['prune_s']:.1f} | "
+        print(f"| {r['scorer']}{' (' + r['dtype'] + ')' if r['dtype'] else ''} | {r['target_tokens']} | "
+              f"{r['tokens']} | {r['score_s']:.1f} | {r['score_cpu_s']:.1f} | {r['prune_s']:.1f} | "
               f"{r['peak_rss_mb']:.0f} | {e.mean():.4f} | {np.percentile(e, 95):.4f} | {r['overshoot']} | "
               f"{r['broken_spans']} |")
     for name in args.scorers:

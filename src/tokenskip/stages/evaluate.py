@@ -288,7 +288,8 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
     def key(c):
         return (c.backend, c.model, c.dtype, c.device, c.batch_size, c.latency_mode,
                 c.tensor_parallel_size, c.gpu_memory_utilization, c.threads, tuple(c.stop),
-                c.enforce_eager, c.prefix_caching, c.max_num_seqs, c.kv_cache_space_gb, c.max_model_len)
+                c.enforce_eager, c.prefix_caching, c.max_num_seqs, c.kv_cache_space_gb, c.max_model_len,
+                c.seed if c.sampling else None)  # vLLM samples from its engine's seed
 
     engines: dict[tuple, GenerationBackend] = {}
     results = []
