@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import minilm_dir
+from conftest import make_tiny_llama, minilm_dir
 from tokenskip.compress import (
     CompressionResult,
     LLMLingua2Scorer,
@@ -280,19 +280,66 @@ def test_self_information_matches_direct_forward(smol_tokenizer, tiny_model):
                                                if COT[s:e].strip()), rel=1e-4)
 
 
-def test_self_information_long_text_windows(smol_tokenizer, tiny_model):
-    long = " ".join([COT] * 6)
-    full = SelfInformationScorer(tiny_model, smol_tokenizer, max_length=1024).token_surprisal([long])[0][2]
-    win = SelfInformationScorer(tiny_model, smol_tokenizer, max_length=40, overlap=10)
-    n = len(full)
-    assert n > 100
-    w = win.windows(n)
-    assert all(b - c <= 40 for c, _, b in w) and w[-1][2] == n
-    assert [a for _, a, _ in w[1:]] == [b for _, _, b in w[:-1]]  # every token scored exactly once
-    chunked = win.token_surprisal([long])[0][2]
-    assert chunked[:39] == pytest.approx(full[:39], abs=1e-3)  # same prefix in the first window
-    assert all(math.isfinite(x) and x > 0 for x in chunked)
-    assert chunked[39:] != pytest.approx(full[39:], abs=1e-3)  # later windows see less context
+def _tiny_mistral(tokenizer, sliding_window: int, layers: int = 2):
+    """A tiny random Mistral whose attention sees only the last ``sliding_window`` tokens per layer."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                        sliding_window=sliding_window, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False, initializer_range=0.2)
+    return MistralForCausalLM(cfg).eval()
+
+
+def test_self_information_windows_equal_one_pass_when_context_fits(smol_tokenizer):
+    # Receptive field of 2 layers of an 8-token sliding window: 14 tokens < 16 tokens of overlap, so a
+    # text read in 40-token windows must score every token as one pass over the whole text does
+    # (rotary positions: a window restarting at position 0 changes nothing but float rounding).
+    model = _tiny_mistral(smol_tokenizer, sliding_window=8)
+    long = " ".join([COT] * 8)
+    one = SelfInformationScorer(model, smol_tokenizer, max_length=2048)
+    win = SelfInformationScorer(model, smol_tokenizer, max_length=40, overlap=16)
+    whole = one.token_surprisal([long])[0][2]
+    assert len(whole) > 200
+    ids, _, got = win.token_surprisal([long, "Short one."])[0]
+    assert len(got) == len(ids) == len(whole)
+    assert got == pytest.approx(whole, abs=1e-4)
+    assert win.score([long])[0].scores == pytest.approx(one.score([long])[0].scores, abs=1e-3)
+    # too little overlap for the receptive field: the windows lose context and the scores move
+    short_ctx = SelfInformationScorer(model, smol_tokenizer, max_length=40, overlap=4).token_surprisal([long])[0][2]
+    assert max(abs(x - y) for x, y in zip(short_ctx, whole)) > 0.1
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_self_information_windows_score_their_slice(smol_tokenizer, arch):
+    # Every window (rotary or learned absolute positions) scores its tokens as that slice of the text
+    # read alone: at least `overlap` tokens of left context, each token scored exactly once.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tokenskip.compress.surprisal import windows
+
+    torch.manual_seed(0)
+    model = make_tiny_llama(smol_tokenizer) if arch == "llama" else GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(smol_tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+        bos_token_id=smol_tokenizer.bos_token_id, eos_token_id=smol_tokenizer.eos_token_id)).eval()
+    long = " ".join([COT] * 4)
+    sc = SelfInformationScorer(model, smol_tokenizer, max_length=40, overlap=10)
+    ids, _, got = sc.token_surprisal([long])[0]
+    assert len(ids) > 100 and all(math.isfinite(x) and x > 0 for x in got)
+    spans = windows(len(ids), 40, 10)
+    assert spans[-1][2] == len(ids) and all(b - c <= 39 and a - c >= min(10, a) for c, a, b in spans)
+    assert [a for _, a, _ in spans[1:]] == [b for _, _, b in spans[:-1]]
+    for c, a, b in spans:
+        seq = torch.tensor([[smol_tokenizer.bos_token_id] + ids[c:b]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=seq).logits[0].float(), -1)
+        want = [-float(logp[k - c, ids[k]]) / math.log(2) for k in range(a, b)]
+        assert got[a:b] == pytest.approx(want, abs=1e-4)
+    if arch == "llama":  # the cut context does change later scores (the windows are not one pass)
+        whole = SelfInformationScorer(model, smol_tokenizer, max_length=1024).token_surprisal([long])[0][2]
+        assert got[:39] == pytest.approx(whole[:39], abs=1e-4)
+        assert got[39:] != pytest.approx(whole[39:], abs=1e-3)
 
 
 # --- llmlingua2 ------------------------------------------------------------------------------------
@@ -317,6 +364,28 @@ def test_llmlingua2_chunking(bert_tokenizer):
     assert ws[0].scores[:b] == pytest.approx(alone, abs=1e-5)
 
 
+def test_llmlingua2_chunked_trace_pruned_with_one_threshold(bert_tokenizer, smol_tokenizer):
+    # A long trace scored in 24-token encoder chunks is pruned against ONE threshold over the whole
+    # trace: the trace hits γ while single chunks keep very different shares of their words.
+    sc = LLMLingua2Scorer(tiny_bert_classifier(bert_tokenizer, seed=2), bert_tokenizer, max_length=24)
+    words = [f"w{k:04d}" + ("." if k % 7 == 6 else "") for k in range(700)]  # unique words: exact alignment
+    trace = " ".join(words)
+    scored = sc.score([trace])[0]
+    chunks = sc.chunk_words(words)
+    assert len(chunks) > 50
+    for gamma in (0.9, 0.7, 0.5):
+        res = prune(scored, gamma, smol_tokenizer, protect=False)[0]
+        assert abs(res.achieved_ratio - gamma) <= 0.01
+        kept_words = set(res.text.split())
+        keep = [w in kept_words for w in words]
+        lowest_kept = sorted(s for s, k in zip(scored.scores, keep) if k)
+        highest_dropped = sorted((s for s, k in zip(scored.scores, keep) if not k), reverse=True)
+        # one global threshold (the budget fix-up may swap the last word taken)
+        assert lowest_kept[1] >= highest_dropped[1]
+        shares = [sum(keep[a:b]) / (b - a) for a, b in chunks]
+        assert max(shares) - min(shares) > 0.3  # not γ per chunk
+
+
 def test_llmlingua2_on_minilm_encoder(smol_tokenizer):
     d = minilm_dir()
     if d is None:
@@ -326,3 +395,29 @@ def test_llmlingua2_on_minilm_encoder(smol_tokenizer):
     r = compress(COT, 0.6, sc, smol_tokenizer)
     assert abs(r.achieved_ratio - 0.6) < 0.1 or r.overshoot
     assert "\\boxed{72}." in r.text
+
+
+def test_overlap_sweeps_match_brute_force():
+    # the linear sweeps that make a 32k-token trace prunable agree with the quadratic definition
+    import random as _random
+
+    from tokenskip.compress.prune import _overlaps, _units
+
+    rng = _random.Random(3)
+    for _ in range(200):
+        pos, spans = 0, []
+        for _ in range(rng.randint(0, 30)):
+            pos += rng.randint(1, 3)
+            end = pos + rng.randint(1, 5)
+            spans.append((pos, end))
+            pos = end
+        marks = [(a, a + rng.randint(1, 12)) for a in (rng.randint(0, pos + 1) for _ in range(rng.randint(0, 8)))]
+        assert _overlaps(spans, marks) == [any(a < e and b > s for a, b in marks) for s, e in spans]
+        units, cur_end = [], -1
+        for w, (s, e) in enumerate(spans):
+            if units and s < cur_end:
+                units[-1].append(w)
+            else:
+                units.append([w])
+            cur_end = max([cur_end] + [b for a, b in marks if a < e and b > s])
+        assert _units("", spans, marks) == units

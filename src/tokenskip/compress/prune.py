@@ -246,24 +246,35 @@ def rebuild(text: str, spans: list[tuple[int, int]], keep: list[bool], keep_newl
 
 def _units(text: str, spans: list[tuple[int, int]], whole: list[tuple[int, int]]) -> list[list[int]]:
     """Group word indices so a span of ``whole`` (a LaTeX command, an equation) spanning several words is kept
-    or dropped whole."""
-    units, cur_end = [], -1
+    or dropped whole.
+
+    One sweep over words and the ``whole`` spans sorted by start: O(words + spans), so a trace of
+    thousands of words with hundreds of commands groups in linear time.
+    """
+    whole = sorted(whole)
+    units: list[list[int]] = []
+    cur_end, m = -1, 0
     for w, (s, e) in enumerate(spans):
         if units and s < cur_end:
             units[-1].append(w)
         else:
             units.append([w])
-        for a, b in whole:
-            if a < e and b > s:
-                cur_end = max(cur_end, b)
+        while m < len(whole) and whole[m][0] < e:  # spans starting before this word ends touch it or an earlier one
+            if whole[m][1] > s:
+                cur_end = max(cur_end, whole[m][1])
+            m += 1
     return units
 
 
 def _overlaps(spans: list[tuple[int, int]], marks: list[tuple[int, int]]) -> list[bool]:
+    """For each word span (in text order), whether any mark overlaps it; one sweep, O(words + marks)."""
     marks = sorted(marks)
-    out = []
+    out, m, reach = [], 0, -1  # reach: the furthest end of the marks starting before the current word ends
     for s, e in spans:
-        out.append(any(a < e and b > s for a, b in marks))
+        while m < len(marks) and marks[m][0] < e:
+            reach = max(reach, marks[m][1])
+            m += 1
+        out.append(reach > s)
     return out
 
 

@@ -15,7 +15,6 @@ Scorers (higher score = more important = kept first):
 from __future__ import annotations
 
 import logging
-import math
 import random
 import re
 from dataclasses import dataclass
@@ -103,19 +102,26 @@ class SelfInformationScorer(Scorer):
     """Word importance = summed surprisal (bits) of its tokens under a causal LM (Selective Context).
 
     Each text is scored alone, preceded by the model's BOS token (EOS when it has none) so the first
-    token gets a prediction too. Texts longer than ``max_length`` tokens are scored in sliding windows
-    that give every token after the first window at least ``overlap`` tokens of left context.
-    A token spanning several words (rare) splits its surprisal equally among them; whitespace-only
-    tokens (newlines) belong to no word.
+    token gets a prediction too. A text of up to ``max_length - 1`` tokens is read in one pass; a longer
+    one (a reasoning trace of thousands of tokens) is read in overlapping windows that each restart with
+    the BOS token, so every token is predicted from at least ``overlap`` tokens of left context and memory
+    is bounded by the window, not the text (:mod:`tokenskip.compress.surprisal`). A token spanning several words
+    (rare) splits its surprisal equally among them; whitespace-only tokens (newlines) belong to no word.
 
     Args:
         model: a ``transformers`` causal LM (eval mode), or an alias/path for
             :func:`tokenskip.engines.models.load_model`.
         tokenizer: its (fast) tokenizer; loaded with the model when ``model`` is a name.
-        batch_size: windows per forward pass (padded on the right, sorted by length).
-        max_length: window size in tokens; default: the model's ``max_position_embeddings``, capped at 2048.
-        overlap: left context (tokens) of every window after the first; default ``max_length // 2``.
+        batch_size: short texts per forward pass (padded on the right, longest first; at most
+            ``max_length`` tokens per pass).
+        max_length: window in tokens, the most one forward pass reads; default: the model's
+            ``max_position_embeddings``, capped at 2048.
+        overlap: least left context (tokens) of every token of a longer text; default ``max_length // 2``
+            (issue 24: at least half a window).
         device: torch device of the model.
+
+    Raises:
+        ValueError: no tokenizer, a slow tokenizer, no BOS/EOS token, or ``overlap`` outside ``(0, max_length)``.
     """
 
     name = "self-information"
@@ -148,59 +154,18 @@ class SelfInformationScorer(Scorer):
         self.start_id = int(start)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start)
 
-    def windows(self, n: int) -> list[tuple[int, int, int]]:
-        """Sliding windows over ``n`` tokens: ``(context_start, score_start, end)`` token indices.
-
-        The first window is ``[BOS] + tokens[0:max_length-1]``; each later one re-reads ``overlap``
-        tokens of context and scores the tokens after them.
-        """
-        first = min(n, self.max_length - 1)
-        out = [(0, 0, first)]
-        a = first
-        while a < n:
-            c = a - self.overlap
-            b = min(n, c + self.max_length)
-            out.append((c, a, b))
-            a = b
-        return out
-
     def token_surprisal(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]], list[float]]]:
-        """``(token_ids, char_offsets, surprisal_bits)`` of each text (no special tokens).
+        """``(token_ids, char_offsets, surprisal_bits)`` of each text (no special tokens), in order.
 
         Raises:
             ValueError: the tokenizer returns no character offsets.
         """
-        import torch
+        from tokenskip.compress.surprisal import token_surprisal
 
         enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         ids_all, offs_all = enc["input_ids"], enc["offset_mapping"]
-        jobs = []  # (text index, first scored token, input ids, position of the first scored token's logit)
-        for i, ids in enumerate(ids_all):
-            for c, a, b in self.windows(len(ids)):
-                if c == 0 and a == 0:
-                    jobs.append((i, 0, [self.start_id] + ids[:b], 0))
-                else:
-                    jobs.append((i, a, ids[c:b], a - c - 1))
-        bits = [[0.0] * len(ids) for ids in ids_all]
-        order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j][2]))
-        ln2 = math.log(2.0)
-        with torch.inference_mode():
-            for k in range(0, len(order), self.batch_size):
-                batch = [jobs[j] for j in order[k:k + self.batch_size]]
-                width = max(len(x[2]) for x in batch)
-                inp = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for r, (_, _, ids, _) in enumerate(batch):
-                    inp[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    mask[r, :len(ids)] = 1
-                logits = self.model(input_ids=inp.to(self.device), attention_mask=mask.to(self.device)).logits
-                for r, (i, a, ids, p0) in enumerate(batch):
-                    n_scored = len(ids) - 1 - p0
-                    lg = logits[r, p0:p0 + n_scored].float()
-                    tgt = inp[r, p0 + 1:p0 + 1 + n_scored].to(lg.device)
-                    nll = torch.nn.functional.cross_entropy(lg, tgt, reduction="none") / ln2
-                    bits[i][a:a + n_scored] = nll.tolist()
-                del logits
+        bits = token_surprisal(self.model, ids_all, self.start_id, self.pad_id, self.batch_size, self.max_length,
+                               self.overlap, self.device)
         return [(ids, [tuple(o) for o in offs], b) for ids, offs, b in zip(ids_all, offs_all, bits)]
 
     def _score_words(self, texts, spans):

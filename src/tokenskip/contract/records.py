@@ -296,10 +296,14 @@ class RunMetrics(Record):
         think_unclosed: runs of think outputs only: how many never closed their block within the cap (graded wrong).
         max_new_tokens: the resolved cap on generated tokens; ids: problem ids in the run; settings: the
             run's settings.
+        samples / pass_at_1 / accuracy_std / accuracy_per_sample: sampled decoding with ``samples`` > 1 only
+            (``--samples N``, the reasoning-model convention): pass@1 = mean over the N samples of each sample's
+            accuracy, its standard deviation over samples (n − 1) and the N accuracies (fractions).
     """
 
     SCHEMA: ClassVar[str] = "run_metrics"
-    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("truncation", "lora_scale", "marker_ratio", "think_unclosed")
+    OMIT_IF_NONE: ClassVar[tuple[str, ...]] = ("truncation", "lora_scale", "marker_ratio", "think_unclosed", "samples",
+                                               "pass_at_1", "accuracy_std", "accuracy_per_sample")
 
     n: int
     accuracy: float | None = None
@@ -336,6 +340,10 @@ class RunMetrics(Record):
     lora_scale: float | None = None
     marker_ratio: float | None = None
     think_unclosed: int | None = None
+    samples: int | None = None
+    pass_at_1: float | None = None
+    accuracy_std: float | None = None
+    accuracy_per_sample: list | None = None
     settings: dict = field(default_factory=dict)
     ids: list = field(default_factory=list)
 

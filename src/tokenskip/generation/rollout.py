@@ -7,6 +7,7 @@ output, append :class:`~tokenskip.contract.records.Prediction` rows to a resumab
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Callable, Sequence
 from tokenskip.contract.config import ModelSettings
 from tokenskip.contract.io import ResumableJsonl, file_hash, write_json_atomic
 from tokenskip.contract.layout import METRICS
-from tokenskip.contract.records import Prediction, Problem, RunMetrics
+from tokenskip.contract.records import SAMPLE_SEP, Prediction, Problem, RunMetrics, sample_id
 from tokenskip.engines import BACKENDS, GenerationBackend, engine_spec
 from tokenskip.engines.hardware import DtypeChoice, resolve_dtype, resolve_threads
 from tokenskip.task.benchmarks import GRADERS, Benchmark, get_benchmark
@@ -36,8 +37,8 @@ class GenerationConfig(ModelSettings):
 
     model: str | None = field(default=None, metadata={"help": "target model: alias, .gguf, local folder or Hub id"})
     benchmark: str = field(default="gsm8k", metadata={
-        "help": "gsm8k, math (alias math500), math-train, or custom (any JSONL: see --question-field, "
-                "--answer-field, --grader)"})
+        "help": "gsm8k, math (alias math500), math-train, aime2024, aime2025, gpqa-diamond, or custom (any JSONL: "
+                "see --question-field, --answer-field, --grader)"})
     data: str | None = field(default=None, metadata={"help": "local JSONL file or Hub dataset id (default: the "
                                                              "benchmark's Hub id)"})
     question_field: str | None = field(default=None, metadata={"help": "custom benchmark: field of the question "
@@ -45,8 +46,9 @@ class GenerationConfig(ModelSettings):
     answer_field: str | None = field(default=None, metadata={"help": "custom benchmark: field of the gold answer "
                                                                      "(default: answer)"})
     grader: str | None = field(default=None, metadata={
-        "help": "grader kind: numeric (numbers, as GSM8K) or symbolic (LaTeX via math-verify, as MATH); "
-                "required for custom, default: the benchmark's", "choices": list(GRADERS)})
+        "help": "grader kind: numeric (numbers, as GSM8K), symbolic (LaTeX via math-verify, as MATH), integer "
+                "(0-999, as AIME) or choice (a letter A-D, as GPQA); required for custom, default: the benchmark's",
+        "choices": list(GRADERS)})
     split: str | None = field(default=None, metadata={"help": "Hub split (train/test); ignored for local files"})
     limit: int | None = field(default=None, metadata={"help": "at most this many problems"})
     offset: int = field(default=0, metadata={"help": "skip this many problems first"})
@@ -171,6 +173,98 @@ def think_setup(cfg: GenerationConfig, tokenizer) -> str:
     return resolve_cot_format(cfg.cot_format, tokenizer)
 
 
+@dataclass
+class SampledGenerationConfig(GenerationConfig):
+    """:class:`GenerationConfig` plus sampled decoding: ``samples`` CoTs per problem (row ids ``<id>#s<k>``,
+    :func:`~tokenskip.contract.records.sample_id`) at ``temperature`` / ``top_p``.
+
+    ``samples`` 1 with ``temperature`` 0 is greedy decoding, one CoT per problem (the paper's default). The
+    reasoning-model convention (DeepSeek-R1 distills' model card) is temperature 0.6, top-p 0.95 and
+    pass@1 averaged over n samples per question (:func:`sample_spread`).
+    """
+
+    samples: int = field(default=1, metadata={
+        "help": "CoTs per problem; > 1 needs --temperature > 0 (row ids <id>#s<k>; evaluate: pass@1 averaged over "
+                "them, with its spread)"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: greedy decoding; "
+                                                              "reasoning models: 0.6, model card)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: smallest token set of this probability "
+                                                        "(reasoning models: 0.95)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (HF: torch's; vLLM: the engine's)"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.samples < 1:
+            raise ValueError(f"--samples must be >= 1, got {self.samples}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"--samples {self.samples} with --temperature 0 would write {self.samples} copies of "
+                             "the same greedy CoT; give a temperature > 0 (e.g. 0.6)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0
+
+    def unused_settings(self) -> tuple[str, ...]:
+        """Settings that change nothing in this run, left out of a recipe's fingerprint: the sampling ones when
+        decoding is greedy (so greedy runs made before they existed, or with a recipe-wide ``seed``, stay done)."""
+        return () if self.sampling else ("samples", "temperature", "top_p", "seed")
+
+    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
+        return super().backend_kwargs(adapter, merge_adapter) | ({"seed": self.seed} if self.sampling else {})
+
+    def sampling_settings(self) -> dict:
+        """The sampling settings for a rows' fingerprint: empty under greedy decoding (earlier runs keep theirs)."""
+        return dict(samples=self.samples, temperature=self.temperature, top_p=self.top_p, seed=self.seed) \
+            if self.sampling else {}
+
+    def sampling_kwargs(self) -> dict:
+        """Keyword arguments of a backend's ``generate`` for this decoding (empty: greedy)."""
+        return {"temperature": self.temperature, "top_p": self.top_p} if self.sampling else {}
+
+    def expand(self, problems: Sequence[Problem], prompts: Sequence[str]) -> tuple[list[Problem], list[str]]:
+        """Each problem and prompt repeated ``samples`` times, ids ``<id>#s<k>`` (unchanged when ``samples`` is 1).
+        The prompts repeat back to back, so vLLM's prefix cache serves the copies."""
+        if self.samples == 1:
+            return list(problems), list(prompts)
+        return ([dataclasses.replace(p, id=sample_id(p.id, k)) for p in problems for k in range(self.samples)],
+                [q for q in prompts for _ in range(self.samples)])
+
+    def seed_torch(self) -> None:
+        """Seed torch's RNG when sampling on a torch engine (HF); vLLM samples from its engine ``seed``."""
+        if self.sampling and engine_spec(self.backend).torch_device:
+            import torch
+
+            torch.manual_seed(self.seed)
+
+
+def sample_spread(rows: Sequence[dict], samples: int) -> dict:
+    """pass@1 over ``samples`` sampled CoTs per question and its spread, for ``metrics.json``.
+
+    Row ``<id>#s<k>`` belongs to sample ``k``; sample ``k``'s accuracy is over its questions. pass@1 = the
+    mean of those accuracies (= the share of correct rows when every question has all samples); its spread
+    is their standard deviation (sample std, n − 1; 0 for one sample), in accuracy units (fraction).
+
+    Returns:
+        ``{}`` when ``samples`` is 1, else ``{"samples", "pass_at_1", "accuracy_std", "accuracy_per_sample"}``.
+    """
+    if samples <= 1:
+        return {}
+    correct: dict[int, list[bool]] = {}
+    for r in rows:
+        head, _, k = r["id"].rpartition(SAMPLE_SEP)
+        if head and k.isdigit():
+            correct.setdefault(int(k), []).append(bool(r["correct"]))
+    accs = [sum(v) / len(v) for _, v in sorted(correct.items()) if v]
+    if not accs:
+        return {"samples": samples, "pass_at_1": None, "accuracy_std": None, "accuracy_per_sample": []}
+    return {"samples": samples, "pass_at_1": statistics.fmean(accs),
+            "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "accuracy_per_sample": accs}
+
+
 def data_identity(cfg: GenerationConfig) -> str:
     """See :meth:`GenerationConfig.data_identity`."""
     return cfg.data_identity()
@@ -188,7 +282,7 @@ def grade_row(problem: Problem, prompt: str, gen, grader: str, count_tokens: Cal
     ``think_closed`` says whether the block was closed (an unclosed one is graded wrong).
 
     Args:
-        grader: grader kind (``numeric`` / ``symbolic``) or a benchmark name.
+        grader: grader kind (:data:`~tokenskip.task.benchmarks.GRADERS`) or a benchmark name.
         cot_format: ``auto``, ``plain`` or ``think`` (:func:`tokenskip.task.grading.split_output`).
     """
     from tokenskip.task.grading import grade

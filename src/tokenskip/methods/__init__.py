@@ -124,10 +124,16 @@ class Method:
         """Extra fields for each predictions row (default: none)."""
         return None
 
+    def can_sample(self, cfg) -> bool:
+        """Whether this method decodes with ``cfg``'s sampling settings (``--temperature``); methods that force
+        an answer line decode greedily and say no."""
+        return True
+
     def generate(self, backend: "GenerationBackend", prompts: Sequence[str], caps, adapter: str | None,
                  cfg) -> list["Generation"]:
-        """Outputs for ``prompts`` (default: one greedy decode with the caps)."""
-        return backend.generate(prompts, caps, adapter=adapter)
+        """Outputs for ``prompts``: one decode with the caps, greedy unless ``cfg`` samples (``--temperature``)."""
+        sampling = cfg.sampling_kwargs() if hasattr(cfg, "sampling_kwargs") else {}
+        return backend.generate(prompts, caps, adapter=adapter, **sampling)
 
 
 _REGISTRY: dict[str, Method] = {}

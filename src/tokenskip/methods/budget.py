@@ -72,6 +72,10 @@ class Budget(Method):
                        key, hook, {"marker_delimiter": fmt.marker_delimiter, "budget": key,
                                    "length_model": lm.weights, "answer_max_tokens": cfg.answer_max_tokens}, metrics)
 
+    def can_sample(self, cfg) -> bool:
+        # a forced answer line is decoded greedily
+        return False
+
     def generate(self, backend, prompts, caps, adapter, cfg):
         from tokenskip.generation.inference import ForcedAnswerEngine
 

@@ -30,6 +30,10 @@ class NoCoT(Method):
     def settings(self, cfg) -> dict:
         return {"answer_max_tokens": cfg.answer_max_tokens}
 
+    def can_sample(self, cfg) -> bool:
+        # a forced answer line is decoded greedily
+        return False
+
     def generate(self, backend, prompts, caps, adapter, cfg):
         # the opened answer line is put back in front of each output (and the brace closed) so grading reads it
         from tokenskip.engines import Generation

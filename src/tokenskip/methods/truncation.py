@@ -53,6 +53,10 @@ class Truncation(Method):
 
         return hook
 
+    def can_sample(self, cfg) -> bool:
+        # a forced answer line is decoded greedily
+        return not cfg.force_answer
+
     def generate(self, backend, prompts, caps, adapter, cfg):
         if not cfg.force_answer:  # the paper's plain cap
             return super().generate(backend, prompts, caps, adapter, cfg)

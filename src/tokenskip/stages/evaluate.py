@@ -47,10 +47,11 @@ from tokenskip.contract.records import Prediction, act_ratio
 from tokenskip.engines import GenerationBackend, engine_spec, get_backend
 from tokenskip.engines.models import configure_threads
 from tokenskip.generation.rollout import (
-    GenerationConfig,
+    SampledGenerationConfig,
     print_metrics,
     row_settings,
     run_rows,
+    sample_spread,
     think_setup,
     write_metrics,
 )
@@ -67,11 +68,14 @@ PAPER_RATIOS = paper_grid()
 
 
 @dataclass
-class EvaluateConfig(GenerationConfig):
-    """Evaluation settings: every :class:`~tokenskip.generation.rollout.GenerationConfig` field plus the method.
+class EvaluateConfig(SampledGenerationConfig):
+    """Evaluation settings: every :class:`~tokenskip.generation.rollout.SampledGenerationConfig` field plus the
+    method.
 
     Defaults differing from the parent: none. ``ratios`` defaults to the method's γ grid (the paper's:
-    1.0…0.5 for tokenskip, 0.9…0.5 for prompt/truncation).
+    1.0…0.5 for tokenskip, 0.9…0.5 for prompt/truncation). Decoding is greedy (the paper's); ``--samples N
+    --temperature 0.6 --top-p 0.95`` is the reasoning-model convention: N sampled CoTs per question (rows
+    ``<id>#s<k>``) and pass@1 averaged over them, with its spread, in ``metrics.json``.
     """
 
     method: str = field(default=ORIGINAL, metadata={"help": "what to evaluate", "choices": list(METHODS)})
@@ -111,6 +115,10 @@ class EvaluateConfig(GenerationConfig):
             raise ValueError(f"--method {m.name} needs --adapter DIR (the trained LoRA adapter)")
         if m.name == "budget" and (not self.budgets or any(b < 1 for b in self.budgets)):
             raise ValueError(f"--method budget needs --budgets N [N ...], each >= 1, got {self.budgets}")
+        if self.sampling and not m.can_sample(self):
+            raise ValueError(f"--method {m.name}{' --force-answer' if self.force_answer else ''} decodes greedily "
+                             "(a forced answer line); --temperature applies to original, prompt, truncation "
+                             "and tokenskip")
 
     def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
         return {**super().backend_kwargs(adapter, merge_adapter), "force_adapter": self.force_adapter}
@@ -143,7 +151,8 @@ def _settings(cfg: EvaluateConfig, method: Method, ratio: float | None, extra: d
     """What decides a run's rows (its ``predictions.state.json`` fingerprint): the rule shared with generate
     (:func:`~tokenskip.generation.rollout.row_settings`) plus the method, γ and adapter."""
     return {**row_settings(cfg, "evaluate"), "method": method.name, "ratio": ratio,
-            "adapter": adapter_hash(cfg.adapter) if method.uses_adapter else None, **extra}
+            "adapter": adapter_hash(cfg.adapter) if method.uses_adapter else None, **extra,
+            **cfg.sampling_settings()}
 
 
 def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, problems, rows, more=None) -> dict:
@@ -161,7 +170,7 @@ def _metrics_extra(cfg: EvaluateConfig, method: Method, ratio: float | None, pro
             "model": cfg.model, "adapter": cfg.adapter if method.uses_adapter else None, **cfg.dtype_record(),
             "backend": cfg.backend, "max_new_tokens": cfg.resolved_max_new_tokens, "latency_mode": cfg.latency_mode,
             "settings": to_dict(cfg) | {"method": method.name}, "ids": [p.id for p in problems],
-            **(more(rows) if more else {})}
+            **sample_spread(rows, cfg.samples), **(more(rows) if more else {})}
 
 
 def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) -> list[dict]:
@@ -189,6 +198,7 @@ def run_evaluate(cfg: EvaluateConfig, backend: GenerationBackend | None = None) 
     configure_threads(cfg.threads)
     bench = cfg.bench
     problems = load_problems(bench, cfg.data, cfg.split, cfg.limit, cfg.offset)
+    problems = cfg.expand(problems, [""] * len(problems))[0]  # --samples N: rows <id>#s<k>
     backend_for = _Engines(cfg, backend)
     results = []
     try:
@@ -260,6 +270,7 @@ def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
         settings["original"] = read_json(state_file(eval_run_dir(cfg.out, cfg.bench.name, ORIGINAL)
                                                     / PREDICTIONS))["fingerprint"]
 
+    cfg.seed_torch()  # each run samples from the same seed (HF; vLLM: the engine's)
     with ResumableJsonl(d / PREDICTIONS, settings) as w:
         rows = run_rows(problems, plan.prompts, w, b, cfg.bench.grader, plan.caps, adapter=adapter,
                         row_hook=plan.row_hook,
@@ -279,7 +290,8 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
     def key(c):
         return (c.backend, c.model, c.dtype, c.device, c.batch_size, c.latency_mode,
                 c.tensor_parallel_size, c.gpu_memory_utilization, c.threads, tuple(c.stop),
-                c.enforce_eager, c.prefix_caching, c.max_num_seqs, c.kv_cache_space_gb, c.max_model_len)
+                c.enforce_eager, c.prefix_caching, c.max_num_seqs, c.kv_cache_space_gb, c.max_model_len,
+                c.seed if c.sampling else None)  # vLLM samples from its engine's seed
 
     engines: dict[tuple, GenerationBackend] = {}
     results = []

@@ -21,21 +21,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenskip.contract.config import to_dict
 from tokenskip.contract.io import ResumableJsonl
 from tokenskip.contract.layout import METRICS, ORIGINAL, PREDICTIONS
-from tokenskip.contract.records import sample_id
 from tokenskip.engines import GenerationBackend, engine_spec, get_backend
 from tokenskip.engines.models import configure_threads
 from tokenskip.generation.rollout import (
     GenerationConfig,
+    SampledGenerationConfig,
     metrics_line,
     print_metrics,
     row_settings,
     run_rows,
+    sample_spread,
     think_setup,
     write_metrics,
 )
@@ -47,50 +48,18 @@ __all__ = ["GenerateConfig", "run_generate"]
 
 
 @dataclass
-class GenerateConfig(GenerationConfig):
-    """Settings of stage *generate*: :class:`~tokenskip.generation.rollout.GenerationConfig` plus sampled CoTs.
+class GenerateConfig(SampledGenerationConfig):
+    """Settings of stage *generate*: :class:`~tokenskip.generation.rollout.SampledGenerationConfig` (generation
+    settings plus sampled CoTs). Defaults differing from the parent: none.
 
     ``samples`` 1 with ``temperature`` 0 is greedy decoding, one CoT per problem (the paper's default).
     """
-
-    samples: int = field(default=1, metadata={
-        "help": "CoTs per problem; > 1 needs --temperature > 0 (row ids <id>#s<k>: more correct CoTs to train on)"})
-    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: greedy decoding)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: smallest token set of this probability"})
-    seed: int = field(default=0, metadata={"help": "sampling seed (HF: torch's; vLLM: the engine's)"})
-
-    def validate(self) -> None:
-        super().validate()
-        if self.samples < 1:
-            raise ValueError(f"--samples must be >= 1, got {self.samples}")
-        if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.samples > 1 and self.temperature == 0:
-            raise ValueError(f"--samples {self.samples} with --temperature 0 would write {self.samples} copies of "
-                             "the same greedy CoT; give a temperature > 0 (e.g. 0.7)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
-
-    @property
-    def sampling(self) -> bool:
-        return self.temperature > 0
-
-    def unused_settings(self) -> tuple[str, ...]:
-        """Settings that change nothing in this run, left out of a recipe's fingerprint: the sampling ones when
-        decoding is greedy (so greedy runs made before they existed, or with a recipe-wide ``seed``, stay done)."""
-        return () if self.sampling else ("samples", "temperature", "top_p", "seed")
-
-    def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
-        return super().backend_kwargs(adapter, merge_adapter) | ({"seed": self.seed} if self.sampling else {})
 
 
 def _row_settings(cfg: GenerateConfig) -> dict:
     """:func:`~tokenskip.generation.rollout.row_settings` plus the sampling settings (only when sampling, so
     greedy runs keep their fingerprint)."""
-    settings = row_settings(cfg, "generate")
-    if cfg.sampling:
-        settings.update(samples=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
-    return settings
+    return row_settings(cfg, "generate") | cfg.sampling_settings()
 
 
 def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None) -> dict:
@@ -124,26 +93,20 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
         warn_default_system(tok, cfg.prompt_style, cfg.system_prompt, logger)
         prompts = [styled_prompt(tok, p.question, None, cfg.system_prompt, style=cfg.prompt_style, model=cfg.model)
                    for p in problems]
-        decode = None
-        if cfg.samples > 1:  # N rows per problem, ids <id>#s<k>; the prompts repeat (vLLM caches their prefix)
-            problems = [dataclasses.replace(p, id=sample_id(p.id, k)) for p in problems for k in range(cfg.samples)]
-            prompts = [q for q in prompts for _ in range(cfg.samples)]
-        if cfg.sampling:
-            if engine_spec(cfg.backend).torch_device:  # samples from torch's RNG (vLLM: the engine's seed)
-                import torch
+        problems, prompts = cfg.expand(problems, prompts)  # N rows per problem, ids <id>#s<k>
+        cfg.seed_torch()
 
-                torch.manual_seed(cfg.seed)
-
-            def decode(ps, caps, adapter=None):
-                return backend.generate(ps, caps, adapter=adapter, temperature=cfg.temperature, top_p=cfg.top_p)
+        def decode(ps, caps, adapter=None):
+            return backend.generate(ps, caps, adapter=adapter, **cfg.sampling_kwargs())
         with ResumableJsonl(out / PREDICTIONS, _row_settings(cfg)) as w:
             rows = run_rows(problems, prompts, w, backend, bench.grader, cfg.resolved_max_new_tokens,
-                            generate=decode, cot_format=cot_format)
+                            generate=decode if cfg.sampling else None, cot_format=cot_format)
         return write_metrics(out, rows, {"benchmark": bench.name, "benchmark_label": bench.label,
                                          "method": ORIGINAL, "ratio": None, "grader": bench.grader,
                                          "model": cfg.model, **cfg.dtype_record(), "backend": cfg.backend,
                                          "max_new_tokens": cfg.resolved_max_new_tokens,
-                                         "latency_mode": cfg.latency_mode, "settings": to_dict(cfg)})
+                                         "latency_mode": cfg.latency_mode, "settings": to_dict(cfg),
+                                         **sample_spread(rows, cfg.samples)})
     finally:
         if own:
             backend.close()

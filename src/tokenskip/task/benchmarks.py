@@ -8,7 +8,10 @@ the project branches on a benchmark's name: loaders call ``bench.parse_row``, gr
 Grader kinds (:mod:`tokenskip.task.grading`):
 
 * ``numeric``  — the last number / boxed value, compared as a number (GSM8K);
-* ``symbolic`` — LaTeX answers compared with math-verify (MATH).
+* ``symbolic`` — LaTeX answers compared with math-verify (MATH);
+* ``integer``  — an integer answer from 0 to 999, compared as an integer (AIME);
+* ``choice``   — a choice letter A–D (GPQA-Diamond: the four choices shuffled per question, listed in the
+  prompt).
 
 Adding a benchmark is one :func:`register` call (see docs/development.md)::
 
@@ -29,9 +32,12 @@ from typing import Callable
 from tokenskip.contract.io import DataError
 from tokenskip.contract.records import Problem, require_text
 
-GRADERS = ("numeric", "symbolic")
-#: default max_new_tokens per grader kind, for benchmarks that do not set one (paper: 512 GSM8K, 1024 MATH)
-GRADER_MAX_NEW_TOKENS = {"numeric": 512, "symbolic": 1024}
+GRADERS = ("numeric", "symbolic", "integer", "choice")
+#: default max_new_tokens per grader kind, for benchmarks that do not set one (paper: 512 GSM8K, 1024 MATH;
+#: AIME/GPQA are reasoning-model benchmarks: 32,768, the DeepSeek-R1 distills' evaluation length, model card)
+GRADER_MAX_NEW_TOKENS = {"numeric": 512, "symbolic": 1024, "integer": 32768, "choice": 32768}
+#: Choice letters of a ``choice`` benchmark, in prompt order.
+CHOICE_LETTERS = "ABCD"
 CUSTOM = "custom"
 
 RowParser = Callable[[dict, object, int, int], Problem]
@@ -44,7 +50,7 @@ class Benchmark:
     Attributes:
         name: canonical name; also the evaluation folder name (``evaluate/<name>/...``).
         label: display name in reports (``GSM8K``).
-        grader: ``numeric`` or ``symbolic`` (module docstring).
+        grader: ``numeric``, ``symbolic``, ``integer`` or ``choice`` (module docstring).
         max_new_tokens: default cap on generated tokens (paper: 512 GSM8K, 1024 MATH).
         parse_row: ``(row, path, line, index) -> Problem``; raises :class:`~tokenskip.contract.io.DataError`.
         hub_id / hub_config / hub_split: the Hub dataset used when no ``--data`` is given.
@@ -119,7 +125,7 @@ def canonical_name(name: str) -> str:
 
 
 def grader_kind(benchmark_or_kind: str) -> str:
-    """``numeric`` or ``symbolic`` for a grader kind or a registered benchmark name / alias.
+    """The grader kind (:data:`GRADERS`) of a grader kind or a registered benchmark name / alias.
 
     Raises:
         ValueError: neither a grader kind nor a registered benchmark.
@@ -226,6 +232,49 @@ def mapped_parser(question: str, answer: str, solution: str | None = None, id_fi
     return parse
 
 
+def parse_aime_row(row: dict, path, lineno: int, idx: int) -> Problem:
+    """An AIME row (``problem`` or ``question``, ``answer``: an integer 0–999; ``id`` optional) as a
+    :class:`Problem`; gold = the integer without leading zeros."""
+    q = require_text(row, "problem" if "problem" in row else "question", path, lineno, nonempty=True)
+    raw = row.get("answer")
+    text = str(raw).strip() if isinstance(raw, (str, int)) and not isinstance(raw, bool) else ""
+    if not re.fullmatch(r"\d{1,3}", text):
+        raise DataError(path, lineno, "answer", f"expected an AIME answer, an integer from 0 to 999, got {raw!r}")
+    sol = row.get("solution") if isinstance(row.get("solution"), str) else ""
+    pid = row.get("id", row.get("problem_idx"))
+    return Problem(id=str(pid) if pid is not None else f"aime/{Path(str(path)).stem}/{idx}", question=q,
+                   answer=str(int(text)), solution=sol)
+
+
+def shuffled_choices(key: str, correct: str, wrong: list[str]) -> tuple[list[str], str]:
+    """The four choices of a question in a deterministic shuffled order and the correct one's letter.
+
+    The order depends only on ``key`` (the question's id or text) through SHA-256, so it is the same on
+    every machine and run (Python's ``hash`` is salted per process).
+    """
+    import hashlib
+    import random
+
+    order = [correct, *wrong]
+    random.Random(int(hashlib.sha256(key.encode()).hexdigest()[:16], 16)).shuffle(order)
+    return order, CHOICE_LETTERS[order.index(correct)]
+
+
+def parse_gpqa_row(row: dict, path, lineno: int, idx: int) -> Problem:
+    """A GPQA row (``Question``, ``Correct Answer``, ``Incorrect Answer 1``…``3``, ``Record ID`` optional) as a
+    :class:`Problem`: the question followed by the choices ``A) …``…``D) …`` in a shuffled order fixed per
+    question (:func:`shuffled_choices`); gold = the correct choice's letter."""
+    q = require_text(row, "Question", path, lineno, nonempty=True).strip()
+    correct = require_text(row, "Correct Answer", path, lineno, nonempty=True).strip()
+    wrong = [require_text(row, f"Incorrect Answer {k}", path, lineno, nonempty=True).strip() for k in (1, 2, 3)]
+    pid = str(row.get("Record ID") or row.get("id") or f"gpqa/{Path(str(path)).stem}/{idx}")
+    order, letter = shuffled_choices(pid + "\x00" + q, correct, wrong)
+    listing = "\n".join(f"{c}) {t}" for c, t in zip(CHOICE_LETTERS, order))
+    meta = {"choices": order, **{k: row[k] for k in ("High-level domain", "Subdomain") if k in row}}
+    return Problem(id=pid, question=f"{q}\n\n{listing}", answer=letter,
+                   solution=row.get("Explanation") if isinstance(row.get("Explanation"), str) else "", meta=meta)
+
+
 def custom_benchmark(question_field: str = "question", answer_field: str = "answer",
                      grader: str | None = None) -> Benchmark:
     """The ``custom`` benchmark: a local JSONL whose question / answer field names and grader kind are given.
@@ -233,10 +282,11 @@ def custom_benchmark(question_field: str = "question", answer_field: str = "answ
     Rows keep an ``id`` field when they have one, else get ``<file stem>/<row index>``.
 
     Raises:
-        ValueError: ``grader`` is not ``numeric`` or ``symbolic``.
+        ValueError: ``grader`` is not one of :data:`GRADERS`.
     """
     if grader is None:
-        raise ValueError("--benchmark custom needs --grader numeric (numbers, as GSM8K) or symbolic (LaTeX, as MATH)")
+        raise ValueError("--benchmark custom needs --grader numeric (numbers, as GSM8K), symbolic (LaTeX, as MATH), "
+                         "integer (0-999, as AIME) or choice (a letter A-D, as GPQA)")
     _check_grader(grader)
     return Benchmark(CUSTOM, "Custom", grader, GRADER_MAX_NEW_TOKENS[grader],
                      mapped_parser(question_field, answer_field), hub_id=None)
@@ -250,3 +300,12 @@ MATH500 = register(Benchmark("math", "MATH-500", "symbolic", 1024, parse_math_ro
                              hub_id="HuggingFaceH4/MATH-500", hub_split="test", aliases=("math500", "math-500")))
 MATH_TRAIN = register(Benchmark("math-train", "MATH (train)", "symbolic", 1024, parse_math_row,
                                 hub_id="hendrycks/competition_math", hub_split="train"))
+# Reasoning-model benchmarks (issue 24): sampled decoding and pass@1 over n samples is their convention
+# (evaluate --samples N --temperature 0.6 --top-p 0.95, docs/reasoning.md).
+AIME2024 = register(Benchmark("aime2024", "AIME 2024", "integer", 32768, parse_aime_row,
+                              hub_id="HuggingFaceH4/aime_2024", hub_split="train", aliases=("aime24", "aime-2024")))
+AIME2025 = register(Benchmark("aime2025", "AIME 2025", "integer", 32768, parse_aime_row,
+                              hub_id="math-ai/aime25", hub_split="test", aliases=("aime25", "aime-2025")))
+GPQA_DIAMOND = register(Benchmark("gpqa-diamond", "GPQA-Diamond", "choice", 32768, parse_gpqa_row,
+                                  hub_id="Idavidrein/gpqa", hub_config="gpqa_diamond", hub_split="train",
+                                  aliases=("gpqa", "gpqa_diamond")))

@@ -19,6 +19,11 @@
   equality for rationals, 50-digit evaluation for other exact numbers, and a decimal the model wrote
   must equal the exact value rounded to the decimals written.
 
+* AIME (``integer``): extraction as GSM8K; the answer must be an integer from 0 to 999 (``033`` = 33,
+  ``33.0`` = 33; ``33.5``, ``1000`` or ``-3`` are wrong) equal to the gold integer.
+* GPQA (``choice``): the letter A–D of the last ``\\boxed{…}`` (``B``, ``(B)``, ``\\text{B}``, ``B) text``),
+  else of the last "answer is (B)" / "Answer: B" statement; compared with the gold letter.
+
 Every math-verify comparison runs in a child process under a hard wall-clock limit
 (:mod:`tokenskip.task.verifier`): on timeout the answer counts as incorrect and a warning is logged.
 Answers equal after light normalization (:func:`tokenskip.task.normalize.light_latex`), or both plain
@@ -198,7 +203,8 @@ def extract_answer(text: str, benchmark: str) -> str | None:
 
     Args:
         text: full model output (CoT + answer).
-        benchmark: a grader kind (``numeric``, ``symbolic``) or a benchmark name (``gsm8k``, ``math``...;
+        benchmark: a grader kind (``numeric``, ``symbolic``, ``integer``, ``choice``) or a benchmark name
+            (``gsm8k``, ``math``, ``aime2024``, ``gpqa-diamond``...;
             see :mod:`tokenskip.task.benchmarks`).
     Returns:
         The answer string, or ``None`` when nothing is found.
@@ -206,6 +212,8 @@ def extract_answer(text: str, benchmark: str) -> str | None:
         ValueError: unknown benchmark or grader kind.
     """
     kind = grader_kind(benchmark)
+    if kind == "choice":
+        return extract_choice(text)
     boxes = final_boxes(text)
     if boxes:
         return ", ".join(boxes)
@@ -217,10 +225,36 @@ def extract_answer(text: str, benchmark: str) -> str | None:
         ans = _answer_after_phrase(text[phrases[-1].end():])
         if ans:
             return ans
-    if kind == "numeric":
+    if kind in ("numeric", "integer"):
         nums = _gsm8k_numbers(text)
         return nums[-1] if nums else None
     return None
+
+
+#: A choice letter standing alone, maybe wrapped: ``B``, ``(B)``, ``\text{B}``, ``\textbf{(B)}``, ``B)``, ``B.``.
+_LETTER = re.compile(r"^\s*(?:\\text(?:bf|rm)?\s*\{\s*)?\(?\s*(?P<l>[A-Da-d])\s*\)?\s*\}?(?:[).:]|\s|$)")
+#: "the answer is (B)", "Answer: B", "final answer: **C**" (the last one counts).
+_LETTER_STATEMENT = re.compile(r"(?i:answer\s*(?:is|:))\s*[*$\s]*(?:\\boxed\{)?(?:\\text(?:bf)?\{)?\(?"
+                               r"(?P<l>[A-D])(?![A-Za-z])\)?")  # the letter in capitals: "the answer is a" is no choice
+
+
+def extract_choice(text: str) -> str | None:
+    """The choice letter (``A``…``D``, upper case) a model output ends with: the last ``\\boxed{…}`` whose
+    content starts with a letter standing alone, else the last "answer is (X)" / "Answer: X" statement;
+    ``None`` when neither is found."""
+    box = last_boxed(text)
+    if box is not None:
+        m = _LETTER.match(box)
+        if m:
+            return m.group("l").upper()
+    found = list(_LETTER_STATEMENT.finditer(text))
+    return found[-1].group("l").upper() if found else None
+
+
+def _integer_match(pred: str, gold: str) -> bool:
+    """AIME: ``pred``'s value (:func:`_gsm8k_value`) is an integer from 0 to 999 equal to ``gold``'s."""
+    p, g = _gsm8k_value(pred), _gsm8k_value(gold)
+    return p is not None and g is not None and p.denominator == 1 and 0 <= p <= 999 and p == g
 
 
 # ----------------------------------------------------------------------------------------- comparison
@@ -274,7 +308,7 @@ def answers_match(pred: str, gold: str, benchmark: str, timeout_s: float = DEFAU
     Args:
         pred: extracted answer (see :func:`extract_answer`).
         gold: gold answer string (GSM8K: a number; MATH: LaTeX without ``$``).
-        benchmark: a grader kind (``numeric``, ``symbolic``) or a benchmark name (``gsm8k``, ``math``...).
+        benchmark: a grader kind (``numeric``, ``symbolic``, ``integer``, ``choice``) or a benchmark name.
         timeout_s: MATH only: wall-clock limit for the math-verify comparison, seconds. On timeout the
             answer counts as incorrect and a warning is logged.
     Raises:
@@ -286,6 +320,11 @@ def answers_match(pred: str, gold: str, benchmark: str, timeout_s: float = DEFAU
         return False
     if kind == "numeric":
         return _gsm8k_match(pred, gold)
+    if kind == "integer":
+        return _integer_match(pred, gold)
+    if kind == "choice":
+        m = _LETTER.match(pred)
+        return m is not None and m.group("l").upper() == gold.strip().upper()
     choice = _CHOICE.fullmatch(pred.strip())
     if choice and choice.group("value").strip():  # "\\textbf{(B) }7": the label or the value may be the gold
         label = next(g for g in choice.group("a", "b", "c") if g)

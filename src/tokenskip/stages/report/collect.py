@@ -64,6 +64,8 @@ class ReportRow:
         method_style: ``[color, marker]`` of the method's plots; ratio_requested: γ is asked of the model.
         truncation: ``plain-cap`` (the paper's) or ``force-answer`` from ``metrics.json``; ``force-answer``
             adds " + forced answer" to the label.
+        samples / accuracy_std: sampled runs (``--samples N``): CoTs per question and the std of accuracy over
+            them (``accuracy`` is then pass@1 averaged over the samples).
     """
 
     benchmark: str
@@ -91,6 +93,8 @@ class ReportRow:
     method_style: list | None = None
     ratio_requested: bool | None = None
     truncation: str | None = None
+    samples: int | None = None
+    accuracy_std: float | None = None
 
     @property
     def label(self) -> str:
@@ -250,7 +254,9 @@ def read_metrics_row(path: Path, benchmark: str, method: str, folder_ratio: floa
         predictions_rows=pred_rows, method_label=_text(data, "method_label"),
         method_rank=None if _number(path, data, "method_rank") is None else int(data["method_rank"]),
         benchmark_label=_text(data, "benchmark_label"), method_style=_style_of(data),
-        ratio_requested=data.get("ratio_requested") is True, truncation=_text(data, "truncation"), **vals)
+        ratio_requested=data.get("ratio_requested") is True, truncation=_text(data, "truncation"),
+        samples=data.get("samples") if isinstance(data.get("samples"), int) else None,
+        accuracy_std=_number(path, data, "accuracy_std"), **vals)
 
 
 def _text(data: dict, key: str) -> str | None:

@@ -17,7 +17,8 @@ def _uniq(rows: list[dict], key: str) -> str:
 def render_table(rows: list[dict]) -> str:
     """The paper-style Markdown table for one benchmark's rows (already in table order).
 
-    Columns: method (γ), accuracy (%, 1 decimal), avg CoT tokens (1 decimal), ActRatio (2 decimals),
+    Columns: method (γ), accuracy (%, 1 decimal; a sampled run shows pass@1 ± its std over the N samples and
+    ``(pass@1, N samples)``), avg CoT tokens (1 decimal), ActRatio (2 decimals),
     latency (s/sample, 3 decimals; the mode goes in the header when every row shares it), n, the LoRA
     adapter the row was generated with (``none`` for base-model rows), and a link to the row's
     ``predictions.jsonl``. Absent values are ``—``.
@@ -36,7 +37,10 @@ def render_table(rows: list[dict]) -> str:
         link = f"[predictions.jsonl]({r.predictions_path})" if r.predictions_path else MISSING
         n = MISSING if r.n is None else str(r.n)
         adapter = f"`{r.adapter}`" if r.adapter else "none"
-        lines.append(f"| {r.label} | {_fmt(acc, 1)} | {_fmt(r.avg_cot_tokens, 1)} | {_fmt(r.act_ratio, 2)} "
+        acc_text = _fmt(acc, 1)
+        if acc is not None and r.samples and r.accuracy_std is not None:
+            acc_text += f" ± {100.0 * r.accuracy_std:.1f} (pass@1, {r.samples} samples)"
+        lines.append(f"| {r.label} | {acc_text} | {_fmt(r.avg_cot_tokens, 1)} | {_fmt(r.act_ratio, 2)} "
                      f"| {lat} | {n} | {adapter} | {link} |")
     return "\n".join(lines)
 
