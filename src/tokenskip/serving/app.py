@@ -203,8 +203,35 @@ async def _run_future(fut):
         raise APIError(400, str(e)) from None
 
 
-async def _run(state: ServerState, job: Job):
-    return await _run_future(asyncio.wrap_future(state.submit(job)))
+async def _client_gone(request) -> None:
+    """Return once the client has disconnected: the body is read, so the next ASGI message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(request, job: Job, state: ServerState, awaitable):
+    """The result of ``awaitable``, unless the client disconnects first: then the job is cancelled (dropped from the
+    queue, or its decoding stopped within a step by engines that can, ``Capabilities.cancel``) and a 499 raised
+    (nobody reads it). A handler cancelled meanwhile cancels the job too."""
+    task = asyncio.ensure_future(awaitable)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        state.cancel(job)   # before the task: cancelling it cancels the job's future
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task not in done:
+        state.cancel(job)
+        task.cancel()
+        raise APIError(499, "the client disconnected", code="client_closed_request")
+    return task.result()
+
+
+async def _run(request, state: ServerState, job: Job):
+    return await unless_gone(request, job, state, _run_future(asyncio.wrap_future(state.submit(job))))
 
 
 def _add_info_routes(app, state: ServerState) -> None:
@@ -216,7 +243,8 @@ def _add_info_routes(app, state: ServerState) -> None:
     @app.get("/health")
     async def health():
         body = {"status": state.status, "models": state.models, "backend": "upstream" if cfg.upstream else cfg.backend,
-                "queued": state.jobs.qsize(), "batches": state.batches, "max_batch_seen": state.max_batch_seen}
+                "queued": state.jobs.qsize(), "batches": state.batches, "max_batch_seen": state.max_batch_seen,
+                "cancelled": state.cancelled}
         if getattr(state.engine, "peak_in_flight", None) is not None:
             body["max_in_flight"] = state.engine.peak_in_flight
         if state.error:
@@ -240,9 +268,9 @@ def _add_completion_routes(app, state: ServerState) -> None:
         _ready(state)
         job, stream, return_prompt = parse_chat(await _body_of(request), state)
         if not stream:
-            return chat_response(job, await _run(state, job), state, return_prompt)
+            return chat_response(job, await _run(request, state, job), state, return_prompt)
         ts = TokenStream(job, state)
-        first = await ts.next_ids()
+        first = await unless_gone(request, job, state, ts.next_ids())
         if first is None:  # done before any token was streamed: a failure is still an ordinary JSON error
             await _run_future(ts.future)
         return StreamingResponse(sse_events(ts, first, return_prompt), media_type="text/event-stream")
@@ -251,7 +279,7 @@ def _add_completion_routes(app, state: ServerState) -> None:
     async def completions(request: Request):
         _ready(state)
         job = parse_completion(await _body_of(request), state)
-        return completion_response(job, await _run(state, job), state)
+        return completion_response(job, await _run(request, state, job), state)
 
 
 # ------------------------------------------------------------------------------------------- the CLI
