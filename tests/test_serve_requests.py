@@ -251,3 +251,20 @@ def test_a_parameter_the_engine_cannot_honour_is_a_400_naming_it_and_the_engine(
         with pytest.raises(APIError) as e:
             parse_chat(chat("hi", 4, **extra), state)
         assert e.value.status == 400 and e.value.param == param and "vllm engine" in e.value.message
+
+
+# ------------------------------------------------------------------------------------------- the load test
+
+def test_bench_serve_mixed_load_with_leaving_clients(srv):
+    from test_bench_scripts import load
+
+    bs = load("bench_serve")
+    import random
+
+    rng = random.Random(3)
+    plan = [(rng.random() < 0.5, rng.random() < 0.4) for _ in range(10)]
+    r = bs.run_clients(srv.url, questions(4), clients=3, seconds=60, max_tokens=6, model="tiny", max_requests=10,
+                       stream_share=0.5, disconnect_share=0.4, disconnect_after=0.05, seed=3)
+    assert r["errors"] == 0, r["error_examples"]
+    assert r["requests"] + r["abandoned"] == 10 and r["abandoned"] >= sum(s and leave for s, leave in plan)
+    assert r["mean_output_tokens"] == 6 and r["p99_latency_s"] >= r["p50_latency_s"] > 0   # streamed usage counted

