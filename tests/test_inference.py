@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenskip.engines import Generation
+from tokenskip.engines import Capabilities, Generation
 from tokenskip.generation.inference import (
     FORCE_ANSWER,
     Decoding,
@@ -46,6 +46,7 @@ class Fake:
     """An engine that writes 'w w w ...' and ends its turn after ``stop_after`` tokens."""
 
     name, batch_size, tokenizer = "fake", 4, None
+    capabilities = Capabilities()   # no streaming, no request options: stop strings are cut after decoding
 
     def __init__(self, stop_after):
         self.stop_after, self.calls = stop_after, []

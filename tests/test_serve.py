@@ -192,7 +192,7 @@ def test_streaming_sends_text_while_the_batch_decodes(server, monkeypatch):
     seen, finished = threading.Event(), threading.Event()
     streamed = []
 
-    def gated(prompts, caps, adapter=None, temperature=0.0, top_p=1.0, on_tokens=None):
+    def gated(prompts, caps, adapter=None, temperature=0.0, top_p=1.0, on_tokens=None, **kw):
         n = [0]
 
         def hook(i, ids):
@@ -203,7 +203,7 @@ def test_streaming_sends_text_while_the_batch_decodes(server, monkeypatch):
                 assert seen.wait(30), "no text reached the client while decoding"
         try:
             return real(prompts, caps, adapter=adapter, temperature=temperature, top_p=top_p,
-                        on_tokens=hook if on_tokens else None)
+                        on_tokens=hook if on_tokens else None, **kw)
         finally:
             finished.set()
 
@@ -247,14 +247,17 @@ BAD = [
     # below the adapter's trained range (its marker would read "0.0"): issue 26 item 6
     ({**GOOD, "compression_ratio": 1e-7}, "compression_ratio"),
     # OpenAI parameters the server does not honour: a 400 naming each, not silently ignored (issue 26 item 4)
-    ({**GOOD, "logprobs": True}, "logprobs"),
-    ({**GOOD, "top_logprobs": 3}, "top_logprobs"),
-    ({**GOOD, "presence_penalty": 0.5}, "presence_penalty"),
-    ({**GOOD, "frequency_penalty": -1}, "frequency_penalty"),
     ({**GOOD, "logit_bias": {"50256": -100}}, "logit_bias"),
     ({**GOOD, "response_format": {"type": "json_object"}}, "response_format"),
     ({**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({**GOOD, "temperature": 1.0, "seed": 7}, "seed"),
+    # honoured ones with values outside OpenAI's ranges
+    ({**GOOD, "logprobs": "yes"}, "logprobs"),
+    ({**GOOD, "top_logprobs": 3}, "top_logprobs"),           # without logprobs: true
+    ({**GOOD, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({**GOOD, "presence_penalty": 2.5}, "presence_penalty"),
+    ({**GOOD, "frequency_penalty": -3}, "frequency_penalty"),
+    ({**GOOD, "temperature": 1.0, "seed": 1.5}, "seed"),
+    ({**GOOD, "logprobs": True, "max_cot_tokens": 8}, "logprobs"),
     ({**GOOD, "stream_options": {"include_usage": True}}, "stream_options"),
     ({**GOOD, "stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options"),
     ({**GOOD, "compression_ratio": 0.3}, "compression_ratio"),

@@ -11,6 +11,47 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 
+@dataclass(frozen=True)
+class RequestOptions:
+    """Per-prompt decoding options of a served request (OpenAI's parameters), beyond the cap and sampling.
+
+    Engines declare which fields they honour at decode time (:attr:`Capabilities.options`); the server refuses
+    the others with a 400.
+
+    Attributes:
+        stop: strings that end decoding: it stops at the step whose text first contains one, and text and ids
+            are cut before it (finish reason ``stop``).
+        logprobs: ``None``: none; ``k`` >= 0: the log-probability of every returned token and of the ``k`` likeliest
+            tokens at its step (:class:`TokenLogprob`; the model's distribution before temperature, ``top_p`` and
+            these penalties, as vLLM's default ``raw_logprobs``).
+        presence_penalty: subtracted once from the logit of every token already generated (OpenAI's definition,
+            range [-2, 2]; generated tokens only, not the prompt's, as vLLM).
+        frequency_penalty: subtracted from a token's logit once per time it was generated (same range and scope).
+        seed: seed of the sampler for this prompt (sampling only): same seed, prompt and settings, same text.
+    """
+
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+    def asks(self) -> set[str]:
+        """The fields set to something other than their neutral value."""
+        return {n for n, neutral in (("stop", ()), ("logprobs", None), ("presence_penalty", 0.0),
+                                     ("frequency_penalty", 0.0), ("seed", None)) if getattr(self, n) != neutral}
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability (natural log) and the ``top`` likeliest ``(token id, logprob)``
+    pairs at its step, likeliest first."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
 @dataclass
 class Generation:
     """One completion.
@@ -20,8 +61,11 @@ class Generation:
         num_tokens: generated tokens, counted from the engine's own token ids (stop token excluded).
         latency_s: seconds for this sample: amortised (batch wall time ÷ batch size) in
             ``latency_mode="amortized"``, or the true batch-size-1 wall time in ``"single"``.
-        finish_reason: ``"stop"`` (end of turn) or ``"length"`` (hit max_new_tokens).
+        finish_reason: ``"stop"`` (end of turn or a stop string), ``"length"`` (hit max_new_tokens) or
+            ``"cancelled"`` (its ``cancelled`` flag was raised while decoding: the served request's client left).
         token_ids: generated token ids (stop token excluded).
+        logprobs: one :class:`TokenLogprob` per id of ``token_ids`` when :attr:`RequestOptions.logprobs` asked for
+            them, else ``None``.
     """
 
     text: str
@@ -29,6 +73,7 @@ class Generation:
     latency_s: float
     finish_reason: str
     token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -124,6 +169,8 @@ class Capabilities:
         chunk_size: prompts a stage should hand to one ``generate`` call (vLLM batches continuously:
             large chunks; HF: a few batches, so a kill loses little).
         dtype: the weights dtype the engine runs (``auto`` already resolved), or ``"remote"``.
+        options: the :class:`RequestOptions` fields ``generate(..., options=[...])`` honours at decode time.
+        cancel: ``generate(..., cancelled=f)`` stops decoding prompt ``i`` (within a step) once ``f(i)`` is true.
     """
 
     adapters_per_request: bool = False
@@ -132,6 +179,8 @@ class Capabilities:
     concurrent: bool = False
     chunk_size: int = 32
     dtype: str = "float32"
+    options: frozenset[str] = frozenset()
+    cancel: bool = False
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import logging
 import time
 from typing import Callable, Sequence
 
-from tokenskip.engines import BackendStats, Capabilities, Generation, cut_at_stop
+from tokenskip.engines import BackendStats, Capabilities, Generation, RequestOptions, cut_at_stop
+from tokenskip.engines.hf_request import RowControls
 from tokenskip.task.prompts import StopRule, stop_rule
 
 logger = logging.getLogger(__name__)
@@ -84,10 +85,12 @@ class HFBackend:
 
     @property
     def capabilities(self) -> Capabilities:
-        """One engine per adapter (loaded at construction), token streaming, sampling; one caller at a time."""
+        """One engine per adapter (loaded at construction), token streaming, sampling, every request option,
+        cancellation; one caller at a time."""
         dtype = str(getattr(self.model, "dtype", "float32")).replace("torch.", "")
         return Capabilities(adapters_per_request=False, streaming=True, sampling=True, concurrent=False,
-                            chunk_size=max(1, self.batch_size * 4), dtype=dtype)
+                            chunk_size=max(1, self.batch_size * 4), dtype=dtype,
+                            options=frozenset(RequestOptions().__dataclass_fields__), cancel=True)
 
     def _check_adapter(self, adapter: str | None) -> None:
         if adapter is not None and adapter != self.adapter:
@@ -96,7 +99,9 @@ class HFBackend:
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int],
                  adapter: str | None = None, temperature: float = 0.0, top_p: float = 1.0,
-                 on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Generation]:
+                 on_tokens: Callable[[int, list[int]], None] | None = None,
+                 options: Sequence[RequestOptions] | None = None,
+                 cancelled: Callable[[int], bool] | None = None) -> list[Generation]:
         """Completions of ``prompts`` (see :class:`~tokenskip.engines.GenerationBackend`).
 
         ``temperature`` 0 (default) is greedy decoding; above 0 samples with that temperature and nucleus
@@ -105,31 +110,56 @@ class HFBackend:
         ids of prompt ``i`` (the server streams them): stop ids and tokens past the prompt's cap are not passed,
         so the ids passed for ``i`` are a prefix of its ``token_ids`` before stop strings are cut. An exception
         in the callback is logged and the callback is dropped for that prompt; decoding goes on.
+        ``options[i]`` (:class:`~tokenskip.engines.RequestOptions`, all fields honoured) and ``cancelled(i)``
+        (checked after every step; a cancelled prompt's row ends there, finish reason ``cancelled``) act per
+        prompt (:class:`tokenskip.engines.hf_request.RowControls`). A sampled prompt with a ``seed`` is decoded in
+        a batch of its own, from torch's generator seeded with it, so its text does not depend on its neighbours.
         """
         self._check_adapter(adapter)
         n = len(prompts)
         caps = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
         if len(caps) != n:
             raise ValueError(f"{len(caps)} max_new_tokens values for {n} prompts")
+        options = list(options) if options is not None else [RequestOptions()] * n
+        if len(options) != n:
+            raise ValueError(f"{len(options)} options for {n} prompts")
         enc_lens = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(n), key=lambda i: (enc_lens[i], i))
+        seeded = {i for i in order if temperature and temperature > 0 and options[i].seed is not None}
+        rest = [i for i in order if i not in seeded]
+        batches = [[i] for i in sorted(seeded)] + [rest[i:i + self.batch_size] for i in range(0, len(rest),
+                                                                                          self.batch_size)]
         out: list[Generation | None] = [None] * n
-        batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
         bar = None
         if self.show_progress and len(batches) > 1:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, desc="generate", unit="sample", leave=False)
         for idx in batches:
-            self._decode_batch(prompts, idx, caps, out, temperature, top_p, on_tokens)
+            self._decode_batch(prompts, idx, caps, out, (temperature, top_p), on_tokens, options, cancelled)
             if bar:
                 bar.update(len(idx))
         if bar:
             bar.close()
         return out  # type: ignore[return-value]
 
+    def _generate_kwargs(self, sampling: tuple[float, float], controls: RowControls) -> dict:
+        """``generate`` keyword arguments for the sampling settings and the rows' controls."""
+        temperature, top_p = sampling
+        sample = bool(temperature and temperature > 0)
+        kw = dict(do_sample=sample, temperature=None, top_p=None, top_k=None)
+        if sample and not controls.needed():
+            kw.update(temperature=float(temperature), top_p=float(top_p))
+        elif controls.needed():   # the warpers come after our processor (penalties before temperature)
+            if sample:
+                kw.update(temperature=1.0, top_p=1.0)
+            kw.update(logits_processor=controls.processors(temperature, top_p), stopping_criteria=controls.criteria())
+        if self.stop.strings:
+            kw.update(stop_strings=list(self.stop.strings), tokenizer=self.tokenizer)
+        return kw
+
     def _decode_batch(self, prompts: Sequence[str], idx: list[int], caps: list[int], out: list,
-                      temperature: float, top_p: float, on_tokens) -> None:
+                      sampling: tuple[float, float], on_tokens, options: list[RequestOptions], cancelled) -> None:
         """Decode the prompts ``idx`` as one padded batch to the largest of their caps and write each one's
         :class:`Generation` into ``out`` (cut at its own cap, its stop token and stop strings)."""
         import torch
@@ -143,26 +173,34 @@ class HFBackend:
         enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                              add_special_tokens=False).to(device)
         t0 = time.perf_counter()
-        strings = {"stop_strings": list(self.stop.strings), "tokenizer": self.tokenizer} if self.stop.strings else {}
-        streamer = (_RowStreamer([caps[i] for i in idx], list(idx), self.stop_ids, on_tokens)
+        controls = RowControls([options[i] for i in idx], idx, enc["input_ids"].shape[1], self.tokenizer, cancelled)
+        streamer = (_RowStreamer([caps[i] for i in idx], list(idx), self.stop_ids, on_tokens, controls)
                     if on_tokens is not None else None)
-        sampling = (dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
-                    if temperature and temperature > 0
-                    else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
-        with torch.inference_mode():
+        seed = options[idx[0]].seed if len(idx) == 1 and sampling[0] and sampling[0] > 0 else None
+        with torch.inference_mode(), torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
             seqs = self.model.generate(**enc, max_new_tokens=cap, num_beams=1, eos_token_id=self.stop_ids,
-                                       pad_token_id=self.tokenizer.pad_token_id, **sampling, **strings,
+                                       pad_token_id=self.tokenizer.pad_token_id,
+                                       **self._generate_kwargs(sampling, controls),
                                        **self.decoding.hf_kwargs(), **({"streamer": streamer} if streamer else {}))
         dt = time.perf_counter() - t0
-        for row, i in zip(seqs[:, enc["input_ids"].shape[1]:].tolist(), idx):
-            out[i] = self._finish(row, caps[i], dt / len(idx))
-            self.stats.tokens += out[i].num_tokens
+        for r, (row, i) in enumerate(zip(seqs[:, enc["input_ids"].shape[1]:].tolist(), idx)):
+            if controls.ended[r] is not None:   # the rest of the row is padding
+                row = row[:controls.ended[r]]
+            g = self._finish(row, caps[i], dt / len(idx), options[i].stop)
+            if r in controls.cancelled_rows:
+                g.finish_reason = "cancelled"
+            if controls.logprobs[r] is not None:
+                g.logprobs = controls.logprobs[r][:g.num_tokens]
+            out[i] = g
+            self.stats.tokens += g.num_tokens
         self.stats.seconds += dt
 
-    def _finish(self, row: list[int], cap: int, latency: float) -> Generation:
+    def _finish(self, row: list[int], cap: int, latency: float, stop: Sequence[str] = ()) -> Generation:
         """One decoded row -> :class:`Generation`: up to the first stop id, at most ``cap`` tokens (greedy
         decoding is causal: cutting a longer run at this prompt's cap equals running to the cap), cut before
-        the first stop string."""
+        the first stop string (the engine's and the request's ``stop``)."""
         ids, finish = [], "length"
         for t in row:
             if t in self.stop_ids:
@@ -172,7 +210,7 @@ class HFBackend:
         if len(ids) > cap:
             ids, finish = ids[:cap], "length"
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        text, ids, hit = cut_at_stop(text, ids, self.stop.strings, self.tokenizer)
+        text, ids, hit = cut_at_stop(text, ids, [*self.stop.strings, *stop], self.tokenizer)
         return Generation(text, len(ids), latency, "stop" if hit else finish, ids)
 
     def close(self) -> None:
@@ -186,8 +224,9 @@ class _RowStreamer:
     ended (stop id) or reached their own cap get nothing more.
     """
 
-    def __init__(self, caps: list[int], index: list[int], stop_ids: list[int], on_tokens):
+    def __init__(self, caps: list[int], index: list[int], stop_ids: list[int], on_tokens, controls=None):
         self.caps, self.index, self.stop, self.on_tokens = caps, index, set(stop_ids), on_tokens
+        self.controls = controls   # rows it ended (a stop string, a cancel) get only padding after
         self.count = [0] * len(caps)
         self.done = [c <= 0 for c in caps]
 
@@ -195,7 +234,7 @@ class _RowStreamer:
         if value.dim() != 1:   # the prompt
             return
         for r, t in enumerate(value.tolist()):
-            if self.done[r]:
+            if self.done[r] or (self.controls is not None and self.controls.done(r)):
                 continue
             if t in self.stop:
                 self.done[r] = True

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tokenskip.contract.layout import ADAPTER_CONFIG
-from tokenskip.engines import BackendStats, Capabilities, Generation, cut_at_stop
+from tokenskip.engines import BackendStats, Capabilities, Generation, RequestOptions, TokenLogprob, cut_at_stop
 from tokenskip.engines.vllm_platform import merged_model_dir, on_cpu_platform, set_env_defaults
 from tokenskip.task.prompts import StopRule, stop_rule
 
@@ -112,29 +112,53 @@ def stop_token_ids(model_dir: str, tokenizer) -> list[int]:
     return list(folder_stop_rule(model_dir, tokenizer).token_ids)
 
 
-def sampling_kwargs(rule: StopRule, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> dict:
+def sampling_kwargs(rule: StopRule, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                    options: RequestOptions | None = None) -> dict:
     """Keyword arguments of vLLM's ``SamplingParams`` under ``rule``: greedy decoding, or sampling at
-    ``temperature`` > 0 with nucleus ``top_p`` (both engines, sync and async, build their requests from it)."""
+    ``temperature`` > 0 with nucleus ``top_p`` (both engines, sync and async, build their requests from it), and a
+    request's ``options`` (:class:`~tokenskip.engines.RequestOptions`: its stop strings join the rule's;
+    log-probabilities, penalties and seed map to vLLM's fields of the same meaning)."""
     kw = dict(temperature=0.0, max_tokens=max_tokens, stop_token_ids=list(rule.token_ids), skip_special_tokens=True)
     if temperature and temperature > 0:
         kw.update(temperature=float(temperature), top_p=float(top_p))
-    if rule.strings:
-        kw["stop"] = list(rule.strings)
+    o = options or RequestOptions()
+    if rule.strings or o.stop:
+        kw["stop"] = [*rule.strings, *o.stop]
+    if o.logprobs is not None:
+        kw["logprobs"] = o.logprobs
+    if o.presence_penalty or o.frequency_penalty:
+        kw.update(presence_penalty=o.presence_penalty, frequency_penalty=o.frequency_penalty)
+    if o.seed is not None and kw["temperature"] > 0:
+        kw["seed"] = o.seed
     return kw
 
 
+def token_logprobs(ids: list[int], steps, top: int) -> list[TokenLogprob]:
+    """:class:`TokenLogprob`\\ s of ``ids`` from vLLM's per-step logprob dicts (token id -> ``Logprob`` with
+    ``logprob`` and a 1-based ``rank``); the ``top`` best-ranked make the alternatives."""
+    out = []
+    for t, step in zip(ids, steps or []):
+        best = sorted((lp.rank, k, lp.logprob) for k, lp in step.items() if lp.rank is not None and lp.rank <= top)
+        out.append(TokenLogprob(int(t), float(step[t].logprob), [(k, float(v)) for _, k, v in best]))
+    return out
+
+
 def finish_generation(ids: list[int], finish_reason: str | None, rule: StopRule, tokenizer,
-                      latency: float) -> Generation:
+                      latency: float, stop: Sequence[str] = (), logprobs: list[TokenLogprob] | None = None
+                      ) -> Generation:
     """A :class:`Generation` from vLLM's output token ids, by the HF backend's rules: a trailing stop
-    token is dropped, a stop string cuts text and ids (vLLM keeps the tokens of a matched stop string)."""
+    token is dropped, a stop string (the rule's or a request's ``stop``) cuts text and ids (vLLM keeps the tokens
+    of a matched stop string), an aborted request (``finish_reason`` ``abort``) is ``cancelled``; ``logprobs``
+    (one per id) are cut with the ids."""
     finish = "length"
     if ids and ids[-1] in rule.token_ids:
         ids, finish = ids[:-1], "stop"
-    elif finish_reason == "stop":
-        finish = "stop"
+    elif finish_reason in ("stop", "abort"):
+        finish = {"stop": "stop", "abort": "cancelled"}[finish_reason]
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    text, ids, hit = cut_at_stop(text, ids, rule.strings, tokenizer)
-    return Generation(text, len(ids), latency, "stop" if hit else finish, ids)
+    text, ids, hit = cut_at_stop(text, ids, [*rule.strings, *stop], tokenizer)
+    return Generation(text, len(ids), latency, "stop" if hit else finish, ids,
+                      logprobs[:len(ids)] if logprobs is not None else None)
 
 
 class VLLMBackend:

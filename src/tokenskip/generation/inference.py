@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from tokenskip.engines import Generation, tokens_within
+from tokenskip.engines import Generation, RequestOptions, tokens_within
 from tokenskip.task.grading import extract_answer, split_output
 from tokenskip.task.prompt_format import PromptFormat
 from tokenskip.task.prompts import FORCE_ANSWER, ratio_marker, validate_ratio
@@ -45,13 +45,25 @@ class Decoding:
         max_tokens: cap on generated tokens (answer included).
         temperature: 0 = greedy (the paper's evaluation); > 0 samples (HF and OpenAI engines).
         top_p: nucleus sampling mass (used when ``temperature`` > 0).
-        stop: strings that end the answer (cut after decoding; the answer's finish reason becomes ``stop``).
+        stop: strings that end the answer: decoding stops there on engines that honour them
+            (:class:`~tokenskip.engines.Capabilities` ``options``), else the answer is cut after decoding; either way
+            the finish reason becomes ``stop`` and only the tokens before the string are counted.
+        logprobs, presence_penalty, frequency_penalty, seed: see :class:`tokenskip.engines.RequestOptions`.
     """
 
     max_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+    def options(self) -> RequestOptions:
+        """The engine's per-request options of these settings."""
+        return RequestOptions(stop=tuple(self.stop), logprobs=self.logprobs, presence_penalty=self.presence_penalty,
+                              frequency_penalty=self.frequency_penalty, seed=self.seed)
 
 
 @dataclass
@@ -86,6 +98,7 @@ class Answer:
         max_cot_tokens: the budget, if any.
         token_ids: generated token ids (as reported by the engine).
         think_closed: think outputs only: whether the block was closed (``None``: a plain output).
+        logprobs: one :class:`~tokenskip.engines.TokenLogprob` per returned token when asked (``None`` otherwise).
     """
 
     text: str
@@ -100,6 +113,7 @@ class Answer:
     max_cot_tokens: int | None = None
     token_ids: list[int] = field(default_factory=list)
     think_closed: bool | None = None
+    logprobs: list | None = None
 
 
 def question_of(messages: Sequence[dict]) -> str:
@@ -184,7 +198,7 @@ def plan_ratio(query: Query, fmt: PromptFormat, length_model=None) -> float:
 
 def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_caps: Sequence[int | None],
                     answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None, limit_total: bool = False,
-                    **sampling) -> list[Generation]:
+                    options: Sequence[RequestOptions] | None = None, cancelled=None, **sampling) -> list[Generation]:
     """Generations of ``prompts``; where ``cot_caps[i]`` is set, decode at most that many tokens and, if the
     turn did not end, force the answer line (:data:`FORCE_ANSWER` + at most ``answer_max_tokens`` tokens),
     after closing the think block first when the cut fell inside one (:func:`forced_opener`).
@@ -193,7 +207,8 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     ``token_ids`` keep the first pass's ids only (greedy: the prefix of the uncapped run). Extra keyword arguments
     (``temperature``, ``top_p``) go to the engine only when sampling (greedy engines such as vLLM's need none).
     ``on_tokens(i, ids)`` is handed to the first pass of an engine that streams (``engine.capabilities.streaming``);
-    others ignore it.
+    others ignore it. ``options`` (per prompt) and ``cancelled(i)`` go to an engine that declares them
+    (``capabilities.options`` / ``cancel``); a cancelled first pass gets no forced answer.
 
     ``limit_total`` (the server: ``caps`` are the requests' ``max_tokens``): ``caps[i]`` bounds the whole reply,
     forced answer line included (its prefix counted in ``num_tokens``); the answer is forced only where the CoT
@@ -202,19 +217,19 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     the answer line comes on top, as the paper's baselines run.
     """
     kw = dict(sampling) if sampling.get("temperature") else {}
-    if on_tokens is not None and engine.capabilities.streaming:
-        kw["on_tokens"] = on_tokens
+    first_kw = dict(kw, **engine_extras(engine, on_tokens, options, cancelled))
     first_caps = [min(c, b) if b is not None else c for c, b in zip(caps, cot_caps)]
-    first = engine.generate(list(prompts), first_caps, **kw)
-    kw.pop("on_tokens", None)
+    first = engine.generate(list(prompts), first_caps, **first_kw)
     opener = {i: forced_opener(prompts[i], g.text) for i, g in enumerate(first)}
     prefix = {i: engine.count_tokens(o) if limit_total else 0 for i, o in opener.items()}
     allow = {i: answer_max_tokens if not limit_total else min(answer_max_tokens, caps[i] - g.num_tokens - prefix[i])
-             for i, g in enumerate(first) if cot_caps[i] is not None and g.finish_reason != "stop"
+             for i, g in enumerate(first) if cot_caps[i] is not None and g.finish_reason not in ("stop", "cancelled")
              and (not limit_total or cot_caps[i] < caps[i])}   # served: only where the budget cut the CoT
     need = [i for i, n in allow.items() if n > 0]
     if not need:
         return first
+    if cancelled is not None and engine.capabilities.cancel:
+        kw["cancelled"] = lambda k: cancelled(need[k])
     forced = engine.generate([prompts[i] + first[i].text + opener[i] for i in need], [allow[i] for i in need], **kw)
     out = list(first)
     for i, f in zip(need, forced):
@@ -236,6 +251,23 @@ def forced_opener(prompt: str, text: str) -> str:
     :func:`tokenskip.task.think.block_state`), so a think model's thinking ends at the budget and its answer
     follows the block (budget forcing)."""
     return (THINK_FORCE_CLOSE if block_state(prompt, text) == "open" else "") + FORCE_ANSWER
+
+
+def engine_extras(engine, on_tokens, options, cancelled) -> dict:
+    """The keyword arguments of a first pass that ``engine`` declares it takes: ``on_tokens`` (streaming),
+    ``options`` (any field the engine honours is asked; fields it does not honour are the caller's to refuse or to
+    apply after decoding) and ``cancelled``."""
+    kw: dict = {}
+    if on_tokens is None and options is None and cancelled is None:
+        return kw
+    caps = engine.capabilities
+    if on_tokens is not None and caps.streaming:
+        kw["on_tokens"] = on_tokens
+    if options is not None and any(o.asks() & caps.options for o in options):
+        kw["options"] = list(options)
+    if cancelled is not None and caps.cancel:
+        kw["cancelled"] = cancelled
+    return kw
 
 
 class ForcedAnswerEngine:
@@ -283,11 +315,13 @@ def _think_tokens(engine, g: Generation, text: str) -> int:
 
 
 def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, length_model=None,
-           answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None) -> list[Answer]:
+           answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None, cancelled=None) -> list[Answer]:
     """Answer a batch of queries with one engine call (two with forced answers), in order.
 
     ``on_tokens(i, ids)``: called with query ``i``'s new token ids while decoding, when the engine streams
-    (:func:`generate_capped`).
+    (:func:`generate_capped`). ``cancelled(i)``: query ``i``'s client left (an engine that can stops decoding it).
+    Each query's :meth:`Decoding.options` go to the engine; its stop strings are applied here as well, for engines
+    that do not stop at them.
 
     All queries of a batch must share ``temperature`` and ``top_p`` (the server groups them so).
 
@@ -307,7 +341,8 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
     t0 = time.perf_counter()
     gens = generate_capped(engine, prompts, [q.decoding.max_tokens for q in queries],
                            [q.max_cot_tokens for q in queries], answer_max_tokens, on_tokens=on_tokens,
-                           limit_total=True, temperature=temperature, top_p=top_p)
+                           limit_total=True, options=[q.decoding.options() for q in queries], cancelled=cancelled,
+                           temperature=temperature, top_p=top_p)
     wall = time.perf_counter() - t0
     out = []
     for q, r, p, g in zip(queries, ratios, prompts, gens):
@@ -325,5 +360,6 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
                           finish_reason=finish,
                           latency_s=g.latency_s or wall / len(queries), ratio=r, prompt=p,
                           max_cot_tokens=q.max_cot_tokens, token_ids=list(g.token_ids),
-                          think_closed=parts.think_closed))
+                          think_closed=parts.think_closed,
+                          logprobs=g.logprobs[:n] if g.logprobs is not None else None))
     return out

@@ -3,7 +3,8 @@
 Built on FastAPI + uvicorn. Endpoints:
 
 * ``POST /v1/chat/completions`` — the standard body (``model``, ``messages``, ``max_tokens``,
-  ``temperature``, ``top_p``, ``stop``, ``stream``, ``n`` = 1) plus two extensions: ``compression_ratio``
+  ``temperature``, ``top_p``, ``stop``, ``stream``, ``n`` = 1, and where the engine honours them ``seed``,
+  ``logprobs``/``top_logprobs``, ``presence_penalty``/``frequency_penalty``) plus two extensions: ``compression_ratio``
   (γ ∈ (0, 1]) or ``max_cot_tokens`` (a CoT budget N, :mod:`tokenskip.generation.length_model`). The prompt is built by
   :mod:`tokenskip.generation.inference` in the adapter's stored format (``prompt_format.json``): the same string
   ``tokenskip evaluate`` builds for that question and γ. The response is the standard one; ``usage`` adds
@@ -28,6 +29,10 @@ thread pool, to vLLM's asynchronous engine (:mod:`tokenskip.engines.vllm_async`)
 every request to the running batch at its next step; ``--upstream`` likewise sends each group at once.
 ``GET /health`` shows the largest group (``max_batch_seen``) and, on vLLM, the most requests in the engine
 at once (``max_in_flight``). A full queue answers 429.
+
+A client that disconnects (watched while its request waits and while it streams) has its job cancelled
+(:func:`unless_gone`, :meth:`ServerState.cancel`): dropped from the queue, or stopped within a step by an engine that
+can (``Capabilities.cancel``).
 
 Errors are OpenAI-style JSON ``{"error": {"message", "type", "param", "code"}}``: 400 for an invalid body
 (γ outside (0, 1], γ and a budget together, empty ``messages``, an unknown model, ``max_tokens`` < 1, ...),
@@ -209,8 +214,35 @@ async def _run_future(fut):
         raise APIError(400, str(e)) from None
 
 
-async def _run(state: ServerState, job: Job):
-    return await _run_future(asyncio.wrap_future(state.submit(job)))
+async def _client_gone(request) -> None:
+    """Return once the client has disconnected: the body is read, so the next ASGI message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(request, job: Job, state: ServerState, awaitable):
+    """The result of ``awaitable``, unless the client disconnects first: then the job is cancelled (dropped from the
+    queue, or its decoding stopped within a step by engines that can, ``Capabilities.cancel``) and a 499 raised
+    (nobody reads it). A handler cancelled meanwhile cancels the job too."""
+    task = asyncio.ensure_future(awaitable)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        state.cancel(job)   # before the task: cancelling it cancels the job's future
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task not in done:
+        state.cancel(job)
+        task.cancel()
+        raise APIError(499, "the client disconnected", code="client_closed_request")
+    return task.result()
+
+
+async def _run(request, state: ServerState, job: Job):
+    return await unless_gone(request, job, state, _run_future(asyncio.wrap_future(state.submit(job))))
 
 
 def _add_info_routes(app, state: ServerState) -> None:
@@ -222,7 +254,8 @@ def _add_info_routes(app, state: ServerState) -> None:
     @app.get("/health")
     async def health():
         body = {"status": state.status, "models": state.models, "backend": "upstream" if cfg.upstream else cfg.backend,
-                "queued": state.jobs.qsize(), "batches": state.batches, "max_batch_seen": state.max_batch_seen}
+                "queued": state.jobs.qsize(), "batches": state.batches, "max_batch_seen": state.max_batch_seen,
+                "cancelled": state.cancelled}
         if getattr(state.engine, "peak_in_flight", None) is not None:
             body["max_in_flight"] = state.engine.peak_in_flight
         if state.error:
@@ -246,9 +279,9 @@ def _add_completion_routes(app, state: ServerState) -> None:
         _ready(state)
         job, stream, return_prompt = parse_chat(await _body_of(request), state)
         if not stream:
-            return chat_response(job, await _run(state, job), state, return_prompt)
+            return chat_response(job, await _run(request, state, job), state, return_prompt)
         ts = TokenStream(job, state)
-        first = await ts.next_ids()
+        first = await unless_gone(request, job, state, ts.next_ids())
         if first is None:  # done before any token was streamed: a failure is still an ordinary JSON error
             await _run_future(ts.future)
         return StreamingResponse(sse_events(ts, first, return_prompt), media_type="text/event-stream")
@@ -257,7 +290,7 @@ def _add_completion_routes(app, state: ServerState) -> None:
     async def completions(request: Request):
         _ready(state)
         job = parse_completion(await _body_of(request), state)
-        return completion_response(job, await _run(state, job), state)
+        return completion_response(job, await _run(request, state, job), state)
 
 
 # ------------------------------------------------------------------------------------------- the CLI

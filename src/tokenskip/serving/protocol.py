@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -46,30 +47,56 @@ class Job:
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     on_tokens: object = None       # streaming: called from the engine thread with each step's new token ids
     include_usage: bool = False    # streaming: a final chunk with the usage and no choices (stream_options)
+    cancelled: threading.Event = field(default_factory=threading.Event)   # set when the client went away
+
+    def cancel(self) -> None:
+        """The client went away: the worker drops the job if it is still queued, the engine stops decoding it."""
+        self.cancelled.set()
+
+    def settle(self, result=None, error: BaseException | None = None) -> None:
+        """Set the job's outcome, unless it is already set or the request side cancelled its future (the client
+        left: an awaited future is cancelled with its task)."""
+        try:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+        except concurrent.futures.InvalidStateError:
+            pass
 
 
 # ------------------------------------------------------------------------------------------- request parsing
 
-#: OpenAI parameters this server does not honour yet, with the values that ask for nothing (accepted): any
-#: other value is a 400 naming the parameter, never silently ignored (docs/serving.md lists each parameter)
+#: OpenAI parameters no engine here honours, with the values that ask for nothing (accepted): any other value is
+#: a 400 naming the parameter, never silently ignored (docs/serving.md lists each parameter)
 NOT_HONOURED: dict[str, tuple] = {
-    "logprobs": (None, False), "top_logprobs": (None, 0), "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}), "response_format": (None, {"type": "text"}),
+    "logit_bias": (None, {}), "response_format": (None, {"type": "text"}),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
     "parallel_tool_calls": (None,), "audio": (None,), "modalities": (None, ["text"]), "prediction": (None,),
+    "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
 }
+#: the request parameter of each :class:`tokenskip.engines.RequestOptions` field an engine may not honour
+OPTION_PARAMS = {"logprobs": "logprobs", "presence_penalty": "presence_penalty",
+                 "frequency_penalty": "frequency_penalty", "seed": "seed"}
 
 
-def _refuse_unhonoured(body: dict, temperature: float) -> None:
-    """400 for a parameter the engines do not honour here (see :data:`NOT_HONOURED`); ``seed`` only matters when
-    sampling, and sampling is not seeded per request yet."""
+def _refuse_unhonoured(body: dict) -> None:
+    """400 for a parameter no engine honours here (see :data:`NOT_HONOURED`)."""
     for name, neutral in NOT_HONOURED.items():
         if name in body and body[name] not in neutral:
             raise APIError(400, f"'{name}' is not supported by this server (docs/serving.md lists the OpenAI "
                                 f"parameters it honours)", name, "unsupported_parameter")
-    if body.get("seed") is not None and temperature > 0:
-        raise APIError(400, "'seed' is not honoured when sampling (temperature > 0): requests are not seeded one "
-                            "by one yet; use temperature 0 for reproducible output", "seed", "unsupported_parameter")
+
+
+def _refuse_for_engine(dec: Decoding, state: ServerState) -> None:
+    """400 naming the parameter and the engine for a request option this server's engine does not honour at decode
+    time (its capabilities' ``options``; stop strings are cut after decoding on any engine)."""
+    honoured = state.engine.capabilities.options | {"stop"}
+    for field_ in sorted(dec.options().asks() - honoured):
+        name = OPTION_PARAMS[field_]
+        why = " when sampling" if field_ == "seed" else ""
+        raise APIError(400, f"'{name}' is not supported by this server's {state.engine_name} engine{why}", name,
+                       "unsupported_parameter")
 
 
 def _stream_options(body: dict) -> bool:
@@ -141,13 +168,45 @@ def _messages(body: dict) -> list[dict]:
     return messages
 
 
-def _decoding(body: dict, max_tokens: int, state: ServerState) -> Decoding:
-    dec = Decoding(max_tokens=max_tokens, temperature=_number(body, "temperature", 0.0, 0.0, 2.0),
-                   top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), stop=_stop(body))
+def _decoding(body: dict, max_tokens: int, state: ServerState, logprobs: int | None = None) -> Decoding:
+    """The request's decoding settings, checked; ``seed`` only counts when sampling (greedy does not use it)."""
+    temperature = _number(body, "temperature", 0.0, 0.0, 2.0)
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise APIError(400, f"'seed' must be an integer, got {seed!r}", "seed")
+    dec = Decoding(max_tokens=max_tokens, temperature=temperature,
+                   top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), stop=_stop(body), logprobs=logprobs,
+                   presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+                   frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+                   seed=seed if temperature > 0 else None)
     if dec.temperature > 0 and not state.sampling:
         raise APIError(400, f"this server's {state.cfg.backend} engine decodes greedily only: use temperature 0",
                        "temperature")
+    _refuse_for_engine(dec, state)
     return dec
+
+
+def _chat_logprobs(body: dict) -> int | None:
+    """``logprobs`` (bool) and ``top_logprobs`` (0..20, only with ``logprobs``) of a chat body: ``None`` (off) or the
+    number of alternatives per token."""
+    lp, top = body.get("logprobs"), body.get("top_logprobs")
+    if lp is not None and not isinstance(lp, bool):
+        raise APIError(400, f"'logprobs' must be a boolean, got {lp!r}", "logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20):
+        raise APIError(400, f"'top_logprobs' must be an integer in [0, 20], got {top!r}", "top_logprobs")
+    if top and not lp:
+        raise APIError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return (top or 0) if lp else None
+
+
+def _completion_logprobs(body: dict) -> int | None:
+    """``logprobs`` of a completions body (the legacy API: an integer 0..5, the alternatives per token)."""
+    lp = body.get("logprobs")
+    if lp is None:
+        return None
+    if isinstance(lp, bool) or not isinstance(lp, int) or not 0 <= lp <= 5:
+        raise APIError(400, f"'logprobs' must be an integer in [0, 5] on /v1/completions, got {lp!r}", "logprobs")
+    return lp
 
 
 def _model(body: dict, state: ServerState) -> str:
@@ -174,8 +233,8 @@ def parse_chat(body, state: ServerState) -> tuple[Job, bool, bool]:
         raise APIError(400, "only n = 1 is supported", "n")
     max_tokens = _int(body, "max_tokens", None) or _int(body, "max_completion_tokens", None) \
         or state.cfg.default_max_tokens
-    dec = _decoding(body, max_tokens, state)
-    _refuse_unhonoured(body, dec.temperature)
+    _refuse_unhonoured(body)
+    dec = _decoding(body, max_tokens, state, _chat_logprobs(body))
     ratio = body.get("compression_ratio")
     if ratio is not None:
         ratio = _number(body, "compression_ratio", None, 0.0, 1.0, lo_open=True)
@@ -185,6 +244,9 @@ def parse_chat(body, state: ServerState) -> tuple[Job, bool, bool]:
     if budget is not None and state.length_model is None and state.fmt.cot_format != "think":
         raise APIError(400, "'max_cot_tokens' needs a length model: start the server with --length-model",
                        "max_cot_tokens")
+    if budget is not None and dec.logprobs is not None:
+        raise APIError(400, "'logprobs' cannot be combined with 'max_cot_tokens' (a forced answer line is not "
+                            "sampled from the model's own continuation)", "logprobs")
     for name in ("stream", "return_prompt", "add_instruction"):
         if body.get(name) is not None and not isinstance(body[name], bool):
             raise APIError(400, f"'{name}' must be a boolean", name)
@@ -212,12 +274,38 @@ def parse_completion(body, state: ServerState) -> Job:
         raise APIError(400, "only n = 1 is supported", "n")
     if body.get("stream"):
         raise APIError(400, "stream is not supported on /v1/completions", "stream")
-    dec = _decoding(body, _int(body, "max_tokens", 16), state)
-    _refuse_unhonoured(body, dec.temperature)
+    _refuse_unhonoured(body)
+    dec = _decoding(body, _int(body, "max_tokens", 16), state, _completion_logprobs(body))
     return Job("raw", model, prompt=prompt, decoding=dec)
 
 
 # ------------------------------------------------------------------------------------------- responses
+
+def token_entry(tokenizer, token_id: int, logprob: float) -> dict:
+    """One token of OpenAI's chat ``logprobs.content``: its text, log-probability and UTF-8 bytes."""
+    text = tokenizer.decode([token_id])
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def chat_logprobs(tokenizer, logprobs) -> dict | None:
+    """OpenAI's chat ``logprobs`` object (``{"content": [token entry + top_logprobs]}``) of
+    :class:`~tokenskip.engines.TokenLogprob`\\ s, or ``None`` when none were asked."""
+    if logprobs is None:
+        return None
+    return {"content": [{**token_entry(tokenizer, t.token_id, t.logprob),
+                         "top_logprobs": [token_entry(tokenizer, k, v) for k, v in t.top]} for t in logprobs]}
+
+
+def completion_logprobs(tokenizer, logprobs) -> dict | None:
+    """The legacy completions ``logprobs`` object (``tokens``, ``token_logprobs``, ``top_logprobs``,
+    ``text_offset`` in characters of the returned text), or ``None`` when none were asked."""
+    if logprobs is None:
+        return None
+    tokens = [tokenizer.decode([t.token_id]) for t in logprobs]
+    offsets = [sum(map(len, tokens[:i])) for i in range(len(tokens))]
+    return {"tokens": tokens, "token_logprobs": [t.logprob for t in logprobs],
+            "top_logprobs": [{tokenizer.decode([k]): v for k, v in t.top} for t in logprobs], "text_offset": offsets}
+
 
 def chat_response(job: Job, a, state: ServerState, return_prompt: bool) -> dict:
     """The ``chat.completion`` body of answer ``a`` (:class:`tokenskip.generation.inference.Answer`)."""
@@ -229,20 +317,20 @@ def chat_response(job: Job, a, state: ServerState, return_prompt: bool) -> dict:
         msg["prompt"] = a.prompt
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": job.model, "choices": [{"index": 0, "message": msg, "finish_reason": a.finish_reason,
-                                             "logprobs": None}],
+                                             "logprobs": chat_logprobs(state.tokenizer, a.logprobs)}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": a.output_tokens,
                       "total_tokens": prompt_tokens + a.output_tokens, "cot_tokens": a.cot_tokens}}
 
 
 def completion_response(job: Job, g, state: ServerState) -> dict:
     """The ``text_completion`` body of generation ``g`` (:class:`tokenskip.engines.Generation`), cut at the
-    request's stop strings."""
-    text, finish = g.text, g.finish_reason
+    request's stop strings (where the engine did not stop at them)."""
+    text, finish, n = g.text, g.finish_reason, g.num_tokens
     cut = cut_at_stop(text, job.decoding.stop)
     if cut is not None:
-        text, finish = cut, "stop"
+        text, finish, n = cut, "stop", min(n, state.count_tokens(cut))
     prompt_tokens = state.count_tokens(job.prompt)
+    lps = completion_logprobs(state.tokenizer, g.logprobs[:n] if g.logprobs is not None else None)
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": job.model, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": g.num_tokens,
-                      "total_tokens": prompt_tokens + g.num_tokens}}
+            "model": job.model, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": lps}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}}

@@ -72,11 +72,12 @@ class TokenStream:
         if self.future.done():
             return None
         get = asyncio.ensure_future(self.events.get())
-        done, _ = await asyncio.wait({get, self.future}, return_when=asyncio.FIRST_COMPLETED)
-        if get in done:
-            return get.result()
-        get.cancel()
-        return None
+        try:
+            done, _ = await asyncio.wait({get, self.future}, return_when=asyncio.FIRST_COMPLETED)
+        finally:   # also when the client left and this wait was cancelled
+            if not get.done():
+                get.cancel()
+        return get.result() if get in done else None
 
     def text(self) -> str:
         return stream_safe(self.state.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)
@@ -110,7 +111,16 @@ def _sse_tail(job: Job, a, state: ServerState, return_prompt: bool, sent: str, c
 
 
 async def sse_events(stream: TokenStream, first: list[int] | None, return_prompt: bool):
-    """Server-sent events of a streamed chat answer: text deltas as tokens arrive, then :func:`_sse_tail`."""
+    """Server-sent events of a streamed chat answer: text deltas as tokens arrive, then :func:`_sse_tail`. A client
+    that disconnects ends the generator (Starlette cancels it, or a send fails): its job is cancelled then."""
+    try:
+        async for event in _events(stream, first, return_prompt):
+            yield event
+    finally:
+        stream.state.cancel(stream.job)   # no-op once the answer is complete
+
+
+async def _events(stream: TokenStream, first: list[int] | None, return_prompt: bool):
     job, state = stream.job, stream.state
     chunk = _sse_chunk_writer(job)
     yield chunk({"role": "assistant", "content": ""})

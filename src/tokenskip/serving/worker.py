@@ -24,7 +24,7 @@ from tokenskip.contract.layout import LENGTH_MODEL
 from tokenskip.engines import PROXY_BACKEND, engine_spec, get_backend
 from tokenskip.engines.hardware import resolve_threads
 from tokenskip.engines.models import configure_threads
-from tokenskip.generation.inference import answer
+from tokenskip.generation.inference import answer, engine_extras
 from tokenskip.generation.length_model import load_length_model
 from tokenskip.serving.protocol import APIError, Job
 from tokenskip.task.prompt_format import resolve_prompt_format
@@ -57,6 +57,7 @@ class ServerState:
         self.models: list[str] = []
         self.sampling = True
         self.batches, self.max_batch_seen = 0, 0   # engine batches run, and the largest (shown on /health)
+        self.cancelled = 0   # requests whose client left before their answer was complete (shown on /health)
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=cfg.max_queue)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -108,6 +109,11 @@ class ServerState:
         self.sampling = self.engine.capabilities.sampling
 
     @property
+    def engine_name(self) -> str:
+        """The engine as the command line names it: ``--backend``, or ``upstream`` for the proxy."""
+        return "upstream" if self.cfg.upstream else self.cfg.backend
+
+    @property
     def max_batch(self) -> int:
         """Requests decoded together at most: ``max_batch_size``, or 1 with ``batch_invariant``."""
         return 1 if self.cfg.batch_invariant else self.cfg.max_batch_size
@@ -149,6 +155,13 @@ class ServerState:
         raise RuntimeError("stopped before the upstream answered")
 
     # -- the worker
+    def cancel(self, job: Job) -> None:
+        """The client of ``job`` left before its answer was complete: stop working on it (counted once)."""
+        if job.cancelled.is_set() or (job.future.done() and not job.future.cancelled()):
+            return   # counted already, or answered
+        job.cancel()
+        self.cancelled += 1
+
     def submit(self, job: Job) -> concurrent.futures.Future:
         try:
             self.jobs.put_nowait(job)
@@ -157,7 +170,8 @@ class ServerState:
         return job.future
 
     def _next_batch(self) -> list[Job]:
-        """Up to :attr:`max_batch` queued jobs, waiting ``batch_wait_ms`` for more once one arrived."""
+        """Up to :attr:`max_batch` queued jobs, waiting ``batch_wait_ms`` for more once one arrived; jobs whose
+        client already left are dropped here (they never take a slot)."""
         try:
             first = self.jobs.get(timeout=0.2)
         except queue.Empty:
@@ -169,7 +183,10 @@ class ServerState:
                 batch.append(self.jobs.get(timeout=left) if left > 0 else self.jobs.get_nowait())
             except queue.Empty:
                 break
-        return batch
+        for j in batch:
+            if j.cancelled.is_set():
+                j.settle(error=APIError(499, "the client disconnected", code="client_closed_request"))
+        return [j for j in batch if not j.cancelled.is_set()]
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -199,6 +216,10 @@ class ServerState:
     def _run_group(self, jobs: list[Job]) -> None:
         try:
             eng, ctx = self._engine_for(jobs[0].model)
+
+            def cancelled(i: int) -> bool:
+                return jobs[i].cancelled.is_set()
+
             with ctx:
                 if jobs[0].kind == "chat":
                     streaming = [j.on_tokens for j in jobs]
@@ -207,18 +228,19 @@ class ServerState:
                         def hook(i, ids, streaming=streaming):
                             if streaming[i] is not None:
                                 streaming[i](ids)
-                    results = answer(eng, [j.query for j in jobs], self.fmt, self.length_model, on_tokens=hook)
+                    results = answer(eng, [j.query for j in jobs], self.fmt, self.length_model, on_tokens=hook,
+                                     cancelled=cancelled)
                 else:
                     kw = ({"temperature": jobs[0].decoding.temperature, "top_p": jobs[0].decoding.top_p}
                           if jobs[0].decoding.temperature else {})
+                    kw.update(engine_extras(eng, None, [j.decoding.options() for j in jobs], cancelled))
                     results = eng.generate([j.prompt for j in jobs], [j.decoding.max_tokens for j in jobs], **kw)
             for j, r in zip(jobs, results):
-                j.future.set_result(r)
+                j.settle(r)
         except Exception as e:  # noqa: BLE001 - reported to each request as a 500; the worker goes on
             logger.exception("engine failure on a batch of %d", len(jobs))
             for j in jobs:
-                if not j.future.done():
-                    j.future.set_exception(e)
+                j.settle(error=e)
 
     def close(self) -> None:
         self._stop.set()
@@ -226,7 +248,7 @@ class ServerState:
             t.join(timeout=10)
         while True:
             try:
-                self.jobs.get_nowait().future.set_exception(APIError(503, "server shutting down"))
+                self.jobs.get_nowait().settle(error=APIError(503, "server shutting down"))
             except queue.Empty:
                 break
         if self._pool is not None:
