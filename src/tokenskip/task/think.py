@@ -80,6 +80,23 @@ def block_state(prompt: str, text: str) -> str | None:
     return "open" if opened else None
 
 
+def empty_block(prompt: str) -> str:
+    """What follows ``prompt`` so that a think model's turn holds an empty, closed block (a turn without thinking,
+    as Qwen3's template writes it when ``enable_thinking`` is false: ``<think>\\n\\n</think>\\n\\n``).
+
+    Returns ``""`` when the prompt already ends with a closed block, ``"\\n</think>\\n\\n"`` (one ``\\n`` more when
+    the prompt does not end with one) when its generation prompt opened the block (R1-Distill style), and the whole
+    empty block otherwise (the model opens its block itself: Qwen3 thinking, or a plain template with the think
+    format).
+    """
+    tail = prompt.rstrip()
+    if tail.endswith(THINK_CLOSE):
+        return ""
+    if tail.endswith(THINK_OPEN):
+        return ("" if prompt.endswith("\n") else "\n") + "\n" + THINK_CLOSE + "\n\n"
+    return f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"
+
+
 def drop_thinking(content: str) -> str:
     """An assistant turn of the history without its think blocks (reasoning templates show prior turns' answers
     only; a client that sends the whole output back must not feed old reasoning in as context)."""
