@@ -19,8 +19,11 @@ changed settings start the file over.
 
 ``--compat reference`` replaces the project's pruner by the reference's LLMLingua-2 call
 (:mod:`tokenskip.compress.reference`: γ in cl100k tokens per chunk, nothing protected, Qwen/Llama
-settings); rows keep the same fields (counts in target tokens, ``overshoot`` always false). In the
-project's mode a warning names every γ whose overshoot share exceeds 5 %.
+settings); rows keep the same fields (counts in target tokens, ``overshoot`` always false). Its input is the
+model's whole output (``output``), as the reference's; for a think output (a predictions row with ``think_closed``,
+or an output holding a ``<think>`` block) it is the block's content (``cot``), as in the project's mode, so the
+tags and the answer after the block are never pruned. In the project's mode a warning names every γ whose
+overshoot share exceeds 5 %.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from tokenskip.contract.io import DataError, ResumableJsonl, file_hash, iter_jso
 from tokenskip.contract.layout import COMPRESS_SUMMARY, SOURCE, compressed_file
 from tokenskip.contract.ratios import paper_grid, validate_ratios
 from tokenskip.contract.records import CompressedCot, SourceCot
+from tokenskip.task.think import has_block
 
 logger = logging.getLogger(__name__)
 
@@ -214,8 +218,9 @@ def _prediction_rows(cfg: CompressConfig, tokenizer, dropped: dict[str, list]) -
             dropped["too_long"].append(r["id"])
             continue
         row = {"id": r["id"], "question": question, "answer": str(r.get("gold", "")), "cot": r["cot"]}
-        if isinstance(r.get("output"), str):
-            row["output"] = r["output"]  # --compat reference compresses the model's whole output
+        if isinstance(r.get("output"), str) and r.get("think_closed") is None and not has_block(r["output"]):
+            # --compat reference compresses the model's whole output; a think output's block content only
+            row["output"] = r["output"]
         rows.append(row)
     return rows, n_read
 
