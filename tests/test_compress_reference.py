@@ -208,6 +208,7 @@ def test_reference_mode_prunes_only_the_think_content(classifier_dir, cl100k, tm
     from tokenskip.contract.records import Problem
     from tokenskip.engines import Generation
     from tokenskip.generation.rollout import grade_row
+    from tokenskip.stages.build_sft import SFTDataConfig, run_build_sft
     from tokenskip.stages.compress import CompressConfig, run_compress
 
     tok = think_tokenizer(smol_tokenizer, QWEN3_STYLE_TEMPLATE)
@@ -215,7 +216,7 @@ def test_reference_mode_prunes_only_the_think_content(classifier_dir, cl100k, tm
     rows, blocks = [], {}
     for k, cot in enumerate(_cots(20)[:4]):
         opener = "<think>\n" if k % 2 else ""   # odd rows: the model opened its block (Qwen3 style)
-        out = f"{opener}{cot}\n</think>\n\nThe final answer is: $\\boxed{{{k}}}$"
+        out = f"{opener}{cot}\n</think>\n\nSo it is {k}. \\boxed{{{k}}}"
         rows.append(grade_row(Problem(f"p{k}", f"Question {k}?", str(k)), "P", Generation(out, 99, 0.1, "stop"),
                               "gsm8k", lambda t: len(t.split()), "think") | {"correct": True})
         blocks[f"p{k}"] = cot.strip()
@@ -230,3 +231,8 @@ def test_reference_mode_prunes_only_the_think_content(classifier_dir, cl100k, tm
         assert r["cot"] == ours.compress_text(blocks[rid], 0.5)
         assert "think>" not in r["cot"] and "boxed" not in r["cot"]
         assert r["original_tokens"] == len(tok(blocks[rid], add_special_tokens=False)["input_ids"])
+    run_build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), model=str(tmp_path / "tok"),
+                                ratios=[0.5], validation_share=0.0), tokenizer=tok)
+    for r in read_jsonl(tmp_path / "sft" / "train.jsonl"):   # the model's own answer follows the pruned block
+        k = int(r["id"][1:])
+        assert r["completion"] == f"<think>\n{got[r['id']]['cot']}\n</think>\n\nSo it is {k}. \\boxed{{{k}}}"
