@@ -97,6 +97,14 @@ def empty_block(prompt: str) -> str:
     return f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"
 
 
+def unanswered(prompt: str, text: str) -> bool:
+    """Whether ``prompt + text`` ends a think turn without an answer: its block is still open, or it was closed with
+    nothing but whitespace after the last ``</think>`` (a model that closes its block and stops at once). ``False``
+    for a turn without a block."""
+    state = block_state(prompt, text)
+    return state == "open" or state == "closed" and not text.rpartition(THINK_CLOSE)[2].strip()
+
+
 def drop_thinking(content: str) -> str:
     """An assistant turn of the history without its think blocks (reasoning templates show prior turns' answers
     only; a client that sends the whole output back must not feed old reasoning in as context)."""
