@@ -133,6 +133,17 @@ def make_scripted_llama(tokenizer, script: dict[int, int], default: int, hidden:
     return model
 
 
+def stops_at_once(tok, prompt: str):
+    """A scripted tiny model that closes the block its R1-style ``prompt`` opened and stops at once (``</think>``,
+    end of turn); asked for an answer (any other last token) it writes ``7}`` and stops."""
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    (close,), (seven,), brace = ids("</think>"), ids("7"), ids("}")[-1]
+    script = {ids(prompt)[-1]: close, close: tok.eos_token_id, seven: brace, brace: tok.eos_token_id}
+    return make_scripted_llama(tok, script, default=seven)
+
+
 @pytest.fixture()
 def tiny_model(smol_tokenizer):
     return make_tiny_llama(smol_tokenizer)

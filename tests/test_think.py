@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import QWEN3_STYLE_TEMPLATE, R1_STYLE_TEMPLATE, make_scripted_llama, make_tiny_llama, think_tokenizer
+from conftest import QWEN3_STYLE_TEMPLATE, R1_STYLE_TEMPLATE, make_tiny_llama, stops_at_once, think_tokenizer
 from tokenskip.contract.records import Problem, RunMetrics
 from tokenskip.engines import Generation
 from tokenskip.finetune.sft import Trajectory, make_record
@@ -252,17 +252,6 @@ def test_the_budget_method_uses_the_same_rule(r1_engine):
     assert split_output(g.text, "think").think_closed and FORCE_ANSWER in g.text
 
 
-def stops_at_once(tok, prompt: str):
-    """A scripted tiny model that closes the block its R1-style ``prompt`` opened and stops at once (``</think>``,
-    end of turn); asked for an answer (any other last token) it writes ``7}`` and stops."""
-    def ids(text):
-        return tok(text, add_special_tokens=False)["input_ids"]
-
-    (close,), (seven,), brace = ids("</think>"), ids("7"), ids("}")[-1]
-    script = {ids(prompt)[-1]: close, close: tok.eos_token_id, seven: brace, brace: tok.eos_token_id}
-    return make_scripted_llama(tok, script, default=seven)
-
-
 def test_unanswered_turns():
     assert unanswered("<|Assistant|><think>\n", "a b\n</think>\n") and unanswered("x<think>\n", "a b")
     assert unanswered("<|im_start|>assistant\n", "<think>a</think>") and not unanswered("x", "a b")
@@ -348,3 +337,23 @@ def test_generate_grades_a_think_model_by_its_template(tmp_path, r1_engine):
     assert m["think_unclosed"] == 2 and m["accuracy"] == 0.0
     assert [r["think_closed"] for r in rows] == [False, False] and all(r["pred"] is None for r in rows)
     assert all(r["cot"] == r["output"].strip() and "<think>" in r["prompt"] for r in rows)
+
+
+def test_a_plain_template_made_a_reasoning_one(smol_tokenizer):
+    """The think lab's template (SmolLM2's ChatML + an opened block): think prompts, history without thinking."""
+    import copy
+
+    from tokenskip.task.think import think_chat_template
+
+    tok = copy.deepcopy(smol_tokenizer)
+    tok.chat_template = think_chat_template(smol_tokenizer.chat_template)
+    assert think_chat_template(tok.chat_template) == tok.chat_template   # idempotent
+    assert template_think_mode(tok) == "open" and resolve_cot_format("auto", tok) == "think"
+    msgs = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "<think>\nplan\n</think>\n\nIt is 4."},
+            {"role": "user", "content": "Q2"}]
+    got = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    plain = [msgs[0], {"role": "assistant", "content": "It is 4."}, msgs[2]]
+    assert got == smol_tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True) + "<think>\n"
+    assert tok.apply_chat_template(msgs, tokenize=False) == smol_tokenizer.apply_chat_template(plain, tokenize=False)
+    with pytest.raises(ValueError, match="plain chat template"):
+        think_chat_template(QWEN3_STYLE_TEMPLATE)

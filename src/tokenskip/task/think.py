@@ -125,6 +125,35 @@ def think_completion(cot: str, answer: str, prompt: str) -> str:
     return body if prompt.rstrip().endswith(THINK_OPEN) else f"{THINK_OPEN}\n{body}"
 
 
+#: Prefixed to a chat template by :func:`think_chat_template`: prior assistant turns keep only what follows their last
+#: ``</think>`` (as the reasoning templates render history).
+_HISTORY_WITHOUT_THINKING = (
+    "{%- set ns = namespace(turns=[]) -%}{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' and m['content'] is string and '</think>' in m['content'] -%}"
+    "{%- set ns.turns = ns.turns + [{'role': m['role'], 'content': m['content'].split('</think>')[-1] | trim}] -%}"
+    "{%- else -%}{%- set ns.turns = ns.turns + [m] -%}{%- endif -%}{%- endfor -%}{%- set messages = ns.turns -%}")
+#: Appended by :func:`think_chat_template`: the generation prompt opens the think block.
+_OPEN_BLOCK = "{% if add_generation_prompt %}{{ '" + THINK_OPEN + "\\n' }}{% endif %}"
+
+
+def think_chat_template(template: str) -> str:
+    """A plain chat template made a reasoning one, R1-Distill style: its generation prompt ends with ``<think>\\n``
+    (the model starts inside its block, so every turn is a think turn and ``auto`` resolves to ``think``:
+    :func:`template_think_mode` ``"open"``), and prior assistant turns lose their thinking. The tags stay plain text
+    to the tokenizer. Idempotent. Used by the think lab (``tokenskip warmup`` with ``cot_format: think``), whose
+    target, SmolLM2, has a plain ChatML template.
+
+    Raises:
+        ValueError: ``template`` is empty, or is a reasoning template already (it mentions ``</think>``).
+    """
+    if template.startswith(_HISTORY_WITHOUT_THINKING) and template.endswith(_OPEN_BLOCK):
+        return template
+    if not template or THINK_CLOSE in template:
+        raise ValueError("think_chat_template needs a plain chat template (one that does not handle think blocks "
+                         "itself)")
+    return _HISTORY_WITHOUT_THINKING + template + _OPEN_BLOCK
+
+
 def template_think_mode(tokenizer) -> str | None:
     """How the tokenizer's chat template treats think blocks: ``"open"`` (its generation prompt ends with
     ``<think>``, R1-Distill style), ``"closed"`` (it ends with an empty closed block: Qwen3 with thinking off),
