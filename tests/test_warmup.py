@@ -109,3 +109,12 @@ def test_think_warmup_and_merge_carry_the_template(tmp_path, tiny_model_dir):
                                       add_generation_prompt=True).endswith("q<|im_end|>\n<|im_start|>assistant\n<think>\n")
     with pytest.raises(ValueError, match="cot-format"):
         WarmupConfig(data="d", out="o", cot_format="thinking").validate()
+
+
+def test_cot_format_enters_the_fingerprint_only_when_set():
+    """auto (the default) leaves a recipe's warmup fingerprint as it was before the setting existed, so lab runs
+    made then stay done; think re-plans the warm-up and everything after it."""
+    from tokenskip.pipeline.recipe import settings_of
+
+    assert "cot_format" not in settings_of(WarmupConfig(data="d", out="o"))
+    assert settings_of(WarmupConfig(data="d", out="o", cot_format="think"))["cot_format"] == "think"

@@ -73,6 +73,11 @@ class WarmupConfig(TrainConfig):
         super().validate()
         validate_cot_format(self.cot_format, "warmup: --cot-format")
 
+    def unused_settings(self) -> tuple[str, ...]:
+        """Left out of a recipe's fingerprint: ``cot_format`` at its default ``auto``, so lab runs made before the
+        setting existed stay done (a plain template, SmolLM2's, resolves ``auto`` to the rows they were made with)."""
+        return ("cot_format",) if self.cot_format == "auto" else ()
+
 
 def sft_rows(tokenizer, problems, system_prompt: str | None = None, think: bool = False) -> list[dict]:
     """One SFT row ``{id, ratio: 1.0, prompt, completion}`` per problem: its worked solution + answer line, or with
