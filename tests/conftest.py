@@ -102,6 +102,48 @@ def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32)
     return model
 
 
+def make_scripted_llama(tokenizer, script: dict[int, int], default: int, hidden: int = 128):
+    """A tiny LlamaForCausalLM whose greedy next token depends on the current token alone: ``script[t]`` after
+    token ``t``, ``default`` after any other. Attention and MLP outputs are zeroed, so the residual stream is the
+    token's embedding (one basis direction per scripted token) and the head maps each direction to its next token.
+    Head size 64 (vLLM's CPU kernels take it), untied embeddings, float32: both engines decode the same script."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=1, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
+                      max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+        emb.zero_()
+        emb[:, 0] = 1.0
+        head.zero_()
+        head[default, 0] = 10.0
+        for j, (token, nxt) in enumerate(script.items(), start=1):
+            emb[token] = 0.0
+            emb[token, j] = 1.0
+            head[nxt, j] = 10.0
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def stops_at_once(tok, prompt: str):
+    """A scripted tiny model that closes the block its R1-style ``prompt`` opened and stops at once (``</think>``,
+    end of turn); asked for an answer (any other last token) it writes ``7}`` and stops."""
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    (close,), (seven,), brace = ids("</think>"), ids("7"), ids("}")[-1]
+    script = {ids(prompt)[-1]: close, close: tok.eos_token_id, seven: brace, brace: tok.eos_token_id}
+    return make_scripted_llama(tok, script, default=seven)
+
+
 @pytest.fixture()
 def tiny_model(smol_tokenizer):
     return make_tiny_llama(smol_tokenizer)

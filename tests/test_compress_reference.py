@@ -198,3 +198,41 @@ def test_overshoot_warning_names_the_ratio(caplog):
     msgs = warn_overshoot(summary)
     assert len(msgs) == 1 and msgs[0].startswith("γ=0.5: 48.0% of CoTs overshoot")
     assert "mean achieved 0.600" in caplog.text
+
+
+def test_reference_mode_prunes_only_the_think_content(classifier_dir, cl100k, tmp_path, smol_tokenizer):
+    """Think rows (model-opened and R1-style): the reference's compressor gets the block's content, not the whole
+    output, so no tag and no answer after the block is ever pruned or kept in the CoT."""
+    from conftest import QWEN3_STYLE_TEMPLATE, think_tokenizer
+    from tokenskip.contract.io import read_jsonl, write_jsonl_atomic
+    from tokenskip.contract.records import Problem
+    from tokenskip.engines import Generation
+    from tokenskip.generation.rollout import grade_row
+    from tokenskip.stages.build_sft import SFTDataConfig, run_build_sft
+    from tokenskip.stages.compress import CompressConfig, run_compress
+
+    tok = think_tokenizer(smol_tokenizer, QWEN3_STYLE_TEMPLATE)
+    tok.save_pretrained(tmp_path / "tok")
+    rows, blocks = [], {}
+    for k, cot in enumerate(_cots(20)[:4]):
+        opener = "<think>\n" if k % 2 else ""   # odd rows: the model opened its block (Qwen3 style)
+        out = f"{opener}{cot}\n</think>\n\nSo it is {k}. \\boxed{{{k}}}"
+        rows.append(grade_row(Problem(f"p{k}", f"Question {k}?", str(k)), "P", Generation(out, 99, 0.1, "stop"),
+                              "gsm8k", lambda t: len(t.split()), "think") | {"correct": True})
+        blocks[f"p{k}"] = cot.strip()
+    write_jsonl_atomic(tmp_path / "predictions.jsonl", rows)
+    run_compress(CompressConfig(out=str(tmp_path / "c"), predictions=str(tmp_path / "predictions.jsonl"),
+                                compat="reference", scorer="llmlingua2", scorer_model=str(classifier_dir),
+                                model=str(tmp_path / "tok"), ratios=[0.5], threads=1))
+    ours = ReferenceCompressor(str(classifier_dir), encoding=cl100k)
+    got = {r["id"]: r for r in read_jsonl(tmp_path / "c" / "ratio-0.5.jsonl")}
+    assert sorted(got) == sorted(blocks)
+    for rid, r in got.items():
+        assert r["cot"] == ours.compress_text(blocks[rid], 0.5)
+        assert "think>" not in r["cot"] and "boxed" not in r["cot"]
+        assert r["original_tokens"] == len(tok(blocks[rid], add_special_tokens=False)["input_ids"])
+    run_build_sft(SFTDataConfig(compressed=str(tmp_path / "c"), out=str(tmp_path / "sft"), model=str(tmp_path / "tok"),
+                                ratios=[0.5], validation_share=0.0), tokenizer=tok)
+    for r in read_jsonl(tmp_path / "sft" / "train.jsonl"):   # the model's own answer follows the pruned block
+        k = int(r["id"][1:])
+        assert r["completion"] == f"<think>\n{got[r['id']]['cot']}\n</think>\n\nSo it is {k}. \\boxed{{{k}}}"

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import QWEN3_STYLE_TEMPLATE, R1_STYLE_TEMPLATE, make_tiny_llama, think_tokenizer
+from conftest import QWEN3_STYLE_TEMPLATE, R1_STYLE_TEMPLATE, make_tiny_llama, stops_at_once, think_tokenizer
 from tokenskip.contract.records import Problem, RunMetrics
 from tokenskip.engines import Generation
 from tokenskip.finetune.sft import Trajectory, make_record
@@ -35,6 +35,7 @@ from tokenskip.task.think import (
     resolve_cot_format,
     template_think_mode,
     think_completion,
+    unanswered,
 )
 
 THINK_OUT = "<think>\nStep 1: 6 * 7 = 42.\nStep 2: minus 35 is 7.\n</think>\n\nThe final answer is: $\\boxed{7}$"
@@ -251,6 +252,33 @@ def test_the_budget_method_uses_the_same_rule(r1_engine):
     assert split_output(g.text, "think").think_closed and FORCE_ANSWER in g.text
 
 
+def test_unanswered_turns():
+    assert unanswered("<|Assistant|><think>\n", "a b\n</think>\n") and unanswered("x<think>\n", "a b")
+    assert unanswered("<|im_start|>assistant\n", "<think>a</think>") and not unanswered("x", "a b")
+    assert not unanswered("<|Assistant|><think>\n", "a</think>\n\n7") and not unanswered("x", "")
+
+
+def test_a_block_closed_with_no_answer_gets_one(r1_tok):
+    """A think model that closes its block and stops at once is made to answer (HF engine): served (streamed), and
+    by the budget method's engine."""
+    from tokenskip.engines.hf import HFBackend
+
+    prompt = render_prompt(r1_tok, PromptFormat(), question="What is 2 + 3?")
+    engine = HFBackend(hf_model=stops_at_once(r1_tok, prompt), hf_tokenizer=r1_tok, batch_size=1)
+    (g,) = engine.generate([prompt], [20])
+    assert (g.text, g.finish_reason) == ("</think>", "stop")   # what the model does by itself: no answer
+    want = "</think>" + FORCE_ANSWER + "7}"
+    streamed = []
+    (a,) = answer(engine, [Query(question="What is 2 + 3?", max_cot_tokens=8, decoding=Decoding(max_tokens=40))],
+                  PromptFormat().for_tokenizer(r1_tok), on_tokens=lambda i, ids: streamed.extend(ids))
+    assert a.text == want and a.final_answer == "7" and a.think_closed is True and a.cot_tokens == 0
+    assert streamed == r1_tok("</think>", add_special_tokens=False)["input_ids"]
+    assert ForcedAnswerEngine(engine, answer_max_tokens=5).generate([prompt], 8)[0].text == want
+    (plain,) = answer(engine, [Query(question="What is 2 + 3?", decoding=Decoding(max_tokens=40))],
+                      PromptFormat().for_tokenizer(r1_tok))
+    assert plain.text == "</think>"   # no budget asked: the model's own turn is left as it is
+
+
 def test_a_served_think_request_never_thinks_past_its_budget(tmp_path, r1_tok):
     """HTTP, HF engine, no length model: the think format alone enables max_cot_tokens (streamed or not)."""
     httpx = pytest.importorskip("httpx")
@@ -309,3 +337,23 @@ def test_generate_grades_a_think_model_by_its_template(tmp_path, r1_engine):
     assert m["think_unclosed"] == 2 and m["accuracy"] == 0.0
     assert [r["think_closed"] for r in rows] == [False, False] and all(r["pred"] is None for r in rows)
     assert all(r["cot"] == r["output"].strip() and "<think>" in r["prompt"] for r in rows)
+
+
+def test_a_plain_template_made_a_reasoning_one(smol_tokenizer):
+    """The think lab's template (SmolLM2's ChatML + an opened block): think prompts, history without thinking."""
+    import copy
+
+    from tokenskip.task.think import think_chat_template
+
+    tok = copy.deepcopy(smol_tokenizer)
+    tok.chat_template = think_chat_template(smol_tokenizer.chat_template)
+    assert think_chat_template(tok.chat_template) == tok.chat_template   # idempotent
+    assert template_think_mode(tok) == "open" and resolve_cot_format("auto", tok) == "think"
+    msgs = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "<think>\nplan\n</think>\n\nIt is 4."},
+            {"role": "user", "content": "Q2"}]
+    got = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    plain = [msgs[0], {"role": "assistant", "content": "It is 4."}, msgs[2]]
+    assert got == smol_tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True) + "<think>\n"
+    assert tok.apply_chat_template(msgs, tokenize=False) == smol_tokenizer.apply_chat_template(plain, tokenize=False)
+    with pytest.raises(ValueError, match="plain chat template"):
+        think_chat_template(QWEN3_STYLE_TEMPLATE)

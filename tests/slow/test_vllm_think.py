@@ -64,3 +64,33 @@ def test_vllm_budget_closes_the_block_and_answers(kind):
             _check(g.text, len(g.token_ids), 6)
     finally:
         be.close()
+
+
+@pytest.mark.parametrize("kind", ["offline", "async"])
+def test_vllm_forces_an_answer_after_a_block_closed_with_none(kind, tmp_path, smol_tokenizer):
+    """A model that closes its block and stops at once (scripted: conftest.stops_at_once) is made to answer, served
+    (streamed on the async engine) and through the budget method's engine."""
+    from conftest import R1_STYLE_TEMPLATE, stops_at_once, think_tokenizer
+    from tokenskip.engines import get_backend
+    from tokenskip.engines.vllm_async import AsyncVLLMBackend
+
+    tok = think_tokenizer(smol_tokenizer, R1_STYLE_TEMPLATE)
+    prompt = render_prompt(tok, PromptFormat(), question="What is 2 + 3?")
+    stops_at_once(tok, prompt).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    kw = dict(model=str(tmp_path / "m"), dtype="float32", enforce_eager=True, max_model_len=512, batch_size=4)
+    be = AsyncVLLMBackend(**kw) if kind == "async" else get_backend("vllm", **kw)
+    try:
+        (g,) = be.generate([prompt], [20])
+        assert (g.text, g.finish_reason) == ("</think>", "stop")   # by itself the model writes no answer
+        want = "</think>" + FORCE_ANSWER + "7}"
+        streamed: list[int] = []
+        hook = (lambda i, ids: streamed.extend(ids)) if kind == "async" else None
+        (a,) = answer(be, [Query(question="What is 2 + 3?", max_cot_tokens=8, decoding=Decoding(max_tokens=40))],
+                      PromptFormat().for_tokenizer(be.tokenizer), on_tokens=hook)
+        assert a.text == want and a.final_answer == "7" and a.think_closed is True and a.cot_tokens == 0
+        if hook:
+            assert streamed == tok("</think>", add_special_tokens=False)["input_ids"]
+        assert ForcedAnswerEngine(be, answer_max_tokens=5).generate([prompt], 8)[0].text == want
+    finally:
+        be.close()

@@ -22,9 +22,24 @@ logger = logging.getLogger(__name__)
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
 
 
+def trained_chat_template(adapter_dir: Path) -> str | None:
+    """The chat template of the tokenizer saved with an adapter (``tokenskip train`` saves the one it trained with),
+    or ``None`` when the folder holds no tokenizer. The merged model keeps it: a template changed for training
+    (the think lab's, whose generation prompt opens a ``<think>`` block) travels with the target."""
+    from transformers import AutoTokenizer
+
+    if not (Path(adapter_dir) / "tokenizer_config.json").is_file():
+        return None
+    template = AutoTokenizer.from_pretrained(str(adapter_dir)).chat_template
+    return template if isinstance(template, str) else None
+
+
 def merge_adapter(model: str, adapter: str | Path, out: str | Path, save_dtype: str = "float32",
                   record: dict | None = None) -> Path:
     """Merge ``adapter`` into ``model`` and save the full model folder (weights, config, tokenizer) at ``out``.
+
+    The saved tokenizer is the base model's with the chat template the adapter was trained with
+    (:func:`trained_chat_template`), when the adapter folder holds a tokenizer.
 
     Args:
         model: base model (alias, .gguf, folder or Hub id).
@@ -44,6 +59,9 @@ def merge_adapter(model: str, adapter: str | Path, out: str | Path, save_dtype: 
         raise ValueError(f"merge: save dtype must be one of {', '.join(SAVE_DTYPES)}, got {save_dtype!r}")
     folder = find_adapter(adapter)
     net, tok = load_model(model, dtype=save_dtype, adapter=str(folder), merge_adapter=True)
+    trained = trained_chat_template(folder)
+    if trained is not None:
+        tok.chat_template = trained
     out = Path(out)
     tmp = temp_dir_beside(out)
     try:

@@ -31,7 +31,7 @@ from tokenskip.engines import Generation, RequestOptions, tokens_within
 from tokenskip.task.grading import extract_answer, split_output
 from tokenskip.task.prompt_format import PromptFormat
 from tokenskip.task.prompts import FORCE_ANSWER, ratio_marker, validate_ratio
-from tokenskip.task.think import THINK_CLOSE, THINK_FORCE_CLOSE, block_state, drop_thinking
+from tokenskip.task.think import THINK_CLOSE, THINK_FORCE_CLOSE, block_state, drop_thinking, unanswered
 
 #: Tokens allowed for a forced answer (evaluate's ``--answer-max-tokens`` default).
 ANSWER_MAX_TOKENS = 24
@@ -201,7 +201,10 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
                     options: Sequence[RequestOptions] | None = None, cancelled=None, **sampling) -> list[Generation]:
     """Generations of ``prompts``; where ``cot_caps[i]`` is set, decode at most that many tokens and, if the
     turn did not end, force the answer line (:data:`FORCE_ANSWER` + at most ``answer_max_tokens`` tokens),
-    after closing the think block first when the cut fell inside one (:func:`forced_opener`).
+    after closing the think block first when the cut fell inside one (:func:`forced_opener`). A think turn that
+    ended with no answer after its block (:func:`tokenskip.task.think.unanswered`: the model closed the block and
+    stopped at once, or stopped inside it) gets the answer line forced too, so a budgeted think turn always ends
+    with an answer after ``</think>``.
 
     ``caps`` bound the rest. A forced answer adds its tokens to ``num_tokens`` and its time to ``latency_s``;
     ``token_ids`` keep the first pass's ids only (greedy: the prefix of the uncapped run). Extra keyword arguments
@@ -222,9 +225,12 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     first = engine.generate(list(prompts), first_caps, **first_kw)
     opener = {i: forced_opener(prompts[i], g.text) for i, g in enumerate(first)}
     prefix = {i: engine.count_tokens(o) if limit_total else 0 for i, o in opener.items()}
+    # forced where the budget cut the CoT (served: the budget, not max_tokens), and where a think turn ended with
+    # no answer after its block (closed and stopped at once, or stopped inside it) while room is left
     allow = {i: answer_max_tokens if not limit_total else min(answer_max_tokens, caps[i] - g.num_tokens - prefix[i])
-             for i, g in enumerate(first) if cot_caps[i] is not None and g.finish_reason not in ("stop", "cancelled")
-             and (not limit_total or cot_caps[i] < caps[i])}   # served: only where the budget cut the CoT
+             for i, g in enumerate(first) if cot_caps[i] is not None and g.finish_reason != "cancelled"
+             and (g.finish_reason != "stop" and (not limit_total or cot_caps[i] < caps[i])
+                  or unanswered(prompts[i], g.text))}
     need = [i for i, n in allow.items() if n > 0]
     if not need:
         return first

@@ -19,8 +19,10 @@ changed settings start the file over.
 
 ``--compat reference`` replaces the project's pruner by the reference's LLMLingua-2 call
 (:mod:`tokenskip.compress.reference`: γ in cl100k tokens per chunk, nothing protected, Qwen/Llama
-settings); rows keep the same fields (counts in target tokens, ``overshoot`` always false). In the
-project's mode a warning names every γ whose overshoot share exceeds 5 %.
+settings); rows keep the same fields (counts in target tokens, ``overshoot`` always false). Its input is the
+model's whole output (``output``), as the reference's; for a think output (one holding a ``<think>`` block) it is
+the block's content (``cot``), as in the project's mode, so the tags and the answer after the block are never
+pruned. In the project's mode a warning names every γ whose overshoot share exceeds 5 %.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tokenskip.contract.io import DataError, ResumableJsonl, file_hash, iter_jso
 from tokenskip.contract.layout import COMPRESS_SUMMARY, SOURCE, compressed_file
 from tokenskip.contract.ratios import paper_grid, validate_ratios
 from tokenskip.contract.records import CompressedCot, SourceCot
+from tokenskip.task.think import has_block
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +218,7 @@ def _prediction_rows(cfg: CompressConfig, tokenizer, dropped: dict[str, list]) -
             continue
         row = {"id": r["id"], "question": question, "answer": str(r.get("gold", "")), "cot": r["cot"]}
         if isinstance(r.get("output"), str):
-            row["output"] = r["output"]  # --compat reference compresses the model's whole output
+            row["output"] = r["output"]  # --compat reference compresses it; build-sft reads a think answer from it
         rows.append(row)
     return rows, n_read
 
@@ -390,6 +393,13 @@ def _run_project(cfg: CompressConfig, todo: list[dict], files: dict, scorer_mode
     bar.close()
 
 
+def _reference_text(row: dict) -> str:
+    """What ``--compat reference`` compresses of a source row: the model's whole output (the reference's input), or
+    the ``cot`` column for gold rows and for think outputs (their block's content, as in the project's mode)."""
+    output = row.get("output")
+    return output if output and not has_block(output) else row["cot"]
+
+
 def _run_reference(cfg: CompressConfig, todo: list[dict], files: dict, scorer_model: str, family: str,
                    tokenizer) -> None:
     """Compress ``todo`` rows the reference's way (see :mod:`tokenskip.compress.reference`) into ``files``."""
@@ -399,7 +409,7 @@ def _run_reference(cfg: CompressConfig, todo: list[dict], files: dict, scorer_mo
     step = max(64, cfg.batch_size * 8)
     for k in range(0, len(todo), step):
         part = todo[k:k + step]
-        texts = [reference_input(r.get("output") or r["cot"], family) for r in part]
+        texts = [reference_input(_reference_text(r), family) for r in part]
         for r, text, per_ratio in zip(part, texts, compress_reference(texts, cfg.ratios, comp, tokenizer, family)):
             for res in per_ratio:
                 f = files[res.ratio]

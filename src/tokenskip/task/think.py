@@ -80,6 +80,31 @@ def block_state(prompt: str, text: str) -> str | None:
     return "open" if opened else None
 
 
+def empty_block(prompt: str) -> str:
+    """What follows ``prompt`` so that a think model's turn holds an empty, closed block (a turn without thinking,
+    as Qwen3's template writes it when ``enable_thinking`` is false: ``<think>\\n\\n</think>\\n\\n``).
+
+    Returns ``""`` when the prompt already ends with a closed block, ``"\\n</think>\\n\\n"`` (one ``\\n`` more when
+    the prompt does not end with one) when its generation prompt opened the block (R1-Distill style), and the whole
+    empty block otherwise (the model opens its block itself: Qwen3 thinking, or a plain template with the think
+    format).
+    """
+    tail = prompt.rstrip()
+    if tail.endswith(THINK_CLOSE):
+        return ""
+    if tail.endswith(THINK_OPEN):
+        return ("" if prompt.endswith("\n") else "\n") + "\n" + THINK_CLOSE + "\n\n"
+    return f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"
+
+
+def unanswered(prompt: str, text: str) -> bool:
+    """Whether ``prompt + text`` ends a think turn without an answer: its block is still open, or it was closed with
+    nothing but whitespace after the last ``</think>`` (a model that closes its block and stops at once). ``False``
+    for a turn without a block."""
+    state = block_state(prompt, text)
+    return state == "open" or state == "closed" and not text.rpartition(THINK_CLOSE)[2].strip()
+
+
 def drop_thinking(content: str) -> str:
     """An assistant turn of the history without its think blocks (reasoning templates show prior turns' answers
     only; a client that sends the whole output back must not feed old reasoning in as context)."""
@@ -98,6 +123,35 @@ def think_completion(cot: str, answer: str, prompt: str) -> str:
     """
     body = f"{cot.strip()}\n{THINK_CLOSE}\n\n{answer.strip()}"
     return body if prompt.rstrip().endswith(THINK_OPEN) else f"{THINK_OPEN}\n{body}"
+
+
+#: Prefixed to a chat template by :func:`think_chat_template`: prior assistant turns keep only what follows their last
+#: ``</think>`` (as the reasoning templates render history).
+_HISTORY_WITHOUT_THINKING = (
+    "{%- set ns = namespace(turns=[]) -%}{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' and m['content'] is string and '</think>' in m['content'] -%}"
+    "{%- set ns.turns = ns.turns + [{'role': m['role'], 'content': m['content'].split('</think>')[-1] | trim}] -%}"
+    "{%- else -%}{%- set ns.turns = ns.turns + [m] -%}{%- endif -%}{%- endfor -%}{%- set messages = ns.turns -%}")
+#: Appended by :func:`think_chat_template`: the generation prompt opens the think block.
+_OPEN_BLOCK = "{% if add_generation_prompt %}{{ '" + THINK_OPEN + "\\n' }}{% endif %}"
+
+
+def think_chat_template(template: str) -> str:
+    """A plain chat template made a reasoning one, R1-Distill style: its generation prompt ends with ``<think>\\n``
+    (the model starts inside its block, so every turn is a think turn and ``auto`` resolves to ``think``:
+    :func:`template_think_mode` ``"open"``), and prior assistant turns lose their thinking. The tags stay plain text
+    to the tokenizer. Idempotent. Used by the think lab (``tokenskip warmup`` with ``cot_format: think``), whose
+    target, SmolLM2, has a plain ChatML template.
+
+    Raises:
+        ValueError: ``template`` is empty, or is a reasoning template already (it mentions ``</think>``).
+    """
+    if template.startswith(_HISTORY_WITHOUT_THINKING) and template.endswith(_OPEN_BLOCK):
+        return template
+    if not template or THINK_CLOSE in template:
+        raise ValueError("think_chat_template needs a plain chat template (one that does not handle think blocks "
+                         "itself)")
+    return _HISTORY_WITHOUT_THINKING + template + _OPEN_BLOCK
 
 
 def template_think_mode(tokenizer) -> str | None:
