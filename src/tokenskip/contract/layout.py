@@ -31,6 +31,8 @@ SFT_TRAIN, SFT_VALIDATION, SFT_STATS = "train.jsonl", "validation.jsonl", "stats
 LOSS_LOG = "loss_log.jsonl"
 TRAIN_CONFIG = "train_config.json"
 ADAPTER_CONFIG = "adapter_config.json"
+#: the tokenizer a model or adapter folder was saved with (transformers' file name)
+TOKENIZER_CONFIG = "tokenizer_config.json"
 REPORT_MD, REPORT_JSON, PLOTS = "report.md", "report.json", "plots"
 MERGE_CONFIG = "merge_config.json"
 #: The rest of a trained adapter folder (``train/``): its weights, the trainer's final metrics, how its

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from tokenskip.contract.io import temp_dir_beside, write_json_atomic
-from tokenskip.contract.layout import MERGE_CONFIG, find_adapter
+from tokenskip.contract.layout import MERGE_CONFIG, TOKENIZER_CONFIG, find_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def trained_chat_template(adapter_dir: Path) -> str | None:
     (the think lab's, whose generation prompt opens a ``<think>`` block) travels with the target."""
     from transformers import AutoTokenizer
 
-    if not (Path(adapter_dir) / "tokenizer_config.json").is_file():
+    if not (Path(adapter_dir) / TOKENIZER_CONFIG).is_file():
         return None
     template = AutoTokenizer.from_pretrained(str(adapter_dir)).chat_template
     return template if isinstance(template, str) else None
