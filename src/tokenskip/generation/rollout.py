@@ -21,7 +21,13 @@ from tokenskip.contract.records import SAMPLE_SEP, Prediction, Problem, RunMetri
 from tokenskip.engines import BACKENDS, GenerationBackend, engine_spec
 from tokenskip.engines.hardware import DtypeChoice, resolve_dtype, resolve_threads
 from tokenskip.task.benchmarks import GRADERS, Benchmark, get_benchmark
-from tokenskip.task.think import pin_enable_thinking, resolve_cot_format, validate_cot_format
+from tokenskip.task.think import (
+    COT_FORMATS,
+    ENABLE_THINKING_HELP,
+    pin_enable_thinking,
+    resolve_cot_format,
+    validate_cot_format,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +93,8 @@ class GenerationConfig(ModelSettings):
     cot_format: str = field(default="auto", metadata={
         "help": "where the CoT is: think = inside <think>…</think>, the answer after it (reasoning models); plain = "
                 "before 'The final answer is:' (the paper); auto = think for outputs with a block or a chat template "
-                "whose generation prompt opens one", "choices": ["auto", "plain", "think"]})
-    enable_thinking: bool | None = field(default=None, metadata={
-        "help": "the chat template's enable_thinking (Qwen3 style); default: the template's own"})
+                "whose generation prompt opens one", "choices": list(COT_FORMATS)})
+    enable_thinking: bool | None = field(default=None, metadata={"help": ENABLE_THINKING_HELP})
     stop: list[str] = field(default_factory=list, metadata={
         "split": False, "empty_ok": True,
         "help": "extra stop strings (the output is cut before the first one; \\n and \\t are read as line break "

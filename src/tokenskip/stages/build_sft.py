@@ -48,7 +48,7 @@ from tokenskip.finetune.sft import (
 )
 from tokenskip.task.prompt_format import PromptFormat
 from tokenskip.task.prompts import DEFAULT_MARKER_DELIMITER
-from tokenskip.task.think import validate_cot_format
+from tokenskip.task.think import COT_FORMATS, ENABLE_THINKING_HELP, validate_cot_format
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +92,8 @@ class SFTDataConfig:
     cot_format: str = field(default="auto", metadata={
         "help": "think: targets keep the <think> tags (<think> + CoT at γ + </think> + the model's answer after it); "
                 "plain: CoT + answer line (the paper); auto: think for outputs with a block or a chat template that "
-                "makes them", "choices": ["auto", "plain", "think"]})
-    enable_thinking: bool | None = field(default=None, metadata={
-        "help": "the chat template's enable_thinking (Qwen3 style); default: the template's own"})
+                "makes them", "choices": list(COT_FORMATS)})
+    enable_thinking: bool | None = field(default=None, metadata={"help": ENABLE_THINKING_HELP})
     prompt_style: str = field(default="chat-template", metadata={
         "help": "chat-template: the tokenizer's chat template; reference: the TokenSkip reference's training "
                 "prompt strings (Qwen ChatML / Llama-3.1 without a system block)",

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 COT_FORMATS = ("auto", "plain", "think")
+#: help text of every stage's ``enable_thinking`` setting
+ENABLE_THINKING_HELP = "the chat template's enable_thinking (Qwen3 style); default: the template's own"
 #: What budget forcing writes after a CoT cut inside an open block, before the answer line is opened.
 THINK_FORCE_CLOSE = "\n" + THINK_CLOSE
 _BLOCK = re.compile(re.escape(THINK_OPEN) + r".*?" + re.escape(THINK_CLOSE) + r"\s*", re.DOTALL)
