@@ -99,7 +99,7 @@ def test_calibrated_lab_recipe_wires_the_calibrate_stage(tmp_path):
     cal = p["calibrate"].configs[0]
     # the target model (not the base), the trained adapter, the lab's validation split (never test)
     assert cal.model == str(run / "merge") and cal.adapter == str(run / "train")
-    assert cal.data == str(run / "lab_data" / "validation.jsonl") and cal.limit == 100
+    assert cal.data == str(run / "lab_data" / "validation.jsonl") and cal.limit == 200
     assert p["calibrate"].inputs == {"merge": p["merge"].fingerprint, "train": p["train"].fingerprint,
                                      "lab_data": p["lab_data"].fingerprint}
     assert p["build_sft"].configs[0].ratios == [1.0, 0.5]

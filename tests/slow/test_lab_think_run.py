@@ -3,21 +3,20 @@ inside a <think> block whose opening its chat template writes (recipes/lab-smoll
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("reasoning_gym")
 
 from test_lab_pipeline_run import SHRINK  # noqa: E402
 
+from conftest import REPO  # noqa: E402
 from tokenskip.contract.io import read_json, read_jsonl  # noqa: E402
 from tokenskip.engines.models import load_tokenizer  # noqa: E402
 from tokenskip.pipeline.recipe import load_recipe  # noqa: E402
 from tokenskip.pipeline.run import run_pipeline  # noqa: E402
 from tokenskip.task.think import template_think_mode  # noqa: E402
 
-THINK_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "lab-smollm2-legs-think.yaml"
+THINK_RECIPE = REPO / "recipes" / "lab-smollm2-legs-think.yaml"
 #: the lab's shrink (tests/slow/test_lab_pipeline_run.py) under another name; truncation forces the answer, as the
 #: think recipe's does (a plain cap leaves the block open)
 THINK_SHRINK = [s for s in SHRINK if not s.startswith(("name=", "stages.evaluate.methods="))] + [
