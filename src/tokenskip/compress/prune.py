@@ -41,7 +41,7 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # An operator not glued to letters: keeps "48+24", "= 72", "3 - 1", but not the hyphen of "well-known".
 # "x" counts as a times sign only between numbers ("0.2 x 50").
 _OPERATOR = re.compile(r"(?<![A-Za-z])[-+*/=×÷<>^≤≥≠−](?![A-Za-z])|(?<=\d )x(?= \d)")
-_NUM = r"\d+(?:[.,]\d+)*"
+_NUM = _NUMBER.pattern
 _EQUATION = re.compile(rf"(?<![\w.]){_NUM}(?:\s*(?:[-+*/×÷−]|(?<=\d )x(?= \d))\s*{_NUM})*\s*=\s*{_NUM}(?![\w])")
 _LATEX_CMD = re.compile(r"\\(?:[A-Za-z]+|[()\[\]{}])")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
