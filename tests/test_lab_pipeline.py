@@ -13,6 +13,7 @@ from tokenskip.pipeline.recipe import load_recipe  # noqa: E402
 from tokenskip.pipeline.run import run_pipeline  # noqa: E402
 
 LAB_RECIPE = REPO / "recipes" / "lab-smollm2-legs.yaml"
+PAPER_LAB_RECIPE = REPO / "recipes" / "lab-smollm2-legs-paper.yaml"
 
 
 def plans_by_name(recipe):
@@ -91,8 +92,8 @@ def test_recipes_without_lab_stages_do_not_list_them(tmp_path):
     assert [p.name for p in plans] == ["generate", "compress", "build_sft", "train", "evaluate", "report"]
 
 
-def test_calibrated_lab_recipe_wires_the_calibrate_stage(tmp_path):
-    recipe = load_recipe(REPO / "recipes" / "lab-smollm2-legs-calibrated.yaml", [f"run_dir={tmp_path}"])
+def test_lab_recipe_wires_the_calibrate_stage(tmp_path):
+    recipe = load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}"])
     run, p = plans_by_name(recipe)
     assert list(p) == ["lab_data", "warmup", "merge", "generate", "compress", "build_sft", "train", "calibrate",
                        "evaluate", "report"]
@@ -105,10 +106,10 @@ def test_calibrated_lab_recipe_wires_the_calibrate_stage(tmp_path):
     assert p["build_sft"].configs[0].ratios == [1.0, 0.5]
     # evaluate's TokenSkip runs follow the calibration: a new calibration re-plans evaluate
     assert p["evaluate"].inputs["calibrate"] == p["calibrate"].fingerprint
-    _, p2 = plans_by_name(load_recipe(REPO / "recipes" / "lab-smollm2-legs-calibrated.yaml",
-                                      [f"run_dir={tmp_path}", "stages.calibrate.scales=[0.5, 1.0]"]))
+    _, p2 = plans_by_name(load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}", "stages.calibrate.scales=[0.5, 1.0]"]))
     assert p2["calibrate"].fingerprint != p["calibrate"].fingerprint
     assert p2["evaluate"].fingerprint != p["evaluate"].fingerprint and p2["train"].fingerprint == p["train"].fingerprint
-    # the recipe without calibrate plans no such stage and evaluate's inputs are as before
-    _, plain = plans_by_name(load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}"]))
+    # the paper-mixture recipe (no calibrate) plans no such stage and evaluate's inputs are as before
+    _, plain = plans_by_name(load_recipe(PAPER_LAB_RECIPE, [f"run_dir={tmp_path}"]))
+    assert plain["build_sft"].configs[0].ratios == [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
     assert "calibrate" not in plain and "calibrate" not in plain["evaluate"].inputs

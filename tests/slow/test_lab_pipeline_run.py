@@ -25,6 +25,7 @@ SHRINK = [
     "stages.compress.cot_source=gold", "stages.compress.limit=8", "stages.compress.ratios=[0.5]",
     "stages.build_sft.cot_source=gold", "stages.build_sft.limit=8", "stages.build_sft.ratios=[1.0, 0.5]",
     "stages.train.max_steps=2", "stages.train.per_device_batch_size=4", "stages.train.batch_size=4",
+    "stages.calibrate.limit=3", "stages.calibrate.max_new_tokens=32", "stages.calibrate.scales=[0.5, 1.0]",
     "stages.evaluate.max_new_tokens=32", "stages.evaluate.batch_size=4",
     "stages.evaluate.benchmarks=[{benchmark: gsm8k, limit: 3}]",
     "stages.evaluate.methods=[{method: original}, {method: nocot}, {method: prompt, ratios: [0.5]}, "
@@ -39,7 +40,7 @@ def test_shrunken_lab_runs_every_stage(tmp_path, smol_tokenizer):
     run = tmp_path / "lab-shrunk"
     stages = read_json(run / "manifest.json")["stages"]
     assert list(stages) == ["lab_data", "warmup", "merge", "generate", "compress", "build_sft", "train",
-                            "evaluate", "report"]
+                            "calibrate", "evaluate", "report"]
     assert all(s["status"] == "done" for s in stages.values())
     assert (run / "merge" / "config.json").exists() and (run / "warmup" / "adapter" / "adapter_config.json").exists()
     gen = read_jsonl(run / "generate" / "predictions.jsonl")
@@ -55,5 +56,5 @@ def test_shrunken_lab_runs_every_stage(tmp_path, smol_tokenizer):
     assert "No CoT" in report and "TokenSkip (γ=0.5)" in report
     # a second run finds every stage done
     plans = run_pipeline(load_recipe(LAB_RECIPE, [f"run_dir={tmp_path}", *SHRINK]), echo=lambda s: None)
-    assert [p.status for p in plans] == ["done"] * 9
+    assert [p.status for p in plans] == ["done"] * 10
     assert Path(run / "lab_data" / "summary.json").exists()
