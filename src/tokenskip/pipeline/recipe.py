@@ -20,7 +20,10 @@ logger = logging.getLogger(__name__)
 #: keys at the top of a recipe that are copied into every stage that has such a field
 INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark", "prompt_style", "backend", "system_prompt")
 #: settings that change how fast a stage runs, never what it writes: left out of fingerprints
-RUNTIME_KEYS = ("threads",)
+RUNTIME_KEYS = ("threads", "ray_address", "ray_actors", "ray_cpus_per_actor", "ray_gpus_per_actor")
+#: the keys of a recipe's top-level ``ray:`` mapping, each copied to the ``ray_<key>`` setting of every stage
+#: that has one (:class:`tokenskip.contract.config.ClusterSettings`)
+RAY_KEYS = ("engine", "address", "actors", "cpus_per_actor", "gpus_per_actor", "shard_size")
 #: Settings where the paper's (reference) setting and this project's differ; a plan prints them per stage.
 MODE_KEYS = ("prompt_style", "compat", "reference_family", "answer_line", "validation_share", "lora_dropout",
              "batch_size", "grad_accum", "force_answer", "scale_max_new_tokens", "max_model_len")
@@ -44,6 +47,8 @@ class Recipe:
             reference's prompts; ``backend: vllm`` makes generate and evaluate decode with vLLM; ``system_prompt``
             is the system turn of warmup, generate, build_sft and evaluate alike, so the target model is trained
             and asked with the same one — the paper's Qwen runs used "You are a helpful assistant.").
+        ray: with ``backend: ray``, where the replicated engine runs (:data:`RAY_KEYS`: ``engine``, ``address``,
+            ``actors``, ``cpus_per_actor``, ``gpus_per_actor``, ``shard_size``; docs/scale-out.md).
     """
 
     name: str = ""
@@ -58,6 +63,7 @@ class Recipe:
     prompt_style: str | None = None  # chat-template or reference (paper-exact prompts, issue 13)
     backend: str | None = None  # hf, vllm or openai: the generation engine of generate and evaluate
     system_prompt: str | None = None  # the system turn of every stage that writes or reads prompts
+    ray: dict | None = None  # backend ray: engine, address, actors, cpus/gpus per actor, shard size
 
     def validate(self) -> None:
         if not self.name:
@@ -70,6 +76,12 @@ class Recipe:
         for name, sec in self.stages.items():
             if sec is not None and not isinstance(sec, dict):
                 raise ValueError(f"stages.{name}: expected a mapping of settings, got {sec!r}")
+        if self.ray is not None:
+            if not isinstance(self.ray, dict):
+                raise ValueError(f"ray: expected a mapping of {list(RAY_KEYS)}, got {self.ray!r}")
+            unknown = sorted(set(self.ray) - set(RAY_KEYS))
+            if unknown:
+                raise ValueError(f"ray: unknown key(s) {unknown}; valid: {list(RAY_KEYS)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
@@ -135,6 +147,7 @@ def stage_enabled(recipe: Recipe, stage: str) -> bool:
 def with_inherited(recipe: Recipe, cls, sec: dict) -> dict:
     names = {f.name for f in fields(cls)}
     out = {k: getattr(recipe, k) for k in INHERITED if getattr(recipe, k) is not None and k in names}
+    out.update({f"ray_{k}": v for k, v in (recipe.ray or {}).items() if f"ray_{k}" in names})
     out.update(sec)
     return out
 

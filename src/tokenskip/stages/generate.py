@@ -28,7 +28,7 @@ from tokenskip.contract.config import to_dict
 from tokenskip.contract.io import ResumableJsonl
 from tokenskip.contract.layout import METRICS, ORIGINAL, PREDICTIONS
 from tokenskip.contract.records import sample_id
-from tokenskip.engines import GenerationBackend, engine_spec, get_backend
+from tokenskip.engines import GenerationBackend, SampledDecode, engine_spec, get_backend
 from tokenskip.engines.models import configure_threads
 from tokenskip.generation.rollout import (
     GenerationConfig,
@@ -77,7 +77,7 @@ class GenerateConfig(GenerationConfig):
     def unused_settings(self) -> tuple[str, ...]:
         """Settings that change nothing in this run, left out of a recipe's fingerprint: the sampling ones when
         decoding is greedy (so greedy runs made before they existed, or with a recipe-wide ``seed``, stay done)."""
-        return () if self.sampling else ("samples", "temperature", "top_p", "seed")
+        return super().unused_settings() + (() if self.sampling else ("samples", "temperature", "top_p", "seed"))
 
     def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
         return super().backend_kwargs(adapter, merge_adapter) | ({"seed": self.seed} if self.sampling else {})
@@ -131,12 +131,10 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
                 import torch
 
                 torch.manual_seed(cfg.seed)
-
-            def decode(ps, caps, adapter=None):
-                return backend.generate(ps, caps, adapter=adapter, temperature=cfg.temperature, top_p=cfg.top_p)
+            decode = SampledDecode(cfg.temperature, cfg.top_p)
         with ResumableJsonl(out / PREDICTIONS, _row_settings(cfg)) as w:
             rows = run_rows(problems, prompts, w, backend, bench.grader, cfg.resolved_max_new_tokens,
-                            generate=decode)
+                            decode=decode)
         return write_metrics(out, rows, {"benchmark": bench.name, "benchmark_label": bench.label,
                                          "method": ORIGINAL, "ratio": None, "grader": bench.grader,
                                          "model": cfg.model, **cfg.dtype_record(), "backend": cfg.backend,
