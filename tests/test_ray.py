@@ -135,3 +135,19 @@ def test_a_driver_killed_mid_run_leaves_rows_that_a_rerun_completes_once(tmp_pat
     assert m["n"] == N and len(ids) == N and len(set(ids)) == N
     run_generate(cfg(tiny_model_dir, tmp_path / "local", batch_size=1, max_new_tokens=48))
     assert rows_of(out) == rows_of(tmp_path / "local")
+
+
+def test_self_information_scored_in_the_pool_gives_the_local_rows(tmp_path, tiny_model_dir, cluster):
+    from tokenskip.stages.compress import CompressConfig, run_compress
+
+    def compress(out, **kw):
+        return run_compress(CompressConfig(out=str(out), cot_source="gold", benchmark="gsm8k",
+                                           data=str(need_data(GSM8K_TEST)), limit=10, model=tiny_model_dir,
+                                           ratios=[0.5, 0.7], batch_size=2, dtype="float32", threads=1, **kw))
+
+    compress(tmp_path / "local")
+    s = compress(tmp_path / "ray", backend="ray", ray_actors=2, ray_shard_size=4)   # 3 parts over 2 replicas
+    for g in ("0.5", "0.7"):
+        local = read_jsonl(tmp_path / "local" / f"ratio-{g}.jsonl")
+        assert len(local) == 10 and read_jsonl(tmp_path / "ray" / f"ratio-{g}.jsonl") == local
+    assert s["ratios"]["0.5"]["n"] == 10
