@@ -43,11 +43,10 @@ def test_two_processes_give_the_one_process_loss_curve_with_twice_the_accumulati
     # draws it, so the curves can only differ through the accumulation and the averaging across processes
     write_jsonl_atomic(sft / "train.jsonl", sft_rows(smol_tokenizer, 4))
     one = _train([sys.executable], sft, tmp_path / "one", tiny_model_dir)   # accumulation 4 (batch 4 / 1 × 1)
-    # --multi_gpu picks accelerate's torchrun launcher (with --cpu it would start ONE process); on a machine
-    # without GPUs each process then trains on the CPU (train --device cpu) and DDP runs over gloo
-    two = _train([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  "--main_process_port", str(_free_port())], sft, tmp_path / "two", tiny_model_dir)  # accumulation 2
+    # the documented CPU DDP config: accelerate's torchrun launcher, 2 processes, gloo (accumulation 2)
+    two = _train([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  str(REPO / "examples" / "accelerate" / "cpu_ddp.yaml"), "--main_process_port", str(_free_port())],
+                 sft, tmp_path / "two", tiny_model_dir)
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
     # to 3 decimals: the all-reduce sums the micro-batch gradients in another order than one process does, and
     # Adam turns that float noise into differences of ~1e-4 in the loss (1e-3 at lr 1e-3 with 12 rows)
