@@ -58,7 +58,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import ray
 
-    ray.init(num_cpus=max(args.actors), include_dashboard=False, log_to_driver=False)
+    from tokenskip.engines.ray_pool import connect
+
+    connect(None, num_cpus=max(args.actors))
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

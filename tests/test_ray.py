@@ -31,7 +31,9 @@ REPLICA = "ray::MapWorker(MapBatches(ShardWorker))"
 @pytest.fixture(scope="module")
 def cluster():
     """One local 2-CPU Ray cluster for the module (workers inherit this process's environment)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from tokenskip.engines.ray_pool import connect
+
+    connect(None, num_cpus=2)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -151,3 +153,21 @@ def test_self_information_scored_in_the_pool_gives_the_local_rows(tmp_path, tiny
         local = read_jsonl(tmp_path / "local" / f"ratio-{g}.jsonl")
         assert len(local) == 10 and read_jsonl(tmp_path / "ray" / f"ratio-{g}.jsonl") == local
     assert s["ratios"]["0.5"]["n"] == 10
+
+
+def test_evaluate_runs_a_methods_own_decoding_inside_the_replicas(tmp_path, tiny_model_dir, cluster):
+    """truncation with the forced answer line: two generate calls per chunk (ForcedAnswerEngine), pickled with
+    the method and its config to each actor; the rows equal the single-process run's."""
+    from tokenskip.stages.evaluate import EvaluateConfig, run_dir, run_evaluate
+
+    def evaluate(out, **kw):
+        return run_evaluate(EvaluateConfig(model=tiny_model_dir, benchmark="gsm8k", data=str(need_data(GSM8K_TEST)),
+                                           limit=6, max_new_tokens=12, batch_size=1, out=str(out), dtype="float32",
+                                           threads=1, method="truncation", ratios=[0.5], force_answer=True, **kw))
+
+    evaluate(tmp_path / "local")
+    ms = evaluate(tmp_path / "ray", backend="ray", ray_actors=2)
+    assert [m["method"] for m in ms] == ["original", "truncation"]
+    for method, ratio in (("original", None), ("truncation", 0.5)):
+        local = rows_of(run_dir(tmp_path / "local", "gsm8k", method, ratio))
+        assert len(local) == 6 and rows_of(run_dir(tmp_path / "ray", "gsm8k", method, ratio)) == local

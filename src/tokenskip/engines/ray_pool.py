@@ -75,17 +75,31 @@ def ray_module():
     return ray
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), or start a local one; nothing when already
-    connected. Worker processes inherit this process's environment on a local cluster; on a remote one,
-    tokenskip must be installed on every node (docs/scale-out.md)."""
+def connect(address: str | None, num_cpus: int | None = None, tries: int = 3) -> None:
+    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), or start a local one (``num_cpus``: its CPUs,
+    default all); nothing when already connected. Worker processes inherit this process's environment on a local
+    cluster; on a remote one, tokenskip must be installed on every node (docs/scale-out.md).
+
+    A local node that does not register within Ray's fixed 30 s (an overloaded machine) is shut down and
+    started again, up to ``tries`` times. Raises Ray's exception otherwise."""
     ray = ray_module()
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if address:
         kwargs["address"] = address
-    ray.init(**kwargs)
+    if num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(**kwargs)
+            break
+        except Exception as e:  # Ray raises a bare Exception for a node that timed out during startup
+            if address or attempt == tries or "timed out during startup" not in str(e):
+                raise
+            logger.warning("Ray: the local node did not start in time (try %d of %d); starting it again",
+                           attempt, tries)
+            ray.shutdown()
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
