@@ -29,7 +29,7 @@ PYTEST_ARGS ?= -m "not slow and not vllm"
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: setup demo lab test test-slow test-all vllm-cpu test-vllm clean
+.PHONY: setup demo lab test test-slow test-all vllm-cpu test-vllm distributed test-distributed clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,17 @@ vllm-cpu: $(VLLM_VENV)/.installed
 
 test-vllm: vllm-cpu
 	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/slow/test_vllm_agreement.py tests/slow/test_vllm_serve.py
+
+# Optional: backend ray (docs/scale-out.md), the `distributed` extra (Ray Data) in the core venv; the core
+# install is unchanged without it. Its tests (tests/test_ray.py) skip where Ray is absent; CI runs them here.
+$(VENV)/.distributed-installed: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q -e ".[test,serve,lab,reference,distributed]"
+	touch $@
+
+distributed: $(VENV)/.distributed-installed
+
+test-distributed: distributed
+	$(PY) -m pytest tests/test_ray.py
 
 # the model cache ($TOKENSKIP_CACHE, default ~/.cache/tokenskip) is shared with other checkouts: not removed
 clean:

@@ -66,3 +66,11 @@ def test_bench_serve_reads_any_openai_compatible_health():
     assert bs.server_health(client(200, ours), "http://x") == {"status": "ready", "models": ["adapter"],
                                                                  "max_batch_seen": 8}
     assert bs.server_health(client(503, ""), "http://x") == {"status": "HTTP 503"}
+
+
+def test_bench_ray_arguments():
+    br = load("bench_ray")
+    a = br.parse_args(["--actors", "1", "2", "--limit", "8"])
+    assert a.actors == [1, 2] and a.limit == 8 and a.shard_size is None
+    with pytest.raises(SystemExit):
+        br.parse_args(["--actors", "0"])

@@ -325,3 +325,69 @@ def get_scorer(name: str, model=None, tokenizer=None, seed: int = 42, batch_size
         return LLMLingua2Scorer(model or "microsoft/llmlingua-2-xlm-roberta-large-meetingbank", tokenizer,
                                 batch_size=batch_size, max_length=max_length, device=device)
     raise ValueError(f"unknown scorer {name!r}; expected one of {list(SCORERS)}")
+
+
+class FixedScores(Scorer):
+    """Scores computed elsewhere (a Ray actor pool), served for exactly the texts they were computed for.
+
+    Args:
+        scored: one :class:`WordScores` per text.
+    Raises (from :meth:`score`): ``KeyError`` for a text that was not scored.
+    """
+
+    def __init__(self, scored: list[WordScores], name: str = "self-information"):
+        self.name = name
+        self.by_text = {w.text: w for w in scored}
+
+    def score(self, texts: list[str]) -> list[WordScores]:
+        return [self.by_text[t] for t in texts]
+
+
+@dataclass(frozen=True)
+class SelfInformationFactory:
+    """Builds one :class:`SelfInformationScorer` inside a Ray actor (picklable: names and numbers)."""
+
+    model: str
+    dtype: str = "auto"
+    device: str = "cpu"
+    batch_size: int = 8
+
+    def __call__(self) -> SelfInformationScorer:
+        return SelfInformationScorer(self.model, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
+
+
+def score_shard(scorer: Scorer, payload: dict) -> list[list[float]]:
+    """A Ray shard's task: the per-word scores (see :meth:`Scorer.score`) of ``payload["texts"]``."""
+    return [w.scores for w in scorer.score(payload["texts"])]
+
+
+def pooled_scores(pool, factory, parts: list[list[str]]):
+    """Score each part (a list of texts) in a Ray actor pool (:func:`tokenskip.engines.ray_pool.map_shards` with
+    the pool's :class:`~tokenskip.engines.ray_pool.PoolSettings`); yield ``(part index, FixedScores)`` as parts
+    finish, in completion order. The word spans are recomputed here (:func:`word_spans`, the scorer's own)."""
+    from tokenskip.engines.ray_pool import map_shards
+
+    for k, scores in map_shards(pool, factory, score_shard, [{"texts": texts} for texts in parts]):
+        texts = parts[k]
+        yield k, FixedScores([WordScores(t, word_spans(t), [float(x) for x in sc]) for t, sc in zip(texts, scores)])
+
+
+def part_scorers(name: str, parts: list[list[str]], model: str, dtype: str = "auto", device: str = "cpu",
+                 batch_size: int = 8, seed: int = 42, pool=None):
+    """``(part index, scorer)`` for each part (a list of texts): one scorer built here for every part (in order),
+    or, with a Ray ``pool`` (:class:`~tokenskip.engines.ray_pool.PoolSettings`) and the self-information scorer,
+    each part's scores from the actor pool (:func:`pooled_scores`, completion order). Other scorers ignore
+    ``pool`` (random needs no model; LLMLingua-2's encoder is small)."""
+    if name == "self-information" and pool is not None:
+        yield from pooled_scores(pool, SelfInformationFactory(model, dtype, device, batch_size), parts)
+        return
+    if name == "self-information":
+        from tokenskip.engines.models import load_model
+
+        lm, tok = load_model(model, dtype=dtype, device=device)
+        scorer = get_scorer(name, model=lm, tokenizer=tok, batch_size=batch_size, device=device)
+        scorer.model_name = model
+    else:
+        scorer = get_scorer(name, model=model or None, seed=seed, batch_size=batch_size, device=device, dtype=dtype)
+    for k in range(len(parts)):
+        yield k, scorer

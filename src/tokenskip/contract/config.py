@@ -89,6 +89,59 @@ class ModelSettings:
         self.threads = parse_threads(self.threads)  # "2" from a command line -> 2, once (validate() changes nothing)
 
 
+#: the settings of :class:`ClusterSettings` (left out of fingerprints where no engine is replicated)
+CLUSTER_KEYS = ("ray_engine", "ray_address", "ray_actors", "ray_cpus_per_actor", "ray_gpus_per_actor",
+                "ray_shard_size")
+
+
+@dataclass
+class ClusterSettings:
+    """Where a stage's replicated engine runs under ``backend: ray`` (:mod:`tokenskip.engines.ray_pool`): one
+    vocabulary for generate, evaluate and compress, filled from a recipe's top-level ``ray:`` mapping
+    (``ray: {engine: vllm, actors: 8}`` -> ``ray_engine``, ``ray_actors``) or ``--ray-*`` flags. Ignored by
+    every other backend.
+
+    Attributes:
+        ray_engine: the engine each replica runs (``hf`` or ``vllm``).
+        ray_address: cluster to join; ``None``: ``$RAY_ADDRESS``, else a local cluster on this machine.
+        ray_actors: replicas (``None``: as many as the cluster's CPUs, or GPUs, allow).
+        ray_cpus_per_actor: CPUs per replica, also its torch threads; ray_gpus_per_actor: GPUs per replica
+            (the vLLM tensor-parallel size when it is > 1).
+        ray_shard_size: problems per shard, the unit a killed run loses at most (default: the engine's chunk).
+    """
+
+    ray_engine: str = field(default="hf", metadata={"help": "backend ray: the engine of each replica",
+                                                    "choices": ["hf", "vllm"]})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "backend ray: cluster to join (ray://host:10001, auto); default $RAY_ADDRESS, else a local one"})
+    ray_actors: int | None = field(default=None, metadata={
+        "help": "backend ray: replicas (default: the cluster's CPUs / cpus per actor, or GPUs / gpus per actor)"})
+    ray_cpus_per_actor: float = field(default=1.0, metadata={
+        "help": "backend ray: CPUs per replica (its torch threads too)"})
+    ray_gpus_per_actor: float = field(default=0.0, metadata={
+        "help": "backend ray: GPUs per replica (>= the vLLM tensor parallel size)"})
+    ray_shard_size: int | None = field(default=None, metadata={
+        "help": "backend ray: problems per shard (default: the engine's chunk, 4 x batch size for HF, 256 vLLM)"})
+
+    def validate_cluster(self) -> None:
+        """Raise ``ValueError`` naming the ``ray_*`` setting that is out of range."""
+        if self.ray_engine not in ("hf", "vllm"):
+            raise ValueError(f"ray_engine: expected hf or vllm, got {self.ray_engine!r}")
+        if self.ray_actors is not None and self.ray_actors < 1:
+            raise ValueError(f"ray_actors: expected >= 1, got {self.ray_actors}")
+        if self.ray_cpus_per_actor <= 0 or self.ray_gpus_per_actor < 0:
+            raise ValueError("ray_cpus_per_actor must be > 0 and ray_gpus_per_actor >= 0, got "
+                             f"{self.ray_cpus_per_actor} and {self.ray_gpus_per_actor}")
+        if self.ray_shard_size is not None and self.ray_shard_size < 1:
+            raise ValueError(f"ray_shard_size: expected >= 1, got {self.ray_shard_size}")
+
+    def cluster_kwargs(self) -> dict:
+        """The Ray backend's own arguments (:class:`tokenskip.engines.ray_pool.RayBackend`)."""
+        return {"engine": self.ray_engine, "address": self.ray_address, "actors": self.ray_actors,
+                "cpus_per_actor": self.ray_cpus_per_actor, "gpus_per_actor": self.ray_gpus_per_actor,
+                "shard_size": self.ray_shard_size}
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add one ``--flag`` per field of dataclass ``cls``.
 

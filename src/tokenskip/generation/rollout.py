@@ -12,13 +12,13 @@ import logging
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
-from tokenskip.contract.config import ModelSettings
+from tokenskip.contract.config import CLUSTER_KEYS, ClusterSettings, ModelSettings
 from tokenskip.contract.io import ResumableJsonl, file_hash, write_json_atomic
 from tokenskip.contract.layout import METRICS
 from tokenskip.contract.records import SAMPLE_SEP, Prediction, Problem, RunMetrics, sample_id
-from tokenskip.engines import BACKENDS, GenerationBackend, engine_spec
+from tokenskip.engines import BACKENDS, EngineSpec, GenerationBackend, decoding_spec, engine_spec, plain_decode
 from tokenskip.engines.hardware import DtypeChoice, resolve_dtype, resolve_threads
 from tokenskip.task.benchmarks import GRADERS, Benchmark, get_benchmark
 from tokenskip.task.think import (
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class GenerationConfig(ModelSettings):
+class GenerationConfig(ModelSettings, ClusterSettings):
     """Settings of a generation/evaluation run.
 
     Defaults follow the paper's reference code where it has one (greedy decoding; max_new_tokens 512
@@ -129,6 +129,19 @@ class GenerationConfig(ModelSettings):
             raise ValueError(f"--backend {self.backend} needs --base-url (e.g. http://127.0.0.1:8088/v1)")
         if self.max_in_flight < 1:
             raise ValueError(f"--max-in-flight must be >= 1, got {self.max_in_flight}")
+        self.validate_cluster()
+        self.engine  # an inner engine a wrapping backend cannot replicate
+
+    def unused_settings(self) -> tuple[str, ...]:
+        """Settings that change nothing in this run, left out of a recipe's fingerprint: the ``ray_*`` ones unless
+        the backend replicates an engine (so runs made before they existed stay done)."""
+        return () if engine_spec(self.backend).wraps else CLUSTER_KEYS
+
+    @property
+    def engine(self) -> EngineSpec:
+        """The spec whose device/dtype/adapter rules apply: the backend's, or the engine that ``backend: ray``
+        replicates (``ray_engine``). Raises ``ValueError`` for an unknown name."""
+        return decoding_spec(self.backend, self.ray_engine)
 
     @property
     def bench(self) -> Benchmark:
@@ -141,7 +154,7 @@ class GenerationConfig(ModelSettings):
 
     def dtype_choice(self) -> DtypeChoice:
         """The dtype this run uses (``auto`` resolved for ``device``/backend) and why."""
-        return resolve_dtype(self.dtype, engine_spec(self.backend).dtype_device(self.device))
+        return resolve_dtype(self.dtype, self.engine.dtype_device(self.device))
 
     def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
         kw = dict(model=self.model, dtype=self.dtype_choice().dtype, device=self.device, batch_size=self.batch_size,
@@ -152,7 +165,8 @@ class GenerationConfig(ModelSettings):
                   max_in_flight=self.max_in_flight, stop=tuple(self.stop), enforce_eager=self.enforce_eager)
         optional = dict(enable_prefix_caching=self.prefix_caching, max_num_seqs=self.max_num_seqs,
                         kv_cache_space_gb=self.kv_cache_space_gb, max_model_len=self.max_model_len)
-        return kw | {k: v for k, v in optional.items() if v is not None}
+        kw |= {k: v for k, v in optional.items() if v is not None}
+        return kw | self.cluster_kwargs() if engine_spec(self.backend).wraps else kw
 
     def dtype_record(self) -> dict:
         """``dtype`` (resolved), ``dtype_requested`` and ``dtype_reason`` for ``metrics.json``."""
@@ -216,7 +230,7 @@ class SampledGenerationConfig(GenerationConfig):
     def unused_settings(self) -> tuple[str, ...]:
         """Settings that change nothing in this run, left out of a recipe's fingerprint: the sampling ones when
         decoding is greedy (so greedy runs made before they existed, or with a recipe-wide ``seed``, stay done)."""
-        return () if self.sampling else ("samples", "temperature", "top_p", "seed")
+        return super().unused_settings() + (() if self.sampling else ("samples", "temperature", "top_p", "seed"))
 
     def backend_kwargs(self, adapter: str | None = None, merge_adapter: bool = True) -> dict:
         return super().backend_kwargs(adapter, merge_adapter) | ({"seed": self.seed} if self.sampling else {})
@@ -333,6 +347,8 @@ def row_settings(cfg: GenerationConfig, stage: str) -> dict:
     s = {"stage": stage, "model": cfg.model, "benchmark": bench.name, "data": cfg.data_identity(),
          "max_new_tokens": cfg.resolved_max_new_tokens, "dtype": cfg.dtype_choice().dtype, "backend": cfg.backend,
          "system_prompt": cfg.system_prompt}
+    if engine_spec(cfg.backend).wraps:  # the replicated engine decides the rows, not where it runs
+        s["ray_engine"], s["ray_shard_size"] = cfg.ray_engine, cfg.ray_shard_size
     if cfg.stop:  # only when set, so runs made before --stop existed keep their fingerprint
         s["stop"] = cfg.stop
     if cfg.prompt_style != "chat-template":  # likewise
@@ -347,23 +363,24 @@ def row_settings(cfg: GenerationConfig, stage: str) -> dict:
 def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: ResumableJsonl, backend: GenerationBackend,
              grader: str, max_new_tokens: int | Sequence[int], adapter: str | None = None,
              row_hook: Callable[[Problem, dict], dict] | None = None, chunk: int | None = None,
-             generate: Callable | None = None, desc: str = "generate", cot_format: str = "auto") -> list[dict]:
+             decode: Callable | None = None, desc: str = "generate", cot_format: str = "auto") -> list[dict]:
     """Generate the problems not yet in ``writer`` and append their rows as each chunk finishes.
 
-    Pending prompts are sorted by length (less padding) and sent ``chunk`` at a time (default: the
-    backend's batch size × 4 for HF, 256 for vLLM); rows are written as soon as their chunk is done, so a kill loses at
-    most one chunk of work. Returns all rows for ``problems`` (in input order).
+    Pending prompts are sorted by length (less padding) and cut into chunks of ``chunk`` (default: the
+    backend's ``capabilities.chunk_size``: batch size × 4 for HF, 256 for vLLM); rows are written as soon as their
+    chunk is done, so a kill loses at most the chunks in flight. A local engine decodes the chunks one after
+    another; an engine with ``capabilities.shards`` (the Ray pool) gets them all at once and returns each as it
+    finishes, in any order. Returns all rows for ``problems`` (in input order).
 
     Args:
         grader: grader kind or benchmark name (see :func:`grade_row`).
         max_new_tokens: one cap (tokens) for all, or one per problem.
         row_hook: ``(problem, row) -> row`` applied before a row is written (e.g. extra fields).
-        generate: ``(prompts, caps, adapter=...) -> [Generation]`` (an evaluation method's decoding);
-            default ``backend.generate``.
+        decode: ``(engine, prompts, caps, adapter) -> [Generation]`` (an evaluation method's decoding), run where
+            the engine is (pickled to the Ray actors); default one ``engine.generate`` call.
         desc: label of the progress bar.
         cot_format: the CoT format the rows are graded in (see :func:`grade_row`).
     """
-    generate = generate or backend.generate
     caps = [max_new_tokens] * len(problems) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     todo = [i for i, p in enumerate(problems) if p.id not in writer.done_keys]
     if todo:
@@ -371,20 +388,32 @@ def run_rows(problems: Sequence[Problem], prompts: Sequence[str], writer: Resuma
                     len(problems) - len(todo))
     todo.sort(key=lambda i: len(prompts[i]))
     chunk = chunk or backend.capabilities.chunk_size
+    shards = [todo[s:s + chunk] for s in range(0, len(todo), chunk)]
+    jobs = [([prompts[i] for i in idx], [caps[i] for i in idx]) for idx in shards]
     from tokenskip.contract.console import progress
 
     with progress(len(todo), desc) as bar:  # the step's only bar: backends draw none
-        for s in range(0, len(todo), chunk):
-            idx = todo[s:s + chunk]
-            gens = generate([prompts[i] for i in idx], [caps[i] for i in idx], adapter=adapter)
-            for i, g in zip(idx, gens):
+        for k, gens in decoded(backend, jobs, adapter, decode):
+            for i, g in zip(shards[k], gens):   # each row fsynced as it is appended: a kill tears at most one
                 row = grade_row(problems[i], prompts[i], g, grader, backend.count_tokens, cot_format)
                 if row_hook:
                     row = row_hook(problems[i], row)
                 writer.append(row)
-            bar.update(len(idx))
+            bar.update(len(shards[k]))
     writer.reorder(p.id for p in problems)
     return [writer.rows[p.id] for p in problems]
+
+
+def decoded(backend: GenerationBackend, jobs: Sequence[tuple[list[str], list[int]]], adapter: str | None,
+            decode: Callable | None = None) -> Iterator[tuple[int, list]]:
+    """``(job index, generations)`` for each ``(prompts, caps)`` job: from the engine's shard pool when it has
+    one (completion order), else decoded here one job after another."""
+    decode = decode or plain_decode
+    if backend.capabilities.shards:
+        yield from backend.generate_shards(jobs, adapter, decode)
+        return
+    for k, (ps, cs) in enumerate(jobs):
+        yield k, decode(backend, ps, cs, adapter)
 
 
 def write_metrics(out_dir: Path, rows: Sequence[dict], extra: dict) -> dict:

@@ -21,7 +21,10 @@ logger = logging.getLogger(__name__)
 INHERITED = ("model", "threads", "dtype", "device", "seed", "benchmark", "prompt_style", "backend", "system_prompt",
              "cot_format", "enable_thinking")
 #: settings that change how fast a stage runs, never what it writes: left out of fingerprints
-RUNTIME_KEYS = ("threads",)
+RUNTIME_KEYS = ("threads", "ray_address", "ray_actors", "ray_cpus_per_actor", "ray_gpus_per_actor")
+#: the keys of a recipe's top-level ``ray:`` mapping, each copied to the ``ray_<key>`` setting of every stage
+#: that has one (:class:`tokenskip.contract.config.ClusterSettings`)
+RAY_KEYS = ("engine", "address", "actors", "cpus_per_actor", "gpus_per_actor", "shard_size")
 #: Settings where the paper's (reference) setting and this project's differ; a plan prints them per stage.
 MODE_KEYS = ("prompt_style", "compat", "reference_family", "answer_line", "validation_share", "lora_dropout",
              "batch_size", "grad_accum", "force_answer", "scale_max_new_tokens", "max_model_len")
@@ -48,6 +51,8 @@ class Recipe:
         cot_format, enable_thinking: a reasoning model's CoT format (``think``: the CoT is the ``<think>`` block)
             and its chat template's ``enable_thinking``, for generate, build_sft and evaluate alike
             (:mod:`tokenskip.task.think`).
+        ray: with ``backend: ray``, where the replicated engine runs (:data:`RAY_KEYS`: ``engine``, ``address``,
+            ``actors``, ``cpus_per_actor``, ``gpus_per_actor``, ``shard_size``; docs/scale-out.md).
     """
 
     name: str = ""
@@ -64,6 +69,7 @@ class Recipe:
     system_prompt: str | None = None  # the system turn of every stage that writes or reads prompts
     cot_format: str | None = None  # auto, plain or think (reasoning models: the CoT is the <think> block)
     enable_thinking: bool | None = None  # the chat template's enable_thinking (Qwen3 style)
+    ray: dict | None = None  # backend ray: engine, address, actors, cpus/gpus per actor, shard size
 
     def validate(self) -> None:
         if not self.name:
@@ -76,6 +82,12 @@ class Recipe:
         for name, sec in self.stages.items():
             if sec is not None and not isinstance(sec, dict):
                 raise ValueError(f"stages.{name}: expected a mapping of settings, got {sec!r}")
+        if self.ray is not None:
+            if not isinstance(self.ray, dict):
+                raise ValueError(f"ray: expected a mapping of {list(RAY_KEYS)}, got {self.ray!r}")
+            unknown = sorted(set(self.ray) - set(RAY_KEYS))
+            if unknown:
+                raise ValueError(f"ray: unknown key(s) {unknown}; valid: {list(RAY_KEYS)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
@@ -141,6 +153,7 @@ def stage_enabled(recipe: Recipe, stage: str) -> bool:
 def with_inherited(recipe: Recipe, cls, sec: dict) -> dict:
     names = {f.name for f in fields(cls)}
     out = {k: getattr(recipe, k) for k in INHERITED if getattr(recipe, k) is not None and k in names}
+    out.update({f"ray_{k}": v for k, v in (recipe.ray or {}).items() if f"ray_{k}" in names})
     out.update(sec)
     return out
 

@@ -32,9 +32,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenskip.compress import PROTECT_KINDS, SCORERS, answer_numbers_kept, compress_batch, count_tokens, get_scorer
+from tokenskip.compress import PROTECT_KINDS, SCORERS, answer_numbers_kept, compress_batch, count_tokens
+from tokenskip.compress.scorers import part_scorers
 from tokenskip.compress.stats import summarize
-from tokenskip.contract.config import ModelSettings, to_dict
+from tokenskip.contract.config import CLUSTER_KEYS, ClusterSettings, ModelSettings, to_dict
 from tokenskip.contract.console import progress
 from tokenskip.contract.io import DataError, ResumableJsonl, file_hash, iter_jsonl, write_json_atomic
 from tokenskip.contract.layout import COMPRESS_SUMMARY, SOURCE, compressed_file
@@ -49,8 +50,12 @@ COT_SOURCES = ("self", "gold", "predictions")
 
 
 @dataclass
-class CompressConfig(ModelSettings):
-    """Settings of the compress stage. Defaults follow the paper (ratios 0.9…0.5, CoTs ≤ 500 tokens)."""
+class CompressConfig(ModelSettings, ClusterSettings):
+    """Settings of the compress stage. Defaults follow the paper (ratios 0.9…0.5, CoTs ≤ 500 tokens).
+
+    ``backend: ray`` scores self-information in a Ray actor pool (``ray_*`` settings; docs/scale-out.md); any other
+    backend name (a recipe's top-level ``backend`` reaches this stage too) scores in this process.
+    """
 
     out: str = field(default="", metadata={"help": "output folder"})
     predictions: str = field(default="", metadata={"help": "generate's predictions.jsonl (with --cot-source "
@@ -69,6 +74,9 @@ class CompressConfig(ModelSettings):
                                 metadata={"help": "compression ratios γ in (0, 1] (paper §4)"})
     model: str = field(default="smollm2-135m-instruct", metadata={
         "help": "target model (alias, folder, .gguf or Hub id): its tokenizer counts tokens"})
+    backend: str = field(default="hf", metadata={
+        "help": "ray: score self-information in a Ray actor pool (docs/scale-out.md); hf, vllm, openai: here",
+        "choices": ["hf", "vllm", "openai", "ray"]})
     scorer: str = field(default="self-information", metadata={
         "help": "token importance scorer", "choices": ["self-information", "llmlingua2", "random"]})
     scorer_model: str = field(default="", metadata={
@@ -112,6 +120,9 @@ class CompressConfig(ModelSettings):
     def validate(self) -> None:
         if not self.out:
             raise ValueError("--out is required")
+        if self.backend not in ("hf", "vllm", "openai", "ray"):
+            raise ValueError(f"--backend must be hf, vllm, openai or ray, got {self.backend!r}")
+        self.validate_cluster()
         if self.from_predictions and not self.predictions:
             raise ValueError("--cot-source predictions needs --predictions FILE (or use --cot-source gold --data FILE)")
         if self.cot_source == "gold" and not self.data:
@@ -134,6 +145,11 @@ class CompressConfig(ModelSettings):
                                  ("offset", self.offset, 0), ("limit", self.limit, 0)):
             if value is not None and value < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+    def unused_settings(self) -> tuple[str, ...]:
+        """Left out of a recipe's fingerprint: where the scores are computed (here or in a Ray pool) never
+        changes what is written, so switching ``backend`` re-runs nothing."""
+        return ("backend",) + CLUSTER_KEYS
 
     def input_fields(self) -> tuple[str, ...]:
         """The path settings this config reads (for the pipeline's input check)."""
@@ -359,22 +375,22 @@ def warn_overshoot(summary: dict, limit: float = CompressConfig.OVERSHOOT_WARN_S
 
 def _run_project(cfg: CompressConfig, todo: list[dict], files: dict, scorer_model: str, tokenizer) -> None:
     """Compress ``todo`` rows with this project's scorer and pruner (:func:`tokenskip.compress.compress_batch`)
-    into ``files`` (γ -> :class:`~tokenskip.contract.io.ResumableJsonl`), batch by batch, with a progress bar."""
-    if cfg.scorer == "self-information":
-        from tokenskip.engines.models import load_model
-
-        model, mtok = load_model(scorer_model, dtype=cfg.dtype, device=cfg.device)
-        scorer = get_scorer("self-information", model=model, tokenizer=mtok, batch_size=cfg.batch_size,
-                            device=cfg.device)
-        scorer.model_name = scorer_model
-    else:
-        scorer = get_scorer(cfg.scorer, model=scorer_model or None, seed=cfg.seed,
-                            batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype)
+    into ``files`` (γ -> :class:`~tokenskip.contract.io.ResumableJsonl`), part by part, with a progress bar.
+    Under ``backend: ray`` the self-information scores of every part come from a Ray actor pool, each part
+    written as soon as its scores arrive."""
+    step = (cfg.ray_shard_size if cfg.backend == "ray" else None) or max(64, cfg.batch_size * 8)
+    parts = [todo[k:k + step] for k in range(0, len(todo), step)]
     bar = progress(len(todo), "compress", unit="CoT")
-    step = max(64, cfg.batch_size * 8)
-    for k in range(0, len(todo), step):
-        part = todo[k:k + step]
-        results = compress_batch([r["cot"] for r in part], cfg.ratios, scorer, tokenizer,
+    pool = None
+    if cfg.backend == "ray":
+        from tokenskip.engines.ray_pool import PoolSettings
+
+        pool = PoolSettings(cfg.ray_address, cfg.ray_actors, cfg.ray_cpus_per_actor, cfg.ray_gpus_per_actor)
+    texts = [[r["cot"] for r in part] for part in parts]
+    for k, scorer in part_scorers(cfg.scorer, texts, scorer_model, cfg.dtype, cfg.device, cfg.batch_size, cfg.seed,
+                                  pool):
+        part = parts[k]
+        results = compress_batch(texts[k], cfg.ratios, scorer, tokenizer,
                                  protect=cfg.protect, protect_kinds=cfg.protect_kinds,
                                  keep_newlines=cfg.keep_newlines, prefer_kinds=cfg.prefer_kinds,
                                  questions=[r["question"] for r in part])

@@ -274,10 +274,21 @@ def _run_one(cfg: EvaluateConfig, method: Method, key, problems, backend_for,
     with ResumableJsonl(d / PREDICTIONS, settings) as w:
         rows = run_rows(problems, plan.prompts, w, b, cfg.bench.grader, plan.caps, adapter=adapter,
                         row_hook=plan.row_hook,
-                        generate=lambda ps, cs, adapter=None: method.generate(b, ps, cs, adapter, cfg),
+                        decode=MethodDecode(method, cfg),
                         desc=f"{cfg.bench.name} {method.describe(key)}", cot_format=cot_format)
     m = write_metrics(d, rows, _metrics_extra(cfg, method, ratio, problems, rows, plan.metrics))
     return m | {"_dir": str(d)}
+
+
+class MethodDecode:
+    """A method's decoding of one chunk, ``(engine, prompts, caps, adapter) -> [Generation]``: a plain object
+    (method and config) so that it pickles to the actors of a Ray pool."""
+
+    def __init__(self, method: Method, cfg: EvaluateConfig):
+        self.method, self.cfg = method, cfg
+
+    def __call__(self, engine, prompts, caps, adapter=None):
+        return self.method.generate(engine, prompts, caps, adapter, self.cfg)
 
 
 def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
@@ -291,7 +302,8 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
         return (c.backend, c.model, c.dtype, c.device, c.batch_size, c.latency_mode,
                 c.tensor_parallel_size, c.gpu_memory_utilization, c.threads, tuple(c.stop),
                 c.enforce_eager, c.prefix_caching, c.max_num_seqs, c.kv_cache_space_gb, c.max_model_len,
-                c.seed if c.sampling else None)  # vLLM samples from its engine's seed
+                c.seed if c.sampling else None,  # vLLM samples from its engine's seed
+                tuple(c.cluster_kwargs().values()))
 
     engines: dict[tuple, GenerationBackend] = {}
     results = []
@@ -306,7 +318,7 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
                     kwargs = cfg.backend_kwargs()
                     adapters = [c.adapter for c in cfgs if c.method_obj.uses_adapter and key(c) == k
                                 and not _merged_engine(c)]
-                    kwargs.update(engine_spec(cfg.backend).lora_kwargs(adapters))
+                    kwargs.update(cfg.engine.lora_kwargs(adapters))
                     engines[k] = get_backend(cfg.backend, **kwargs)
                 shared = engines[k]
             for m in run_evaluate(cfg, backend=shared):
@@ -324,7 +336,8 @@ def run_evaluations(cfgs: list[EvaluateConfig]) -> list[dict]:
 def _merged_engine(cfg: EvaluateConfig) -> bool:
     """Whether ``cfg``'s adapter gets an engine of its own, loaded with the adapter (the engine's rule:
     :meth:`tokenskip.engines.EngineSpec.merges_adapter`), rather than a LoRA request on a shared engine."""
-    return cfg.method_obj.uses_adapter and engine_spec(cfg.backend).merges_adapter(cfg.merge_adapter)
+    return cfg.method_obj.uses_adapter and (engine_spec(cfg.backend).wraps
+                                            or cfg.engine.merges_adapter(cfg.merge_adapter))
 
 
 def _label(m: dict) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from tokenskip.contract.config import to_dict
 from tokenskip.contract.io import ResumableJsonl
 from tokenskip.contract.layout import METRICS, ORIGINAL, PREDICTIONS
-from tokenskip.engines import GenerationBackend, engine_spec, get_backend
+from tokenskip.engines import GenerationBackend, SampledDecode, engine_spec, get_backend
 from tokenskip.engines.models import configure_threads
 from tokenskip.generation.rollout import (
     GenerationConfig,
@@ -96,11 +96,10 @@ def run_generate(cfg: GenerationConfig, backend: GenerationBackend | None = None
         problems, prompts = cfg.expand(problems, prompts)  # N rows per problem, ids <id>#s<k>
         cfg.seed_torch()
 
-        def decode(ps, caps, adapter=None):
-            return backend.generate(ps, caps, adapter=adapter, **cfg.sampling_kwargs())
+        decode = SampledDecode(cfg.temperature, cfg.top_p) if cfg.sampling else None
         with ResumableJsonl(out / PREDICTIONS, _row_settings(cfg)) as w:
             rows = run_rows(problems, prompts, w, backend, bench.grader, cfg.resolved_max_new_tokens,
-                            generate=decode if cfg.sampling else None, cot_format=cot_format)
+                            decode=decode, cot_format=cot_format)
         return write_metrics(out, rows, {"benchmark": bench.name, "benchmark_label": bench.label,
                                          "method": ORIGINAL, "ratio": None, "grader": bench.grader,
                                          "model": cfg.model, **cfg.dtype_record(), "backend": cfg.backend,
