@@ -171,6 +171,9 @@ class Capabilities:
         dtype: the weights dtype the engine runs (``auto`` already resolved), or ``"remote"``.
         options: the :class:`RequestOptions` fields ``generate(..., options=[...])`` honours at decode time.
         cancel: ``generate(..., cancelled=f)`` stops decoding prompt ``i`` (within a step) once ``f(i)`` is true.
+        adapters_per_prompt: ``generate(..., adapters=[...])`` decodes prompt ``i`` with the LoRA adapter folder
+            ``adapters[i]`` (``None``: the base model, no adapter), prompts with different adapters in one call
+            (a calibrated adapter's scaled copies, one per γ: HF with its adapter unmerged, vLLM started with LoRA).
     """
 
     adapters_per_request: bool = False
@@ -181,6 +184,7 @@ class Capabilities:
     dtype: str = "float32"
     options: frozenset[str] = frozenset()
     cancel: bool = False
+    adapters_per_prompt: bool = False
 
 
 @dataclass(frozen=True)
