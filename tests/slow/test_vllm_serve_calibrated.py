@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,7 +87,8 @@ def test_vllm_decodes_each_gamma_with_its_own_lora_request(server, adapter):
         (g,) = engine.generate([m["prompt"]], CAP, adapters=[folder])
         assert (m["content"], r["usage"]["completion_tokens"]) == (g.text, g.num_tokens)
     assert len({m["content"] for m in msgs}) == 3   # the scale is applied per request
-    assert len(engine._lora_ids) == 2   # one LoRARequest (own id) per scaled folder
+    ids = engine._lora_ids   # one LoRARequest (own id) per folder: the scaled copies and the adapter itself
+    assert {str(Path(f).resolve()) for f in folders[:2]} <= set(ids) and len(set(ids.values())) == len(ids)
     assert httpx.get(server.url + "/health").json()["max_in_flight"] >= 2
 
 
