@@ -30,10 +30,10 @@ QUESTION = "Tom has 3 boxes with 4 apples each. He eats 2 apples. How many apple
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     """A rank-8 LoRA adapter with seeded random lora_B (it changes outputs), its prompt format and a calibration
-    (γ 0.9 -> scale 0.25, γ 0.65 -> 0.75, γ 1.0 -> 0); scaled copies go to the test's cache."""
+    (γ 0.9 -> scale 0.25, γ 0.65 -> 0.75, γ 1.0 -> 0); scaled copies go to the test's cache folder."""
     from peft import LoraConfig, get_peft_model
 
-    from tokenskip.engines.models import load_model
+    from tokenskip.engines.models import cache_dir, load_model
 
     model, _ = load_model(MODEL, dtype="float32")
     torch.manual_seed(0)
@@ -49,6 +49,9 @@ def adapter(tmp_path_factory):
     peft_model.save_pretrained(out)
     PromptFormat(marker_delimiter="[[G]]", ratios=(1.0, 0.5)).save(out)
     fit_calibration([(0.0, 1.0, 0.5), (0.5, 0.8, 0.5), (1.0, 0.5, 0.5)], marker_ratio=0.5).save(out)
+    # the converted model is the user's (an alias resolves through the cache folder: a symlink, not a second copy)
+    (root / "cache").mkdir()
+    (root / "cache" / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TOKENSKIP_CACHE", str(root / "cache"))
         yield str(out)
