@@ -8,6 +8,7 @@ import torch
 from conftest import GSM8K_TEST, need_data
 from tokenskip.contract.io import DataError, read_json, read_jsonl
 from tokenskip.contract.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GAMMA_CALIBRATION, state_file
+from tokenskip.contract.ratios import GammaControl
 from tokenskip.finetune.calibration import GammaCalibration, fit_calibration, scaled_adapter, scaled_config
 
 
@@ -93,6 +94,21 @@ def test_scale_for_pools_a_non_monotone_curve():
     assert cal.scale_for(0.95) == pytest.approx(0.25 * (1.0 - 0.95) / (1.0 - 0.925))
     # a curve without scale 0: γ above its range -> its smallest scale
     assert fit_calibration([(0.5, 0.8, 1), (1.0, 0.5, 1)], 0.5).scale_for(0.9) == 0.5
+
+
+def test_gamma_range_and_control(adapter_dir, tmp_path):
+    cal = fit_calibration([(0.0, 1.0, 0.8), (0.5, 0.8, 0.8), (1.0, 0.5, 0.7), (1.1, 0.52, 0.6)], marker_ratio=0.5)
+    assert cal.gamma_range() == (pytest.approx(0.51), 1.0)   # 0.5 and 0.52 pooled: the curve stays non-increasing
+    assert fit_calibration([(0.5, 0.8, 1), (1.0, 0.5, 1)], 0.5).gamma_range() == (0.5, 0.8)   # no scale 0 measured
+    assert fit_calibration([(0.0, 1.0, 1), (1.0, 1.2, 1)], 0.5).gamma_range() == (1.0, 1.0)   # capped at γ's limit
+    plain = fit_calibration([(0.0, 1.0, 0.8), (0.5, 0.8, 0.8), (1.0, 0.5, 0.7)], marker_ratio=0.5)
+    ctl = plain.control(adapter_dir, 0.9)
+    assert (ctl.scale, ctl.marker_ratio, ctl.adapter) == (0.25, 0.5, str(scaled_adapter(adapter_dir, 0.25)))
+    assert read_json(f"{ctl.adapter}/{ADAPTER_CONFIG}")["lora_alpha"] == 2.0   # 8 x 0.25
+    assert plain.control(adapter_dir, 1.0) == GammaControl(0.0, None, None)   # the target itself, no marker
+    assert plain.control(adapter_dir, 0.5).adapter == adapter_dir   # scale 1: the adapter itself
+    # 4 decimals: the scale evaluate records and the folder's name
+    assert plain.control(adapter_dir, 0.7).scale == round(plain.scale_for(0.7), 4) == 0.6667
 
 
 def test_fit_calibration_checks_its_points():

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tokenskip.contract.ratios import GammaControl
 from tokenskip.engines import Capabilities, Generation
 from tokenskip.generation.inference import (
     FORCE_ANSWER,
+    CalibratedGamma,
     Decoding,
     Query,
     answer,
@@ -94,6 +96,59 @@ def test_plan_ratio():
                    (Query(question="q", max_cot_tokens=5), "length model")):
         with pytest.raises(ValueError, match=msg):
             plan_ratio(q, fmt, None if "length" in msg else LM())
+
+
+def calibrated(low=0.5, high=1.0):
+    """A calibration stand-in: γ >= 0.95 -> scale 0 (the target, no marker); else scale 1 - γ under marker 0.5."""
+    def control(g):
+        return GammaControl(0.0, None, None) if g >= 0.95 else GammaControl(round(1 - g, 4), 0.5, f"/a/s{1 - g:.2f}")
+    return CalibratedGamma(low, high, control)
+
+
+def test_plan_ratio_with_a_calibration_refuses_outside_its_range_and_clips_budgets():
+    fmt = PromptFormat(ratios=(1.0, 0.5))
+
+    class LM:
+        def ratio_for(self, q, n, lo, hi):
+            return (lo, hi)
+
+    cal = calibrated(low=0.5432, high=0.98)
+    assert plan_ratio(Query(question="q", ratio=0.6), fmt, calibrated=cal) == 0.6
+    assert plan_ratio(Query(question="q", ratio=0.5432), fmt, calibrated=cal) == 0.5432   # the edges are in it
+    for bad in (0.5, 0.99, 1.0):   # 0.5 is trained (fmt.ratios) but below what the calibration reaches
+        with pytest.raises(ValueError, match=r"outside the adapter's calibrated range \[0\.5432, 0\.98\]"):
+            plan_ratio(Query(question="q", ratio=bad), fmt, calibrated=cal)
+    # a budget's γ (2 decimals) is clipped into the range: its low end rounded up to 2 decimals
+    assert plan_ratio(Query(question="q", max_cot_tokens=9), fmt, LM(), calibrated=cal) == (0.55, 0.98)
+    assert plan_ratio(Query(question="q", max_cot_tokens=9), fmt, LM(), calibrated=calibrated(0.07)) == (0.07, 1.0)
+    assert plan_ratio(Query(question="q"), fmt, calibrated=cal) == 1.0   # no γ asked: the full CoT, not refused
+
+
+def test_calibrated_answers_get_their_own_adapter_and_the_calibrations_marker(smol_tokenizer):
+    class PerPrompt(Fake):
+        capabilities = Capabilities(adapters_per_prompt=True)
+
+    eng = PerPrompt(stop_after=10)
+    eng.tokenizer = smol_tokenizer
+    qs = [Query(question="q1", ratio=0.6), Query(question="q2", ratio=1.0), Query(question="q3", max_cot_tokens=3)]
+    lm = type("LM", (), {"ratio_for": lambda self, q, n, lo, hi: 0.8})()   # the budget's γ
+    a, b, c = answer(eng, qs, length_model=lm, calibrated=calibrated())
+    # one engine call for the three, each prompt's own adapter folder (None: the target itself)
+    assert eng.calls[0][2]["adapters"] == ["/a/s0.40", None, "/a/s0.20"]
+    # the forced answer line of the budgeted query comes from its own adapter too
+    assert eng.calls[1][0][0].endswith(FORCE_ANSWER) and eng.calls[1][2]["adapters"] == ["/a/s0.20"]
+    assert (a.ratio, a.lora_scale, a.marker_ratio) == (0.6, 0.4, 0.5) and "<|eot_id|>0.5<|eot_id|>" in a.prompt
+    assert (b.ratio, b.lora_scale, b.marker_ratio) == (1.0, 0.0, None) and "<|eot_id|>" not in b.prompt
+    assert (c.ratio, c.lora_scale, c.marker_ratio) == (0.8, 0.2, 0.5) and "0.8<|eot_id|>" not in c.prompt
+    # without a calibration nothing changes: γ's own marker, no adapters, no scale
+    (d,) = answer(eng, [Query(question="q1", ratio=0.6)])
+    assert "<|eot_id|>0.6<|eot_id|>" in d.prompt and "adapters" not in eng.calls[-1][2] and d.lora_scale is None
+    # an engine that cannot pick an adapter per prompt is refused, not run with one adapter for all
+    plain = Fake(stop_after=3)
+    plain.tokenizer = smol_tokenizer
+    with pytest.raises(ValueError, match="adapter per prompt"):
+        answer(plain, [Query(question="q1", ratio=0.6)], calibrated=calibrated())
+    assert plain.calls == []
 
 
 def test_answer_is_typed_and_stop_strings_cut(smol_tokenizer):

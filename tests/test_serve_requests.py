@@ -244,7 +244,7 @@ def test_presence_and_frequency_penalties_follow_openais_definition(srv, generat
 
 def test_a_parameter_the_engine_cannot_honour_is_a_400_naming_it_and_the_engine(srv):
     state = SimpleNamespace(**{k: getattr(srv.state, k) for k in ("cfg", "models", "fmt", "length_model")},
-                            sampling=True, engine_name="vllm",
+                            sampling=True, engine_name="vllm", calibration_for=lambda model: None,
                             engine=SimpleNamespace(capabilities=Capabilities(options=frozenset({"stop", "logprobs"}))))
     parse_chat(chat("hi", 4, temperature=0, seed=7), state)            # greedy: the seed changes nothing
     for extra, param in (({"temperature": 1.0, "seed": 7}, "seed"), ({"presence_penalty": 1}, "presence_penalty")):

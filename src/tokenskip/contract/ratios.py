@@ -8,6 +8,7 @@ prompt marker, a folder name (``ratio-0.5``) and a report table.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 #: The paper's γ grid (docs/method.md steps 3-4): 1.0 is the uncompressed CoT.
 PAPER_RATIOS: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
@@ -60,3 +61,18 @@ def validate_ratios(ratios, what: str = "ratios") -> list[float]:
 def paper_grid(include_one: bool = True) -> list[float]:
     """The paper's γ grid, largest first; without 1.0 for baselines that have nothing to do at γ = 1."""
     return [r for r in PAPER_RATIOS if include_one or r < 1.0]
+
+
+@dataclass(frozen=True)
+class GammaControl:
+    """How a γ is decoded with a calibrated TokenSkip adapter (:mod:`tokenskip.finetune.calibration`).
+
+    Attributes:
+        scale: the LoRA scale ``s`` its delta is multiplied by (0: the target model itself).
+        marker_ratio: the γ written in the prompt's marker (``None``: no marker, the plain prompt, at scale 0).
+        adapter: the adapter folder to decode with (the copy scaled by ``s``; ``None``: no adapter, at scale 0).
+    """
+
+    scale: float
+    marker_ratio: float | None
+    adapter: str | None

@@ -192,6 +192,9 @@ class Capabilities:
         shards: the engine decodes a stage's chunks in parallel (``generate_shards(shards, adapter, decode)``
             yields ``(chunk index, generations)`` as each finishes: the Ray pool), so the stage hands over all
             chunks at once and writes each one's rows as it arrives.
+        adapters_per_prompt: ``generate(..., adapters=[...])`` decodes prompt ``i`` with the LoRA adapter folder
+            ``adapters[i]`` (``None``: the base model, no adapter), prompts with different adapters in one call
+            (a calibrated adapter's scaled copies, one per γ: HF with its adapter unmerged, vLLM started with LoRA).
     """
 
     adapters_per_request: bool = False
@@ -203,6 +206,7 @@ class Capabilities:
     options: frozenset[str] = frozenset()
     cancel: bool = False
     shards: bool = False
+    adapters_per_prompt: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -46,6 +47,8 @@ class HFBackend:
             :func:`tokenskip.engines.models.check_adapter`).
         stop: extra stop strings (``--stop``); decoding always stops at the generation config's EOS,
             the tokenizer's EOS and the chat template's end of turn.
+        max_loras: with the adapter unmerged, other adapter folders that ``generate(..., adapters=...)`` keeps
+            loaded at once (:class:`tokenskip.engines.hf_adapters.PeftAdapters`, least recently used evicted).
     """
 
     name = "hf"
@@ -53,7 +56,7 @@ class HFBackend:
     def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "cpu", batch_size: int = 8,
                  adapter: str | None = None, merge_adapter: bool = True, latency_mode: str = "amortized",
                  hf_model=None, hf_tokenizer=None, show_progress: bool = False, stop: Sequence[str] = (),
-                 force_adapter: bool = False, **_ignored):
+                 force_adapter: bool = False, max_loras: int = 4, **_ignored):
         if latency_mode not in LATENCY_MODES:
             raise ValueError(f"latency_mode must be one of {LATENCY_MODES}, got {latency_mode!r}")
         if batch_size < 1:
@@ -69,6 +72,7 @@ class HFBackend:
             self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, adapter=adapter,
                                                     merge_adapter=merge_adapter, force_adapter=force_adapter)
         self.adapter = adapter
+        self.adapters = _peft_adapters(self.model, adapter, max_loras)
         self.batch_size = 1 if latency_mode == "single" else batch_size
         self.latency_mode = latency_mode
         self.show_progress = show_progress
@@ -86,11 +90,12 @@ class HFBackend:
     @property
     def capabilities(self) -> Capabilities:
         """One engine per adapter (loaded at construction), token streaming, sampling, every request option,
-        cancellation; one caller at a time."""
+        cancellation; one caller at a time; adapters per prompt when its adapter is unmerged (a peft model)."""
         dtype = str(getattr(self.model, "dtype", "float32")).replace("torch.", "")
         return Capabilities(adapters_per_request=False, streaming=True, sampling=True, concurrent=False,
                             chunk_size=max(1, self.batch_size * 4), dtype=dtype,
-                            options=frozenset(RequestOptions().__dataclass_fields__), cancel=True)
+                            options=frozenset(RequestOptions().__dataclass_fields__), cancel=True,
+                            adapters_per_prompt=self.adapters is not None)
 
     def _check_adapter(self, adapter: str | None) -> None:
         if adapter is not None and adapter != self.adapter:
@@ -101,7 +106,8 @@ class HFBackend:
                  adapter: str | None = None, temperature: float = 0.0, top_p: float = 1.0,
                  on_tokens: Callable[[int, list[int]], None] | None = None,
                  options: Sequence[RequestOptions] | None = None,
-                 cancelled: Callable[[int], bool] | None = None) -> list[Generation]:
+                 cancelled: Callable[[int], bool] | None = None,
+                 adapters: Sequence[str | None] | None = None) -> list[Generation]:
         """Completions of ``prompts`` (see :class:`~tokenskip.engines.GenerationBackend`).
 
         ``temperature`` 0 (default) is greedy decoding; above 0 samples with that temperature and nucleus
@@ -114,6 +120,12 @@ class HFBackend:
         (checked after every step; a cancelled prompt's row ends there, finish reason ``cancelled``) act per
         prompt (:class:`tokenskip.engines.hf_request.RowControls`). A sampled prompt with a ``seed`` is decoded in
         a batch of its own, from torch's generator seeded with it, so its text does not depend on its neighbours.
+        ``adapters[i]``: the LoRA adapter folder prompt ``i`` decodes with (``None``: the base model), rows of
+        different adapters in one batch (peft's ``adapter_names``; needs ``capabilities.adapters_per_prompt``).
+
+        Raises:
+            ValueError: caps, options or adapters that do not match the prompts in number, another adapter given as
+                ``adapter``, or ``adapters`` on a model without an unmerged peft adapter.
         """
         self._check_adapter(adapter)
         n = len(prompts)
@@ -123,6 +135,7 @@ class HFBackend:
         options = list(options) if options is not None else [RequestOptions()] * n
         if len(options) != n:
             raise ValueError(f"{len(options)} options for {n} prompts")
+        names = self._adapter_names(adapters, n)
         enc_lens = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(n), key=lambda i: (enc_lens[i], i))
         seeded = {i for i in order if temperature and temperature > 0 and options[i].seed is not None}
@@ -136,12 +149,22 @@ class HFBackend:
 
             bar = tqdm(total=n, desc="generate", unit="sample", leave=False)
         for idx in batches:
-            self._decode_batch(prompts, idx, caps, out, (temperature, top_p), on_tokens, options, cancelled)
+            self._decode_batch(prompts, idx, caps, out, (temperature, top_p), on_tokens, options, cancelled, names)
             if bar:
                 bar.update(len(idx))
         if bar:
             bar.close()
         return out  # type: ignore[return-value]
+
+    def _adapter_names(self, adapters: Sequence[str | None] | None, n: int) -> list[str] | None:
+        """peft's adapter name of each prompt's folder (loaded when needed); ``None`` without ``adapters``."""
+        if adapters is None:
+            return None
+        if self.adapters is None:
+            raise ValueError("adapters per prompt need the HF backend's adapter loaded unmerged (merge_adapter=False)")
+        if len(adapters) != n:
+            raise ValueError(f"{len(adapters)} adapters for {n} prompts")
+        return self.adapters.names(list(adapters))
 
     def _generate_kwargs(self, sampling: tuple[float, float], controls: RowControls) -> dict:
         """``generate`` keyword arguments for the sampling settings and the rows' controls."""
@@ -159,9 +182,11 @@ class HFBackend:
         return kw
 
     def _decode_batch(self, prompts: Sequence[str], idx: list[int], caps: list[int], out: list,
-                      sampling: tuple[float, float], on_tokens, options: list[RequestOptions], cancelled) -> None:
+                      sampling: tuple[float, float], on_tokens, options: list[RequestOptions], cancelled,
+                      names: list[str] | None = None) -> None:
         """Decode the prompts ``idx`` as one padded batch to the largest of their caps and write each one's
-        :class:`Generation` into ``out`` (cut at its own cap, its stop token and stop strings)."""
+        :class:`Generation` into ``out`` (cut at its own cap, its stop token and stop strings); ``names``: each
+        prompt's peft adapter name (rows of different adapters in the batch)."""
         import torch
 
         cap = max(caps[i] for i in idx)
@@ -177,13 +202,15 @@ class HFBackend:
         streamer = (_RowStreamer([caps[i] for i in idx], list(idx), self.stop_ids, on_tokens, controls)
                     if on_tokens is not None else None)
         seed = options[idx[0]].seed if len(idx) == 1 and sampling[0] and sampling[0] > 0 else None
+        rows = {"adapter_names": [names[i] for i in idx]} if names is not None else {}
         with torch.inference_mode(), torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             seqs = self.model.generate(**enc, max_new_tokens=cap, num_beams=1, eos_token_id=self.stop_ids,
                                        pad_token_id=self.tokenizer.pad_token_id,
                                        **self._generate_kwargs(sampling, controls),
-                                       **self.decoding.hf_kwargs(), **({"streamer": streamer} if streamer else {}))
+                                       **self.decoding.hf_kwargs(), **({"streamer": streamer} if streamer else {}),
+                                       **rows)
         dt = time.perf_counter() - t0
         for r, (row, i) in enumerate(zip(seqs[:, enc["input_ids"].shape[1]:].tolist(), idx)):
             if controls.ended[r] is not None:   # the rest of the row is padding
@@ -215,6 +242,16 @@ class HFBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+def _peft_adapters(model, adapter: str | None, max_loras: int):
+    """Per-prompt adapters of ``model`` when it is a peft model (its adapter unmerged), else ``None``."""
+    peft = sys.modules.get("peft")   # not imported: the model cannot be a peft model (and the import costs seconds)
+    if peft is None or not isinstance(model, peft.PeftModel):
+        return None
+    from tokenskip.engines.hf_adapters import PeftAdapters
+
+    return PeftAdapters(model, adapter, max_loras)
 
 
 class _RowStreamer:

@@ -51,6 +51,7 @@ vLLM starts its engine in a child process: scripts that construct this backend n
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import time
@@ -194,6 +195,8 @@ class VLLMBackend:
             this fixed size replaces ``gpu_memory_utilization``'s fraction-of-RAM reservation.
         enable_lora: start with LoRA support even without a default adapter, so ``generate`` can take one.
         max_lora_rank: largest adapter rank to serve; default: the default adapter's ``r`` (else 16).
+        max_loras: adapters decoded in one engine step at most (vLLM ``max_loras``; requests with another adapter
+            wait for a slot; vLLM keeps as many in its CPU cache and evicts the least recently used beyond).
         max_num_seqs: most requests decoded at once (``None``: vLLM's default).
         threads: CPU threads for vLLM (``None``: ``TOKENSKIP_THREADS`` or all CPUs of this process).
         seed: engine seed (greedy decoding does not depend on it).
@@ -214,7 +217,8 @@ class VLLMBackend:
                  show_progress: bool = False, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float | None = None, max_model_len: int | None = None,
                  enforce_eager: bool = False, kv_cache_space_gb: float | None = None, enable_lora: bool = False,
-                 max_lora_rank: int | None = None, max_num_seqs: int | None = None, threads: int | None = None,
+                 max_lora_rank: int | None = None, max_loras: int = 1, max_num_seqs: int | None = None,
+                 threads: int | None = None,
                  seed: int = 0, stop: Sequence[str] = (), force_adapter: bool = False,
                  enable_prefix_caching: bool | None = None, max_num_batched_tokens: int | None = None, **_ignored):
         if latency_mode not in LATENCY_MODES:
@@ -254,6 +258,7 @@ class VLLMBackend:
             max_lora_rank = adapter_rank(adapter) if adapter else 16
         self.max_lora_rank = vllm_lora_rank(max_lora_rank) if self.lora else None
         self._lora_ids: dict[str, int] = {}
+        self._lora_next = itertools.count(1)
         engine_args = dict(model=self.model_dir, tokenizer=self.model_dir, dtype=dtype, seed=seed,
                            tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager)
         optional = dict(gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
@@ -261,7 +266,7 @@ class VLLMBackend:
                         max_num_batched_tokens=max_num_batched_tokens)
         engine_args.update({k: v for k, v in optional.items() if v is not None})
         if self.lora:
-            engine_args.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=1)
+            engine_args.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=max_loras)
         self._launch(engine_args)
 
     def _place_model(self, model: str, adapter: str | None, merge: bool, force_adapter: bool) -> str | None:
@@ -323,7 +328,8 @@ class VLLMBackend:
             if r > self.max_lora_rank:
                 raise ValueError(f"adapter {adapter!r} has rank {r} > max_lora_rank {self.max_lora_rank} "
                                  "of this engine; construct the backend with a larger max_lora_rank")
-            self._lora_ids[key] = len(self._lora_ids) + 1  # vLLM wants distinct ids >= 1
+            # vLLM wants distinct ids >= 1; the async engine registers folders from several threads at once
+            self._lora_ids.setdefault(key, next(self._lora_next))
         from vllm.lora.request import LoRARequest
 
         return LoRARequest(f"adapter{self._lora_ids[key]}", self._lora_ids[key], key)

@@ -11,7 +11,8 @@ waiting for the batch in flight to finish, which the offline ``LLM`` engine cann
 ``generate(..., on_tokens=f)`` streams: ``f(i, ids)`` gets prompt ``i``'s new token ids after each engine
 step (vLLM's delta outputs), stop tokens excluded. ``temperature`` > 0 samples (with ``top_p``).
 ``generate(..., options=[...], cancelled=f)``: per-request stop strings, log-probabilities and penalties, and an
-abort of request ``i`` in the engine once ``f(i)`` is true (the server's client left).
+abort of request ``i`` in the engine once ``f(i)`` is true (the server's client left). ``generate(..., adapters=[...])``
+(an engine started with LoRA): each prompt's own adapter folder, one ``LoRARequest`` (own id) per distinct folder.
 
 Example::
 
@@ -115,29 +116,36 @@ class AsyncVLLMBackend(VLLMBackend):
         base = super().capabilities
         return Capabilities(adapters_per_request=base.adapters_per_request, streaming=True, sampling=True,
                             concurrent=True, chunk_size=base.chunk_size, dtype=base.dtype,
-                            options=ASYNC_OPTIONS, cancel=True)
+                            options=ASYNC_OPTIONS, cancel=True, adapters_per_prompt=base.adapters_per_request)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int], adapter: str | None = None,
                  temperature: float = 0.0, top_p: float = 1.0,
                  on_tokens: Callable[[int, list[int]], None] | None = None,
                  options: Sequence[RequestOptions] | None = None,
-                 cancelled: Callable[[int], bool] | None = None) -> list[Generation]:
+                 cancelled: Callable[[int], bool] | None = None,
+                 adapters: Sequence[str | None] | None = None) -> list[Generation]:
         """Completions of ``prompts`` (same order); thread-safe, see the module docstring. ``options[i]`` go into
         prompt ``i``'s ``SamplingParams`` (:func:`~tokenskip.engines.vllm.sampling_kwargs`); once ``cancelled(i)``
         (checked at each of its engine steps, and every :data:`CANCEL_POLL_S` s while it waits for a slot) the request
-        is aborted in the engine (finish reason ``cancelled``).
+        is aborted in the engine (finish reason ``cancelled``). ``adapters[i]``: prompt ``i``'s LoRA adapter folder
+        (``None``: the base model), instead of ``adapter`` for all.
 
         Raises:
-            ValueError: caps and prompts differ in number, or an adapter the engine cannot serve.
+            ValueError: caps, options or adapters that do not match the prompts in number, or an adapter the engine
+                cannot serve.
         """
         caps, lora, out, todo = self._prepare(prompts, max_new_tokens, adapter)
         options = list(options) if options is not None else [RequestOptions()] * len(prompts)
         if len(options) != len(prompts):
             raise ValueError(f"{len(options)} options for {len(prompts)} prompts")
+        if adapters is not None and len(adapters) != len(prompts):
+            raise ValueError(f"{len(adapters)} adapters for {len(prompts)} prompts")
+        loras = [lora] * len(prompts) if adapters is None else \
+            [None if a is None else self._lora_request(a) for a in adapters]
         enc = {i: self.tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in todo}
 
         async def run_all():
-            return await asyncio.gather(*(self._one(i, enc[i], caps[i], lora, (temperature, top_p), on_tokens,
+            return await asyncio.gather(*(self._one(i, enc[i], caps[i], loras[i], (temperature, top_p), on_tokens,
                                                     options[i], cancelled) for i in todo))
 
         t0 = time.perf_counter()

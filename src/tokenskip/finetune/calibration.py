@@ -31,6 +31,7 @@ from tokenskip.contract.layout import (
     SCALED_ADAPTERS,
     adapter_hash,
 )
+from tokenskip.contract.ratios import GammaControl
 
 #: files of an adapter folder that a scaled copy carries unchanged (hard-linked, else copied)
 _WEIGHTS = (ADAPTER_WEIGHTS, ADAPTER_WEIGHTS_BIN)
@@ -188,6 +189,27 @@ class GammaCalibration:
             if lo <= gamma <= hi and hi > lo:
                 return scales[i - 1] + (hi - gamma) / (hi - lo) * (scales[i] - scales[i - 1])
         raise AssertionError("unreachable: γ lies inside the measured range")  # pragma: no cover
+
+    def gamma_range(self) -> tuple[float, float]:
+        """``(low, high)``: the γ this calibration reaches between measured scales — the (pooled) ActRatio of the
+        largest scale and of the smallest (1.0 when scale 0, the target itself, was measured), both capped at 1.0.
+        :meth:`scale_for` clips a γ outside it to the nearest measured scale; the server refuses one instead."""
+        _, ratios = self.curve()
+        return min(ratios[-1], 1.0), min(ratios[0], 1.0)
+
+    def control(self, adapter_dir: str | Path, gamma: float) -> GammaControl:
+        """How γ is decoded with this calibration's adapter ``adapter_dir``: the scale :meth:`scale_for` rounded to
+        4 decimals (so a γ always gets the same scaled folder and the same ``lora_scale`` in evaluate's settings and
+        the server's replies), under :attr:`marker_ratio`, with the adapter scaled by it (:func:`scaled_adapter`,
+        the folder itself at scale 1). At scale 0: the target itself, no adapter, the plain prompt (no marker).
+
+        Raises:
+            ValueError: γ outside (0, 1]; FileNotFoundError: ``adapter_dir`` holds no adapter.
+        """
+        scale = round(self.scale_for(gamma), 4)
+        if scale == 0:
+            return GammaControl(0.0, None, None)
+        return GammaControl(scale, self.marker_ratio, str(scaled_adapter(adapter_dir, scale)))
 
     def to_json(self) -> dict:
         return asdict(self)

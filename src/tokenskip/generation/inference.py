@@ -18,15 +18,22 @@ first (``\n</think>`` + the answer line: "budget forcing"), so it never thinks m
 ends with an answer after ``</think>``; with a think format a budget needs no length model (γ 1, the cap alone).
 Prior assistant turns lose their think blocks before the chat template sees them.
 
+A calibrated adapter (:class:`CalibratedGamma`, built by the server from the adapter's ``gamma_calibration.json``):
+γ is decoded under the calibration's marker with the adapter's LoRA delta scaled for γ (each query its own scale, one
+engine call: ``adapters`` per prompt), an explicit γ outside the calibrated range is refused, and a budget's γ is
+clipped to it.
+
 Engines: any :class:`tokenskip.engines.GenerationBackend` (``hf``, ``vllm``, ``openai``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
+from tokenskip.contract.ratios import GammaControl
 from tokenskip.engines import Generation, RequestOptions, tokens_within
 from tokenskip.task.grading import extract_answer, split_output
 from tokenskip.task.prompt_format import PromptFormat
@@ -99,6 +106,8 @@ class Answer:
         token_ids: generated token ids (as reported by the engine).
         think_closed: think outputs only: whether the block was closed (``None``: a plain output).
         logprobs: one :class:`~tokenskip.engines.TokenLogprob` per returned token when asked (``None`` otherwise).
+        lora_scale / marker_ratio: a calibrated adapter only (:class:`CalibratedGamma`): the LoRA scale ``ratio`` was
+            decoded with and the γ of the prompt's marker (``None``: no marker, at scale 0); ``None`` otherwise.
     """
 
     text: str
@@ -114,6 +123,24 @@ class Answer:
     token_ids: list[int] = field(default_factory=list)
     think_closed: bool | None = None
     logprobs: list | None = None
+    lora_scale: float | None = None
+    marker_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class CalibratedGamma:
+    """γ reached by a calibrated LoRA scale (:mod:`tokenskip.finetune.calibration`), as queries apply it.
+
+    Attributes:
+        low, high: the γ range the calibration covers (``GammaCalibration.gamma_range``): an explicit γ outside it
+            is refused (:func:`plan_ratio`), a budget's γ is clipped to it.
+        control: γ -> :class:`~tokenskip.contract.ratios.GammaControl` (scale, marker, scaled adapter folder;
+            ``GammaCalibration.control``, the mapping ``evaluate`` uses).
+    """
+
+    low: float
+    high: float
+    control: Callable[[float], GammaControl]
 
 
 def question_of(messages: Sequence[dict]) -> str:
@@ -166,14 +193,17 @@ def render_prompt(tokenizer, fmt: PromptFormat, messages: Sequence[dict] | None 
     return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
-def plan_ratio(query: Query, fmt: PromptFormat, length_model=None) -> float:
+def plan_ratio(query: Query, fmt: PromptFormat, length_model=None, calibrated: CalibratedGamma | None = None) -> float:
     """The γ of a query: its ``ratio``, or the budget's γ from ``length_model``, or 1.0 (also for a budget without
     a length model when ``fmt.cot_format`` is ``think``: the budget is then enforced by closing the block alone).
 
+    The adapter's range is its trained γ (``fmt.ratios``), or with ``calibrated`` the calibrated range
+    (``[low, high]``; a budget's γ, rounded to 2 decimals, is clipped to ``[low rounded up, high]``).
+
     Raises:
-        ValueError: both γ and a budget, γ outside (0, 1] or below the adapter's trained range (the smallest γ of
-            ``fmt.ratios``: a request is refused, not clipped, so the γ asked for is the γ decoded), a budget < 1,
-            or a budget without a length model.
+        ValueError: both γ and a budget, γ outside (0, 1] or outside the adapter's range (below the smallest γ of
+            ``fmt.ratios``, or outside the calibrated range: a request is refused, not clipped, so the γ asked for is
+            the γ decoded), a budget < 1, or a budget without a length model.
     """
     if query.ratio is not None and query.max_cot_tokens is not None:
         raise ValueError("give compression_ratio or max_cot_tokens, not both")
@@ -186,11 +216,17 @@ def plan_ratio(query: Query, fmt: PromptFormat, length_model=None) -> float:
         if length_model is None:
             raise ValueError("max_cot_tokens needs a length model (serve/evaluate --length-model)")
         q = query.question if query.question is not None else question_of(query.messages or [])
+        if calibrated is not None:   # 2 decimals (ratio_for's rounding) that stay inside the range
+            return length_model.ratio_for(q, query.max_cot_tokens, min(math.ceil(round(calibrated.low * 100, 6)) / 100,
+                                                                        calibrated.high), calibrated.high)
         return length_model.ratio_for(q, query.max_cot_tokens, fmt.min_ratio, max(fmt.ratios))
     if query.ratio is None:
         return 1.0
     ratio = validate_ratio(query.ratio)
-    if ratio < fmt.min_ratio:   # e.g. 1e-7: below every γ the adapter learned (its marker would read "0.0")
+    if calibrated is not None and not calibrated.low <= ratio <= calibrated.high:
+        raise ValueError(f"compression_ratio {query.ratio!r} is outside the adapter's calibrated range "
+                         f"[{calibrated.low:.4g}, {calibrated.high:.4g}] (its gamma_calibration.json)")
+    if calibrated is None and ratio < fmt.min_ratio:   # e.g. 1e-7: below every γ learned (its marker would read "0.0")
         raise ValueError(f"compression_ratio {query.ratio!r} is below the adapter's trained range "
                          f"[{fmt.min_ratio}, 1.0] (its prompt_format.json ratios)")
     return ratio
@@ -198,7 +234,8 @@ def plan_ratio(query: Query, fmt: PromptFormat, length_model=None) -> float:
 
 def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_caps: Sequence[int | None],
                     answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None, limit_total: bool = False,
-                    options: Sequence[RequestOptions] | None = None, cancelled=None, **sampling) -> list[Generation]:
+                    options: Sequence[RequestOptions] | None = None, cancelled=None,
+                    adapters: Sequence[str | None] | None = None, **sampling) -> list[Generation]:
     """Generations of ``prompts``; where ``cot_caps[i]`` is set, decode at most that many tokens and, if the
     turn did not end, force the answer line (:data:`FORCE_ANSWER` + at most ``answer_max_tokens`` tokens),
     after closing the think block first when the cut fell inside one (:func:`forced_opener`). A think turn that
@@ -211,7 +248,8 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     (``temperature``, ``top_p``) go to the engine only when sampling (greedy engines such as vLLM's need none).
     ``on_tokens(i, ids)`` is handed to the first pass of an engine that streams (``engine.capabilities.streaming``);
     others ignore it. ``options`` (per prompt) and ``cancelled(i)`` go to an engine that declares them
-    (``capabilities.options`` / ``cancel``); a cancelled first pass gets no forced answer.
+    (``capabilities.options`` / ``cancel``); a cancelled first pass gets no forced answer. ``adapters`` (one LoRA
+    adapter folder per prompt, ``None``: the base model) go to both passes (:func:`engine_extras`).
 
     ``limit_total`` (the server: ``caps`` are the requests' ``max_tokens``): ``caps[i]`` bounds the whole reply,
     forced answer line included (its prefix counted in ``num_tokens``); the answer is forced only where the CoT
@@ -220,7 +258,7 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
     the answer line comes on top, as the paper's baselines run.
     """
     kw = dict(sampling) if sampling.get("temperature") else {}
-    first_kw = dict(kw, **engine_extras(engine, on_tokens, options, cancelled))
+    first_kw = dict(kw, **engine_extras(engine, on_tokens, options, cancelled, adapters))
     first_caps = [min(c, b) if b is not None else c for c, b in zip(caps, cot_caps)]
     first = engine.generate(list(prompts), first_caps, **first_kw)
     opener = {i: forced_opener(prompts[i], g.text) for i, g in enumerate(first)}
@@ -236,6 +274,8 @@ def generate_capped(engine, prompts: Sequence[str], caps: Sequence[int], cot_cap
         return first
     if cancelled is not None and engine.capabilities.cancel:
         kw["cancelled"] = lambda k: cancelled(need[k])
+    if adapters is not None:   # the forced answer line comes from the same weights as its CoT
+        kw["adapters"] = [adapters[i] for i in need]
     forced = engine.generate([prompts[i] + first[i].text + opener[i] for i in need], [allow[i] for i in need], **kw)
     out = list(first)
     for i, f in zip(need, forced):
@@ -259,14 +299,23 @@ def forced_opener(prompt: str, text: str) -> str:
     return (THINK_FORCE_CLOSE if block_state(prompt, text) == "open" else "") + FORCE_ANSWER
 
 
-def engine_extras(engine, on_tokens, options, cancelled) -> dict:
+def engine_extras(engine, on_tokens, options, cancelled, adapters=None) -> dict:
     """The keyword arguments of a first pass that ``engine`` declares it takes: ``on_tokens`` (streaming),
     ``options`` (any field the engine honours is asked; fields it does not honour are the caller's to refuse or to
-    apply after decoding) and ``cancelled``."""
+    apply after decoding), ``cancelled`` and ``adapters`` (one LoRA adapter folder per prompt).
+
+    Raises:
+        ValueError: ``adapters`` for an engine without ``capabilities.adapters_per_prompt`` (decoding them all with
+            one adapter would be another model than the one asked for).
+    """
     kw: dict = {}
-    if on_tokens is None and options is None and cancelled is None:
+    if on_tokens is None and options is None and cancelled is None and adapters is None:
         return kw
     caps = engine.capabilities
+    if adapters is not None:
+        if not caps.adapters_per_prompt:
+            raise ValueError(f"the {engine.name} engine cannot decode with an adapter per prompt")
+        kw["adapters"] = list(adapters)
     if on_tokens is not None and caps.streaming:
         kw["on_tokens"] = on_tokens
     if options is not None and any(o.asks() & caps.options for o in options):
@@ -321,13 +370,15 @@ def _think_tokens(engine, g: Generation, text: str) -> int:
 
 
 def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, length_model=None,
-           answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None, cancelled=None) -> list[Answer]:
+           answer_max_tokens: int = ANSWER_MAX_TOKENS, on_tokens=None, cancelled=None,
+           calibrated: CalibratedGamma | None = None) -> list[Answer]:
     """Answer a batch of queries with one engine call (two with forced answers), in order.
 
     ``on_tokens(i, ids)``: called with query ``i``'s new token ids while decoding, when the engine streams
     (:func:`generate_capped`). ``cancelled(i)``: query ``i``'s client left (an engine that can stops decoding it).
     Each query's :meth:`Decoding.options` go to the engine; its stop strings are applied here as well, for engines
-    that do not stop at them.
+    that do not stop at them. ``calibrated``: the engine's adapter reaches γ by a calibrated LoRA scale; each query
+    is decoded with its γ's scaled adapter and marker (:func:`route_queries`).
 
     All queries of a batch must share ``temperature`` and ``top_p`` (the server groups them so).
 
@@ -340,18 +391,17 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
     samp = {(q.decoding.temperature, q.decoding.top_p) for q in queries}
     if len(samp) > 1:
         raise ValueError("one batch must share temperature and top_p")
-    ratios = [plan_ratio(q, fmt, length_model) for q in queries]
-    prompts = [render_prompt(engine.tokenizer, fmt, q.messages, q.question, r, q.instruction)
-               for q, r in zip(queries, ratios)]
+    ratios, controls, prompts = route_queries(engine.tokenizer, queries, fmt, length_model, calibrated)
     temperature, top_p = next(iter(samp))
     t0 = time.perf_counter()
     gens = generate_capped(engine, prompts, [q.decoding.max_tokens for q in queries],
                            [q.max_cot_tokens for q in queries], answer_max_tokens, on_tokens=on_tokens,
                            limit_total=True, options=[q.decoding.options() for q in queries], cancelled=cancelled,
+                           adapters=None if calibrated is None else [c.adapter for c in controls],
                            temperature=temperature, top_p=top_p)
     wall = time.perf_counter() - t0
     out = []
-    for q, r, p, g in zip(queries, ratios, prompts, gens):
+    for q, r, c, p, g in zip(queries, ratios, controls, prompts, gens):
         text, finish, n = g.text, g.finish_reason, g.num_tokens
         cut = cut_at_stop(text, q.decoding.stop)
         if cut is not None:   # a request's stop string: the reply and its token count end where it begins
@@ -367,5 +417,22 @@ def answer(engine, queries: Sequence[Query], fmt: PromptFormat | None = None, le
                           latency_s=g.latency_s or wall / len(queries), ratio=r, prompt=p,
                           max_cot_tokens=q.max_cot_tokens, token_ids=list(g.token_ids),
                           think_closed=parts.think_closed,
-                          logprobs=g.logprobs[:n] if g.logprobs is not None else None))
+                          logprobs=g.logprobs[:n] if g.logprobs is not None else None,
+                          lora_scale=c.scale if c else None, marker_ratio=c.marker_ratio if c else None))
     return out
+
+
+def route_queries(tokenizer, queries: Sequence[Query], fmt: PromptFormat, length_model=None,
+                  calibrated: CalibratedGamma | None = None) -> tuple[list[float], list, list[str]]:
+    """``(γ, control, prompt)`` of each query: its γ (:func:`plan_ratio`); with ``calibrated`` its
+    :class:`~tokenskip.contract.ratios.GammaControl` (else ``None``); and its prompt, with the marker of γ, or of the
+    control's marker γ (none at scale 0).
+
+    Raises:
+        ValueError: see :func:`plan_ratio` and :func:`render_prompt`.
+    """
+    ratios = [plan_ratio(q, fmt, length_model, calibrated) for q in queries]
+    controls = [None if calibrated is None else calibrated.control(r) for r in ratios]
+    prompts = [render_prompt(tokenizer, fmt, q.messages, q.question, r if c is None else c.marker_ratio,
+                             q.instruction) for q, r, c in zip(queries, ratios, controls)]
+    return ratios, controls, prompts

@@ -13,12 +13,11 @@ equivalent, no adapter). The scale and marker enter the run's settings (fingerpr
 (``lora_scale``, ``marker_ratio``); :meth:`TokenSkip.adapter_for` names the adapter folder each γ decodes with.
 """
 
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from tokenskip.contract.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GAMMA_CALIBRATION
-from tokenskip.contract.ratios import paper_grid, validate_ratio
+from tokenskip.contract.ratios import GammaControl, paper_grid, validate_ratio
 from tokenskip.methods import Method, register
 
 
@@ -35,19 +34,11 @@ def adapter_format(adapter, system_prompt, marker_delimiter):
     return resolve_prompt_format(adapter, system_prompt, marker_delimiter)
 
 
-@dataclass(frozen=True)
-class GammaControl:
-    """How a calibrated adapter reaches γ: the LoRA scale, the marker written in the prompt (``None``: the plain
-    prompt) and the adapter folder to decode with (``None``: the target model itself, at scale 0)."""
-
-    scale: float
-    marker_ratio: float | None
-    adapter: str | None
-
-
 def gamma_control(adapter: str | None, ratio: float | None) -> GammaControl | None:
     """The :class:`GammaControl` of γ = ``ratio`` for ``adapter``; ``None`` when the adapter has no calibration
-    (then γ's own marker and the adapter as trained are used, as before). The scale is rounded to 4 decimals."""
+    (then γ's own marker and the adapter as trained are used, as before); see
+    :meth:`tokenskip.finetune.calibration.GammaCalibration.control` (``tokenskip serve`` maps a request's γ with it
+    too)."""
     if not adapter or ratio is None:
         return None
     folder = Path(adapter)
@@ -60,13 +51,9 @@ def gamma_control(adapter: str | None, ratio: float | None) -> GammaControl | No
 
 @lru_cache(maxsize=64)
 def _control(adapter: str, ratio: float, stamp: tuple) -> GammaControl:
-    from tokenskip.finetune.calibration import GammaCalibration, scaled_adapter
+    from tokenskip.finetune.calibration import GammaCalibration
 
-    cal = GammaCalibration.load(adapter)
-    scale = round(cal.scale_for(ratio), 4)
-    if scale == 0:
-        return GammaControl(0.0, None, None)
-    return GammaControl(scale, cal.marker_ratio, str(scaled_adapter(adapter, scale)))
+    return GammaCalibration.load(adapter).control(adapter, ratio)
 
 
 @register

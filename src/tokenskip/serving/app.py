@@ -9,7 +9,10 @@ Built on FastAPI + uvicorn. Endpoints:
   :mod:`tokenskip.generation.inference` in the adapter's stored format (``prompt_format.json``): the same string
   ``tokenskip evaluate`` builds for that question and γ. The response is the standard one; ``usage`` adds
   ``cot_tokens`` and the message adds ``final_answer`` and ``compression_ratio`` (the γ used; chosen from the
-  budget in budget mode). ``"return_prompt": true`` adds the prompt string to the message.
+  budget in budget mode). ``"return_prompt": true`` adds the prompt string to the message. An adapter folder with a
+  γ calibration (``gamma_calibration.json``, ``tokenskip calibrate``) is served as ``evaluate`` decodes it: each γ
+  at its own LoRA scale under the calibration's marker (requests at different γ in one batch each get theirs),
+  the message adds ``lora_scale`` and ``marker_ratio``, and a γ outside the calibrated range is a 400 naming it.
 * ``POST /v1/completions`` — a raw prompt, no γ handling (what ``evaluate --backend openai`` sends).
 * ``GET /v1/models`` (the base model's name and the adapter's), ``GET /health`` (200 when ready, 503 while
   loading or after a failed load).
@@ -61,7 +64,7 @@ from tokenskip.contract.console import quiet
 from tokenskip.engines import SERVED_BACKENDS
 from tokenskip.serving.protocol import APIError, Job, chat_response, completion_response, parse_chat, parse_completion
 from tokenskip.serving.streaming import TokenStream, sse_events
-from tokenskip.serving.worker import ServerState
+from tokenskip.serving.worker import ServerState, calibration_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +109,11 @@ class ServeConfig(ModelSettings):
     max_queue: int = field(default=256, metadata={"help": "queued requests at most (more get 429)"})
     default_max_tokens: int = field(default=512, metadata={"help": "max_tokens when a request gives none"})
     merge_adapter: bool = field(default=False, metadata={"help": "merge the adapter into the weights (faster; then "
-                                                                 "only the adapter is served)"})
+                                                                 "only the adapter is served; not with a γ-calibrated "
+                                                                 "adapter)"})
+    max_loras: int = field(default=4, metadata={
+        "help": "a γ-calibrated adapter: LoRA scales (one adapter copy each) loaded at once — HF: kept besides the "
+                "adapter's own, least recently used evicted; vLLM: adapters in one engine step (max_loras)"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--upstream: environment variable with the "
                                                                          "upstream API key"})
     max_in_flight: int = field(default=16, metadata={"help": "--upstream: requests in flight to the upstream at most, "
@@ -125,7 +132,7 @@ class ServeConfig(ModelSettings):
             raise ValueError(f"serve: --backend must be {' or '.join(SERVED_BACKENDS)}, got {self.backend!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"serve: --port must be in 0..65535, got {self.port}")
-        for name in ("max_batch_size", "max_queue", "default_max_tokens", "max_in_flight"):
+        for name in ("max_batch_size", "max_queue", "default_max_tokens", "max_in_flight", "max_loras"):
             if getattr(self, name) < 1:
                 raise ValueError(f"serve: --{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
@@ -134,6 +141,9 @@ class ServeConfig(ModelSettings):
             raise FileNotFoundError(f"serve: adapter folder not found: {self.adapter}")
         if self.length_model and not Path(self.length_model).is_file():
             raise FileNotFoundError(f"serve: length model not found: {self.length_model}")
+        refusal = calibration_refusal(self)
+        if refusal:
+            raise ValueError(refusal)
 
 
 # ------------------------------------------------------------------------------------------- the app

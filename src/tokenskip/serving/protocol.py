@@ -253,7 +253,7 @@ def parse_chat(body, state: ServerState) -> tuple[Job, bool, bool]:
     instruction = state.cfg.instruction if body.get("add_instruction") is None else body["add_instruction"]
     query = Query(messages=messages, ratio=ratio, max_cot_tokens=budget, decoding=dec, instruction=instruction)
     try:
-        plan_ratio(query, state.fmt, state.length_model)
+        plan_ratio(query, state.fmt, state.length_model, state.calibration_for(model))
     except ValueError as e:
         raise APIError(400, str(e), "compression_ratio" if "compression_ratio" in str(e) else None) from None
     job = Job("chat", model, query=query, decoding=dec, include_usage=_stream_options(body))
@@ -311,6 +311,8 @@ def chat_response(job: Job, a, state: ServerState, return_prompt: bool) -> dict:
     """The ``chat.completion`` body of answer ``a`` (:class:`tokenskip.generation.inference.Answer`)."""
     prompt_tokens = state.count_tokens(a.prompt)
     msg = {"role": "assistant", "content": a.text, "final_answer": a.final_answer, "compression_ratio": a.ratio}
+    if a.lora_scale is not None:   # a calibrated adapter: the LoRA scale γ was decoded at, under this marker
+        msg["lora_scale"], msg["marker_ratio"] = a.lora_scale, a.marker_ratio
     if a.max_cot_tokens is not None:
         msg["max_cot_tokens"] = a.max_cot_tokens
     if return_prompt:

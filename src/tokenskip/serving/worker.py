@@ -6,6 +6,11 @@ Requests (:class:`~tokenskip.serving.protocol.Job`) go through a bounded queue; 
 model and sampling settings, and decodes each group in one engine call. An engine whose capabilities say
 ``concurrent`` (vLLM's asynchronous engine: continuous batching; the ``--upstream`` proxy's endpoint) gets each
 group at once from a thread pool; any other engine decodes the groups one after the other in the worker thread.
+
+A calibrated adapter (``gamma_calibration.json`` in the adapter folder, read once at start-up:
+:func:`served_calibration`) is served unmerged: each request to the adapter's model is decoded at its γ's LoRA scale
+under the calibration's marker (the engine applies one adapter folder per prompt; :func:`calibration_refusal` says
+which settings cannot).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
+import functools
 import logging
 import queue
 import threading
@@ -20,11 +26,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokenskip.contract.layout import LENGTH_MODEL
+from tokenskip.contract.layout import GAMMA_CALIBRATION, LENGTH_MODEL
 from tokenskip.engines import PROXY_BACKEND, engine_spec, get_backend
 from tokenskip.engines.hardware import resolve_threads
 from tokenskip.engines.models import configure_threads
-from tokenskip.generation.inference import answer, engine_extras
+from tokenskip.finetune.calibration import GammaCalibration
+from tokenskip.generation.inference import CalibratedGamma, answer, engine_extras
 from tokenskip.generation.length_model import load_length_model
 from tokenskip.serving.protocol import APIError, Job
 from tokenskip.task.prompt_format import resolve_prompt_format
@@ -34,6 +41,37 @@ if TYPE_CHECKING:  # annotations only: the app module imports this one
 
 logger = logging.getLogger(__name__)
 
+#: γ -> control results kept per server (a request's γ is a float; budget mode's have 2 decimals)
+CONTROL_CACHE = 256
+
+
+def served_calibration(adapter: str | None) -> CalibratedGamma | None:
+    """The γ calibration of ``adapter`` as the server applies it — its range and γ -> (scale, marker, scaled folder)
+    (:meth:`GammaCalibration.control`, the mapping ``evaluate`` uses; each γ's result cached) — or ``None`` when the
+    folder has none. Read once: a new calibration is served after a restart.
+
+    Raises:
+        DataError: a malformed ``gamma_calibration.json`` (names the file and field).
+    """
+    cal = GammaCalibration.load(adapter) if adapter else None
+    if cal is None:
+        return None
+    low, high = cal.gamma_range()
+    return CalibratedGamma(low, high, functools.lru_cache(maxsize=CONTROL_CACHE)(functools.partial(cal.control,
+                                                                                                  adapter)))
+
+
+def calibration_refusal(cfg: ServeConfig) -> str | None:
+    """Why ``cfg`` cannot serve its adapter's γ calibration (the adapter merged, or proxied upstream), or ``None``.
+    Serving it anyway would decode every γ with the unscaled adapter: not the model the calibration describes."""
+    if not cfg.adapter or not (Path(cfg.adapter) / GAMMA_CALIBRATION).is_file():
+        return None
+    how = "--merge-adapter" if cfg.merge_adapter else "--upstream" if cfg.upstream else None
+    if how is None:
+        return None
+    return (f"serve: adapter {cfg.adapter} has a γ calibration ({GAMMA_CALIBRATION}): each γ decodes with its own "
+            f"LoRA scale, which {how} cannot apply; serve it with --backend hf or vllm, without {how} (or remove "
+            f"the calibration file to serve the adapter as trained, each γ under its own marker)")
 
 
 def adapter_switch(engine):
@@ -50,6 +88,7 @@ class ServerState:
         self.cfg = cfg
         self.status, self.error = "loading", None
         self.engine = self.fmt = self.length_model = None
+        self.calibrated: CalibratedGamma | None = None   # the adapter's γ calibration, if any
         self.routes: dict = {}  # --upstream: one engine per upstream model (each sends its model's name)
         self.tokenizer = None  # the request side's own copy: the engine thread's tokenizer is not shared
         self.base_name = cfg.served_model_name or cfg.model
@@ -101,12 +140,26 @@ class ServerState:
         lm = cfg.length_model or (str(Path(cfg.adapter) / LENGTH_MODEL)
                                   if cfg.adapter and (Path(cfg.adapter) / LENGTH_MODEL).is_file() else None)
         self.length_model = load_length_model(lm) if lm else None
+        refusal = calibration_refusal(cfg)
+        if refusal:
+            raise ValueError(refusal)
+        self.calibrated = served_calibration(cfg.adapter)
         if cfg.upstream:
             self._connect_upstream()
         else:
             self._load_local()
         self.fmt = self.fmt.for_tokenizer(self.engine.tokenizer)   # think format and enable_thinking, once
         self.sampling = self.engine.capabilities.sampling
+        if self.calibrated is not None and not self.engine.capabilities.adapters_per_prompt:
+            raise ValueError(f"serve: adapter {cfg.adapter} has a γ calibration, but the {self.engine_name} engine as "
+                             "started cannot decode with a LoRA scale per request (docs/serving.md)")
+        if self.calibrated is not None:
+            logger.info("γ calibration of %s: γ in [%.4g, %.4g] decoded at its own LoRA scale", cfg.adapter,
+                        self.calibrated.low, self.calibrated.high)
+
+    def calibration_for(self, model: str) -> CalibratedGamma | None:
+        """The γ calibration that requests to ``model`` are decoded with: the adapter's, for the adapter's model."""
+        return self.calibrated if model == self.adapter_name else None
 
     @property
     def engine_name(self) -> str:
@@ -129,6 +182,8 @@ class ServerState:
                    if v})
         if cfg.batch_invariant:   # the engine's own scheduler too (vLLM batches whatever is in flight)
             kw["max_num_seqs"] = 1
+        if self.calibrated is not None:   # one adapter folder per LoRA scale in flight
+            kw["max_loras"] = cfg.max_loras
         self.engine = get_backend(engine_spec(cfg.backend).served_as, **kw)
         if self.adapter_name and adapter_switch(self.engine) is None:  # adapter merged or always applied
             self.models = [self.adapter_name]
@@ -229,7 +284,7 @@ class ServerState:
                             if streaming[i] is not None:
                                 streaming[i](ids)
                     results = answer(eng, [j.query for j in jobs], self.fmt, self.length_model, on_tokens=hook,
-                                     cancelled=cancelled)
+                                     cancelled=cancelled, calibrated=self.calibration_for(jobs[0].model))
                 else:
                     kw = ({"temperature": jobs[0].decoding.temperature, "top_p": jobs[0].decoding.top_p}
                           if jobs[0].decoding.temperature else {})
