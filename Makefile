@@ -23,7 +23,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
-DEMO_RECIPE ?= recipes/demo-smollm2-gsm8k.yaml
+DEMO_RECIPE ?= recipes/demo-smollm2-legs.yaml
 LAB_RECIPE  ?= recipes/lab-smollm2-legs.yaml
 PYTEST_ARGS ?= -m "not slow and not vllm"
 

@@ -83,6 +83,16 @@ def smol_tokenizer():
         pytest.skip(str(e))
 
 
+def randomize_lora_b(peft_model, std: float, seed: int = 1) -> None:
+    """Fill every ``lora_B`` weight of ``peft_model`` with N(0, std²) noise from a generator seeded with ``seed``, so
+    the adapter changes the model's outputs (a freshly initialised LoRA adapter, B = 0, would not)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
 def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32):
     """A tiny random LlamaForCausalLM sized to ``tokenizer`` (deterministic for a seed).
 
@@ -178,11 +188,7 @@ def adapter_dir(tmp_path, tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    randomize_lora_b(peft_model, 0.5)
     d = tmp_path / "adapter"
     peft_model.save_pretrained(d)
     return str(d)

@@ -10,12 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from conftest import make_tiny_llama  # noqa: E402
+from conftest import make_tiny_llama, randomize_lora_b  # noqa: E402
 from test_serve import Running, free_port, questions  # noqa: E402
 from tokenskip.contract.layout import GAMMA_CALIBRATION  # noqa: E402
 from tokenskip.engines.hf import HFBackend  # noqa: E402
@@ -42,11 +41,7 @@ def folders(tmp_path_factory, smol_tokenizer):
         model.save_pretrained(root / "model")
         smol_tokenizer.save_pretrained(root / "model")
         peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for n, p in peft_model.named_parameters():
-                if "lora_B" in n:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        randomize_lora_b(peft_model, 0.5)
         peft_model.save_pretrained(root / "plain")
         FMT.save(root / "plain")
         shutil.copytree(root / "plain", root / "calibrated")

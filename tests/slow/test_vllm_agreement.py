@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from conftest import GSM8K_TEST, need_data
+from conftest import GSM8K_TEST, need_data, randomize_lora_b
 from tokenskip.engines import get_backend
 
 MODEL = "smollm2-135m-instruct"
@@ -67,11 +67,7 @@ def adapter_dir(tmp_path_factory):
                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     torch.manual_seed(0)  # lora_A init
     peft_model = get_peft_model(model, cfg)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    randomize_lora_b(peft_model, 0.05)
     out = tmp_path_factory.mktemp("lora")
     peft_model.save_pretrained(out)
     return str(out)

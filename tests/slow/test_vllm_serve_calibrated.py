@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm,
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
+from conftest import randomize_lora_b  # noqa: E402
 from test_serve import Running, free_port  # noqa: E402
 from tokenskip.finetune.calibration import fit_calibration, scaled_adapter  # noqa: E402
 from tokenskip.serving.app import ServeConfig, create_app  # noqa: E402
@@ -39,11 +40,7 @@ def adapter(tmp_path_factory):
     torch.manual_seed(0)
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
                                                   target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    randomize_lora_b(peft_model, 0.05)
     root = tmp_path_factory.mktemp("vllm-cal")
     out = root / "calibrated"
     peft_model.save_pretrained(out)
