@@ -10,9 +10,10 @@ shards), after one local cluster is up. Two figures per setting:
   user pays them on a run this short (on a full split they are paid once per stage).
 
 It also checks that every setting wrote the same rows (greedy: the pool size must not change a token), and with
-``--local`` that they equal the single-process run's (one more decode of the same problems, on 1 thread).
+``--local`` that they equal the single-process run's (one more decode of the same problems, on 1 thread; with
+the default shard size, since a shard of another size is batched otherwise).
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_ray.py --actors 1 2 --limit 24 --max-new-tokens 64
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_ray.py --actors 1 2 --limit 32 --max-new-tokens 64 --local
 
 Needs the ``distributed`` extra (``make distributed``). Say which CPU and how busy it was with the figures.
 """
@@ -34,11 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m-instruct", help="target model (alias, folder, .gguf)")
     p.add_argument("--data", default=str(REPO / "data" / "gsm8k" / "test.jsonl"), help="GSM8K-style JSONL")
     p.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="pool sizes to compare (1 thread each)")
-    p.add_argument("--limit", type=int, default=24, help="problems per setting")
+    p.add_argument("--limit", type=int, default=32, help="problems per setting")
     p.add_argument("--max-new-tokens", type=int, default=64, help="cap on generated tokens per problem")
-    p.add_argument("--batch-size", type=int, default=4, help="HF batch per replica")
+    p.add_argument("--batch-size", type=int, default=2, help="HF batch per replica")
     p.add_argument("--shard-size", type=int, default=None,
-                   help="problems per shard (default: the batch size, so that the shards spread evenly)")
+                   help="problems per shard (default: the HF engine's chunk, 4 × batch size, so that each shard is "
+                        "decoded as the single-process run decodes its chunk and --local can compare the rows)")
     p.add_argument("--dtype", default="float32", help="model dtype")
     p.add_argument("--local", action="store_true", help="also decode in this process and compare the rows")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -52,8 +54,8 @@ def config(args, out: Path, actors: int | None):
     """The generate settings of one setting: the Ray pool with ``actors`` replicas, or this process (``None``)."""
     from tokenskip.stages.generate import GenerateConfig
 
-    pool = dict(backend="ray", ray_actors=actors, ray_cpus_per_actor=1,
-                ray_shard_size=args.shard_size or args.batch_size) if actors else {}
+    pool = dict(backend="ray", ray_actors=actors, ray_cpus_per_actor=1, ray_shard_size=args.shard_size) \
+        if actors else {}
     return GenerateConfig(model=args.model, benchmark="gsm8k", data=args.data, limit=args.limit,
                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, dtype=args.dtype,
                           out=str(out), threads=1, **pool)
