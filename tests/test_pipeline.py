@@ -280,3 +280,44 @@ def test_a_setting_given_with_set_is_named_without_a_line(tmp_path):
     with pytest.raises(RecipeError, match=r"demo-smollm2-gsm8k.yaml: --set stages.compress.limit: expected an integer"):
         plan(load_recipe(REPO / "recipes" / "demo-smollm2-gsm8k.yaml",
                          [f"run_dir={tmp_path}", "stages.compress.limit=10.5"]))
+
+
+def test_a_recipes_ray_block_reaches_the_stages_and_where_the_pool_runs_is_left_out_of_fingerprints(
+        tmp_path, tiny_model_dir):
+    recipe = yaml.safe_load(write_recipe(tmp_path, tiny_model_dir).read_text())
+
+    def planned(backend: str, **ray) -> dict:
+        r = recipe | {"backend": backend, "ray": ray or None, "_path": str(tmp_path / "tiny.yaml")}
+        return {p.name: p for p in plan(r)[1]}
+
+    here = planned("hf")
+    pooled = planned("ray", actors=1)
+    moved = planned("ray", actors=8, address="auto", cpus_per_actor=4, gpus_per_actor=1)
+    gen = moved["generate"].configs[0]
+    assert (gen.backend, gen.ray_actors, gen.ray_address, gen.ray_gpus_per_actor) == ("ray", 8, "auto", 1)
+    assert all(c.ray_actors == 8 and c.backend == "ray" for c in moved["evaluate"].configs)
+    assert moved["compress"].configs[0].ray_actors == 8
+    for stage in ("generate", "compress", "evaluate"):   # the same rows wherever the pool runs
+        assert pooled[stage].fingerprint == moved[stage].fingerprint
+    # compress scores the same here or pooled: its own settings do not change (its fingerprint does, through
+    # generate's: generate's rows record their backend)
+    assert here["compress"].settings == pooled["compress"].settings
+    # the shard size decides the rows (a shard is decoded as one chunk), so it is kept
+    assert planned("ray", shard_size=3)["generate"].fingerprint != pooled["generate"].fingerprint
+    with pytest.raises(ValueError, match="ray: unknown key"):
+        planned("ray", workers=2)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-7b-instruct-gsm8k", "qwen2.5-7b-instruct-math", "llama3.1-8b-instruct-gsm8k",
+                                  "qwen3-8b-thinking", "deepseek-r1-distill-qwen-7b"])
+def test_the_gpu_recipes_show_a_ray_block_commented_that_plans_once_uncommented(tmp_path, name):
+    text = (REPO / "recipes" / f"{name}.yaml").read_text()
+    block = re.search(r"^# ray:\n(?:#   .*\n)+", text, re.M)
+    assert block, f"{name}.yaml: no commented `ray:` block"
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text.replace(block.group(0), "".join(line[2:] + "\n" for line in block.group(0).splitlines())))
+    recipe = load_recipe(path, [f"run_dir={tmp_path}", "stages.generate.backend=ray", "stages.evaluate.backend=ray"])
+    plans = {p.name: p for p in plan(recipe)[1]}
+    for cfg in plans["generate"].configs + plans["evaluate"].configs:
+        assert (cfg.backend, cfg.ray_engine, cfg.ray_address, cfg.ray_gpus_per_actor) == ("ray", "vllm", "auto", 1)
+        assert cfg.backend_kwargs()["engine"] == "vllm"

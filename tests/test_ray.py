@@ -50,12 +50,20 @@ def rows_of(out: Path) -> list[dict]:
 
 
 def test_greedy_rows_through_two_actors_equal_the_single_process_run(tmp_path, tiny_model_dir, cluster):
+    from tokenskip.engines import get_backend
+
     run_generate(cfg(tiny_model_dir, tmp_path / "local"))
-    m = run_generate(cfg(tiny_model_dir, tmp_path / "ray", backend="ray", ray_actors=2, ray_cpus_per_actor=1))
+    pooled_cfg = cfg(tiny_model_dir, tmp_path / "ray", backend="ray", ray_actors=2, ray_cpus_per_actor=1)
+    pool = get_backend("ray", **pooled_cfg.backend_kwargs())
+    m = run_generate(pooled_cfg, pool)
     local, pooled = rows_of(tmp_path / "local"), rows_of(tmp_path / "ray")
     assert len(local) == N and pooled == local
     assert any(r["num_tokens"] > 0 for r in pooled)
     assert m["backend"] == "ray" and m["settings"]["ray_engine"] == "hf" and m["n"] == N
+    # what the scaling benchmark reads: every generated token, and each shard's decoding span in its replica
+    assert pool.stats.tokens == sum(r["num_tokens"] for r in pooled)
+    assert len(pool.spans) == 2 and all(s < e for s, e in pool.spans)
+    assert 0 < pool.decode_seconds() <= pool.stats.seconds
     # a rerun finds every row on disk: nothing decoded, nothing appended
     before = (tmp_path / "ray" / "predictions.jsonl").read_bytes()
     run_generate(cfg(tiny_model_dir, tmp_path / "ray", backend="ray", ray_actors=2))

@@ -157,6 +157,24 @@ def test_step_changes_only_lora_weights(tmp_path, smol_tokenizer):
                                                        "up_proj", "down_proj"}
 
 
+def test_the_seed_decides_the_lora_init(tmp_path, smol_tokenizer):
+    """--seed draws the LoRA A matrices, whatever the process drew before (a DDP run's rank 0 draws the one
+    process's init, tests/test_train_ddp.py)."""
+    calls: list[int] = []
+
+    def lora_init(seed: int) -> dict:
+        model = make_tiny_llama(smol_tokenizer)
+        torch.manual_seed(seed * 1000 + len(calls))   # another RNG state left by whatever ran before each call
+        calls.append(seed)
+        trainer = build_trainer(model, smol_tokenizer, sft_rows(smol_tokenizer, 2), small_cfg(tmp_path, seed=seed),
+                                str(tmp_path / "out"))
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_A" in n}
+
+    first, again, other = lora_init(7), lora_init(7), lora_init(8)
+    assert first and all(torch.equal(first[n], again[n]) for n in first)
+    assert not any(torch.equal(first[n], other[n]) for n in first)
+
+
 def test_resume_continues_step_count(tmp_path, smol_tokenizer, tiny_model_dir, capsys):
     write_jsonl_atomic(tmp_path / "sft" / "train.jsonl", sft_rows(smol_tokenizer, 12))
     write_jsonl_atomic(tmp_path / "sft" / "validation.jsonl", sft_rows(smol_tokenizer, 2))

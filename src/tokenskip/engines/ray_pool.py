@@ -117,7 +117,8 @@ def pool_size(settings: PoolSettings) -> int:
 class ShardWorker:
     """One replica in the actor pool: builds its worker object once (``factory()``), then runs ``task(obj,
     payload) -> JSON-able result`` on each shard. Input batches hold ``shard`` (int) and ``payload`` (JSON text);
-    output batches ``shard`` and ``result`` (JSON text), so Arrow never has to type ragged token-id lists."""
+    output batches ``shard``, ``result`` (JSON text, so Arrow never has to type ragged token-id lists) and
+    ``start``/``end``: the node's wall clock (Unix seconds) around the task, start-up excluded."""
 
     def __init__(self, factory: Callable[[], Any], threads: int):
         from tokenskip.engines.models import configure_threads
@@ -126,13 +127,17 @@ class ShardWorker:
         self.obj = factory()
 
     def __call__(self, batch: dict, task: Callable[[Any, dict], Any]) -> dict:
-        shards = [int(s) for s in batch["shard"]]
-        results = [json.dumps(task(self.obj, json.loads(p))) for p in batch["payload"]]
-        return {"shard": shards, "result": results}
+        out: dict[str, list] = {"shard": [int(s) for s in batch["shard"]], "result": [], "start": [], "end": []}
+        for p in batch["payload"]:
+            out["start"].append(time.time())
+            out["result"].append(json.dumps(task(self.obj, json.loads(p))))
+            out["end"].append(time.time())
+        return out
 
 
 def map_shards(settings: PoolSettings, factory: Callable[[], Any], task: Callable[[Any, dict], Any],
-               payloads: Sequence[dict]) -> Iterator[tuple[int, Any]]:
+               payloads: Sequence[dict], spans: dict[int, tuple[float, float]] | None = None
+               ) -> Iterator[tuple[int, Any]]:
     """Run ``task`` on every payload in an actor pool; yield ``(payload index, result)`` as shards finish (in
     completion order, each exactly once).
 
@@ -140,6 +145,8 @@ def map_shards(settings: PoolSettings, factory: Callable[[], Any], task: Callabl
         factory: builds one replica's worker object (an engine, a scorer); pickled to every actor.
         task: ``(worker object, payload) -> JSON-able result``; pickled too.
         payloads: one JSON-able dict per shard.
+        spans: when given, filled with ``payload index -> (start, end)``: when a replica began and finished
+            that shard (Unix seconds on the replica's node; actor start-up and model load are before ``start``).
     Raises:
         MissingDependencyError: Ray Data is not installed.
     """
@@ -156,7 +163,9 @@ def map_shards(settings: PoolSettings, factory: Callable[[], Any], task: Callabl
                          fn_kwargs={"task": task}, num_cpus=settings.cpus_per_actor,
                          num_gpus=settings.gpus_per_actor or None)
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-        for shard, result in zip(batch["shard"], batch["result"]):
+        for shard, result, start, end in zip(batch["shard"], batch["result"], batch["start"], batch["end"]):
+            if spans is not None:
+                spans[int(shard)] = (float(start), float(end))
             yield int(shard), json.loads(result)
 
 
@@ -228,7 +237,8 @@ class RayBackend:
         self.shard_size = shard_size or engine_spec(engine).chunk_rows or 4 * self.batch_size
         self.adapter = inner.get("adapter")
         self.tokenizer = load_tokenizer(inner["model"])
-        self.stats = BackendStats()
+        self.stats = BackendStats()   # seconds: the driver's wall time per call, pool start-up included
+        self.spans: list[tuple[float, float]] = []   # each shard's (start, end) in its replica, Unix seconds
 
     @property
     def capabilities(self) -> Capabilities:
@@ -255,13 +265,23 @@ class RayBackend:
         self._check_adapter(adapter)
         task = DecodeShard(decode or plain_decode, adapter)
         payloads = [{"prompts": list(p), "caps": [int(c) for c in c_]} for p, c_ in shards]
-        t0 = time.perf_counter()
-        for k, rows in map_shards(self.settings, EngineFactory(self.engine, self.inner), task, payloads):
+        spans: dict[int, tuple[float, float]] = {}
+        base, t0 = self.stats.seconds, time.perf_counter()
+        for k, rows in map_shards(self.settings, EngineFactory(self.engine, self.inner), task, payloads, spans):
             gens = [Generation(r["text"], r["num_tokens"], r["latency_s"], r["finish_reason"], r["token_ids"])
                     for r in rows]
             self.stats.tokens += sum(g.num_tokens for g in gens)
-            self.stats.seconds = time.perf_counter() - t0
+            self.stats.seconds = base + time.perf_counter() - t0
+            self.spans.append(spans[k])
             yield k, gens
+
+    def decode_seconds(self) -> float:
+        """Seconds from the first shard's start to the last shard's end in the replicas (0.0 before any): the
+        pool's decoding time with actor start-up and model loads left out, for throughput figures
+        (benchmarks/bench_ray.py). Spans the gaps between calls when there were several."""
+        if not self.spans:
+            return 0.0
+        return max(e for _, e in self.spans) - min(s for s, _ in self.spans)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int], adapter: str | None = None,
                  temperature: float = 0.0, top_p: float = 1.0) -> list[Generation]:

@@ -1,7 +1,8 @@
 """Training on N processes: the dry run of an ``accelerate launch`` config (DDP, DeepSpeed ZeRO, FSDP).
 
-``tokenskip train`` runs unchanged under ``accelerate launch --num_processes N`` (DDP; gloo on CPU with
-``--cpu``): :func:`tokenskip.finetune.train_config.resolve_grad_accum` divides the gradient accumulation by the
+``tokenskip train`` runs unchanged under ``accelerate launch --num_processes N`` (DDP; on CPUs gloo, with
+``examples/accelerate/cpu_ddp.yaml`` and ``train --device cpu``: accelerate's ``--cpu`` would start one process):
+:func:`tokenskip.finetune.train_config.resolve_grad_accum` divides the gradient accumulation by the
 world size, so the effective batch (paper: 8) and the loss curve stay those of one process. The GPU recipes
 point at ``examples/accelerate/*.yaml``; :func:`check_accelerate_config` reads such a file with accelerate's
 own config class and, for DeepSpeed, builds the plugin and its DeepSpeed config — without DeepSpeed installed

@@ -90,6 +90,11 @@ def build_trainer(model, tokenizer, train_rows: list[dict], cfg: TrainConfig, ou
         tokenizer.pad_token = tokenizer.eos_token
     padding_free = use_padding_free(cfg, model)
     if getattr(model, "peft_config", None) is None:
+        from transformers import set_seed
+
+        # the LoRA A matrices are drawn here, before the Trainer seeds anything: unseeded, the same --seed gave
+        # another adapter (and loss curve) on each run, and a DDP run (rank 0's draw) another than one process
+        set_seed(cfg.seed)
         model = get_peft_model(model, lora_config(cfg))
     from transformers.trainer_callback import PrinterCallback
 
