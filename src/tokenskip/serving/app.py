@@ -24,14 +24,14 @@ is done. Joined, the chunks always equal the non-streamed text; the
 last chunk carries ``finish_reason``, ``final_answer``, the γ used and ``usage``. An engine failure before
 the first token is an ordinary JSON error (500); after it, an ``error`` event ends the stream.
 
-Batching: requests go through a bounded queue; one worker thread takes up to ``--max-batch-size`` of them
-(waiting at most ``--batch-wait-ms`` for more once one arrives) and groups them by model and sampling
-settings. HF (dynamic batching): each group is decoded in one padded batch; requests arriving meanwhile
-wait for the next one. ``--backend vllm`` (continuous batching): each group is handed at once, from a
-thread pool, to vLLM's asynchronous engine (:mod:`tokenskip.engines.vllm_async`), whose scheduler adds
-every request to the running batch at its next step; ``--upstream`` likewise sends each group at once.
-``GET /health`` shows the largest group (``max_batch_seen``) and, on vLLM, the most requests in the engine
-at once (``max_in_flight``). A full queue answers 429.
+Batching: requests go through a bounded queue to one worker thread. HF (dynamic batching): it takes up to
+``--max-batch-size`` of them (waiting at most ``--batch-wait-ms`` for more once one arrives), groups them by model
+and sampling settings and decodes each group in one padded batch; requests arriving meanwhile wait for the next
+one. ``--backend vllm`` (continuous batching): each request is handed at once and alone, from a thread pool, to
+vLLM's asynchronous engine (:mod:`tokenskip.engines.vllm_async`), whose scheduler adds it to the running batch at
+its next step, and is answered as soon as it is done; ``--upstream`` likewise sends each request at once.
+``GET /health`` shows the largest group (``max_batch_seen``; 1 on those two) and, on vLLM, the most requests in the
+engine at once (``max_in_flight``). A full queue answers 429.
 
 A client that disconnects (watched while its request waits and while it streams) has its job cancelled
 (:func:`unless_gone`, :meth:`ServerState.cancel`): dropped from the queue, or stopped within a step by an engine that
@@ -99,13 +99,15 @@ class ServeConfig(ModelSettings):
         "choices": ["auto", "plain", "think"]})
     enable_thinking: bool | None = field(default=None, metadata={
         "help": "the chat template's enable_thinking (Qwen3 style); default: the adapter's, else the template's"})
-    max_batch_size: int = field(default=8, metadata={"help": "requests decoded together at most"})
+    max_batch_size: int = field(default=8, metadata={"help": "HF: requests decoded together at most (vLLM and "
+                                                                 "--upstream take each request alone: they batch "
+                                                                 "by themselves)"})
     batch_invariant: bool = field(default=False, metadata={
         "help": "decode every request alone (HF: batches of 1; vLLM: one sequence at a time), so a greedy reply "
                 "does not depend on what else is in flight (with bfloat16 weights batched matmuls round "
                 "differently); costs throughput: requests wait their turn (docs/serving.md)"})
-    batch_wait_ms: float = field(default=10.0, metadata={"help": "how long a batch waits for more requests once one "
-                                                                 "arrived (ms)"})
+    batch_wait_ms: float = field(default=10.0, metadata={"help": "HF: how long a batch waits for more requests once "
+                                                                 "one arrived (ms)"})
     max_queue: int = field(default=256, metadata={"help": "queued requests at most (more get 429)"})
     default_max_tokens: int = field(default=512, metadata={"help": "max_tokens when a request gives none"})
     merge_adapter: bool = field(default=False, metadata={"help": "merge the adapter into the weights (faster; then "

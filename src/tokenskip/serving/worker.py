@@ -1,11 +1,13 @@
 """The engine side of ``tokenskip serve``: :class:`ServerState` loads the engine in a background thread (through
 :func:`tokenskip.engines.get_backend`, like every stage) and runs the batching worker.
 
-Requests (:class:`~tokenskip.serving.protocol.Job`) go through a bounded queue; the worker takes up to
-``max_batch_size`` of them (waiting at most ``batch_wait_ms`` for more once one arrived), groups them by
-model and sampling settings, and decodes each group in one engine call. An engine whose capabilities say
-``concurrent`` (vLLM's asynchronous engine: continuous batching; the ``--upstream`` proxy's endpoint) gets each
-group at once from a thread pool; any other engine decodes the groups one after the other in the worker thread.
+Requests (:class:`~tokenskip.serving.protocol.Job`) go through a bounded queue. For an engine that batches by
+itself (capabilities ``concurrent``: vLLM's asynchronous engine, continuous batching; the ``--upstream`` proxy's
+endpoint) the worker hands each request over at once, alone, from a thread pool: it joins the engine's running batch at
+the next step and is answered as soon as *it* is done (grouping requests here only made the early finishers of a
+group wait for its longest one, and ``batch_wait_ms`` delayed every request). Any other engine (HF: dynamic batching)
+gets up to ``max_batch_size`` requests (waiting at most ``batch_wait_ms`` for more once one arrived), grouped by model
+and sampling settings, each group decoded in one engine call, one after the other in the worker thread.
 
 A calibrated adapter (``gamma_calibration.json`` in the adapter folder, read once at start-up:
 :func:`served_calibration`) is served unmerged: each request to the adapter's model is decoded at its γ's LoRA scale
@@ -225,13 +227,15 @@ class ServerState:
         return job.future
 
     def _next_batch(self) -> list[Job]:
-        """Up to :attr:`max_batch` queued jobs, waiting ``batch_wait_ms`` for more once one arrived; jobs whose
-        client already left are dropped here (they never take a slot)."""
+        """Up to :attr:`max_batch` queued jobs, waiting ``batch_wait_ms`` for more once one arrived (not for an engine
+        that batches by itself: it takes each job alone, so only what is already queued is taken); jobs whose client
+        already left are dropped here (they never take a slot)."""
         try:
             first = self.jobs.get(timeout=0.2)
         except queue.Empty:
             return []
-        batch, deadline = [first], time.monotonic() + self.cfg.batch_wait_ms / 1000.0
+        wait_s = 0.0 if self._pool is not None else self.cfg.batch_wait_ms / 1000.0
+        batch, deadline = [first], time.monotonic() + wait_s
         while len(batch) < self.max_batch:
             left = deadline - time.monotonic()
             try:
@@ -248,16 +252,19 @@ class ServerState:
             batch = self._next_batch()
             if not batch:
                 continue
+            if self._pool is not None:   # an engine that batches by itself: each job alone, now
+                self.batches += len(batch)
+                self.max_batch_seen = max(self.max_batch_seen, 1)
+                for j in batch:
+                    self._pool.submit(self._run_group, [j])
+                continue
             self.batches += 1
             self.max_batch_seen = max(self.max_batch_seen, len(batch))
             groups: dict[tuple, list[Job]] = {}
             for j in batch:
                 groups.setdefault((j.kind, j.model, j.decoding.temperature, j.decoding.top_p), []).append(j)
             for jobs in groups.values():
-                if self._pool is not None:   # an engine that batches continuously: hand the group over now
-                    self._pool.submit(self._run_group, jobs)
-                else:
-                    self._run_group(jobs)
+                self._run_group(jobs)
 
     def _engine_for(self, model: str):
         """``(engine, context)`` for ``model``: upstream models have their own engine; the base model of an
