@@ -92,8 +92,9 @@ def _long_job(name: str, length: int, args) -> dict:
     trace = long_trace(length, tok)
     dtype = None
     if name == "self-information":
-        model, mtok = load_model(args.model)
-        scorer, dtype = get_scorer(name, model=model, tokenizer=mtok), str(model.dtype).replace("torch.", "")
+        model, mtok = load_model(args.model, dtype=args.dtype)
+        scorer = get_scorer(name, model=model, tokenizer=mtok, long_mode=args.long_mode)
+        dtype = f"{str(model.dtype).replace('torch.', '')}, {args.long_mode}"
     elif name == "llmlingua2":
         scorer = get_scorer(name, model=args.llmlingua_model or _minilm())
     else:
@@ -157,6 +158,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--long", nargs="+", type=int, default=None, metavar="TOKENS",
                     help="long-trace mode: one trace of about each many target tokens (e.g. 4096 16384 32768)")
+    ap.add_argument("--dtype", default="auto", help="self-information model dtype (auto: bf16 where the CPU has it)")
+    ap.add_argument("--long-mode", default="stream", choices=["stream", "windows"],
+                    help="self-information on a text longer than its window: each token read once over a sink + "
+                         "context KV cache (stream, the default) or restarting windows (each token read twice)")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
     if args.long:

@@ -324,7 +324,7 @@ def test_self_information_windows_score_their_slice(smol_tokenizer, arch):
         vocab_size=len(smol_tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
         bos_token_id=smol_tokenizer.bos_token_id, eos_token_id=smol_tokenizer.eos_token_id)).eval()
     long = " ".join([COT] * 4)
-    sc = SelfInformationScorer(model, smol_tokenizer, max_length=40, overlap=10)
+    sc = SelfInformationScorer(model, smol_tokenizer, max_length=40, overlap=10, long_mode="windows")
     ids, _, got = sc.token_surprisal([long])[0]
     assert len(ids) > 100 and all(math.isfinite(x) and x > 0 for x in got)
     spans = windows(len(ids), 40, 10)
@@ -340,6 +340,81 @@ def test_self_information_windows_score_their_slice(smol_tokenizer, arch):
         whole = SelfInformationScorer(model, smol_tokenizer, max_length=1024).token_surprisal([long])[0][2]
         assert got[:39] == pytest.approx(whole[:39], abs=1e-4)
         assert got[39:] != pytest.approx(whole[39:], abs=1e-3)
+
+
+def _banded_reference(model, start_id: int, ids: list[int], window: int, context: int) -> list[float]:
+    """Surprisal from ONE forward pass that gives each token what the streamed mode gives it, built independently
+    of the cache: the first window causally from the start token; later, per block of ``window - 1 - context``
+    tokens, its ``context`` tokens before the block at their true positions and a copy of the start token
+    placed right before them (a token that sees only itself has a value that does not depend on its position,
+    so the copy is the streamed mode's sink at its distance). The copies are appended to the sequence."""
+    first, block = window - 1, window - 1 - context
+    starts = list(range(first, len(ids), block))  # ids index where each later block begins
+    n = 1 + len(ids) + len(starts)
+    allow = torch.zeros(n, n, dtype=torch.bool)
+    pos = list(range(1 + len(ids))) + [a - context for a in starts]
+    for q in range(1 + len(ids)):
+        i = q - 1  # ids index of the token at q (-1: the start token)
+        if i < first:
+            allow[q, :q + 1] = True
+        else:
+            k = (i - first) // block
+            allow[q, starts[k] - context + 1:q + 1] = True
+            allow[q, 1 + len(ids) + k] = True
+    for k in range(len(starts)):
+        allow[1 + len(ids) + k, 1 + len(ids) + k] = True
+    mask = torch.where(allow, 0.0, float("-inf"))[None, None]
+    inp = torch.tensor([[start_id] + ids + [start_id] * len(starts)])
+    with torch.no_grad():
+        logits = model(input_ids=inp, attention_mask=mask, position_ids=torch.tensor([pos])).logits[0]
+    logp = torch.log_softmax(logits.float(), -1)
+    return [-float(logp[k, ids[k]]) / math.log(2) for k in range(len(ids))]
+
+
+def test_self_information_streamed_equals_banded_one_pass(smol_tokenizer):
+    # Streamed over a cache of the start token + the last `context` tokens, the kept keys re-rotated at each
+    # block: every token must score as in one pass where it sees its block's band at the true distances and the
+    # start token right before the band (RoPE depends on distances only) — so the re-rotation is exact.
+    from tokenskip.compress.surprisal import rope_frequencies
+
+    model = make_tiny_llama(smol_tokenizer, layers=3)
+    model.config._attn_implementation = "eager"
+    long = " ".join([COT] * 5)
+    sc = SelfInformationScorer(model, smol_tokenizer, max_length=40, overlap=16)
+    assert sc.long_mode == "stream" and rope_frequencies(model) is not None
+    ids, _, got = sc.token_surprisal([long])[0]
+    assert len(ids) > 150
+    want = _banded_reference(model, smol_tokenizer.bos_token_id, ids, 40, 16)
+    assert got == pytest.approx(want, abs=1e-4)
+    # the windows read another context (restarted, shorter for early tokens of a window): not the same scores,
+    # and without the re-rotation (keys left at their old positions) the streamed scores move too
+    win = SelfInformationScorer(model, smol_tokenizer, max_length=40, overlap=16, long_mode="windows")
+    assert win.token_surprisal([long])[0][2][39:] != pytest.approx(want[39:], abs=1e-3)
+    assert got[:39] == pytest.approx(win.token_surprisal([long])[0][2][:39], abs=1e-4)
+
+
+def test_self_information_streamed_needs_static_full_rope(smol_tokenizer):
+    # Only models whose cached keys can be re-rotated stream; others fall back to windows (same scores as
+    # long_mode="windows"): learned positions (GPT-2), windowed attention (Mistral's sliding window).
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tokenskip.compress.surprisal import _shift_keys, rope_frequencies, token_surprisal
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(smol_tokenizer), n_positions=64, n_embd=32, n_layer=2,
+                                      n_head=2)).eval()
+    llama = make_tiny_llama(smol_tokenizer)
+    assert rope_frequencies(gpt2) is None and rope_frequencies(_tiny_mistral(smol_tokenizer, 8)) is None
+    freq = rope_frequencies(llama)
+    assert freq.shape == (4,)  # head_dim 32 / 4 heads = 8 -> 4 frequencies
+    ids = smol_tokenizer(" ".join([COT] * 3), add_special_tokens=False)["input_ids"]
+    bos = smol_tokenizer.bos_token_id
+    assert token_surprisal(gpt2, [ids], bos, bos, 1, 40, 10, long_mode="stream") == \
+        token_surprisal(gpt2, [ids], bos, bos, 1, 40, 10, long_mode="windows")
+    # a rotation by d then -d is the identity; by d equals the keys computed d positions later
+    k = torch.randn(1, 2, 5, 8)
+    assert torch.allclose(_shift_keys(_shift_keys(k, freq, 7), freq, -7), k, atol=1e-5)
+    with pytest.raises(ValueError, match="long_mode"):
+        SelfInformationScorer(llama, smol_tokenizer, long_mode="sliding")
 
 
 # --- llmlingua2 ------------------------------------------------------------------------------------

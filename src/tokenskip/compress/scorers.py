@@ -103,9 +103,10 @@ class SelfInformationScorer(Scorer):
 
     Each text is scored alone, preceded by the model's BOS token (EOS when it has none) so the first
     token gets a prediction too. A text of up to ``max_length - 1`` tokens is read in one pass; a longer
-    one (a reasoning trace of thousands of tokens) is read in overlapping windows that each restart with
-    the BOS token, so every token is predicted from at least ``overlap`` tokens of left context and memory
-    is bounded by the window, not the text (:mod:`tokenskip.compress.surprisal`). A token spanning several words
+    one (a reasoning trace of thousands of tokens) is read so that every token is predicted from at least
+    ``overlap`` tokens of left context and memory is bounded by the window, not the text: streamed once over
+    a KV cache of the start token and the last ``overlap`` tokens (RoPE models), or in overlapping windows that
+    each restart with the start token (:mod:`tokenskip.compress.surprisal`). A token spanning several words
     (rare) splits its surprisal equally among them; whitespace-only tokens (newlines) belong to no word.
 
     Args:
@@ -119,15 +120,21 @@ class SelfInformationScorer(Scorer):
         overlap: least left context (tokens) of every token of a longer text; default ``max_length // 2``
             (issue 24: at least half a window).
         device: torch device of the model.
+        long_mode: ``"stream"`` (default: each token of a longer text read once, where the model's RoPE allows;
+            about half the compute) or ``"windows"`` (restarting windows, each token read about twice).
 
     Raises:
-        ValueError: no tokenizer, a slow tokenizer, no BOS/EOS token, or ``overlap`` outside ``(0, max_length)``.
+        ValueError: no tokenizer, a slow tokenizer, no BOS/EOS token, ``overlap`` outside ``(0, max_length)``
+            or an unknown ``long_mode``.
     """
 
     name = "self-information"
 
     def __init__(self, model, tokenizer=None, batch_size: int = 8, max_length: int | None = None,
-                 overlap: int | None = None, device: str = "cpu", dtype: str = "auto"):
+                 overlap: int | None = None, device: str = "cpu", dtype: str = "auto", long_mode: str = "stream"):
+        if long_mode not in ("stream", "windows"):
+            raise ValueError(f"long_mode must be 'stream' or 'windows', got {long_mode!r}")
+        self.long_mode = long_mode
         if isinstance(model, str):
             from tokenskip.engines.models import load_model
 
@@ -165,7 +172,7 @@ class SelfInformationScorer(Scorer):
         enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         ids_all, offs_all = enc["input_ids"], enc["offset_mapping"]
         bits = token_surprisal(self.model, ids_all, self.start_id, self.pad_id, self.batch_size, self.max_length,
-                               self.overlap, self.device)
+                               self.overlap, self.device, self.long_mode)
         return [(ids, [tuple(o) for o in offs], b) for ids, offs, b in zip(ids_all, offs_all, bits)]
 
     def _score_words(self, texts, spans):
@@ -299,7 +306,8 @@ class LLMLingua2Scorer(Scorer):
 
 
 def get_scorer(name: str, model=None, tokenizer=None, seed: int = 42, batch_size: int = 8,
-               max_length: int | None = None, device: str = "cpu", dtype: str = "auto") -> Scorer:
+               max_length: int | None = None, device: str = "cpu", dtype: str = "auto",
+               long_mode: str = "stream") -> Scorer:
     """Build a scorer by name.
 
     Args:
@@ -309,7 +317,7 @@ def get_scorer(name: str, model=None, tokenizer=None, seed: int = 42, batch_size
             ``microsoft/llmlingua-2-xlm-roberta-large-meetingbank``). Ignored by ``random``.
         tokenizer: the model's tokenizer when ``model`` is an object.
         seed: seed of the ``random`` scorer.
-        batch_size, max_length, device, dtype: see the scorer classes.
+        batch_size, max_length, device, dtype, long_mode: see the scorer classes (``long_mode``: self-information).
 
     Raises:
         ValueError: unknown name, or ``self-information`` without a model.
@@ -320,7 +328,7 @@ def get_scorer(name: str, model=None, tokenizer=None, seed: int = 42, batch_size
         if model is None:
             raise ValueError("the self-information scorer needs a causal LM (model=...)")
         return SelfInformationScorer(model, tokenizer, batch_size=batch_size, max_length=max_length,
-                                     device=device, dtype=dtype)
+                                     device=device, dtype=dtype, long_mode=long_mode)
     if name == "llmlingua2":
         return LLMLingua2Scorer(model or "microsoft/llmlingua-2-xlm-roberta-large-meetingbank", tokenizer,
                                 batch_size=batch_size, max_length=max_length, device=device)
