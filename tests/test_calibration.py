@@ -96,6 +96,21 @@ def test_scale_for_pools_a_non_monotone_curve():
     assert fit_calibration([(0.5, 0.8, 1), (1.0, 0.5, 1)], 0.5).scale_for(0.9) == 0.5
 
 
+def test_scale_for_keeps_the_target_at_gamma_one_when_small_scales_write_longer():
+    # The think lab's validation curve: scales 0.5 and 0.7 wrote slightly LONGER CoTs than the target (ActRatio
+    # 1.031, 1.001). Pooled with the target's 1.0 they lifted the anchor to 1.011 and γ 1.0 was decoded at scale
+    # 0.70 (accuracy 70 % on validation against the target's 83.5 %); capped at 1.0, γ 1.0 is the target itself.
+    pts = [(0.0, 1.0, 0.835), (0.5, 1.0307, 0.575), (0.7, 1.0009, 0.70), (0.8, 0.8694, 0.75), (0.9, 0.5973, 0.79),
+           (1.0, 0.4896, 0.845), (1.1, 0.4851, 0.845)]
+    cal = fit_calibration(pts, 0.5)
+    assert cal.curve()[1][:4] == pytest.approx([1.0, 1.0, 1.0, 0.8694])
+    assert cal.scale_for(1.0) == 0.0 and cal.gamma_range() == pytest.approx((0.4851, 1.0))
+    # below 1.0 the flat stretch is left at its largest scale; the rest of the curve is unchanged
+    assert cal.scale_for(0.95) == pytest.approx(0.7 + (1.0 - 0.95) / (1.0 - 0.8694) * 0.1)
+    assert cal.scale_for(0.7) == pytest.approx(0.8 + (0.8694 - 0.7) / (0.8694 - 0.5973) * 0.1)
+    assert cal.scale_for(0.5) == pytest.approx(0.9 + (0.5973 - 0.5) / (0.5973 - 0.4896) * 0.1)
+
+
 def test_gamma_range_and_control(adapter_dir, tmp_path):
     cal = fit_calibration([(0.0, 1.0, 0.8), (0.5, 0.8, 0.8), (1.0, 0.5, 0.7), (1.1, 0.52, 0.6)], marker_ratio=0.5)
     assert cal.gamma_range() == (pytest.approx(0.51), 1.0)   # 0.5 and 0.52 pooled: the curve stays non-increasing

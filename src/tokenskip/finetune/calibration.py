@@ -160,12 +160,17 @@ class GammaCalibration:
     extra: dict = field(default_factory=dict)
 
     def curve(self) -> tuple[list[float], list[float]]:
-        """Scales (ascending, distinct) and their ActRatio made non-increasing in scale."""
+        """Scales (ascending, distinct) and their ActRatio, capped at 1.0, made non-increasing in scale.
+
+        The cap: an ActRatio above 1.0 (a small scale writing slightly longer CoTs than the target, noise on a
+        validation split) says "no compression", nothing more; pooled with the target's own 1.0 it would lift
+        that anchor above 1.0 and send γ = 1.0 to a scale > 0 instead of the target itself.
+        """
         by_scale: dict[float, list[float]] = {}
         for s, a, *_ in self.points:
             by_scale.setdefault(float(s), []).append(float(a))
         scales = sorted(by_scale)
-        return scales, _pool_non_increasing([sum(by_scale[s]) / len(by_scale[s]) for s in scales])
+        return scales, _pool_non_increasing([min(1.0, sum(by_scale[s]) / len(by_scale[s])) for s in scales])
 
     def scale_for(self, gamma: float) -> float:
         """The LoRA scale that writes CoTs of about ``gamma`` × the full length (piecewise-linear inverse).
