@@ -96,9 +96,11 @@ def one_request(http, body: dict, leave_after: float | None) -> int | None:
 
 def run_clients(url: str, questions: list[str], clients: int, seconds: float, max_tokens: int, model: str | None,
                 max_requests: int, tokenskip: bool = True, ratio: float | None = None, stream_share: float = 0.0,
-                disconnect_share: float = 0.0, disconnect_after: float = 0.5, seed: int = 0) -> dict:
+                disconnect_share: float = 0.0, disconnect_after: float = 0.5, seed: int = 0,
+                leave_max_tokens: int | None = None) -> dict:
     """N client threads for ``seconds`` (and at most ``max_requests`` requests in all); returns the figures of the
-    requests that stayed. Which requests stream or leave is drawn from ``seed`` (the same plan for every server)."""
+    requests that stayed. Which requests stream or leave is drawn from ``seed`` (the same plan for every server).
+    ``leave_max_tokens``: the ``max_tokens`` of the requests whose client leaves (default ``max_tokens``)."""
     import httpx
 
     lock = threading.Lock()
@@ -116,7 +118,8 @@ def run_clients(url: str, questions: list[str], clients: int, seconds: float, ma
                     i = sent[0]
                     sent[0] += 1
                 stream, leave = plan[i]
-                body = request_body(questions[i % len(questions)], max_tokens, model, tokenskip, ratio, stream)
+                cap = leave_max_tokens if leave and leave_max_tokens else max_tokens
+                body = request_body(questions[i % len(questions)], cap, model, tokenskip, ratio, stream)
                 t0 = time.perf_counter()
                 try:
                     n = one_request(http, body, disconnect_after if leave else None)
@@ -209,6 +212,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="share of requests whose client leaves early (0..1): streamed after the first text chunk, "
                          "non-streamed after --disconnect-after s")
     ap.add_argument("--disconnect-after", type=float, default=0.5, help="seconds a leaving non-streamed client waits")
+    ap.add_argument("--leave-max-tokens", type=int, default=None,
+                    help="max_tokens of the requests whose client leaves (default --max-tokens): long requests a user "
+                         "gives up on, whose decoding a server that does not cancel runs to the end")
     ap.add_argument("--seed", type=int, default=0, help="draws which requests stream and which leave")
     ap.add_argument("--model", default=None, help="model name sent (and, with --offline, the model to load)")
     ap.add_argument("--adapter", default=None, help="--offline: the adapter folder the server serves")
@@ -240,7 +246,7 @@ def main(argv=None) -> int:
         tokenskip = "backend" in health   # tokenskip's /health names its engine
         rows.append(run_clients(url, questions, args.clients, args.seconds, args.max_tokens, model, args.max_requests,
                                 tokenskip, args.ratio, args.stream_share, args.disconnect_share,
-                                args.disconnect_after, args.seed))
+                                args.disconnect_after, args.seed, args.leave_max_tokens))
         after = server_health(httpx, url)
         notes.append(f"{url}: model {model}, " + (f"tokenskip ({after.get('backend')}), batches up to "
                                                   f"{after.get('max_batch_seen', '?')}, cancelled "
@@ -252,7 +258,8 @@ def main(argv=None) -> int:
         qs = [questions[i % len(questions)] for i in range(max(rows[0]["requests"], args.offline_batch_size))]
         rows.append(run_offline(args.model, args.adapter, qs, args.max_tokens, args.ratio, args.offline_batch_size,
                                 args.threads))
-    print(f"{args.clients} clients × {args.seconds:g} s, max_tokens {args.max_tokens}, streamed "
+    print(f"{args.clients} clients × {args.seconds:g} s, max_tokens {args.max_tokens}"
+          f"{f' ({args.leave_max_tokens} for the leaving)' if args.leave_max_tokens else ''}, streamed "
           f"{args.stream_share:.0%}, leaving {args.disconnect_share:.0%}; " + "; ".join(notes))
     print("| Server | Requests | Requests/s | Output tokens/s | p50 latency (s) | p95 latency (s) | p99 latency (s) "
           "| Abandoned | Errors |")

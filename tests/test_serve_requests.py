@@ -173,6 +173,34 @@ def test_row_controls_stop_each_row_at_its_own_strings(smol_tokenizer):
     assert rc.cancelled_rows == {2}
 
 
+def test_a_batch_ends_when_its_long_rows_are_cancelled_and_the_short_ones_at_their_cap(smol_tokenizer):
+    # The load of issue 26 item 2: short requests batched with a long one whose client left. The batch decodes to
+    # its largest cap; before, a row at its own cap kept decoding (nothing ended it), so cancelling the long row
+    # saved nothing and the short replies waited for all 200 steps. Now each row ends at its cap: the batch stops
+    # once the cancelled row is ended.
+    from tokenskip.engines.hf import HFBackend
+
+    model = make_tiny_llama(smol_tokenizer, seed=3)
+    model.generation_config.eos_token_id = None   # never ends a row by itself: only caps and the cancel do
+    be = HFBackend(hf_model=model, hf_tokenizer=smol_tokenizer, batch_size=3)
+    be.stop_ids = [len(smol_tokenizer) + 5]       # an id the model never emits
+    forwards = []
+    model.register_forward_hook(lambda *a: forwards.append(1))
+    asked = {0: 0, 1: 0, 2: 0}
+
+    def cancelled(i: int) -> bool:
+        asked[i] += 1
+        return i == 2 and asked[i] >= 6          # the long row's client leaves at its 6th step
+    gens = be.generate(["one", "two", "three"], [3, 5, 200], cancelled=cancelled)
+    assert [g.num_tokens for g in gens] == [3, 5, 6] and gens[2].finish_reason == "cancelled"
+    assert [g.finish_reason for g in gens[:2]] == ["length", "length"]
+    assert len(forwards) <= 8, f"{len(forwards)} forward passes for caps 3 and 5 and a row cancelled at step 6"
+    # the same rows without the cancel run to the long cap; the short rows' text does not depend on it
+    forwards.clear()
+    long = be.generate(["one", "two", "three"], [3, 5, 20])
+    assert len(forwards) >= 20 and [g.token_ids for g in long[:2]] == [g.token_ids for g in gens[:2]]
+
+
 # ------------------------------------------------------------------------------------------- item 4: parameters
 
 def test_seed_makes_sampling_reproducible_in_any_batch(srv):

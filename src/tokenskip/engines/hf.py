@@ -198,7 +198,8 @@ class HFBackend:
         enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                              add_special_tokens=False).to(device)
         t0 = time.perf_counter()
-        controls = RowControls([options[i] for i in idx], idx, enc["input_ids"].shape[1], self.tokenizer, cancelled)
+        controls = RowControls([options[i] for i in idx], idx, enc["input_ids"].shape[1], self.tokenizer, cancelled,
+                               caps=[caps[i] for i in idx])
         streamer = (_RowStreamer([caps[i] for i in idx], list(idx), self.stop_ids, on_tokens, controls)
                     if on_tokens is not None else None)
         seed = options[idx[0]].seed if len(idx) == 1 and sampling[0] and sampling[0] > 0 else None

@@ -28,16 +28,19 @@ class RowControls:
         prompt_len: padded prompt length in tokens (generated tokens start there).
         tokenizer: decodes the tail of a row to look for its stop strings.
         cancelled: ``cancelled(prompt_index)`` -> the request was abandoned; ``None``: never.
+        caps: each row's own ``max_new_tokens`` (the batch decodes to the largest): a row is ended at its cap, so
+            the batch stops once every row is ended, not at the largest cap when the long rows were cancelled.
 
-    After ``generate``: ``ended[r]`` is the number of tokens row ``r`` generated when a stop string or its cancel
-    flag ended it (``None`` otherwise: end of turn or the cap), ``cancelled_rows`` the rows cancelled, and
+    After ``generate``: ``ended[r]`` is the number of tokens row ``r`` generated when a stop string, its cancel
+    flag or its own cap ended it (``None`` otherwise: end of turn), ``cancelled_rows`` the rows cancelled, and
     ``logprobs[r]`` one :class:`TokenLogprob` per generated step of rows that asked for them.
     """
 
     def __init__(self, options: Sequence[RequestOptions], index: Sequence[int], prompt_len: int, tokenizer,
-                 cancelled: Callable[[int], bool] | None = None):
+                 cancelled: Callable[[int], bool] | None = None, caps: Sequence[int] | None = None):
         self.options, self.index, self.prompt_len, self.tokenizer = list(options), list(index), prompt_len, tokenizer
         self.cancelled = cancelled
+        self.caps = list(caps) if caps is not None else None
         self.ended: list[int | None] = [None] * len(self.options)
         self.cancelled_rows: set[int] = set()
         self.logprobs: list[list[TokenLogprob] | None] = [[] if o.logprobs is not None else None
@@ -49,7 +52,8 @@ class RowControls:
 
     def needed(self) -> bool:
         """Whether any row needs a control (else ``generate`` runs without them)."""
-        return self.cancelled is not None or any(o.asks() - {"seed"} for o in self.options)
+        return self.cancelled is not None or any(o.asks() - {"seed"} for o in self.options) or \
+            (self.caps is not None and len(set(self.caps)) > 1)
 
     def done(self, r: int) -> bool:
         return self.ended[r] is not None
@@ -85,6 +89,9 @@ class RowControls:
             if self.cancelled is not None and self.cancelled(self.index[r]):
                 self.ended[r] = n
                 self.cancelled_rows.add(r)
+            elif self.caps is not None and n > self.caps[r]:
+                # one step past the cap (the streamer may be handed the cap-th token after this check)
+                self.ended[r] = self.caps[r]
             elif o.stop:
                 tail = input_ids[r, max(self.prompt_len, input_ids.shape[1] - self._windows[r]):].tolist()
                 text = self.tokenizer.decode(tail, skip_special_tokens=True)
