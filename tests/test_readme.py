@@ -104,6 +104,8 @@ def check_command(words: list[str] | str, env: dict[str, str], where: str) -> No
         name, value = words[0].split("=", 1)
         env[name] = value
         return
+    while len(words) > 1 and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):  # VAR=value for this command only
+        words = words[1:]
     head = words[0]
     if head in TOKENSKIP_BIN:
         check_tokenskip(words[1:], where)
