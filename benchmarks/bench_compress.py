@@ -159,7 +159,7 @@ def main() -> int:
     ap.add_argument("--long", nargs="+", type=int, default=None, metavar="TOKENS",
                     help="long-trace mode: one trace of about each many target tokens (e.g. 4096 16384 32768)")
     ap.add_argument("--dtype", default="auto", help="self-information model dtype (auto: bf16 where the CPU has it)")
-    ap.add_argument("--long-mode", default="stream", choices=["stream", "windows"],
+    ap.add_argument("--long-mode", default="stream", choices=["stream", "windows"],  # surprisal.LONG_MODES
                     help="self-information on a text longer than its window: each token read once over a sink + "
                          "context KV cache (stream, the default) or restarting windows (each token read twice)")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")

@@ -132,9 +132,9 @@ class SelfInformationScorer(Scorer):
 
     def __init__(self, model, tokenizer=None, batch_size: int = 8, max_length: int | None = None,
                  overlap: int | None = None, device: str = "cpu", dtype: str = "auto", long_mode: str = "stream"):
-        if long_mode not in ("stream", "windows"):
-            raise ValueError(f"long_mode must be 'stream' or 'windows', got {long_mode!r}")
-        self.long_mode = long_mode
+        from tokenskip.compress.surprisal import check_long_mode
+
+        self.long_mode = check_long_mode(long_mode)
         if isinstance(model, str):
             from tokenskip.engines.models import load_model
 

@@ -133,6 +133,17 @@ def windowed(model, ids: list[int], start_id: int, window: int, context: int, de
     return bits
 
 
+#: The ways to read a text longer than the window (module doc).
+LONG_MODES = ("stream", "windows")
+
+
+def check_long_mode(long_mode: str) -> str:
+    """``long_mode`` itself. Raises: ValueError naming the accepted values for any other."""
+    if long_mode not in LONG_MODES:
+        raise ValueError(f"long_mode must be one of {LONG_MODES}, got {long_mode!r}")
+    return long_mode
+
+
 #: RoPE variants whose frequencies do not depend on the text's length (a fixed rotation per position).
 _STATIC_ROPE = {"default", "linear", "llama3", "yarn", "longrope"}
 #: Model types whose attention applies rotate-half RoPE to the whole head after any key norm (cached keys rotated).
@@ -239,8 +250,7 @@ def token_surprisal(model, rows: list[list[int]], start_id: int, pad_id: int, ba
     """
     if window < 2 or not 0 < context < window:
         raise ValueError(f"need window >= 2 and 0 < context < window, got window {window}, context {context}")
-    if long_mode not in ("stream", "windows"):
-        raise ValueError(f"long_mode must be 'stream' or 'windows', got {long_mode!r}")
+    check_long_mode(long_mode)
     freq = rope_frequencies(model) if long_mode == "stream" and context <= window - 2 else None
     short = [i for i, r in enumerate(rows) if len(r) <= window - 1]
     out: list[list[float]] = [[] for _ in rows]
